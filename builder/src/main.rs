@@ -1,0 +1,67 @@
+//! `hermit`: hermetic, reproducible builds with a record to rebuild from.
+//!
+//! # Map
+//!
+//! | stage | where |
+//! |---|---|
+//! | CLI parsing, exit codes | `main.rs`, [`exit`] |
+//! | one module per subcommand, each a thin layer over the libraries | [`cmd`] |
+//! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
+//! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
+//! | build-environment profiles | the `hermit-profiles` crate |
+//!
+//! # Files hermit writes
+//!
+//! Everything hermit writes lives under the store root (`$HERMIT_HOME`, else
+//! `$XDG_DATA_HOME/hermit`, else `~/.local/share/hermit`); its layout is drawn
+//! in `hermit_store::store`. Outside the store hermit writes only what a
+//! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
+
+mod cmd;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "hermit",
+    version,
+    about = "Hermetic, reproducible sandbox builds with a record to rebuild from",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect and maintain the content-addressed store
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
+    /// Bring every [[source]] of the specs into the store
+    Fetch(cmd::fetch::FetchArgs),
+    /// Copy every source of the specs into a content-addressed mirror directory
+    Mirror(cmd::fetch::MirrorArgs),
+    /// Run one command in the profile-v1 sandbox over a root directory (plumbing)
+    Sandbox(cmd::sandbox::SandboxArgs),
+    /// Check that this machine can run hermit's sandbox, and say how to fix it if not
+    Doctor(cmd::doctor::DoctorArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Store(c) => cmd::store::run(c),
+        Command::Fetch(a) => cmd::fetch::run_fetch(a),
+        Command::Mirror(a) => cmd::fetch::run_mirror(a),
+        Command::Sandbox(a) => cmd::sandbox::run(a),
+        Command::Doctor(a) => cmd::doctor::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => exit::report(&err),
+    }
+}
