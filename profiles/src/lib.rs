@@ -1,1 +1,335 @@
-pub fn placeholder() {}
+//! hermit-profiles: versioned definitions of the build environment.
+//!
+//! A profile says everything about the sandbox a build runs in that is not
+//! the toolchain image or the inputs: user and ids, fixed paths, hostname,
+//! umask, environment, the SOURCE_DATE_EPOCH and CPU-count policies, ASLR,
+//! namespaces and limits. Profiles are TOML files embedded in the binary
+//! (`profiles/defs/*.toml`) and are immutable once released: a record names
+//! its profile and the profile's digest (sha256 of the file's exact bytes),
+//! so a later hermit rebuilds under the same environment even after the
+//! default has moved on.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The profile new builds use.
+pub const DEFAULT: &str = "v1";
+
+/// The profile format this crate understands.
+pub const FORMAT: u32 = 1;
+
+/// Every released profile: (name, exact TOML text).
+const PROFILES: &[(&str, &str)] = &[("v1", include_str!("../defs/v1.toml"))];
+
+/// Errors finding or reading a profile.
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("unknown profile {name:?}; this hermit knows: {known}")]
+    Unknown { name: String, known: String },
+    #[error("profile {name:?} has digest {actual}, but {expected} was asked for; the record was made with a different profile of the same name")]
+    DigestMismatch {
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("profile {name:?} is malformed")]
+    Malformed {
+        name: String,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("profile {name:?} has format {found}, this hermit reads format {FORMAT}")]
+    Format { name: String, found: u32 },
+}
+
+/// A build-environment profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub format: u32,
+    pub name: String,
+    pub description: String,
+    pub user: User,
+    pub paths: Paths,
+    pub system: System,
+    pub env: Env,
+    pub source_date_epoch: SourceDateEpoch,
+    pub jobs: Jobs,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub group: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Paths {
+    pub build: String,
+    pub out: String,
+    pub tmp: String,
+    pub sources: String,
+    pub inputs: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct System {
+    pub hostname: String,
+    pub domainname: String,
+    pub umask: u32,
+    pub aslr: bool,
+    pub network: String,
+    pub namespaces: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Env {
+    pub default_path: String,
+    pub fixed: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDateEpoch {
+    pub default: u64,
+    pub spec_may_override: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Jobs {
+    pub policy: String,
+    pub max: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub timeout_secs: u64,
+    pub tmp_size_mib: u64,
+    pub max_pids: u64,
+}
+
+/// What the profile's policies need from the caller to produce the build's
+/// environment.
+#[derive(Debug, Clone)]
+pub struct EnvInputs<'a> {
+    /// PATH from the image config, if it has one.
+    pub image_path: Option<&'a str>,
+    /// The spec's SOURCE_DATE_EPOCH, if it sets one.
+    pub source_date_epoch: Option<u64>,
+    /// The job count (already resolved by [`Profile::jobs`]).
+    pub jobs: u32,
+    /// The spec's `[env]`.
+    pub extra: &'a BTreeMap<String, String>,
+}
+
+/// Names the profile sets itself; a spec's `[env]` may not override them.
+pub const RESERVED_ENV: &[&str] = &["HERMIT_JOBS", "SOURCE_DATE_EPOCH", "out", "PATH"];
+
+impl Profile {
+    /// The profile called `name`.
+    pub fn get(name: &str) -> Result<Profile, ProfileError> {
+        let text = text(name)?;
+        let profile: Profile = toml::from_str(text).map_err(|e| ProfileError::Malformed {
+            name: name.to_string(),
+            source: Box::new(e),
+        })?;
+        if profile.format != FORMAT {
+            return Err(ProfileError::Format {
+                name: name.to_string(),
+                found: profile.format,
+            });
+        }
+        Ok(profile)
+    }
+
+    /// The profile called `name`, checked to have `digest` (`sha256:<hex>`).
+    pub fn get_pinned(name: &str, digest: &str) -> Result<Profile, ProfileError> {
+        let actual = self::digest(name)?;
+        if actual != digest {
+            return Err(ProfileError::DigestMismatch {
+                name: name.to_string(),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Profile::get(name)
+    }
+
+    /// The default profile.
+    pub fn default_profile() -> Result<Profile, ProfileError> {
+        Profile::get(DEFAULT)
+    }
+
+    /// The profile as JSON with keys sorted at every level, the form records embed.
+    pub fn to_canonical_json(&self) -> serde_json::Value {
+        // serde_json's Map is a BTreeMap (no preserve_order), so going through
+        // Value sorts every object's keys.
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// This profile's digest.
+    pub fn digest(&self) -> Result<String, ProfileError> {
+        digest(&self.name)
+    }
+
+    /// HERMIT_JOBS under this profile's policy: `requested` if given, else
+    /// `host_cpus`, capped at the profile's maximum and at least 1.
+    pub fn jobs(&self, requested: Option<u32>, host_cpus: u32) -> u32 {
+        requested
+            .unwrap_or(host_cpus)
+            .clamp(1, self.jobs.max.max(1))
+    }
+
+    /// The exact environment handed to the build, sorted by name.
+    /// Returns the name of a spec variable that tries to override a
+    /// reserved one as an error.
+    pub fn environment(&self, inputs: &EnvInputs<'_>) -> Result<BTreeMap<String, String>, String> {
+        let mut env = self.env.fixed.clone();
+        for (k, v) in inputs.extra {
+            if RESERVED_ENV.contains(&k.as_str()) || env.contains_key(k) {
+                return Err(k.clone());
+            }
+            env.insert(k.clone(), v.clone());
+        }
+        env.insert(
+            "PATH".into(),
+            inputs
+                .image_path
+                .unwrap_or(&self.env.default_path)
+                .to_string(),
+        );
+        let sde = match inputs.source_date_epoch {
+            Some(v) if self.source_date_epoch.spec_may_override => v,
+            _ => self.source_date_epoch.default,
+        };
+        env.insert("SOURCE_DATE_EPOCH".into(), sde.to_string());
+        env.insert("HERMIT_JOBS".into(), inputs.jobs.to_string());
+        env.insert("out".into(), self.paths.out.clone());
+        Ok(env)
+    }
+}
+
+/// Names of every profile this hermit knows, oldest first.
+pub fn names() -> Vec<&'static str> {
+    PROFILES.iter().map(|(n, _)| *n).collect()
+}
+
+/// The exact TOML text of a profile.
+pub fn text(name: &str) -> Result<&'static str, ProfileError> {
+    PROFILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| ProfileError::Unknown {
+            name: name.to_string(),
+            known: names().join(", "),
+        })
+}
+
+/// `sha256:<hex>` of a profile's exact TOML bytes.
+pub fn digest(name: &str) -> Result<String, ProfileError> {
+    Ok(format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(text(name)?))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_parses_and_names_itself() {
+        for name in names() {
+            let p = Profile::get(name).unwrap();
+            assert_eq!(p.name, name);
+        }
+    }
+
+    #[test]
+    fn unknown_profile_lists_known_ones() {
+        let err = Profile::get("v0").unwrap_err().to_string();
+        assert!(err.contains("unknown profile \"v0\""), "{err}");
+        assert!(err.contains("v1"), "{err}");
+    }
+
+    #[test]
+    fn pinned_digest_is_checked() {
+        let d = digest("v1").unwrap();
+        assert!(Profile::get_pinned("v1", &d).is_ok());
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        assert!(matches!(
+            Profile::get_pinned("v1", &wrong),
+            Err(ProfileError::DigestMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn environment_is_exact_and_reserved_names_are_refused() {
+        let p = Profile::get("v1").unwrap();
+        let mut extra = BTreeMap::new();
+        extra.insert("CFLAGS".to_string(), "-O2".to_string());
+        let env = p
+            .environment(&EnvInputs {
+                image_path: None,
+                source_date_epoch: None,
+                jobs: p.jobs(None, 2),
+                extra: &extra,
+            })
+            .unwrap();
+        let keys: Vec<&str> = env.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "CFLAGS",
+                "HERMIT_JOBS",
+                "HOME",
+                "LANG",
+                "LC_ALL",
+                "LOGNAME",
+                "PATH",
+                "SHELL",
+                "SOURCE_DATE_EPOCH",
+                "TERM",
+                "TMPDIR",
+                "TZ",
+                "USER",
+                "out"
+            ]
+        );
+        assert_eq!(env["SOURCE_DATE_EPOCH"], "315532800");
+        assert_eq!(env["HERMIT_JOBS"], "2");
+        for bad in ["PATH", "HOME", "out", "SOURCE_DATE_EPOCH"] {
+            let mut extra = BTreeMap::new();
+            extra.insert(bad.to_string(), "x".to_string());
+            let r = p.environment(&EnvInputs {
+                image_path: None,
+                source_date_epoch: None,
+                jobs: 1,
+                extra: &extra,
+            });
+            assert_eq!(r, Err(bad.to_string()));
+        }
+    }
+
+    #[test]
+    fn jobs_policy_caps() {
+        let p = Profile::get("v1").unwrap();
+        assert_eq!(p.jobs(None, 2), 2);
+        assert_eq!(p.jobs(Some(0), 2), 1);
+        assert_eq!(p.jobs(Some(1000), 2), 64);
+    }
+}
