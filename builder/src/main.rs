@@ -49,6 +49,9 @@ enum Command {
     Sandbox(cmd::sandbox::SandboxArgs),
     /// Check that this machine can run hermit's sandbox, and say how to fix it if not
     Doctor(cmd::doctor::DoctorArgs),
+    /// Import, pull and list toolchain images
+    #[command(subcommand)]
+    Image(cmd::image::ImageCommand),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Mirror(a) => cmd::fetch::run_mirror(a),
         Command::Sandbox(a) => cmd::sandbox::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
+        Command::Image(c) => cmd::image::run(c),
     };
     match result {
         Ok(code) => code,

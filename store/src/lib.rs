@@ -8,6 +8,7 @@
 //! binary implements.
 
 pub mod digest;
+pub mod oci;
 pub mod store;
 
 pub use digest::{Digest, DigestError, Hasher};

@@ -1,4 +1,7 @@
 //! End-to-end tests of the real `hermit` binary. One module per area; shared
 //! helpers in `common`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
+mod image;

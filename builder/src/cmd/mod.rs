@@ -3,5 +3,6 @@
 
 pub mod doctor;
 pub mod fetch;
+pub mod image;
 pub mod sandbox;
 pub mod store;

@@ -1,0 +1,92 @@
+//! `hermit image`: import, pull and list toolchain images.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use hermit_store::oci::{self, Image, PullOptions, Reference};
+use hermit_store::{Digest, Store};
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout directory, an oci-archive or a `docker save` tar
+    Import {
+        /// The layout directory or archive
+        path: PathBuf,
+        /// Refuse the image unless it has this digest (manifest digest; image ID for docker archives)
+        #[arg(long)]
+        digest: Option<Digest>,
+    },
+    /// Pull an image by digest from a registry: HOST[:PORT]/NAME@sha256:<hex>
+    Pull {
+        reference: String,
+        /// A registry (HOST[:PORT]) to reach over plain http; loopback registries always are
+        #[arg(long = "insecure-registry")]
+        insecure: Vec<String>,
+    },
+    /// List the images in the store
+    Ls {
+        /// Print JSON (one array, sorted keys) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    let store = Store::open_default().context("opening the store")?;
+    match cmd {
+        ImageCommand::Import { path, digest } => {
+            let image = oci::import(&store, &path, digest.as_ref())
+                .with_context(|| format!("importing image {}", path.display()))?;
+            print_image(&image);
+        }
+        ImageCommand::Pull {
+            reference,
+            insecure,
+        } => {
+            let r: Reference = reference.parse()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let opts = PullOptions {
+                insecure_registries: insecure,
+            };
+            let image = rt
+                .block_on(oci::pull(&store, &r, &opts))
+                .with_context(|| format!("pulling {r}"))?;
+            print_image(&image);
+        }
+        ImageCommand::Ls { json } => {
+            let images = oci::list(&store).context("listing images")?;
+            if json {
+                let v = serde_json::to_value(&images).context("serialising the image list")?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for i in images {
+                    println!(
+                        "{}  {}  {} layers  {}",
+                        i.manifest,
+                        i.platform,
+                        i.layers.len(),
+                        i.source
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_image(image: &Image) {
+    println!("manifest {}", image.manifest);
+    if let Some(index) = image.index {
+        println!("index    {index}");
+    }
+    println!("config   {}", image.config);
+    println!("platform {}", image.platform);
+    for l in &image.layers {
+        println!("layer    {} {} bytes", l.digest, l.size);
+    }
+}

@@ -1,0 +1,1104 @@
+//! Toolchain images: importing OCI image layouts, oci-archives and
+//! `docker save` archives, and pulling from registries by digest.
+//!
+//! Every blob of an image (index, manifest, config, layers) enters the store
+//! through the ordinary verified write path, so an image in the store is as
+//! trustworthy as any other blob. What an import resolved is kept as a small
+//! JSON document:
+//!
+//! ```text
+//! v1/images/<manifest-hex>.json   the resolved image: manifest, config, layers, platform, PATH
+//! ```
+//!
+//! # Which digest pins an image
+//!
+//! - OCI layout, oci-archive, registry: the manifest digest (what
+//!   `skopeo inspect` prints as `Digest`). An index is resolved to the
+//!   manifest for this machine's platform (`linux/amd64` here); pinning the
+//!   index digest is accepted too.
+//! - `docker save` archive: the image ID, i.e. the config digest (what
+//!   `docker images --no-trunc` prints). Its layers are checked against the
+//!   config's `diff_ids`, so the config digest pins every byte.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::image::{Arch, ImageConfiguration, ImageIndex, ImageManifest, Os};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::store::{Store, StoreError};
+
+/// Largest JSON document (index, manifest, config) hermit will read.
+const MAX_JSON: u64 = 16 << 20;
+
+/// Media type strings hermit accepts for manifests and indexes.
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// Errors importing or pulling an image.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{path}: not an OCI image layout, oci-archive or docker-archive (no index.json or manifest.json found)", path = path.display())]
+    UnknownFormat { path: PathBuf },
+    #[error("{what} is not valid JSON for an {kind}")]
+    BadJson {
+        what: String,
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{what} is larger than {MAX_JSON} bytes; refusing to read it")]
+    TooLarge { what: String },
+    #[error("{what}: blob {digest} is missing from the image")]
+    MissingBlob { what: String, digest: String },
+    #[error("{what}: unsupported digest {digest:?} (only sha256 is supported)")]
+    Algorithm { what: String, digest: String },
+    #[error("{what}: path {path:?} in the archive is unsafe (absolute or with ..)")]
+    UnsafePath { what: String, path: String },
+    #[error("{what}: no manifest for {platform} in the index (it has: {available})")]
+    NoPlatform {
+        what: String,
+        platform: String,
+        available: String,
+    },
+    #[error("{what}: the image's digest is {actual}, but the spec pins {expected}; if the image was meant to change, update the pin")]
+    PinMismatch {
+        what: String,
+        expected: Digest,
+        actual: String,
+    },
+    #[error("{what}: layer {index} is {actual} but the config's diff_id says {expected}")]
+    DiffId {
+        what: String,
+        index: usize,
+        expected: String,
+        actual: Digest,
+    },
+    #[error("{what}: {message}")]
+    Invalid { what: String, message: String },
+    #[error("image reference {reference:?}: {message}")]
+    Reference { reference: String, message: String },
+    #[error("{url}: {message}")]
+    Registry { url: String, message: String },
+    #[error("{url}")]
+    Http {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("reading {path}", path = path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> OciError {
+    let path = path.into();
+    move |source| OciError::Io { path, source }
+}
+
+/// One layer of a resolved image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub digest: Digest,
+    pub media_type: String,
+    pub size: u64,
+}
+
+/// An image whose blobs are all in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    /// Where it came from, for people: a path or a registry reference.
+    pub source: String,
+    /// The index digest, when the pin resolved through an index.
+    pub index: Option<Digest>,
+    pub manifest: Digest,
+    pub config: Digest,
+    pub layers: Vec<Layer>,
+    /// `os/architecture`.
+    pub platform: String,
+    /// PATH from the image config's Env, if it sets one.
+    pub path_env: Option<String>,
+}
+
+impl Image {
+    /// Every digest the image consists of (for GC roots, mirrors, records).
+    pub fn digests(&self) -> Vec<Digest> {
+        let mut v: Vec<Digest> = self.index.iter().copied().collect();
+        v.push(self.manifest);
+        v.push(self.config);
+        v.extend(self.layers.iter().map(|l| l.digest));
+        v
+    }
+
+    fn save(&self, store: &Store) -> Result<(), OciError> {
+        let dir = store.base().join("images");
+        fs::create_dir_all(&dir).map_err(StoreError::io("creating", &dir))?;
+        let mut json = serde_json::to_vec_pretty(&sorted(self)).map_err(|e| OciError::BadJson {
+            what: "image record".into(),
+            kind: "image record",
+            source: e,
+        })?;
+        json.push(b'\n');
+        let dest = dir.join(format!("{}.json", self.manifest.hex()));
+        crate::store::write_small_atomic(store.tmp_dir(), &dest, &json)?;
+        Ok(())
+    }
+}
+
+fn sorted<T: Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+/// Every image recorded in the store, sorted by manifest digest.
+pub fn list(store: &Store) -> Result<Vec<Image>, OciError> {
+    let dir = store.base().join("images");
+    let mut out = Vec::new();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io_err(&dir))?.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let bytes = fs::read(&path).map_err(io_err(&path))?;
+            let img: Image = serde_json::from_slice(&bytes).map_err(|e| OciError::BadJson {
+                what: path.display().to_string(),
+                kind: "image record",
+                source: e,
+            })?;
+            out.push(img);
+        }
+    }
+    out.sort_by(|a, b| a.manifest.cmp(&b.manifest));
+    Ok(out)
+}
+
+/// The image with this manifest (or, for docker archives, config) digest, if
+/// it has been imported.
+pub fn find(store: &Store, pin: &Digest) -> Result<Option<Image>, OciError> {
+    Ok(list(store)?
+        .into_iter()
+        .find(|i| i.manifest == *pin || i.config == *pin || i.index == Some(*pin)))
+}
+
+/// The platform hermit builds for: `linux/<this machine's architecture>`.
+pub fn host_platform() -> (Os, Arch) {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => Arch::Amd64,
+        "aarch64" => Arch::ARM64,
+        "x86" => Arch::i386,
+        "riscv64" => Arch::RISCV64,
+        "powerpc64" => Arch::PowerPC64le,
+        "s390x" => Arch::s390x,
+        other => Arch::Other(other.to_string()),
+    };
+    (Os::Linux, arch)
+}
+
+fn platform_string() -> String {
+    let (os, arch) = host_platform();
+    format!("{os}/{arch}")
+}
+
+/// Converts an OCI digest string into hermit's [`Digest`], refusing other
+/// algorithms.
+fn parse_digest(what: &str, d: &str) -> Result<Digest, OciError> {
+    d.parse().map_err(|_| OciError::Algorithm {
+        what: what.to_string(),
+        digest: d.to_string(),
+    })
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(
+    what: &str,
+    kind: &'static str,
+    bytes: &[u8],
+) -> Result<T, OciError> {
+    serde_json::from_slice(bytes).map_err(|e| OciError::BadJson {
+        what: what.to_string(),
+        kind,
+        source: e,
+    })
+}
+
+/// Where an image's files come from while importing.
+trait Source {
+    /// Human name for messages.
+    fn name(&self) -> String;
+    /// A small file by its path inside the layout (index.json, manifest.json).
+    fn small(&mut self, path: &str) -> Result<Option<Vec<u8>>, OciError>;
+    /// Makes sure the blob at `path` is in the store with digest `expected`.
+    fn blob(&mut self, store: &Store, path: &str, expected: &Digest) -> Result<(), OciError>;
+    /// The digest of the file at `path` (docker archives name layers by path).
+    fn digest_of(&mut self, store: &Store, path: &str) -> Result<Digest, OciError>;
+}
+
+/// An image layout directory on disk.
+struct DirSource {
+    root: PathBuf,
+}
+
+impl Source for DirSource {
+    fn name(&self) -> String {
+        self.root.display().to_string()
+    }
+    fn small(&mut self, path: &str) -> Result<Option<Vec<u8>>, OciError> {
+        let p = self.root.join(safe_rel(&self.name(), path)?);
+        match File::open(&p) {
+            Ok(f) => read_capped(f, &p.display().to_string()).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(&p)(e)),
+        }
+    }
+    fn blob(&mut self, store: &Store, path: &str, expected: &Digest) -> Result<(), OciError> {
+        if store.blob(expected).is_some() {
+            return Ok(());
+        }
+        let p = self.root.join(safe_rel(&self.name(), path)?);
+        let mut f = File::open(&p).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => OciError::MissingBlob {
+                what: self.name(),
+                digest: expected.to_string(),
+            },
+            _ => io_err(&p)(e),
+        })?;
+        let _lock = store.lock(expected)?;
+        store.add_reader(&mut f, &p.display().to_string(), Some(expected), None)?;
+        Ok(())
+    }
+    fn digest_of(&mut self, store: &Store, path: &str) -> Result<Digest, OciError> {
+        let p = self.root.join(safe_rel(&self.name(), path)?);
+        let mut f = File::open(&p).map_err(io_err(&p))?;
+        Ok(store.add_reader(&mut f, &p.display().to_string(), None, None)?)
+    }
+}
+
+/// A tar archive (oci-archive or docker-archive): every regular file is
+/// ingested into the store on one pass, remembered by its path.
+struct TarSource {
+    path: PathBuf,
+    files: BTreeMap<String, Digest>,
+    small: BTreeMap<String, Vec<u8>>,
+}
+
+impl TarSource {
+    fn read(store: &Store, path: &Path) -> Result<TarSource, OciError> {
+        let f = File::open(path).map_err(io_err(path))?;
+        let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, f));
+        let mut files = BTreeMap::new();
+        let mut small = BTreeMap::new();
+        let name = path.display().to_string();
+        for entry in archive.entries().map_err(io_err(path))? {
+            let mut entry = entry.map_err(io_err(path))?;
+            if !entry.header().entry_type().is_file() {
+                continue;
+            }
+            let p = entry.path().map_err(io_err(path))?;
+            let p = normalise(&name, &p.to_string_lossy())?;
+            if p.ends_with(".json") || p == "oci-layout" {
+                let bytes = read_capped(&mut entry, &format!("{name}:{p}"))?;
+                small.insert(p, bytes);
+                continue;
+            }
+            let d = store.add_reader(&mut entry, &format!("{name}:{p}"), None, None)?;
+            files.insert(p, d);
+        }
+        Ok(TarSource {
+            path: path.to_path_buf(),
+            files,
+            small,
+        })
+    }
+}
+
+impl Source for TarSource {
+    fn name(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn small(&mut self, path: &str) -> Result<Option<Vec<u8>>, OciError> {
+        let p = normalise(&self.name(), path)?;
+        if let Some(b) = self.small.get(&p) {
+            return Ok(Some(b.clone()));
+        }
+        Ok(None)
+    }
+    fn blob(&mut self, store: &Store, path: &str, expected: &Digest) -> Result<(), OciError> {
+        let p = normalise(&self.name(), path)?;
+        if let Some(bytes) = self.small.get(&p) {
+            let d = store.add_reader(&mut &bytes[..], &p, Some(expected), None)?;
+            self.files.insert(p, d);
+            return Ok(());
+        }
+        match self.files.get(&p) {
+            Some(d) if d == expected => Ok(()),
+            Some(d) => Err(StoreError::Mismatch {
+                what: format!("{}:{p}", self.name()),
+                expected: *expected,
+                actual: *d,
+            }
+            .into()),
+            None => Err(OciError::MissingBlob {
+                what: self.name(),
+                digest: expected.to_string(),
+            }),
+        }
+    }
+    fn digest_of(&mut self, store: &Store, path: &str) -> Result<Digest, OciError> {
+        let p = normalise(&self.name(), path)?;
+        if let Some(bytes) = self.small.get(&p) {
+            return Ok(store.add_reader(&mut &bytes[..], &p, None, None)?);
+        }
+        self.files
+            .get(&p)
+            .copied()
+            .ok_or_else(|| OciError::MissingBlob {
+                what: self.name(),
+                digest: p.clone(),
+            })
+    }
+}
+
+fn read_capped(r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
+    let mut buf = Vec::new();
+    r.take(MAX_JSON + 1)
+        .read_to_end(&mut buf)
+        .map_err(io_err(what))?;
+    if buf.len() as u64 > MAX_JSON {
+        return Err(OciError::TooLarge {
+            what: what.to_string(),
+        });
+    }
+    Ok(buf)
+}
+
+/// A relative path inside an archive, without `.` components; refuses
+/// absolute paths and `..`.
+fn normalise(what: &str, p: &str) -> Result<String, OciError> {
+    Ok(safe_rel(what, p)?.to_string_lossy().into_owned())
+}
+
+fn safe_rel(what: &str, p: &str) -> Result<PathBuf, OciError> {
+    let mut out = PathBuf::new();
+    for c in Path::new(p).components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir => {}
+            _ => {
+                return Err(OciError::UnsafePath {
+                    what: what.to_string(),
+                    path: p.to_string(),
+                })
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn blob_rel(d: &Digest) -> String {
+    format!("blobs/sha256/{}", d.hex())
+}
+
+/// Imports an OCI image layout directory, an oci-archive or a docker-archive
+/// into the store, checks it against `pin` (see the module docs for which
+/// digest pins which kind), and records it.
+pub fn import(store: &Store, path: &Path, pin: Option<&Digest>) -> Result<Image, OciError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    let mut src: Box<dyn Source> = if meta.is_dir() {
+        Box::new(DirSource {
+            root: path.to_path_buf(),
+        })
+    } else {
+        Box::new(TarSource::read(store, path)?)
+    };
+    let source = path.display().to_string();
+    let image = if let Some(index) = src.small("index.json")? {
+        import_oci(store, src.as_mut(), &source, &index, pin)?
+    } else if let Some(manifest) = src.small("manifest.json")? {
+        import_docker(store, src.as_mut(), &source, &manifest, pin)?
+    } else {
+        return Err(OciError::UnknownFormat {
+            path: path.to_path_buf(),
+        });
+    };
+    image.save(store)?;
+    Ok(image)
+}
+
+fn import_oci(
+    store: &Store,
+    src: &mut dyn Source,
+    source: &str,
+    index_bytes: &[u8],
+    pin: Option<&Digest>,
+) -> Result<Image, OciError> {
+    let what = format!("{source}: index.json");
+    let index: ImageIndex = parse_json(&what, "OCI image index", index_bytes)?;
+    // index.json itself is not content-addressed in a layout; walk its
+    // descriptors (and nested indexes) down to this platform's manifest.
+    let mut via_index = None;
+    let mut descs = index.manifests().clone();
+    let manifest_digest = loop {
+        let chosen = choose_manifest(&what, &descs, pin)?;
+        let d = parse_digest(&what, chosen.digest().as_ref())?;
+        let is_index = chosen.media_type().to_string().contains("index")
+            || chosen.media_type().to_string().contains("manifest.list");
+        if !is_index {
+            break d;
+        }
+        src.blob(store, &blob_rel(&d), &d)?;
+        let bytes = read_blob(store, &d)?;
+        let nested: ImageIndex = parse_json(&format!("{source}: {d}"), "OCI image index", &bytes)?;
+        via_index = Some(d);
+        descs = nested.manifests().clone();
+    };
+    src.blob(store, &blob_rel(&manifest_digest), &manifest_digest)?;
+    let image = finish_manifest(store, source, via_index, manifest_digest, &mut |d| {
+        src.blob(store, &blob_rel(d), d)
+    })?;
+    check_pin(source, pin, &image, false)?;
+    Ok(image)
+}
+
+/// Picks the descriptor to follow in an index: the one the pin names, else
+/// the only one, else the one for this platform.
+fn choose_manifest<'a>(
+    what: &str,
+    descs: &'a [oci_spec::image::Descriptor],
+    pin: Option<&Digest>,
+) -> Result<&'a oci_spec::image::Descriptor, OciError> {
+    if let Some(pin) = pin {
+        if let Some(d) = descs
+            .iter()
+            .find(|d| d.digest().as_ref() == pin.to_string())
+        {
+            return Ok(d);
+        }
+    }
+    if descs.len() == 1 {
+        return Ok(&descs[0]);
+    }
+    let (os, arch) = host_platform();
+    descs
+        .iter()
+        .find(|d| {
+            d.platform()
+                .as_ref()
+                .is_some_and(|p| *p.os() == os && *p.architecture() == arch)
+        })
+        .ok_or_else(|| OciError::NoPlatform {
+            what: what.to_string(),
+            platform: platform_string(),
+            available: descs
+                .iter()
+                .map(|d| match d.platform() {
+                    Some(p) => format!("{}/{}", p.os(), p.architecture()),
+                    None => "unspecified".to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+fn read_blob(store: &Store, d: &Digest) -> Result<Vec<u8>, OciError> {
+    let p = store.blob_path(d);
+    let f = File::open(&p).map_err(io_err(&p))?;
+    read_capped(f, &p.display().to_string())
+}
+
+/// Reads a manifest already in the store, makes sure its config and layers
+/// are too (via `ensure`), and describes the image.
+fn finish_manifest(
+    store: &Store,
+    source: &str,
+    index: Option<Digest>,
+    manifest_digest: Digest,
+    ensure: &mut dyn FnMut(&Digest) -> Result<(), OciError>,
+) -> Result<Image, OciError> {
+    let what = format!("{source}: manifest {manifest_digest}");
+    let manifest: ImageManifest = parse_json(
+        &what,
+        "OCI image manifest",
+        &read_blob(store, &manifest_digest)?,
+    )?;
+    let config = parse_digest(&what, manifest.config().digest().as_ref())?;
+    ensure(&config)?;
+    let config_json: ImageConfiguration = parse_json(
+        &format!("{source}: config {config}"),
+        "OCI image config",
+        &read_blob(store, &config)?,
+    )?;
+    let mut layers = Vec::new();
+    for l in manifest.layers() {
+        let d = parse_digest(&what, l.digest().as_ref())?;
+        ensure(&d)?;
+        layers.push(Layer {
+            digest: d,
+            media_type: l.media_type().to_string(),
+            size: l.size(),
+        });
+    }
+    Ok(Image {
+        source: source.to_string(),
+        index,
+        manifest: manifest_digest,
+        config,
+        layers,
+        platform: format!("{}/{}", config_json.os(), config_json.architecture()),
+        path_env: path_env(&config_json),
+    })
+}
+
+fn path_env(config: &ImageConfiguration) -> Option<String> {
+    config
+        .config()
+        .as_ref()
+        .and_then(|c| c.env().as_ref())
+        .and_then(|env| {
+            env.iter()
+                .find_map(|kv| kv.strip_prefix("PATH=").map(str::to_string))
+        })
+}
+
+fn check_pin(
+    source: &str,
+    pin: Option<&Digest>,
+    image: &Image,
+    docker: bool,
+) -> Result<(), OciError> {
+    let Some(pin) = pin else { return Ok(()) };
+    let ok = if docker {
+        image.config == *pin
+    } else {
+        image.manifest == *pin || image.index == Some(*pin)
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(OciError::PinMismatch {
+        what: source.to_string(),
+        expected: *pin,
+        actual: if docker {
+            format!("{} (image ID, the config digest)", image.config)
+        } else {
+            format!("{} (manifest)", image.manifest)
+        },
+    })
+}
+
+/// `docker save`'s manifest.json.
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct DockerManifestEntry {
+    config: String,
+    layers: Vec<String>,
+}
+
+fn import_docker(
+    store: &Store,
+    src: &mut dyn Source,
+    source: &str,
+    manifest_bytes: &[u8],
+    pin: Option<&Digest>,
+) -> Result<Image, OciError> {
+    let what = format!("{source}: manifest.json");
+    let entries: Vec<DockerManifestEntry> =
+        parse_json(&what, "docker-archive manifest", manifest_bytes)?;
+    let [entry] = entries.as_slice() else {
+        return Err(OciError::Invalid {
+            what,
+            message: format!(
+                "holds {} images; save exactly one image per archive",
+                entries.len()
+            ),
+        });
+    };
+    let config = src.digest_of(store, &entry.config)?;
+    let config_bytes = read_blob(store, &config)?;
+    let config_json: ImageConfiguration = parse_json(
+        &format!("{source}: {}", entry.config),
+        "OCI image config",
+        &config_bytes,
+    )?;
+    let diff_ids = config_json.rootfs().diff_ids();
+    if diff_ids.len() != entry.layers.len() {
+        return Err(OciError::Invalid {
+            what,
+            message: format!(
+                "{} layers but the config lists {} diff_ids",
+                entry.layers.len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    let mut layers = Vec::new();
+    for (i, (path, diff_id)) in entry.layers.iter().zip(diff_ids).enumerate() {
+        let d = src.digest_of(store, path)?;
+        // docker save writes layers uncompressed, so each blob's digest must
+        // be its diff_id; that is what makes the image ID pin the layers.
+        if d.to_string() != *diff_id {
+            return Err(OciError::DiffId {
+                what: source.to_string(),
+                index: i,
+                expected: diff_id.clone(),
+                actual: d,
+            });
+        }
+        let size = fs::metadata(store.blob_path(&d))
+            .map_err(io_err(store.blob_path(&d)))?
+            .len();
+        layers.push(Layer {
+            digest: d,
+            media_type: "application/vnd.oci.image.layer.v1.tar".to_string(),
+            size,
+        });
+    }
+    // Give the image an OCI manifest so every image in the store has one.
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": layers.iter().map(|l| serde_json::json!({
+            "mediaType": l.media_type,
+            "digest": l.digest.to_string(),
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    let manifest_bytes = serde_json::to_vec(&manifest).map_err(|e| OciError::BadJson {
+        what: what.clone(),
+        kind: "OCI image manifest",
+        source: e,
+    })?;
+    let manifest_digest = store.add_reader(&mut &manifest_bytes[..], &what, None, None)?;
+    let image = Image {
+        source: source.to_string(),
+        index: None,
+        manifest: manifest_digest,
+        config,
+        layers,
+        platform: format!("{}/{}", config_json.os(), config_json.architecture()),
+        path_env: path_env(&config_json),
+    };
+    check_pin(source, pin, &image, true)?;
+    Ok(image)
+}
+
+/// A registry reference pinned by digest: `HOST[:PORT]/NAME@sha256:<hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reference {
+    pub registry: String,
+    pub repository: String,
+    pub digest: Digest,
+}
+
+impl std::str::FromStr for Reference {
+    type Err = OciError;
+    fn from_str(s: &str) -> Result<Reference, OciError> {
+        let err = |message: &str| OciError::Reference {
+            reference: s.to_string(),
+            message: message.to_string(),
+        };
+        let (name, digest) = s.rsplit_once('@').ok_or_else(|| {
+            err("images are pinned by digest: write HOST/NAME@sha256:<64 hex> (`skopeo inspect docker://HOST/NAME:TAG` prints the digest)")
+        })?;
+        let digest: Digest = digest
+            .parse()
+            .map_err(|e: crate::DigestError| err(&e.to_string()))?;
+        let (registry, repository) = name
+            .split_once('/')
+            .ok_or_else(|| err("name the registry host: write HOST[:PORT]/NAME@sha256:<hex>"))?;
+        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+            return Err(err(
+                "the part before the first / must be a registry host (with a dot or a port); hermit has no default registry",
+            ));
+        }
+        if repository.contains(':') {
+            return Err(err("a tag cannot be combined with a digest; drop the :TAG"));
+        }
+        if repository.is_empty()
+            || !repository
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
+        {
+            return Err(err(
+                "repository names are lowercase letters, digits and . _ - /",
+            ));
+        }
+        Ok(Reference {
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            digest,
+        })
+    }
+}
+
+impl std::fmt::Display for Reference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}@{}", self.registry, self.repository, self.digest)
+    }
+}
+
+/// How to talk to registries.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// Registries (HOST[:PORT]) reached over plain http. Loopback hosts
+    /// always are.
+    pub insecure_registries: Vec<String>,
+}
+
+fn is_loopback_host(registry: &str) -> bool {
+    let host = match registry.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => registry,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Pulls an image from a registry by digest (anonymous bearer-token flow),
+/// verifying every blob, and records it.
+pub async fn pull(
+    store: &Store,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<Image, OciError> {
+    let scheme = if is_loopback_host(&reference.registry)
+        || opts.insecure_registries.contains(&reference.registry)
+    {
+        "http"
+    } else {
+        "https"
+    };
+    let base = format!(
+        "{scheme}://{}/v2/{}",
+        reference.registry, reference.repository
+    );
+    let client = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| OciError::Http {
+            url: base.clone(),
+            source: e,
+        })?;
+    let mut session = RegistrySession {
+        client,
+        token: None,
+        scope: format!("repository:{}:pull", reference.repository),
+    };
+    let source = reference.to_string();
+    let top = reference.digest;
+    let (bytes, media_type) = session
+        .get_manifest(&format!("{base}/manifests/{top}"))
+        .await?;
+    check_bytes(&source, &top, &bytes)?;
+    store.add_reader(&mut &bytes[..], &source, Some(&top), None)?;
+    let (index, manifest_digest) =
+        if media_type.contains("index") || media_type.contains("manifest.list") {
+            let idx: ImageIndex = parse_json(&source, "OCI image index", &bytes)?;
+            let chosen = choose_manifest(&source, idx.manifests(), None)?;
+            let d = parse_digest(&source, chosen.digest().as_ref())?;
+            let (mbytes, _) = session
+                .get_manifest(&format!("{base}/manifests/{d}"))
+                .await?;
+            check_bytes(&source, &d, &mbytes)?;
+            store.add_reader(&mut &mbytes[..], &source, Some(&d), None)?;
+            (Some(top), d)
+        } else {
+            (None, top)
+        };
+    // Collect the blobs to fetch first (the manifest is in the store now),
+    // then fetch them one by one.
+    let manifest: ImageManifest = parse_json(
+        &source,
+        "OCI image manifest",
+        &read_blob(store, &manifest_digest)?,
+    )?;
+    let mut wanted = vec![parse_digest(&source, manifest.config().digest().as_ref())?];
+    for l in manifest.layers() {
+        wanted.push(parse_digest(&source, l.digest().as_ref())?);
+    }
+    for d in &wanted {
+        if store.blob(d).is_some() {
+            continue;
+        }
+        let _lock = store.lock(d)?;
+        if store.blob(d).is_some() {
+            continue;
+        }
+        session
+            .get_blob(store, &format!("{base}/blobs/{d}"), d)
+            .await?;
+    }
+    let image = finish_manifest(
+        store,
+        &source,
+        index,
+        manifest_digest,
+        &mut |d| match store.blob(d) {
+            Some(_) => Ok(()),
+            None => Err(OciError::MissingBlob {
+                what: source.clone(),
+                digest: d.to_string(),
+            }),
+        },
+    )?;
+    image.save(store)?;
+    Ok(image)
+}
+
+fn check_bytes(what: &str, expected: &Digest, bytes: &[u8]) -> Result<(), OciError> {
+    let actual = Digest::of(bytes);
+    if actual != *expected {
+        return Err(StoreError::Mismatch {
+            what: what.to_string(),
+            expected: *expected,
+            actual,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+struct RegistrySession {
+    client: reqwest::Client,
+    token: Option<String>,
+    scope: String,
+}
+
+impl RegistrySession {
+    async fn send(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<reqwest::Response, OciError> {
+        let http = |source| OciError::Http {
+            url: url.to_string(),
+            source,
+        };
+        for attempt in 0..2 {
+            let mut req = self.client.get(url);
+            if let Some(a) = accept {
+                req = req.header(reqwest::header::ACCEPT, a);
+            }
+            if let Some(t) = &self.token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await.map_err(http)?;
+            if resp.status() == reqwest::StatusCode::UNAUTHORIZED && attempt == 0 {
+                let challenge = resp
+                    .headers()
+                    .get(reqwest::header::WWW_AUTHENTICATE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                self.token = Some(self.fetch_token(url, &challenge).await?);
+                continue;
+            }
+            if !resp.status().is_success() {
+                return Err(OciError::Registry {
+                    url: url.to_string(),
+                    message: format!("registry answered {}", resp.status()),
+                });
+            }
+            return Ok(resp);
+        }
+        Err(OciError::Registry {
+            url: url.to_string(),
+            message: "still unauthorized after an anonymous token; the image may need credentials"
+                .into(),
+        })
+    }
+
+    async fn fetch_token(&self, url: &str, challenge: &str) -> Result<String, OciError> {
+        let params = parse_challenge(challenge).ok_or_else(|| OciError::Registry {
+            url: url.to_string(),
+            message: format!("unauthorized, with an authentication challenge hermit does not understand: {challenge:?}"),
+        })?;
+        let realm = params.get("realm").cloned().unwrap_or_default();
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(s) = params.get("service") {
+            query.push(("service", s.clone()));
+        }
+        query.push((
+            "scope",
+            params
+                .get("scope")
+                .cloned()
+                .unwrap_or_else(|| self.scope.clone()),
+        ));
+        let resp = self
+            .client
+            .get(&realm)
+            .query(&query)
+            .send()
+            .await
+            .map_err(|e| OciError::Http {
+                url: realm.clone(),
+                source: e,
+            })?;
+        if !resp.status().is_success() {
+            return Err(OciError::Registry {
+                url: realm,
+                message: format!("token service answered {}", resp.status()),
+            });
+        }
+        #[derive(Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let bytes = resp.bytes().await.map_err(|e| OciError::Http {
+            url: realm.clone(),
+            source: e,
+        })?;
+        let t: Token = parse_json(&realm, "token response", &bytes)?;
+        t.token
+            .or(t.access_token)
+            .ok_or_else(|| OciError::Registry {
+                url: realm,
+                message: "token response has neither token nor access_token".into(),
+            })
+    }
+
+    async fn get_manifest(&mut self, url: &str) -> Result<(Vec<u8>, String), OciError> {
+        let resp = self.send(url, Some(ACCEPT_MANIFESTS)).await?;
+        let media_type = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = resp.bytes().await.map_err(|e| OciError::Http {
+            url: url.to_string(),
+            source: e,
+        })?;
+        if bytes.len() as u64 > MAX_JSON {
+            return Err(OciError::TooLarge {
+                what: url.to_string(),
+            });
+        }
+        // Some registries answer with a generic content type; look inside.
+        let media_type = if media_type.contains("json") && !media_type.contains("vnd.") {
+            serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| {
+                    v.get("mediaType")
+                        .and_then(|m| m.as_str())
+                        .map(str::to_string)
+                })
+                .unwrap_or(media_type)
+        } else {
+            media_type
+        };
+        Ok((bytes.to_vec(), media_type))
+    }
+
+    async fn get_blob(
+        &mut self,
+        store: &Store,
+        url: &str,
+        expected: &Digest,
+    ) -> Result<(), OciError> {
+        use std::io::Write;
+        let mut resp = self.send(url, None).await?;
+        let mut w = store.blob_writer()?;
+        while let Some(chunk) = resp.chunk().await.map_err(|e| OciError::Http {
+            url: url.to_string(),
+            source: e,
+        })? {
+            w.write_all(&chunk)
+                .map_err(StoreError::io("writing blob from", url))?;
+        }
+        w.commit(url, Some(expected), None)?;
+        Ok(())
+    }
+}
+
+/// Parses `Bearer realm="…",service="…",scope="…"`.
+fn parse_challenge(h: &str) -> Option<BTreeMap<String, String>> {
+    let rest = h.trim().strip_prefix("Bearer ")?;
+    let mut out = BTreeMap::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (key, after) = s.split_once('=')?;
+        let after = after.strip_prefix('"')?;
+        let end = after.find('"')?;
+        out.insert(key.trim().to_string(), after[..end].to_string());
+        s = after[end + 1..].trim_start_matches(',').trim();
+    }
+    out.contains_key("realm").then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_need_a_digest_and_a_host() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r: Reference = format!("127.0.0.1:5000/lib/busybox@{d}").parse().unwrap();
+        assert_eq!(r.registry, "127.0.0.1:5000");
+        assert_eq!(r.repository, "lib/busybox");
+        assert!(format!("127.0.0.1:5000/busybox:latest")
+            .parse::<Reference>()
+            .is_err());
+        assert!(format!("busybox@{d}").parse::<Reference>().is_err());
+        assert!(format!("reg.example/busybox:1@{d}")
+            .parse::<Reference>()
+            .is_err());
+        let e = "reg.example/x@sha256:zz"
+            .parse::<Reference>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("64 hex"), "{e}");
+    }
+
+    #[test]
+    fn loopback_registries_use_http() {
+        assert!(is_loopback_host("127.0.0.1:5000"));
+        assert!(is_loopback_host("localhost:5000"));
+        assert!(is_loopback_host("[::1]:5000"));
+        assert!(!is_loopback_host("registry.example.org"));
+        assert!(!is_loopback_host("10.0.0.1:5000"));
+    }
+
+    #[test]
+    fn bearer_challenge() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:lib/x:pull""#,
+        )
+        .unwrap();
+        assert_eq!(c["realm"], "https://auth.example/token");
+        assert_eq!(c["service"], "registry.example");
+        assert_eq!(c["scope"], "repository:lib/x:pull");
+        assert!(parse_challenge("Basic realm=\"x\"").is_none());
+    }
+
+    #[test]
+    fn archive_paths_must_stay_inside() {
+        assert!(safe_rel("t", "../etc/passwd").is_err());
+        assert!(safe_rel("t", "/etc/passwd").is_err());
+        assert_eq!(
+            normalise("t", "./blobs/sha256/ab").unwrap(),
+            "blobs/sha256/ab"
+        );
+    }
+}
