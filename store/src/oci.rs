@@ -180,7 +180,7 @@ pub fn list(store: &Store) -> Result<Vec<Image>, OciError> {
             out.push(img);
         }
     }
-    out.sort_by(|a, b| a.manifest.cmp(&b.manifest));
+    out.sort_by_key(|i| i.manifest);
     Ok(out)
 }
 
@@ -1057,7 +1057,7 @@ mod tests {
         let r: Reference = format!("127.0.0.1:5000/lib/busybox@{d}").parse().unwrap();
         assert_eq!(r.registry, "127.0.0.1:5000");
         assert_eq!(r.repository, "lib/busybox");
-        assert!(format!("127.0.0.1:5000/busybox:latest")
+        assert!("127.0.0.1:5000/busybox:latest"
             .parse::<Reference>()
             .is_err());
         assert!(format!("busybox@{d}").parse::<Reference>().is_err());
