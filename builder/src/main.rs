@@ -18,6 +18,7 @@
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
 mod cmd;
+mod debian;
 mod exit;
 
 use std::process::ExitCode;

@@ -697,6 +697,68 @@ fn import_docker(
     Ok(image)
 }
 
+/// Makes a single-layer image from an uncompressed root filesystem tar that
+/// is already in the store (a bootstrapped Debian, for instance), and records
+/// it. The config and manifest are canonical JSON, so the same layer always
+/// gives the same manifest digest.
+pub fn image_from_rootfs_tar(
+    store: &Store,
+    layer: &Digest,
+    source: &str,
+    path_env: &str,
+) -> Result<Image, OciError> {
+    let layer_path = store.blob_path(layer);
+    let size = fs::metadata(&layer_path)
+        .map_err(io_err(&layer_path))?
+        .len();
+    let (os, arch) = host_platform();
+    let config = serde_json::json!({
+        "architecture": arch.to_string(),
+        "os": os.to_string(),
+        "config": {"Env": [format!("PATH={path_env}")]},
+        "rootfs": {"type": "layers", "diff_ids": [layer.to_string()]},
+    });
+    let config_bytes = canonical_json(&config)?;
+    let config_digest = store.add_reader(&mut &config_bytes[..], source, None, None)?;
+    let media_type = "application/vnd.oci.image.layer.v1.tar";
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": [{"mediaType": media_type, "digest": layer.to_string(), "size": size}],
+    });
+    let manifest_bytes = canonical_json(&manifest)?;
+    let manifest_digest = store.add_reader(&mut &manifest_bytes[..], source, None, None)?;
+    let image = Image {
+        source: source.to_string(),
+        index: None,
+        manifest: manifest_digest,
+        config: config_digest,
+        layers: vec![Layer {
+            digest: *layer,
+            media_type: media_type.to_string(),
+            size,
+        }],
+        platform: format!("{os}/{arch}"),
+        path_env: Some(path_env.to_string()),
+    };
+    image.save(store)?;
+    Ok(image)
+}
+
+/// Compact JSON with sorted keys (serde_json's Map is a BTreeMap here).
+fn canonical_json(v: &serde_json::Value) -> Result<Vec<u8>, OciError> {
+    serde_json::to_vec(v).map_err(|e| OciError::BadJson {
+        what: "generated image JSON".into(),
+        kind: "image",
+        source: e,
+    })
+}
+
 /// A registry reference pinned by digest: `HOST[:PORT]/NAME@sha256:<hex>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {

@@ -8,6 +8,8 @@ use clap::Subcommand;
 use hermit_store::oci::{self, Image, PullOptions, Reference};
 use hermit_store::{Digest, Store};
 
+use crate::debian::{self, DebianRequest};
+
 #[derive(Subcommand)]
 pub enum ImageCommand {
     /// Import an OCI image layout directory, an oci-archive or a `docker save` tar
@@ -24,6 +26,24 @@ pub enum ImageCommand {
         /// A registry (HOST[:PORT]) to reach over plain http; loopback registries always are
         #[arg(long = "insecure-registry")]
         insecure: Vec<String>,
+    },
+    /// Bootstrap a Debian root filesystem with mmdebstrap into a single-layer image
+    Bootstrap {
+        /// The Debian suite, e.g. bookworm
+        #[arg(long)]
+        suite: String,
+        /// Packages to install on top of the essential set (comma-separated or repeated)
+        #[arg(long, value_delimiter = ',')]
+        include: Vec<String>,
+        /// A Debian mirror URL, or a sources.list file; default: the host's apt sources
+        #[arg(long)]
+        mirror: Option<String>,
+        /// SOURCE_DATE_EPOCH for the bootstrap (the profile's default if absent)
+        #[arg(long)]
+        source_date_epoch: Option<u64>,
+        /// Print the image and its packages as JSON (sorted keys)
+        #[arg(long)]
+        json: bool,
     },
     /// List the images in the store
     Ls {
@@ -57,6 +77,36 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
                 .block_on(oci::pull(&store, &r, &opts))
                 .with_context(|| format!("pulling {r}"))?;
             print_image(&image);
+        }
+        ImageCommand::Bootstrap {
+            suite,
+            include,
+            mirror,
+            source_date_epoch,
+            json,
+        } => {
+            let req = DebianRequest::new(&suite, &include, mirror.as_deref());
+            let sde = match source_date_epoch {
+                Some(v) => v,
+                None => {
+                    hermit_profiles::Profile::default_profile()?
+                        .source_date_epoch
+                        .default
+                }
+            };
+            let b = debian::bootstrap(&store, &req, sde)?;
+            if json {
+                let v = serde_json::json!({"image": b.image, "packages": b.packages});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_image(&b.image);
+                for p in &b.packages {
+                    println!(
+                        "package  {} {} {} {}",
+                        p.name, p.version, p.architecture, p.sha256
+                    );
+                }
+            }
         }
         ImageCommand::Ls { json } => {
             let images = oci::list(&store).context("listing images")?;
