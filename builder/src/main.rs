@@ -20,6 +20,8 @@
 mod cmd;
 mod debian;
 mod exit;
+#[allow(dead_code)] // wired into `hermit lock` and `hermit build` once the spec parser lands
+mod lock;
 
 use std::process::ExitCode;
 
