@@ -2,3 +2,4 @@
 //! helpers in `common`.
 
 mod common;
+mod store;
