@@ -766,6 +766,8 @@ pub fn write_small_atomic(tmp: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     let (mut f, p) = temp_file(tmp)?;
     let mut guard = TempGuard(Some(p.clone()));
     f.write_all(data).map_err(StoreError::io("writing", &p))?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(StoreError::io("setting permissions of", &p))?;
     f.sync_all().map_err(StoreError::io("syncing", &p))?;
     drop(f);
     fs::rename(&p, dest).map_err(StoreError::io("renaming into", dest))?;

@@ -53,7 +53,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::mpsc;
@@ -369,10 +369,15 @@ fn unpack_inner(store: &Store, archive: &Digest, opts: &UnpackOptions) -> Result
             None => extract_zip(file, &tmp, &xopts)?,
         };
         let manifest = match extracted.manifest {
-            Some(m) => m,
-            None => tree::scan(&tmp)?,
+            Some(m) => {
+                seal_fresh_tree(&tmp, &m).map_err(io_err("making read-only", &tmp))?;
+                m
+            }
+            None => {
+                tree::make_read_only(&tmp).map_err(io_err("making read-only", &tmp))?;
+                tree::scan(&tmp)?
+            }
         };
-        tree::make_read_only(&tmp).map_err(io_err("making read-only", &tmp))?;
         syncfs(&tmp)?;
         let meta = UnpackedMeta {
             version: 1,
@@ -536,8 +541,9 @@ impl Read for ChunkReader {
 
 /// Extracts an uncompressed tar stream into `dest` (which may already hold
 /// earlier layers when `opts.oci_whiteouts` is set), with the safety rules of
-/// this module. Files are left owner-writable (0644/0755) so that further
-/// layers can be applied; call [`crate::tree::make_read_only`] when done.
+/// this module. Files are created with their final modes (0444/0555);
+/// directories stay 0755 so that further layers can be applied: call
+/// [`crate::tree::make_read_only`] when done.
 pub fn extract_tar<R: Read>(reader: R, dest: &Path, opts: &ExtractOptions) -> Result<Extracted> {
     extract_tar_with(reader, dest, opts, "tar")
 }
@@ -650,6 +656,30 @@ fn zip_time(t: zip::DateTime) -> u64 {
     secs.max(0) as u64
 }
 
+/// The process umask, read without changing it (from /proc); assumes the
+/// worst when it cannot be read.
+fn current_umask() -> u32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Umask:"))
+                .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        })
+        .unwrap_or(0o777)
+}
+
+/// Makes the directories of a freshly extracted tree read-only (0555); the
+/// files already are. `manifest` must describe `root` completely.
+pub fn seal_fresh_tree(root: &Path, manifest: &Manifest) -> io::Result<()> {
+    for (rel, node) in &manifest.entries {
+        if matches!(node, Node::Dir) {
+            fs::set_permissions(tree::join_rel(root, rel), fs::Permissions::from_mode(0o555))?;
+        }
+    }
+    fs::set_permissions(root, fs::Permissions::from_mode(0o555))
+}
+
 /// One archive entry, as the extractor sees it.
 enum In {
     File { mode: u32, mtime: Option<u64> },
@@ -754,6 +784,8 @@ struct Extractor<'a> {
     /// The last parent directory verified, to skip re-checking siblings.
     last_parent: Option<Vec<u8>>,
     dir_mtimes: Vec<(Vec<u8>, u64)>,
+    /// The process umask would clear read/exec bits, so files need a chmod.
+    umask_bites: bool,
     buf: Vec<u8>,
     entries: u64,
     bytes: u64,
@@ -773,6 +805,7 @@ impl<'a> Extractor<'a> {
             created: HashSet::new(),
             last_parent: None,
             dir_mtimes: Vec::new(),
+            umask_bites: current_umask() & 0o555 != 0,
             buf: vec![0u8; 1 << 18],
             entries: 0,
             bytes: 0,
@@ -935,13 +968,20 @@ impl<'a> Extractor<'a> {
                 self.clear_for_leaf(raw, &rel)?;
                 let exec = mode & 0o111 != 0;
                 let p = self.disk(&rel);
+                // Created with its final, read-only mode: the descriptor
+                // is writable all the same, and no chmod pass is needed.
+                let final_mode = if exec { 0o555 } else { 0o444 };
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .mode(if exec { 0o755 } else { 0o644 })
+                    .mode(final_mode)
                     .open(&p)
                     .map_err(io_err("creating", &p))?;
+                if self.umask_bites {
+                    f.set_permissions(fs::Permissions::from_mode(final_mode))
+                        .map_err(io_err("setting permissions of", &p))?;
+                }
                 let mut hasher = Hasher::new();
                 let mut size = 0u64;
                 loop {
@@ -1295,11 +1335,11 @@ mod tests {
         );
         assert_eq!(
             fs::metadata(root.join("pkg/run")).unwrap().mode() & 0o7777,
-            0o755
+            0o555
         );
         assert_eq!(
             fs::metadata(root.join("pkg/sub/data")).unwrap().mode() & 0o7777,
-            0o644
+            0o444
         );
         assert_eq!(fs::read(root.join("pkg/link")).unwrap(), b"data");
         assert_eq!(fs::metadata(root.join("pkg/hard")).unwrap().nlink(), 2);

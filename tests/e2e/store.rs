@@ -87,8 +87,18 @@ fn add_file_prints_digest_and_second_add_writes_nothing() {
     assert_eq!(add(&home, &f), digest);
     let after = fs::metadata(&p).unwrap();
     assert_eq!(
-        (before.ino(), before.mtime(), before.mtime_nsec(), before.ctime_nsec()),
-        (after.ino(), after.mtime(), after.mtime_nsec(), after.ctime_nsec())
+        (
+            before.ino(),
+            before.mtime(),
+            before.mtime_nsec(),
+            before.ctime_nsec()
+        ),
+        (
+            after.ino(),
+            after.mtime(),
+            after.mtime_nsec(),
+            after.ctime_nsec()
+        )
     );
     assert_eq!(count(&home.join("v1/blobs/sha256")), 1);
 }
@@ -130,9 +140,18 @@ fn add_dir_makes_a_deterministic_read_only_tree() {
     let p = PathBuf::from(stdout(&o));
     assert!(p.starts_with(home.join("v1/trees")));
     assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o555);
-    assert_eq!(fs::metadata(p.join("build.sh")).unwrap().mode() & 0o7777, 0o555);
-    assert_eq!(fs::metadata(p.join("src/lib/a.c")).unwrap().mode() & 0o7777, 0o444);
-    assert_eq!(fs::read_link(p.join("a")).unwrap(), Path::new("src/lib/a.c"));
+    assert_eq!(
+        fs::metadata(p.join("build.sh")).unwrap().mode() & 0o7777,
+        0o555
+    );
+    assert_eq!(
+        fs::metadata(p.join("src/lib/a.c")).unwrap().mode() & 0o7777,
+        0o444
+    );
+    assert_eq!(
+        fs::read_link(p.join("a")).unwrap(),
+        Path::new("src/lib/a.c")
+    );
     // One byte different: another tree.
     fs::write(d2.join("src/lib/a.c"), b"int b;\n").unwrap();
     assert_ne!(add(&home, &d2), t1);
@@ -178,7 +197,11 @@ fn sigkill_during_add_leaves_a_consistent_store() {
         // Whatever the moment, the store verifies and the next open removes
         // the dead process's temp session.
         verify_ok(&home);
-        assert_eq!(count(&home.join("v1/tmp")), 0, "stale session left after delay {delay_ms}ms");
+        assert_eq!(
+            count(&home.join("v1/tmp")),
+            0,
+            "stale session left after delay {delay_ms}ms"
+        );
         let blobs = count(&home.join("v1/blobs/sha256"));
         assert!(blobs <= 1);
         if blobs == 1 {
@@ -187,7 +210,10 @@ fn sigkill_during_add_leaves_a_consistent_store() {
             assert!(o.status.success(), "{}", both(&o));
         }
     }
-    assert!(killed_mid_add >= 2, "the adds finished too fast to be interrupted");
+    assert!(
+        killed_mid_add >= 2,
+        "the adds finished too fast to be interrupted"
+    );
     assert_eq!(add(&home, &f), sha256_of(&f));
     verify_ok(&home);
 }
@@ -232,7 +258,9 @@ fn verify_names_a_corrupt_blob_and_fails() {
     add(&home, &good);
     let d = add(&home, &bad);
     verify_ok(&home);
-    let blob = home.join("v1/blobs/sha256").join(d.trim_start_matches("sha256:"));
+    let blob = home
+        .join("v1/blobs/sha256")
+        .join(d.trim_start_matches("sha256:"));
     fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
     let mut bytes = fs::read(&blob).unwrap();
     bytes[5000] ^= 0x01;
@@ -241,7 +269,10 @@ fn verify_names_a_corrupt_blob_and_fails() {
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let err = stderr(&o);
     assert!(err.contains(&blob.display().to_string()), "{err}");
-    assert!(!err.contains(sha256_of(&good).trim_start_matches("sha256:")), "{err}");
+    assert!(
+        !err.contains(sha256_of(&good).trim_start_matches("sha256:")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -257,7 +288,11 @@ fn verify_names_a_corrupt_tree() {
     fs::write(p.join("extra"), b"sneaked in").unwrap();
     let o = run(hermit(&home).args(["store", "verify"]));
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    assert!(stderr(&o).contains(&p.display().to_string()), "{}", both(&o));
+    assert!(
+        stderr(&o).contains(&p.display().to_string()),
+        "{}",
+        both(&o)
+    );
 }
 
 /// A tmpfs mounted for one test, unmounted on drop.
@@ -274,8 +309,14 @@ fn full_disk_gives_one_clear_message_and_keeps_the_store_clean() {
     let s = scratch();
     let mnt = s.path().join("tiny");
     fs::create_dir(&mnt).unwrap();
-    let o = run(Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"]).arg(&mnt));
-    assert!(o.status.success(), "mounting a tmpfs (tests run as root): {}", both(&o));
+    let o = run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt));
+    assert!(
+        o.status.success(),
+        "mounting a tmpfs (tests run as root): {}",
+        both(&o)
+    );
     let _m = Mount(mnt.clone());
     let f = s.path().join("big.bin");
     fs::write(&f, noise(4 << 20, 5)).unwrap();
@@ -313,7 +354,10 @@ fn unwritable_store_gives_one_clear_message() {
     let err = stderr(&o);
     assert_eq!(err.matches("error:").count(), 1, "{err}");
     assert!(err.contains("permission denied"), "{err}");
-    assert!(err.contains(&home.join("v1").display().to_string()), "{err}");
+    assert!(
+        err.contains(&home.join("v1").display().to_string()),
+        "{err}"
+    );
     verify_ok(&home);
 }
 
@@ -333,8 +377,11 @@ fn gc_keeps_roots_and_records_and_reports_what_it_freed() {
     assert!(o.status.success(), "{}", both(&o));
     let out = home.join("v1/outputs").join("0".repeat(64));
     fs::create_dir_all(&out).unwrap();
-    fs::write(out.join("record.json"), format!("{{\"sources\":[{{\"sha256\":\"{recorded}\"}}]}}"))
-        .unwrap();
+    fs::write(
+        out.join("record.json"),
+        format!("{{\"sources\":[{{\"sha256\":\"{recorded}\"}}]}}"),
+    )
+    .unwrap();
     let o = run(hermit(&home).args(["store", "gc"]));
     assert!(o.status.success(), "{}", both(&o));
     let text = stdout(&o);
@@ -344,11 +391,18 @@ fn gc_keeps_roots_and_records_and_reports_what_it_freed() {
         let o = run(hermit(&home).args(["store", "path", d]));
         assert_eq!(o.status.success(), present, "{d}: {}", both(&o));
     }
-    assert!(out.join("record.json").exists(), "outputs are never collected");
+    assert!(
+        out.join("record.json").exists(),
+        "outputs are never collected"
+    );
     let o = run(hermit(&home).args(["store", "root", "rm", "my-pin"]));
     assert!(o.status.success(), "{}", both(&o));
     let o = run(hermit(&home).args(["store", "gc"]));
-    assert!(stdout(&o).contains("freed 1000 bytes in 1 entries"), "{}", both(&o));
+    assert!(
+        stdout(&o).contains("freed 1000 bytes in 1 entries"),
+        "{}",
+        both(&o)
+    );
     verify_ok(&home);
 }
 
@@ -370,7 +424,10 @@ fn gc_waits_for_a_process_holding_the_store_lock() {
     let waited = start.elapsed();
     let _ = holder.wait();
     assert!(o.status.success(), "{}", both(&o));
-    assert!(waited >= Duration::from_millis(1000), "gc did not wait: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(1000),
+        "gc did not wait: {waited:?}"
+    );
     assert!(stderr(&o).contains("waiting"), "{}", both(&o));
 }
 
@@ -415,19 +472,32 @@ fn refuse(entries: &str, entry: &str) -> Hostile {
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("secret"), b"do not touch").unwrap();
     let archive = s.path().join("evil.tar");
-    python_tar(&archive, &entries.replace("OUTSIDE", &outside.display().to_string()));
+    python_tar(
+        &archive,
+        &entries.replace("OUTSIDE", &outside.display().to_string()),
+    );
     let entry = entry.replace("OUTSIDE", &outside.display().to_string());
     let d = add(&home, &archive);
     let o = run(hermit(&home).args(["store", "unpack", &d]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = stderr(&o);
-    assert!(err.contains(&format!("refusing archive entry {entry:?}")), "{err}");
+    assert!(
+        err.contains(&format!("refusing archive entry {entry:?}")),
+        "{err}"
+    );
     assert!(err.contains(&d), "the message names the archive: {err}");
     assert_eq!(err.matches("error:").count(), 1, "{err}");
     assert_eq!(count(&home.join("v1/unpacked")), 0, "nothing in unpacked/");
     assert_eq!(count(&home.join("v1/tmp")), 0, "no temp files left");
-    let names: Vec<_> = fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("secret")], "outside was written to");
+    let names: Vec<_> = fs::read_dir(&outside)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("secret")],
+        "outside was written to"
+    );
     assert_eq!(fs::read(outside.join("secret")).unwrap(), b"do not touch");
     assert!(!s.path().join("evil").exists());
     verify_ok(&home);
@@ -440,7 +510,10 @@ fn refuse(entries: &str, entry: &str) -> Hostile {
 
 #[test]
 fn unpack_refuses_dotdot() {
-    let h = refuse(r#"add("ok", data=b"fine"); add("../../../evil", data=b"x")"#, "../../../evil");
+    let h = refuse(
+        r#"add("ok", data=b"fine"); add("../../../evil", data=b"x")"#,
+        "../../../evil",
+    );
     assert!(!h.home.join("v1/evil").exists() && !h.home.join("evil").exists());
 }
 
@@ -467,7 +540,10 @@ fn unpack_refuses_escaping_hardlink() {
 #[test]
 fn unpack_refuses_writing_through_a_symlink() {
     // The brief's case: the link itself already points outside.
-    refuse(r#"add("a", tarfile.SYMTYPE, link="OUTSIDE"); add("a/evil", data=b"x")"#, "a");
+    refuse(
+        r#"add("a", tarfile.SYMTYPE, link="OUTSIDE"); add("a/evil", data=b"x")"#,
+        "a",
+    );
     // A link that stays inside is still never written through.
     refuse(
         r#"add("sub", tarfile.DIRTYPE, mode=0o755); add("a", tarfile.SYMTYPE, link="sub"); add("a/evil", data=b"x")"#,
@@ -507,8 +583,14 @@ fn unpack_drops_setuid_bits() {
     let o = run(hermit(&home).args(["store", "unpack", &d]));
     assert!(o.status.success(), "{}", both(&o));
     let p = PathBuf::from(stdout(&o));
-    assert_eq!(fs::metadata(p.join("bin/su")).unwrap().mode() & 0o7777, 0o555);
-    assert_eq!(fs::metadata(p.join("bin/sg")).unwrap().mode() & 0o7777, 0o444);
+    assert_eq!(
+        fs::metadata(p.join("bin/su")).unwrap().mode() & 0o7777,
+        0o555
+    );
+    assert_eq!(
+        fs::metadata(p.join("bin/sg")).unwrap().mode() & 0o7777,
+        0o444
+    );
     assert_eq!(fs::metadata(p.join("tmp")).unwrap().mode() & 0o7777, 0o555);
 }
 
@@ -527,7 +609,10 @@ fn unpack_format(format: &str) {
     let archive = s.path().join(format!("pkg.{format}"));
     let mut cmd = if format == "zip" {
         let mut c = Command::new("zip");
-        c.current_dir(s.path()).args(["-q", "-r", "-y"]).arg(&archive).arg("pkg-1.0");
+        c.current_dir(s.path())
+            .args(["-q", "-r", "-y"])
+            .arg(&archive)
+            .arg("pkg-1.0");
         c
     } else {
         let compress = match format {
@@ -556,9 +641,18 @@ fn unpack_format(format: &str) {
         fs::read(root.join("src/deep/er/big.bin")).unwrap(),
         fs::read(src.join("src/deep/er/big.bin")).unwrap()
     );
-    assert_eq!(fs::metadata(root.join("configure")).unwrap().mode() & 0o7777, 0o555);
-    assert_eq!(fs::metadata(root.join("README")).unwrap().mode() & 0o7777, 0o444);
-    assert_eq!(fs::read_link(root.join("link")).unwrap(), Path::new("src/deep/er/big.bin"));
+    assert_eq!(
+        fs::metadata(root.join("configure")).unwrap().mode() & 0o7777,
+        0o555
+    );
+    assert_eq!(
+        fs::metadata(root.join("README")).unwrap().mode() & 0o7777,
+        0o444
+    );
+    assert_eq!(
+        fs::read_link(root.join("link")).unwrap(),
+        Path::new("src/deep/er/big.bin")
+    );
     assert_eq!(
         fs::metadata(root.join("README")).unwrap().mtime(),
         fs::metadata(src.join("README")).unwrap().mtime(),
@@ -614,11 +708,18 @@ fn unpack_of_a_non_archive_says_how_to_fix_it() {
     let s = scratch();
     let home = s.path().join("home");
     let f = s.path().join("notes.txt");
-    fs::File::create(&f).unwrap().write_all(b"just text\n").unwrap();
+    fs::File::create(&f)
+        .unwrap()
+        .write_all(b"just text\n")
+        .unwrap();
     let d = add(&home, &f);
     let o = run(hermit(&home).args(["store", "unpack", &d]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
-    assert!(stderr(&o).contains("cannot tell the format"), "{}", both(&o));
+    assert!(
+        stderr(&o).contains("cannot tell the format"),
+        "{}",
+        both(&o)
+    );
     assert!(stderr(&o).contains(&d), "{}", both(&o));
     let o = run(hermit(&home).args(["store", "unpack", &d, "--format", "rar"]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
