@@ -11,6 +11,8 @@
 //! - `v1/outputs/**/record.json`: every `sha256:<64 hex>` string found in a
 //!   build record is a root (its sources, image blobs, dependency outputs).
 //!   Outputs themselves (`v1/outputs/`) are never removed by `gc`.
+//! - `v1/images/*.json`: an imported or pulled toolchain image keeps every
+//!   blob it names (index, manifest, config, layers).
 //! - An unpacked tree (`v1/unpacked/<key>/`) is live when its key is a root
 //!   or when the archive it was unpacked from is; a live unpacked tree keeps
 //!   its archive blob alive too.
@@ -140,6 +142,18 @@ impl Store {
         let outputs = self.base().join("outputs");
         if outputs.is_dir() {
             collect_records(&outputs, &mut live)?;
+        }
+        // Imported toolchain images (`v1/images/<manifest>.json`, written by
+        // the OCI module) keep their manifests, configs and layers.
+        let images = self.base().join("images");
+        if let Ok(entries) = fs::read_dir(&images) {
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.extension().is_some_and(|e| e == "json") {
+                    let text = fs::read(&p).map_err(StoreError::io("reading", &p))?;
+                    live.extend(digests_in(&text));
+                }
+            }
         }
         Ok(live)
     }
@@ -336,12 +350,9 @@ fn list_unpacked(store: &Store) -> Result<Vec<UnpackedEntry>> {
         let entry = entry.map_err(StoreError::io("listing", &dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let hex = name.strip_suffix(".json").unwrap_or(&name);
-        match Digest::from_hex(hex) {
-            Ok(d) => {
-                keys.insert(d);
-            }
-            // Not ours (a stray file): leave it alone.
-            Err(_) => {}
+        // A name that is not a digest is not ours: leave it alone.
+        if let Ok(d) = Digest::from_hex(hex) {
+            keys.insert(d);
         }
     }
     Ok(keys
@@ -382,6 +393,7 @@ pub struct VerifyReport {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;

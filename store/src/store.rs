@@ -20,6 +20,8 @@
 //!     │                              kept by `gc` (see [`crate::gc`])
 //!     ├── outputs/<key>/             build outputs (a later module); never collected, and every
 //!     │                              `sha256:<hex>` in any `record.json` below is a gc root
+//!     ├── images/<hex>.json          imported toolchain images (the OCI module); every digest
+//!     │                              named in one is a gc root
 //!     ├── locks/<hex>.lock           advisory flock per digest/key: held while it is being added
 //!     └── tmp/<session>/             one per running hermit process, holding `.lock` (flocked
 //!                                    for the life of the process) and that process's
@@ -822,7 +824,7 @@ mod tests {
             Some(&Digest::of(b"hello")),
             Some(5),
         )?;
-        let p = store.blob(&d).ok_or_else(|| StoreError::NoHome)?;
+        let p = store.blob(&d).ok_or(StoreError::NoHome)?;
         assert_eq!(
             fs::read(&p).map_err(StoreError::io("reading", &p))?,
             b"hello"

@@ -363,6 +363,7 @@ pub(crate) fn join_rel(root: &Path, rel: &[u8]) -> PathBuf {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
 

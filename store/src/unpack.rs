@@ -1165,6 +1165,7 @@ impl<'a> Extractor<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests may unwrap
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
@@ -1196,7 +1197,7 @@ mod tests {
         D(&'a str),
         L(&'a str, &'a str),
         H(&'a str, &'a str),
-        Raw(tar::Header),
+        Raw(Box<tar::Header>),
     }
 
     fn tarball(entries: &[E]) -> Vec<u8> {
@@ -1216,7 +1217,7 @@ mod tests {
                 E::H(p, t) => b
                     .append(&link_header(p, tar::EntryType::Link, t), &[][..])
                     .unwrap(),
-                E::Raw(h) => b.append(h, &[][..]).unwrap(),
+                E::Raw(h) => b.append(h.as_ref(), &[][..]).unwrap(),
             }
         }
         b.into_inner().unwrap()
@@ -1259,15 +1260,30 @@ mod tests {
         );
         refused(&[E::D("d"), E::L("d", "x")], "d");
         refused(
-            &[E::Raw(header("dev", tar::EntryType::Char, 0, 0o644))],
+            &[E::Raw(Box::new(header(
+                "dev",
+                tar::EntryType::Char,
+                0,
+                0o644,
+            )))],
             "dev",
         );
         refused(
-            &[E::Raw(header("blk", tar::EntryType::Block, 0, 0o644))],
+            &[E::Raw(Box::new(header(
+                "blk",
+                tar::EntryType::Block,
+                0,
+                0o644,
+            )))],
             "blk",
         );
         refused(
-            &[E::Raw(header("fifo", tar::EntryType::Fifo, 0, 0o644))],
+            &[E::Raw(Box::new(header(
+                "fifo",
+                tar::EntryType::Fifo,
+                0,
+                0o644,
+            )))],
             "fifo",
         );
         refused(&[E::F("f", b"x", 0o644), E::F("f/x", b"x", 0o644)], "f/x");

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests may unwrap
 //! The store through the real binary: adds, paths, verify, gc, roots, the
 //! store's guarantees under SIGKILL, concurrency, full disks and missing
 //! permissions, and unpacking (every format, and every hostile entry).
