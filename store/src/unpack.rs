@@ -1477,6 +1477,50 @@ mod tests {
         assert!(!p.exists());
     }
 
+    fn zip_with(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(io::Cursor::new(Vec::new()));
+        for (name, mode, data) in entries {
+            let o = zip::write::SimpleFileOptions::default().unix_permissions(*mode);
+            if mode & 0o170000 == 0o120000 {
+                w.add_symlink(*name, std::str::from_utf8(data).unwrap(), o)
+                    .unwrap();
+            } else {
+                w.start_file(*name, o).unwrap();
+                w.write_all(data).unwrap();
+            }
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn zip_entries_follow_the_same_rules() {
+        let opts = ExtractOptions::default();
+        for (entries, bad) in [
+            (vec![("../evil", 0o644, &b"x"[..])], "../evil"),
+            (vec![("/abs", 0o644, &b"x"[..])], "/abs"),
+            (vec![("up", 0o120777, &b"../../x"[..])], "up"),
+            (
+                vec![("l", 0o120777, &b"."[..]), ("l/evil", 0o644, &b"x"[..])],
+                "l/evil",
+            ),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = zip_with(&entries);
+            match extract_zip(io::Cursor::new(data), dir.path(), &opts) {
+                Err(UnpackError::Unsafe { entry, .. }) => assert_eq!(entry, bad),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = zip_with(&[("a/run", 0o104755, b"#!"), ("a/l", 0o120777, b"run")]);
+        extract_zip(io::Cursor::new(data), dir.path(), &opts).unwrap();
+        assert_eq!(
+            fs::metadata(dir.path().join("a/run")).unwrap().mode() & 0o7777,
+            0o555
+        );
+        assert_eq!(fs::read(dir.path().join("a/l")).unwrap(), b"#!");
+    }
+
     #[test]
     fn zip_time_is_utc_seconds() {
         let t = zip::DateTime::from_date_and_time(2023, 11, 14, 22, 13, 20).unwrap();
