@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Benchmarks `hermit store add` of a large file against the obvious shell
 # equivalents, on tmpfs, interleaved, and prints medians and ratios.
 #
@@ -20,14 +20,17 @@ cleanup() { chmod -R u+w "$W" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-now() { date +%s%N; }
-# time_cmd VAR CMD... : runs CMD, appends its wall time in ms to $W/VAR
+# time_cmd VAR CMD... : runs CMD (a command or function), appends its wall
+# and CPU (user+sys, children included) seconds to $W/VAR.wall / $W/VAR.cpu
 time_cmd() {
-  var=$1; shift
-  t0=$(now); "$@" >/dev/null; t1=$(now)
-  echo $(( (t1 - t0) / 1000000 )) >> "$W/$var"
+  local var=$1 t; shift
+  t=$( { TIMEFORMAT='%3R %3U %3S'; time "$@" >/dev/null 2>"$W/stderr"; } 2>&1 ) || {
+    cat "$W/stderr" >&2; exit 1; }
+  echo "$t" | awk '{print $1}' >> "$W/$var.wall"
+  echo "$t" | awk '{print $2 + $3}' >> "$W/$var.cpu"
 }
-median() { sort -n "$W/$1" | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# median FILE: the median of the numbers in $W/FILE, in ms
+median() { sort -n "$W/$1" | awk '{a[NR]=$1*1000} END {printf "%d", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v p="$1" -v h="$2" 'BEGIN {printf "%.2f", p/h}'; }
 
 echo "making a ${SIZE_MB} MiB file in $W"
@@ -49,8 +52,12 @@ while [ "$i" -lt "$REPS" ]; do
   i=$((i + 1))
 done
 
-pp=$(median present_peer); ph=$(median present_hermit)
-fp=$(median fresh_peer); fh=$(median fresh_hermit)
-printf '%-44s %8s %8s %6s\n' "case (${SIZE_MB} MiB, median of $REPS, ms)" peer hermit ratio
-printf '%-44s %8s %8s %6s\n' "add, already present  vs openssl dgst" "$pp" "$ph" "$(ratio "$pp" "$ph")"
-printf '%-44s %8s %8s %6s\n' "add, fresh  vs openssl dgst && cp && sync" "$fp" "$fh" "$(ratio "$fp" "$fh")"
+echo "median of $REPS runs, ${SIZE_MB} MiB; ratio = peer / hermit (above 1: hermit faster)"
+printf '%-42s %9s %9s %6s %9s %9s %6s\n' "case" "peer ms" "hermit ms" "ratio" "peer cpu" "herm cpu" "ratio"
+row() {
+  local label=$1 p=$2 h=$3 pw hw pc hc
+  pw=$(median "$p.wall"); hw=$(median "$h.wall"); pc=$(median "$p.cpu"); hc=$(median "$h.cpu")
+  printf '%-42s %9s %9s %6s %9s %9s %6s\n' "$label" "$pw" "$hw" "$(ratio "$pw" "$hw")" "$pc" "$hc" "$(ratio "$pc" "$hc")"
+}
+row "add, present vs openssl dgst" present_peer present_hermit
+row "add, fresh vs openssl dgst && cp && sync" fresh_peer fresh_hermit

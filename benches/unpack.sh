@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/usr/bin/env bash
 # Benchmarks `hermit store unpack` against GNU tar (`tar -xf`, which runs
 # xz/gzip/zstd in a separate process) on the same content as .tar.xz,
 # .tar.gz and .tar.zst, on tmpfs, interleaved; prints medians and ratios.
@@ -19,13 +19,17 @@ cleanup() { chmod -R u+w "$W" 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-now() { date +%s%N; }
+# time_cmd VAR CMD... : runs CMD (a command or function), appends its wall
+# and CPU (user+sys, children included) seconds to $W/VAR.wall / $W/VAR.cpu
 time_cmd() {
-  var=$1; shift
-  t0=$(now); "$@" >/dev/null; t1=$(now)
-  echo $(( (t1 - t0) / 1000000 )) >> "$W/$var"
+  local var=$1 t; shift
+  t=$( { TIMEFORMAT='%3R %3U %3S'; time "$@" >/dev/null 2>"$W/stderr"; } 2>&1 ) || {
+    cat "$W/stderr" >&2; exit 1; }
+  echo "$t" | awk '{print $1}' >> "$W/$var.wall"
+  echo "$t" | awk '{print $2 + $3}' >> "$W/$var.cpu"
 }
-median() { sort -n "$W/$1" | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+# median FILE: the median of the numbers in $W/FILE, in ms
+median() { sort -n "$W/$1" | awk '{a[NR]=$1*1000} END {printf "%d", (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v p="$1" -v h="$2" 'BEGIN {printf "%.2f", p/h}'; }
 
 if [ -n "${BENCH_DEB:-}" ]; then
@@ -43,16 +47,18 @@ zstd -q -3 -c "$W/data.tar" > "$W/data.tar.zst"
 echo "content: $PKG data.tar, $(( $(stat -c %s "$W/data.tar") / 1048576 )) MiB, $(tar -tf "$W/data.tar" | wc -l) entries"
 
 export HERMIT_HOME="$W/home"
-tar_x() { rm -rf "$W/out"; mkdir "$W/out"; tar -xf "$1" -C "$W/out"; }
+tar_x() { mkdir "$W/out" && tar -xf "$1" -C "$W/out"; }
 hermit_x() { "$HERMIT" store unpack "$1"; }
 forget_unpacked() { chmod -R u+w "$W/home/v1/unpacked" && rm -rf "$W/home/v1/unpacked"/*; }
 
-printf '%-10s %10s %10s %6s\n' "format" "tar ms" "hermit ms" "ratio"
+echo "median of $REPS runs; ratio = tar / hermit (above 1: hermit faster)"
+printf '%-8s %9s %9s %6s %9s %9s %6s\n' "format" "tar ms" "hermit ms" "ratio" "tar cpu" "herm cpu" "ratio"
 for f in xz gz zst; do
   a="$W/data.tar.$f"
   d=$("$HERMIT" store add "$a")
   i=0
   while [ "$i" -lt "$REPS" ]; do
+    rm -rf "$W/out"
     time_cmd "tar_$f" tar_x "$a"
     forget_unpacked
     time_cmd "hermit_$f" hermit_x "$d"
@@ -61,6 +67,7 @@ for f in xz gz zst; do
   # Same tree as GNU tar produced (content and symlinks).
   p=$("$HERMIT" store unpack "$d")
   diff -r --no-dereference "$W/out" "$p" >/dev/null || { echo "tree differs from tar's for .$f" >&2; exit 1; }
-  t=$(median "tar_$f"); h=$(median "hermit_$f")
-  printf '%-10s %10s %10s %6s\n' "tar.$f" "$t" "$h" "$(ratio "$t" "$h")"
+  tw=$(median "tar_$f.wall"); hw=$(median "hermit_$f.wall")
+  tc=$(median "tar_$f.cpu"); hc=$(median "hermit_$f.cpu")
+  printf '%-8s %9s %9s %6s %9s %9s %6s\n' "tar.$f" "$tw" "$hw" "$(ratio "$tw" "$hw")" "$tc" "$hc" "$(ratio "$tc" "$hc")"
 done

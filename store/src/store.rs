@@ -68,6 +68,10 @@ pub const LAYOUT_VERSION: u32 = 1;
 /// per-call overhead vanishes next to sha256, small enough to stay in L2/L3.
 pub const IO_BUF: usize = 1 << 20;
 
+/// A file whose status last changed more than this many seconds ago is
+/// "settled" (see [`Store::add_file`]).
+pub const SETTLED_SECS: i64 = 2;
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -428,13 +432,29 @@ impl Store {
 
     /// Adds one regular file as a blob.
     ///
-    /// The file is hashed first (reading only); if the blob is already
-    /// present nothing is written. Otherwise the file is copied into a temp
-    /// file while a second thread hashes the same buffers, and the copy is
-    /// installed only if it hashes to the first digest (a file that changed
-    /// in between is refused, never stored under a wrong name).
+    /// The file is hashed first, reading only; if the blob is already present
+    /// nothing is written. Otherwise it is copied into a temp file and
+    /// installed under that digest, in one of two ways:
+    ///
+    /// - *settled* files (status last changed over [`SETTLED_SECS`] ago)
+    ///   are copied by the kernel (`copy_file_range`), and the copy is
+    ///   accepted only if the file's size, mtime and ctime are the same after
+    ///   the copy as before the hash. Any write to a settled file moves its
+    ///   ctime to a later clock tick, so a file changed meanwhile is caught;
+    ///   this costs one hash plus one copy, like `openssl dgst && cp`;
+    /// - recently changed files are copied through user space while a second
+    ///   thread re-hashes exactly the bytes written, and the copy is accepted
+    ///   only if it hashes to the first digest.
+    ///
+    /// Either way a file that changed while being added is refused
+    /// ([`StoreError::Changed`]), never stored under a wrong name.
     pub fn add_file(&self, path: &Path) -> Result<Added> {
+        use std::os::unix::fs::MetadataExt;
         let mut file = File::open(path).map_err(StoreError::io("opening", path))?;
+        let before = file.metadata().map_err(StoreError::io("reading", path))?;
+        let settled = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|now| now.as_secs() as i64 - before.ctime() > SETTLED_SECS);
         advise_sequential(&file);
         let (digest, size) = hash_reader(&mut file).map_err(StoreError::io("reading", path))?;
         let _lock = self.lock(&digest)?;
@@ -446,16 +466,36 @@ impl Store {
                 new: false,
             });
         }
+        let changed = || StoreError::Changed {
+            path: path.to_path_buf(),
+            expected: digest,
+        };
         file.rewind().map_err(StoreError::io("reading", path))?;
-        let (tmp, tmp_path) = temp_file(&self.session.dir)?;
+        let (mut tmp, tmp_path) = temp_file(&self.session.dir)?;
         let mut guard = TempGuard(Some(tmp_path.clone()));
-        let mut tmp = tmp;
-        let (copied, copied_size) = copy_hashing(&mut file, &mut tmp, path, &tmp_path)?;
-        if copied != digest || copied_size != size {
-            return Err(StoreError::Changed {
-                path: path.to_path_buf(),
-                expected: digest,
-            });
+        if settled {
+            // std's File-to-File copy is copy_file_range (or sendfile).
+            let copied =
+                io::copy(&mut file, &mut tmp).map_err(StoreError::io("copying into", &tmp_path))?;
+            let after = file.metadata().map_err(StoreError::io("reading", path))?;
+            let same = |m: &fs::Metadata| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                    m.ino(),
+                )
+            };
+            if copied != size || same(&before) != same(&after) {
+                return Err(changed());
+            }
+        } else {
+            let (copied, copied_size) = copy_hashing(&mut file, &mut tmp, path, &tmp_path)?;
+            if copied != digest || copied_size != size {
+                return Err(changed());
+            }
         }
         install_blob(&self.base.join("blobs/sha256"), tmp, &tmp_path, &digest)?;
         guard.0 = None;
