@@ -34,6 +34,7 @@ ratio() { awk -v p="$1" -v h="$2" 'BEGIN {printf "%.2f", p/h}'; }
 
 if [ -n "${BENCH_DEB:-}" ]; then
   cp "$BENCH_DEB" "$W/pkg.deb"
+  PKG=$(basename "$BENCH_DEB" | cut -d_ -f1)
 else
   (cd "$W" && apt-get download -q "$PKG" >/dev/null) || {
     echo "apt-get download $PKG failed (run apt-get update?); or set BENCH_DEB" >&2; exit 1; }

@@ -873,6 +873,33 @@ mod tests {
     }
 
     #[test]
+    fn add_file_settled_and_fresh_paths() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
+        let store = Store::open(dir.path().join("home"))?;
+        let fresh = dir.path().join("fresh");
+        let settled = dir.path().join("settled");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&settled, &data[1..]).map_err(StoreError::io("writing", &settled))?;
+        std::thread::sleep(std::time::Duration::from_millis(
+            SETTLED_SECS as u64 * 1000 + 1100,
+        ));
+        fs::write(&fresh, &data).map_err(StoreError::io("writing", &fresh))?;
+        for (p, bytes) in [(&fresh, &data[..]), (&settled, &data[1..])] {
+            let added = store.add_file(p)?;
+            assert!(added.new);
+            assert_eq!(added.digest, Digest::of(bytes));
+            let blob = store.blob_path(&added.digest);
+            assert_eq!(
+                fs::read(&blob).map_err(StoreError::io("reading", &blob))?,
+                bytes
+            );
+            let again = store.add_file(p)?;
+            assert!(!again.new);
+        }
+        Ok(())
+    }
+
+    #[test]
     fn mismatch_stores_nothing() -> Result<()> {
         let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
         let store = Store::open(dir.path())?;
