@@ -1521,6 +1521,42 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("a/l")).unwrap(), b"#!");
     }
 
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn compressed_stream_errors_end_the_decoder_thread() {
+        // A refusal early in a long compressed stream returns at once
+        // (the decoder thread must not stay blocked on a full channel).
+        let big = vec![7u8; 20 << 20];
+        let data = gz(&tarball(&[
+            E::F("../evil", b"x", 0o644),
+            E::F("big", &big, 0o644),
+        ]));
+        let dir = tempfile::tempdir().unwrap();
+        let r = extract_tar_stream(
+            &data[..],
+            Compression::Gzip,
+            dir.path(),
+            &Default::default(),
+        );
+        assert!(matches!(r, Err(UnpackError::Unsafe { .. })), "{r:?}");
+        // A truncated stream is reported as such.
+        let data = gz(&tarball(&[E::F("big", &big, 0o644)]));
+        let cut = &data[..data.len() / 2];
+        let dir = tempfile::tempdir().unwrap();
+        let r = extract_tar_stream(cut, Compression::Gzip, dir.path(), &Default::default());
+        match r {
+            Err(e @ UnpackError::Corrupt { .. }) => {
+                assert!(e.to_string().contains("tar.gz"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn zip_time_is_utc_seconds() {
         let t = zip::DateTime::from_date_and_time(2023, 11, 14, 22, 13, 20).unwrap();
