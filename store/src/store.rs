@@ -128,12 +128,25 @@ impl StoreError {
     /// user reads one clear sentence with the fix.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| match source.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StoreError::DiskFull { op, path, source },
-            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+        move |source| {
+            // Wrapped errors (tempfile's) keep their kind but not the errno.
+            let errno = source.raw_os_error();
+            let kind = source.kind();
+            if matches!(errno, Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || kind == io::ErrorKind::StorageFull
+            {
+                StoreError::DiskFull { op, path, source }
+            } else if matches!(
+                errno,
+                Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+            ) || matches!(
+                kind,
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) {
                 StoreError::PermissionDenied { op, path, source }
+            } else {
+                StoreError::Io { op, path, source }
             }
-            _ => StoreError::Io { op, path, source },
         }
     }
 
