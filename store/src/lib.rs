@@ -2,14 +2,23 @@
 //!
 //! - [`digest`]: the `sha256:<hex>` type every other module names bytes with.
 //! - [`store`]: the on-disk layout (drawn in its doc comment), the single
-//!   write path (temp → fsync → rename), per-digest locks.
+//!   write path (temp → fsync → rename), per-digest and store-wide locks,
+//!   adding files.
+//! - [`tree`]: directories as store entries, and the tree digest.
+//! - [`gc`]: gc roots, garbage collection and `verify`.
+//! - [`unpack`]: archives (tar, tar.gz/xz/bz2/zst, zip) into read-only
+//!   trees, refusing hostile entries; the tar extractor OCI layers reuse.
 //!
 //! Nothing in this crate prints; progress is reported through traits the
 //! binary implements.
 
 pub mod digest;
 pub mod oci;
+pub mod gc;
 pub mod store;
+pub mod tree;
+pub mod unpack;
 
 pub use digest::{Digest, DigestError, Hasher};
-pub use store::{Store, StoreError};
+pub use store::{Added, EntryKind, Store, StoreError};
+pub use unpack::{unpack, ArchiveFormat, ExtractOptions, UnpackError, UnpackOptions};

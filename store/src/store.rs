@@ -6,8 +6,23 @@
 //! $HERMIT_HOME/                      (else $XDG_DATA_HOME/hermit, else ~/.local/share/hermit)
 //! └── v1/                            one directory per layout version; never mixed
 //!     ├── VERSION                    "1\n"
+//!     ├── store.lock                 the store-wide lock: every add, unpack and digest lock
+//!     │                              holds it shared; `gc` holds it exclusive
 //!     ├── blobs/sha256/<hex>         every blob, named by the sha256 of its bytes, mode 0444
-//!     ├── locks/<hex>.lock           advisory flock per digest: held while a digest is being added
+//!     ├── trees/<hex>/               a directory added with `store add DIR`, named by its
+//!     │                              tree digest (see [`crate::tree`]); read-only (dirs 0555,
+//!     │                              files 0444/0555); files are private copies, not links
+//!     ├── unpacked/<key>/            an archive blob unpacked once, read-only like trees;
+//!     │                              key = sha256 of the archive digest + canonical unpack
+//!     │                              options (see [`crate::unpack`])
+//!     ├── unpacked/<key>.json        what `<key>/` was unpacked from and its tree digest
+//!     ├── gcroots/<name>             pins: every `sha256:<hex>` written in such a file is
+//!     │                              kept by `gc` (see [`crate::gc`])
+//!     ├── outputs/<key>/             build outputs (a later module); never collected, and every
+//!     │                              `sha256:<hex>` in any `record.json` below is a gc root
+//!     ├── images/<hex>.json          imported toolchain images (the OCI module); every digest
+//!     │                              named in one is a gc root
+//!     ├── locks/<hex>.lock           advisory flock per digest/key: held while it is being added
 //!     └── tmp/<session>/             one per running hermit process, holding `.lock` (flocked
 //!                                    for the life of the process) and that process's
 //!                                    half-written files; a session whose lock is free is stale
@@ -26,9 +41,21 @@
 //! is fsynced. A process killed at any instant therefore leaves either
 //! nothing or a complete, correct entry. Concurrent processes serialise on
 //! the per-digest lock, so each digest is written once.
+//!
+//! # Locks
+//!
+//! Two levels, both `flock(2)` so they die with their process:
+//!
+//! - `store.lock`, store-wide. [`Store::lock`], [`Store::blob_writer`] and
+//!   everything built on them take it *shared*; `gc` takes it *exclusive*, so
+//!   a collection never removes something while another process is adding
+//!   or using it. A process that relies on unrooted entries for a while (a
+//!   build reading its sources) holds [`Store::shared_lock`] for that time.
+//! - `locks/<hex>.lock`, per digest, exclusive, taken after the shared
+//!   store lock: one writer per digest.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -37,11 +64,33 @@ use crate::digest::{Digest, Hasher};
 /// Layout version; bumped when the on-disk layout changes incompatibly.
 pub const LAYOUT_VERSION: u32 = 1;
 
+/// Size of the buffers used to read and hash files: large enough that the
+/// per-call overhead vanishes next to sha256, small enough to stay in L2/L3.
+pub const IO_BUF: usize = 1 << 20;
+
+/// A file whose status last changed more than this many seconds ago is
+/// "settled" (see [`Store::add_file`]).
+pub const SETTLED_SECS: i64 = 2;
+
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{op} {path}: {source}", path = path.display())]
     Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no space left on device while {op} {path}; free some space (`hermit store gc`) or point HERMIT_HOME at a larger disk", path = path.display())]
+    DiskFull {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("permission denied while {op} {path}; the store must be writable by this user (fix its ownership or point HERMIT_HOME elsewhere)", path = path.display())]
+    PermissionDenied {
         op: &'static str,
         path: PathBuf,
         #[source]
@@ -65,23 +114,80 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    #[error("{path} changed while it was being added (its bytes no longer hash to {expected}); nothing was stored", path = path.display())]
+    Changed { path: PathBuf, expected: Digest },
+    #[error("{path} is a {kind}; only regular files, directories and symlinks can be added to the store", path = path.display())]
+    Unsupported { path: PathBuf, kind: &'static str },
+    #[error("gc root name {0:?} is not usable: use letters, digits, '.', '_', '-', not starting with '.'")]
+    BadRootName(String),
 }
 
 impl StoreError {
-    /// Wraps an I/O error with the operation and path it concerns.
+    /// Wraps an I/O error with the operation and path it concerns. A full
+    /// disk and a permission problem get their own variants, so that the
+    /// user reads one clear sentence with the fix.
     pub fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.into();
-        move |source| StoreError::Io { op, path, source }
+        move |source| {
+            // Wrapped errors (tempfile's) keep their kind but not the errno.
+            let errno = source.raw_os_error();
+            let kind = source.kind();
+            if matches!(errno, Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || kind == io::ErrorKind::StorageFull
+            {
+                StoreError::DiskFull { op, path, source }
+            } else if matches!(
+                errno,
+                Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+            ) || matches!(
+                kind,
+                io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+            ) {
+                StoreError::PermissionDenied { op, path, source }
+            } else {
+                StoreError::Io { op, path, source }
+            }
+        }
     }
 
     /// True when the underlying cause is a full disk or quota.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. }
-            if matches!(source.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)))
+        matches!(self, StoreError::DiskFull { .. })
     }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What kind of entry a digest names in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Blob,
+    Tree,
+    Unpacked,
+    Output,
+}
+
+impl EntryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryKind::Blob => "blob",
+            EntryKind::Tree => "tree",
+            EntryKind::Unpacked => "unpacked tree",
+            EntryKind::Output => "output",
+        }
+    }
+}
+
+/// The result of adding a file or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    pub digest: Digest,
+    pub kind: EntryKind,
+    /// Bytes of file content hashed.
+    pub size: u64,
+    /// False when the entry was already present (nothing was written).
+    pub new: bool,
+}
 
 /// An open store. Holds this process's temp session (released on drop).
 #[derive(Debug)]
@@ -99,7 +205,7 @@ struct Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
+        let _ = remove_tree(&self.dir);
     }
 }
 
@@ -128,7 +234,14 @@ impl Store {
     /// temp sessions left behind by processes that died.
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
         let base = root.as_ref().join(format!("v{LAYOUT_VERSION}"));
-        for d in ["blobs/sha256", "locks", "tmp"] {
+        for d in [
+            "blobs/sha256",
+            "trees",
+            "unpacked",
+            "gcroots",
+            "locks",
+            "tmp",
+        ] {
             let p = base.join(d);
             fs::create_dir_all(&p).map_err(StoreError::io("creating", &p))?;
         }
@@ -168,14 +281,90 @@ impl Store {
         p.is_file().then_some(p)
     }
 
+    /// Where a tree with this digest lives (whether or not it is present).
+    pub fn tree_path(&self, digest: &Digest) -> PathBuf {
+        self.base.join("trees").join(digest.hex())
+    }
+
+    /// Where the unpacked tree with this key lives (whether or not present).
+    pub fn unpacked_path(&self, key: &Digest) -> PathBuf {
+        self.base.join("unpacked").join(key.hex())
+    }
+
+    /// Finds whatever the store holds under `digest`: a tree, an unpacked
+    /// tree, an output or a blob (in that order).
+    pub fn find(&self, digest: &Digest) -> Option<(EntryKind, PathBuf)> {
+        let candidates = [
+            (EntryKind::Tree, self.tree_path(digest)),
+            (EntryKind::Unpacked, self.unpacked_path(digest)),
+            (
+                EntryKind::Output,
+                self.base.join("outputs").join(digest.hex()),
+            ),
+        ];
+        for (kind, p) in candidates {
+            if p.is_dir() {
+                return Some((kind, p));
+            }
+        }
+        self.blob(digest).map(|p| (EntryKind::Blob, p))
+    }
+
     /// This process's private temp directory, on the store's filesystem.
     pub fn tmp_dir(&self) -> &Path {
         &self.session.dir
     }
 
+    /// Takes the store-wide lock shared, blocking while a `gc` runs. Hold it
+    /// while relying on entries that no gc root protects.
+    pub fn shared_lock(&self) -> Result<StoreLock> {
+        self.blocking_store_lock(nix::fcntl::FlockArg::LockShared)
+    }
+
+    /// Takes the store-wide lock exclusively (what `gc` does), blocking until
+    /// no other process adds or holds a digest lock.
+    pub fn exclusive_lock(&self) -> Result<StoreLock> {
+        self.blocking_store_lock(nix::fcntl::FlockArg::LockExclusive)
+    }
+
+    /// Like [`Store::exclusive_lock`] but returns `None` at once when another
+    /// process holds the lock.
+    pub fn try_exclusive_lock(&self) -> Result<Option<StoreLock>> {
+        self.store_lock(nix::fcntl::FlockArg::LockExclusiveNonblock)
+    }
+
+    fn blocking_store_lock(&self, arg: nix::fcntl::FlockArg) -> Result<StoreLock> {
+        self.store_lock(arg)?.ok_or_else(|| {
+            StoreError::io("locking", self.base.join("store.lock"))(io::Error::from_raw_os_error(
+                libc::EWOULDBLOCK,
+            ))
+        })
+    }
+
+    fn store_lock(&self, arg: nix::fcntl::FlockArg) -> Result<Option<StoreLock>> {
+        let path = self.base.join("store.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(StoreError::io("opening lock", &path))?;
+        match nix::fcntl::Flock::lock(file, arg) {
+            Ok(lock) => Ok(Some(StoreLock { _lock: lock })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(StoreError::io("locking", &path)(
+                io::Error::from_raw_os_error(errno as i32),
+            )),
+        }
+    }
+
     /// Takes the advisory lock for `digest`, blocking until it is free.
     /// Hold it while deciding whether to add the digest and while adding it.
+    /// It includes a shared hold on the store-wide lock, so no `gc` runs
+    /// meanwhile.
     pub fn lock(&self, digest: &Digest) -> Result<DigestLock> {
+        let store = self.shared_lock()?;
         let path = self
             .base
             .join("locks")
@@ -192,12 +381,17 @@ impl Store {
                 StoreError::io("locking", &path)(io::Error::from_raw_os_error(errno as i32))
             },
         )?;
-        Ok(DigestLock { _lock: lock })
+        Ok(DigestLock {
+            _lock: lock,
+            _store: store,
+        })
     }
 
     /// Starts writing a new blob. Bytes written are hashed on the way;
-    /// [`BlobWriter::commit`] verifies and moves them into place.
+    /// [`BlobWriter::commit`] verifies and moves them into place. The writer
+    /// holds the store-wide lock shared until it is committed or dropped.
     pub fn blob_writer(&self) -> Result<BlobWriter> {
+        let store = self.shared_lock()?;
         let (file, path) = temp_file(&self.session.dir)?;
         Ok(BlobWriter {
             file: Some(file),
@@ -205,6 +399,7 @@ impl Store {
             hasher: Hasher::new(),
             size: 0,
             blobs: self.base.join("blobs/sha256"),
+            _store: store,
         })
     }
 
@@ -218,7 +413,7 @@ impl Store {
         size: Option<u64>,
     ) -> Result<Digest> {
         let mut w = self.blob_writer()?;
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; IO_BUF];
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
@@ -230,6 +425,99 @@ impl Store {
                 .map_err(StoreError::io("writing", w.path.clone()))?;
         }
         w.commit(what, expected, size)
+    }
+
+    /// Adds a file (as a blob) or a directory (as a tree, see
+    /// [`crate::tree`]). Symlinks given directly are followed.
+    pub fn add_path(&self, path: &Path) -> Result<Added> {
+        let meta = fs::metadata(path).map_err(StoreError::io("reading", path))?;
+        if meta.is_dir() {
+            crate::tree::add_dir(self, path)
+        } else if meta.is_file() {
+            self.add_file(path)
+        } else {
+            Err(StoreError::Unsupported {
+                path: path.to_path_buf(),
+                kind: crate::tree::kind_name(&meta),
+            })
+        }
+    }
+
+    /// Adds one regular file as a blob.
+    ///
+    /// The file is hashed first, reading only; if the blob is already present
+    /// nothing is written. Otherwise it is copied into a temp file and
+    /// installed under that digest, in one of two ways:
+    ///
+    /// - *settled* files (status last changed over [`SETTLED_SECS`] ago)
+    ///   are copied by the kernel (`copy_file_range`), and the copy is
+    ///   accepted only if the file's size, mtime and ctime are the same after
+    ///   the copy as before the hash. Any write to a settled file moves its
+    ///   ctime to a later clock tick, so a file changed meanwhile is caught;
+    ///   this costs one hash plus one copy, like `openssl dgst && cp`;
+    /// - recently changed files are copied through user space while a second
+    ///   thread re-hashes exactly the bytes written, and the copy is accepted
+    ///   only if it hashes to the first digest.
+    ///
+    /// Either way a file that changed while being added is refused
+    /// ([`StoreError::Changed`]), never stored under a wrong name.
+    pub fn add_file(&self, path: &Path) -> Result<Added> {
+        use std::os::unix::fs::MetadataExt;
+        let mut file = File::open(path).map_err(StoreError::io("opening", path))?;
+        let before = file.metadata().map_err(StoreError::io("reading", path))?;
+        let settled = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|now| now.as_secs() as i64 - before.ctime() > SETTLED_SECS);
+        advise_sequential(&file);
+        let (digest, size) = hash_reader(&mut file).map_err(StoreError::io("reading", path))?;
+        let _lock = self.lock(&digest)?;
+        if self.blob(&digest).is_some() {
+            return Ok(Added {
+                digest,
+                kind: EntryKind::Blob,
+                size,
+                new: false,
+            });
+        }
+        let changed = || StoreError::Changed {
+            path: path.to_path_buf(),
+            expected: digest,
+        };
+        file.rewind().map_err(StoreError::io("reading", path))?;
+        let (mut tmp, tmp_path) = temp_file(&self.session.dir)?;
+        let mut guard = TempGuard(Some(tmp_path.clone()));
+        if settled {
+            // std's File-to-File copy is copy_file_range (or sendfile).
+            let copied =
+                io::copy(&mut file, &mut tmp).map_err(StoreError::io("copying into", &tmp_path))?;
+            let after = file.metadata().map_err(StoreError::io("reading", path))?;
+            let same = |m: &fs::Metadata| {
+                (
+                    m.len(),
+                    m.mtime(),
+                    m.mtime_nsec(),
+                    m.ctime(),
+                    m.ctime_nsec(),
+                    m.ino(),
+                )
+            };
+            if copied != size || same(&before) != same(&after) {
+                return Err(changed());
+            }
+        } else {
+            let (copied, copied_size) = copy_hashing(&mut file, &mut tmp, path, &tmp_path)?;
+            if copied != digest || copied_size != size {
+                return Err(changed());
+            }
+        }
+        install_blob(&self.base.join("blobs/sha256"), tmp, &tmp_path, &digest)?;
+        guard.0 = None;
+        Ok(Added {
+            digest,
+            kind: EntryKind::Blob,
+            size,
+            new: true,
+        })
     }
 
     fn clean_stale_sessions(&self) -> Result<()> {
@@ -246,18 +534,118 @@ impl Store {
                 // created right now or was left mid-creation; only remove it
                 // once it is old enough that no live process can own it.
                 if is_older_than(&path, 60) {
-                    let _ = fs::remove_dir_all(&path);
+                    let _ = remove_tree(&path);
                 }
                 continue;
             };
             if let Ok(_held) =
                 nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
             {
-                let _ = fs::remove_dir_all(&path);
+                let _ = remove_tree(&path);
             }
         }
         Ok(())
     }
+}
+
+/// Removes a temp file on drop unless disarmed.
+struct TempGuard(Option<PathBuf>);
+
+impl Drop for TempGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Tells the kernel a file will be read once, front to back.
+pub(crate) fn advise_sequential(file: &File) {
+    // Advisory only; failure changes nothing but speed.
+    let _ = nix::fcntl::posix_fadvise(
+        file,
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
+}
+
+/// Hashes everything `reader` yields, with one large buffer.
+pub fn hash_reader(reader: &mut dyn Read) -> io::Result<(Digest, u64)> {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; IO_BUF];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hasher.finish(), size))
+}
+
+/// Copies `reader` into `writer` while a second thread hashes the same
+/// buffers, so copying and hashing overlap on two cores.
+pub(crate) fn copy_hashing(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    from: &Path,
+    to: &Path,
+) -> Result<(Digest, u64)> {
+    use std::sync::mpsc;
+    const BUFS: usize = 4;
+    let (to_hash, hash_rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFS);
+    let (free_tx, free_rx) = mpsc::sync_channel::<Vec<u8>>(BUFS);
+    for _ in 0..BUFS {
+        // The channel has room for all buffers; this cannot block.
+        let _ = free_tx.send(vec![0u8; IO_BUF]);
+    }
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut h = Hasher::new();
+            let mut size = 0u64;
+            for (buf, n) in hash_rx {
+                h.update(&buf[..n]);
+                size += n as u64;
+                if free_tx.send(buf).is_err() {
+                    break;
+                }
+            }
+            (h.finish(), size)
+        });
+        let copy = (|| -> Result<()> {
+            loop {
+                let Ok(mut buf) = free_rx.recv() else {
+                    return Ok(());
+                };
+                let n = loop {
+                    match reader.read(&mut buf) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(StoreError::io("reading", from)(e)),
+                    }
+                };
+                if n == 0 {
+                    return Ok(());
+                }
+                writer
+                    .write_all(&buf[..n])
+                    .map_err(StoreError::io("writing", to))?;
+                if to_hash.send((buf, n)).is_err() {
+                    return Ok(());
+                }
+            }
+        })();
+        drop(to_hash);
+        let hashed = hasher
+            .join()
+            .map_err(|_| StoreError::io("hashing", from)(io::Error::other("hash thread died")))?;
+        copy.map(|()| hashed)
+    })
 }
 
 fn is_older_than(path: &Path, secs: u64) -> bool {
@@ -285,9 +673,18 @@ impl Session {
     }
 }
 
-/// An exclusive hold on one digest; released on drop.
-pub struct DigestLock {
+/// A hold on the store-wide lock (shared or exclusive); released on drop.
+#[derive(Debug)]
+pub struct StoreLock {
     _lock: nix::fcntl::Flock<File>,
+}
+
+/// An exclusive hold on one digest (and a shared hold on the store);
+/// released on drop.
+pub struct DigestLock {
+    // Declared first: released before the store-wide lock.
+    _lock: nix::fcntl::Flock<File>,
+    _store: StoreLock,
 }
 
 /// A blob being written. Dropping it without [`commit`](BlobWriter::commit)
@@ -298,6 +695,7 @@ pub struct BlobWriter {
     hasher: Hasher,
     size: u64,
     blobs: PathBuf,
+    _store: StoreLock,
 }
 
 impl Write for BlobWriter {
@@ -356,21 +754,30 @@ impl BlobWriter {
         let file = self.file.take().ok_or_else(|| {
             StoreError::io("committing", &self.path)(io::Error::other("already committed"))
         })?;
-        file.set_permissions(fs::Permissions::from_mode(0o444))
-            .map_err(StoreError::io("making read-only", &self.path))?;
-        file.sync_all()
-            .map_err(StoreError::io("syncing", &self.path))?;
-        drop(file);
-        let dest = self.blobs.join(actual.hex());
-        if dest.exists() {
-            // Someone else stored the same bytes first; ours are identical.
+        let res = install_blob(&self.blobs, file, &self.path, &actual);
+        if res.is_err() {
             let _ = fs::remove_file(&self.path);
-        } else {
-            fs::rename(&self.path, &dest).map_err(StoreError::io("renaming into", &dest))?;
-            sync_dir(&self.blobs)?;
         }
-        Ok(actual)
+        res.map(|()| actual)
     }
+}
+
+/// The one way a blob enters `blobs/`: chmod 0444, fsync, rename (unless an
+/// identical blob won the race), fsync the directory.
+fn install_blob(blobs: &Path, file: File, tmp: &Path, digest: &Digest) -> Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(0o444))
+        .map_err(StoreError::io("making read-only", tmp))?;
+    file.sync_all().map_err(StoreError::io("syncing", tmp))?;
+    drop(file);
+    let dest = blobs.join(digest.hex());
+    if dest.exists() {
+        // Someone else stored the same bytes first; ours are identical.
+        let _ = fs::remove_file(tmp);
+    } else {
+        fs::rename(tmp, &dest).map_err(StoreError::io("renaming into", &dest))?;
+        sync_dir(blobs)?;
+    }
+    Ok(())
 }
 
 impl Drop for BlobWriter {
@@ -393,6 +800,15 @@ pub fn temp_file(dir: &Path) -> Result<(File, PathBuf)> {
     Ok((file, path))
 }
 
+/// Creates a fresh, empty temp directory in `dir`.
+pub fn temp_dir(dir: &Path) -> Result<PathBuf> {
+    Ok(tempfile::Builder::new()
+        .prefix("d")
+        .tempdir_in(dir)
+        .map_err(StoreError::io("creating temp directory in", dir))?
+        .keep())
+}
+
 /// fsyncs a directory so a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -403,14 +819,48 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// Writes a small file atomically (temp in `tmp` → fsync → rename).
 pub fn write_small_atomic(tmp: &Path, dest: &Path, data: &[u8]) -> Result<()> {
     let (mut f, p) = temp_file(tmp)?;
+    let mut guard = TempGuard(Some(p.clone()));
     f.write_all(data).map_err(StoreError::io("writing", &p))?;
+    f.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(StoreError::io("setting permissions of", &p))?;
     f.sync_all().map_err(StoreError::io("syncing", &p))?;
     drop(f);
     fs::rename(&p, dest).map_err(StoreError::io("renaming into", dest))?;
+    guard.0 = None;
     if let Some(parent) = dest.parent() {
         sync_dir(parent)?;
     }
     Ok(())
+}
+
+/// Removes a directory tree that may be read-only (store trees are 0555):
+/// makes every directory writable first, then removes everything. Symlinks
+/// are never followed. A path that does not exist is not an error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    fn unlock(dir: &Path) -> io::Result<()> {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                unlock(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+        Ok(m) if !m.is_dir() => return fs::remove_file(path),
+        Ok(_) => {}
+    }
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(_) => {
+            unlock(path)?;
+            fs::remove_dir_all(path)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -427,11 +877,38 @@ mod tests {
             Some(&Digest::of(b"hello")),
             Some(5),
         )?;
-        let p = store.blob(&d).ok_or_else(|| StoreError::NoHome)?;
+        let p = store.blob(&d).ok_or(StoreError::NoHome)?;
         assert_eq!(
             fs::read(&p).map_err(StoreError::io("reading", &p))?,
             b"hello"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn add_file_settled_and_fresh_paths() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
+        let store = Store::open(dir.path().join("home"))?;
+        let fresh = dir.path().join("fresh");
+        let settled = dir.path().join("settled");
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&settled, &data[1..]).map_err(StoreError::io("writing", &settled))?;
+        std::thread::sleep(std::time::Duration::from_millis(
+            SETTLED_SECS as u64 * 1000 + 1100,
+        ));
+        fs::write(&fresh, &data).map_err(StoreError::io("writing", &fresh))?;
+        for (p, bytes) in [(&fresh, &data[..]), (&settled, &data[1..])] {
+            let added = store.add_file(p)?;
+            assert!(added.new);
+            assert_eq!(added.digest, Digest::of(bytes));
+            let blob = store.blob_path(&added.digest);
+            assert_eq!(
+                fs::read(&blob).map_err(StoreError::io("reading", &blob))?,
+                bytes
+            );
+            let again = store.add_file(p)?;
+            assert!(!again.new);
+        }
         Ok(())
     }
 

@@ -6,3 +6,4 @@
 mod common;
 mod debian;
 mod image;
+mod store;
