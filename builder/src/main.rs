@@ -18,7 +18,9 @@
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
 mod cmd;
+mod config;
 mod exit;
+mod spec;
 
 use std::process::ExitCode;
 

@@ -3,12 +3,18 @@
 //! - [`digest`]: the `sha256:<hex>` type every other module names bytes with.
 //! - [`store`]: the on-disk layout (drawn in its doc comment), the single
 //!   write path (temp → fsync → rename), per-digest locks.
+//! - [`fetch`]: store → mirrors → URLs, hash-checked while streaming, with
+//!   retries, timeouts, bounded parallelism and a [`fetch::Reporter`].
+//! - [`mirror`]: writing content-addressed mirror folders (`DIR/sha256/<hex>`).
 //!
 //! Nothing in this crate prints; progress is reported through traits the
 //! binary implements.
 
 pub mod digest;
+pub mod fetch;
+pub mod mirror;
 pub mod store;
 
 pub use digest::{Digest, DigestError, Hasher};
 pub use store::{Store, StoreError};
+pub use fetch::{FetchError, FetchOptions, Fetcher, Mirror, Reporter, Url, Want};
