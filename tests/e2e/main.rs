@@ -2,3 +2,5 @@
 //! helpers in `common`.
 
 mod common;
+mod fetch;
+mod http_server;
