@@ -38,9 +38,7 @@ pub fn load() -> anyhow::Result<(Option<PathBuf>, Config)> {
     };
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((None, Config::default()))
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Config::default())),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
     let cfg: Config = toml::from_str(&text).map_err(|e| {

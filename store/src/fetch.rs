@@ -59,7 +59,10 @@ pub enum FetchError {
     Client(#[source] reqwest::Error),
     #[error("{}", render_offline(missing))]
     Offline { missing: Vec<Missing> },
-    #[error("could not fetch {label} ({digest}); tried:{}", render_attempts(attempts))]
+    #[error(
+        "could not fetch {label} ({digest}); tried:{}",
+        render_attempts(attempts)
+    )]
     AllFailed {
         label: String,
         digest: Digest,
@@ -103,7 +106,9 @@ fn render_offline(missing: &[Missing]) -> String {
     for m in missing {
         s.push_str(&format!("\n  - {} ({})", m.digest, m.label));
     }
-    s.push_str("\nfetch them once with network (`hermit fetch SPEC`), or add `--mirror DIR` holding them");
+    s.push_str(
+        "\nfetch them once with network (`hermit fetch SPEC`), or add `--mirror DIR` holding them",
+    );
     s
 }
 
@@ -532,9 +537,12 @@ impl Fetcher {
         }
         let mut w = self.inner.store.blob_writer().map_err(fatal)?;
         let location = url.to_string();
-        self.inner
-            .reporter
-            .start(id, &want.label, &location, want.size.or(resp.content_length()));
+        self.inner.reporter.start(
+            id,
+            &want.label,
+            &location,
+            want.size.or(resp.content_length()),
+        );
         loop {
             let chunk = match tokio::time::timeout(opts.read_timeout, resp.chunk()).await {
                 Err(_) => {
@@ -584,9 +592,16 @@ fn fatal(e: StoreError) -> TryError {
 /// A commit that failed verification moves on; one that failed on disk stops.
 fn commit_error(e: StoreError) -> TryError {
     match e {
-        StoreError::Mismatch { .. } | StoreError::SizeMismatch { .. } => {
-            TryError::Permanent(e.to_string())
-        }
+        StoreError::Mismatch {
+            expected, actual, ..
+        } => TryError::Permanent(format!(
+            "digest mismatch: expected {expected}, got {actual}; nothing was stored"
+        )),
+        StoreError::SizeMismatch {
+            expected, actual, ..
+        } => TryError::Permanent(format!(
+            "size mismatch: expected {expected} bytes, got {actual}; nothing was stored"
+        )),
         other => fatal(other),
     }
 }
@@ -653,8 +668,12 @@ fn classify(e: &reqwest::Error) -> TryError {
 /// reqwest's errors keep the interesting part (connection refused, reset)
 /// in their sources.
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
+    let top = e.to_string();
+    // "error sending request for url (...)" repeats the URL we already name.
+    let (mut s, mut cur) = match e.source() {
+        Some(src) if top.starts_with("error sending request") => (src.to_string(), src.source()),
+        _ => (top, e.source()),
+    };
     while let Some(c) = cur {
         let m = c.to_string();
         if !s.contains(&m) {

@@ -16,5 +16,5 @@ pub mod mirror;
 pub mod store;
 
 pub use digest::{Digest, DigestError, Hasher};
-pub use store::{Store, StoreError};
 pub use fetch::{FetchError, FetchOptions, Fetcher, Mirror, Reporter, Url, Want};
+pub use store::{Store, StoreError};

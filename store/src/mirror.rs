@@ -106,18 +106,15 @@ pub fn write_mirror(
     let mut index = read_index(&index_path)?;
     let mut report = MirrorReport::default();
     for item in items {
-        let src = store
-            .blob(&item.digest)
-            .ok_or(MirrorError::NotInStore {
-                digest: item.digest,
-            })?;
+        let src = store.blob(&item.digest).ok_or(MirrorError::NotInStore {
+            digest: item.digest,
+        })?;
         let size = fs::metadata(&src).map_err(io_err("reading", &src))?.len();
         let dest = blobs.join(item.digest.hex());
         let mut was_wrong = false;
         if let Ok(m) = fs::metadata(&dest) {
-            let ok = m.is_file()
-                && m.len() == size
-                && (!verify || hash_file(&dest)? == item.digest);
+            let ok =
+                m.is_file() && m.len() == size && (!verify || hash_file(&dest)? == item.digest);
             if ok {
                 report.present.push(item.digest);
             } else {
@@ -141,10 +138,11 @@ pub fn write_mirror(
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing", &blobs))?;
     index.version = INDEX_VERSION;
-    let mut json = serde_json::to_string_pretty(&index).map_err(|source| MirrorError::BadIndex {
-        path: index_path.clone(),
-        source,
-    })?;
+    let mut json =
+        serde_json::to_string_pretty(&index).map_err(|source| MirrorError::BadIndex {
+            path: index_path.clone(),
+            source,
+        })?;
     json.push('\n');
     let old = fs::read_to_string(&index_path).unwrap_or_default();
     if old != json {

@@ -16,7 +16,9 @@ fn sha(data: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..len)
         .map(|_| {
             x ^= x << 13;
@@ -122,7 +124,11 @@ fn fetch_plain_then_present() {
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("fetched 1 ("), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("fetched 1 ("),
+        "{}",
+        both(&o)
+    );
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
@@ -155,7 +161,10 @@ fn fetch_wrong_hash_is_refused() {
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&srv.url("/x")), "{err}");
-    assert!(err.contains(&format!("expected sha256:{}", sha(&good))), "{err}");
+    assert!(
+        err.contains(&format!("expected sha256:{}", sha(&good))),
+        "{err}"
+    );
     assert!(err.contains(&format!("got sha256:{}", sha(&evil))), "{err}");
     assert!(err.contains("nothing was stored"), "{err}");
     assert!(checked_blobs(&home).is_empty());
@@ -184,8 +193,14 @@ fn fetch_404_is_not_retried_and_lists_locations() {
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("could not fetch source \"lost\""), "{err}");
-    assert!(err.contains(&format!("{}: HTTP 404", srv.url("/gone"))), "{err}");
-    assert!(err.contains(&format!("{}: HTTP 403", srv.url("/forbidden"))), "{err}");
+    assert!(
+        err.contains(&format!("{}: HTTP 404", srv.url("/gone"))),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{}: HTTP 403", srv.url("/forbidden"))),
+        "{err}"
+    );
     assert_eq!((srv.count("/gone"), srv.count("/forbidden")), (1, 1));
 }
 
@@ -208,7 +223,11 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
     );
     // Through --mirror.
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec).arg("--mirror").arg(&mirror));
+    let o = run(hermit_cmd(&home)
+        .arg("fetch")
+        .arg(&spec)
+        .arg("--mirror")
+        .arg(&mirror));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
     // Through the config file.
@@ -282,7 +301,11 @@ fn fetch_retries_after_500() {
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("retrying"), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("retrying"),
+        "{}",
+        both(&o)
+    );
     assert_eq!(srv.count("/flaky"), 2);
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
 }
@@ -449,7 +472,10 @@ fn offline_missing_fails_before_fetching() {
         "{err}"
     );
     assert!(!err.contains(&sha(&a)), "{err}");
-    assert!(checked_blobs(&home).is_empty(), "nothing fetched, not even a");
+    assert!(
+        checked_blobs(&home).is_empty(),
+        "nothing fetched, not even a"
+    );
     assert_eq!(srv.total(), 0);
 }
 
@@ -502,7 +528,11 @@ fn concurrent_fetches_fetch_each_digest_once() {
         assert!(o.status.success(), "{}", both(&o));
     }
     for i in 0..6 {
-        assert_eq!(srv.count(&format!("/f{i}")), 1, "/f{i} fetched more than once");
+        assert_eq!(
+            srv.count(&format!("/f{i}")),
+            1,
+            "/f{i} fetched more than once"
+        );
     }
     let mut want: Vec<String> = datas.iter().map(|d| sha(d)).collect();
     want.sort();
@@ -551,7 +581,10 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
             "a blob is visible after a kill at {ms} ms"
         );
     }
-    assert!(srv.count("/big") >= 2, "the kills did not interrupt downloads");
+    assert!(
+        srv.count("/big") >= 2,
+        "the kills did not interrupt downloads"
+    );
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
@@ -586,13 +619,20 @@ fn mirror_twice_then_serve_it() {
     );
     let home = t.path().join("home");
     let dir = t.path().join("mirror");
-    let o = run(hermit_cmd(&home).arg("mirror").arg(&spec).arg("--to").arg(&dir));
+    let o = run(hermit_cmd(&home)
+        .arg("mirror")
+        .arg(&spec)
+        .arg("--to")
+        .arg(&dir));
     assert!(o.status.success(), "{}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.contains(&format!("added sha256:{}", sha(&a))), "{out}");
     assert!(out.contains("added 2 ("), "{out}");
     let index = std::fs::read_to_string(dir.join("index.json")).unwrap();
-    assert!(index.contains(&format!("\"sha256:{}\"", sha(&b))), "{index}");
+    assert!(
+        index.contains(&format!("\"sha256:{}\"", sha(&b))),
+        "{index}"
+    );
     assert!(index.contains(&srv.url("/b")), "{index}");
     for d in [&a, &b] {
         assert_eq!(&std::fs::read(dir.join("sha256").join(sha(d))).unwrap(), d);
@@ -605,8 +645,14 @@ fn mirror_twice_then_serve_it() {
         .arg("--verify"));
     assert!(o.status.success(), "{}", both(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("added 0 (0 B), replaced 0, already present 2"), "{out}");
-    assert_eq!(std::fs::read_to_string(dir.join("index.json")).unwrap(), index);
+    assert!(
+        out.contains("added 0 (0 B), replaced 0, already present 2"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("index.json")).unwrap(),
+        index
+    );
     assert_eq!((srv.count("/a"), srv.count("/b")), (1, 1));
 
     // Upstream dies; another store finds everything in the mirror, by file://

@@ -77,7 +77,11 @@ impl Server {
     }
 
     pub fn route(&self, path: &str, b: Behaviour) {
-        self.state.lock().unwrap().routes.insert(path.to_string(), b);
+        self.state
+            .lock()
+            .unwrap()
+            .routes
+            .insert(path.to_string(), b);
     }
 
     /// Serves files under `dir` at `prefix` (e.g. "/mirror/").
@@ -216,12 +220,8 @@ fn respond(out: &mut TcpStream, b: Behaviour, nth: usize) -> bool {
                         l_onoff: 1,
                         l_linger: 0,
                     };
-                    nix::sys::socket::setsockopt(
-                        &*out,
-                        nix::sys::socket::sockopt::Linger,
-                        &linger,
-                    )
-                    .map_err(std::io::Error::from)?;
+                    nix::sys::socket::setsockopt(&*out, nix::sys::socket::sockopt::Linger, &linger)
+                        .map_err(std::io::Error::from)?;
                     return Ok(false);
                 }
                 out.write_all(&body)?;

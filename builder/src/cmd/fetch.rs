@@ -34,10 +34,20 @@ pub struct NetArgs {
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub jobs: u32,
     /// Seconds to wait for a connection
-    #[arg(long, value_name = "SECS", default_value = "30", env = "HERMIT_CONNECT_TIMEOUT")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "30",
+        env = "HERMIT_CONNECT_TIMEOUT"
+    )]
     pub connect_timeout: f64,
     /// Seconds to wait for a response or for the next bytes of a body
-    #[arg(long, value_name = "SECS", default_value = "60", env = "HERMIT_READ_TIMEOUT")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value = "60",
+        env = "HERMIT_READ_TIMEOUT"
+    )]
     pub read_timeout: f64,
     /// Retries per location after a transient failure (5xx, reset, timeout)
     #[arg(long, value_name = "N", default_value_t = 3, env = "HERMIT_RETRIES")]
@@ -106,7 +116,7 @@ pub fn plan(spec_paths: &[PathBuf]) -> anyhow::Result<Vec<PlannedSource>> {
             } = &s.kind
             {
                 out.push(PlannedSource {
-                    spec: path.clone(),
+                    spec: spec.file.clone(),
                     name: s.name.clone(),
                     digest: *sha256,
                     size: *size,
@@ -156,10 +166,7 @@ fn seconds(v: f64, flag: &str) -> anyhow::Result<Duration> {
 }
 
 /// Opens the store and fetches every planned source into it.
-fn fetch_plan(
-    net: &NetArgs,
-    plan: &[PlannedSource],
-) -> anyhow::Result<(Arc<Store>, FetchSummary)> {
+fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Store>, FetchSummary)> {
     let opts = FetchOptions {
         mirrors: config::mirrors(&net.mirrors)?,
         offline: net.offline,
