@@ -1,6 +1,6 @@
 #!/bin/sh
 # Benchmark: `hermit fetch` of many small files vs `curl --parallel` on the
-# same list, both from one loopback static server (python3 -m http.server),
+# same list, both from one loopback static server (python3's http.server module),
 # both with 8 concurrent downloads, into fresh directories on tmpfs.
 # Runs are interleaved; prints the median wall time of each and the ratio.
 #
@@ -37,7 +37,25 @@ done
 
 # A free port, then the server.
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server --bind 127.0.0.1 --directory "$WORK/files" "$PORT" >/dev/null 2>&1 &
+# python3's http.server, but with HTTP/1.1 keep-alive, quiet, and a listen
+# backlog of 128 and TCP_NODELAY (the default backlog of 5 drops connections
+# under 8 parallel clients, costing a 1 s SYN retransmit; without NODELAY each
+# keep-alive response waits 40 ms for a delayed ACK). Both would swamp what is
+# measured.
+cat > "$WORK/server.py" <<'PY'
+import functools, http.server, sys
+class Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    def log_message(self, *args):
+        pass
+class Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+handler = functools.partial(Handler, directory=sys.argv[2])
+Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
+PY
+python3 "$WORK/server.py" "$PORT" "$WORK/files" >/dev/null 2>&1 &
 SERVER_PID=$!
 n=0
 until curl -sf -o /dev/null "http://127.0.0.1:$PORT/f0"; do
@@ -76,7 +94,8 @@ while [ "$r" -lt "$REPS" ]; do
   HERMIT_HOME="$WORK/store" XDG_CONFIG_HOME="$WORK/no-config" HERMIT_MIRRORS= \
     "$HERMIT" fetch --quiet -j 8 "$SPEC"
   t1=$(now_ms)
-  curl --silent --show-error --fail --parallel --parallel-max 8 -K "$CURLCFG"
+  curl --silent --show-error --fail --parallel --parallel-max 8 -K "$CURLCFG" 2>"$WORK/curl.err" \
+    || { cat "$WORK/curl.err" >&2; exit 1; }
   t2=$(now_ms)
   got=$(ls "$WORK/store/v1/blobs/sha256" | wc -l)
   [ "$got" -eq "$FILES" ] || { echo "hermit stored $got of $FILES blobs" >&2; exit 1; }
