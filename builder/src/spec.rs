@@ -268,10 +268,10 @@ impl Spec {
             let message = e.message().trim_end().to_string();
             let help = if message.starts_with("unknown field") {
                 Some("remove it, or use one of the fields listed (see docs/spec.md)".to_string())
-            } else if let Some(rest) = message.strip_prefix("missing field ") {
-                Some(format!("add {rest} to this table (see docs/spec.md)"))
             } else {
-                None
+                message
+                    .strip_prefix("missing field ")
+                    .map(|rest| format!("add {rest} to this table (see docs/spec.md)"))
             };
             cx.err(e.span().unwrap_or(0..0), message, help)
         })?;
@@ -684,6 +684,7 @@ fn parse_source(cx: &Ctx, s: &Spanned<RawSource>) -> Result<Source, SpecError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

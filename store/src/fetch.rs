@@ -444,7 +444,7 @@ impl Fetcher {
         }
         let mut attempts = Vec::new();
         for loc in self.locations(want) {
-            match self.from_location(id, want, &loc).await {
+            match self.via_location(id, want, &loc).await {
                 Ok(bytes) => {
                     drop(lock);
                     return Ok(Some((loc.to_string(), bytes)));
@@ -467,13 +467,13 @@ impl Fetcher {
     }
 
     /// Tries one location, retrying transient failures with backoff.
-    async fn from_location(&self, id: usize, want: &Want, loc: &Location) -> Result<u64, TryError> {
+    async fn via_location(&self, id: usize, want: &Want, loc: &Location) -> Result<u64, TryError> {
         let opts = &self.inner.opts;
         let mut attempt = 0u32;
         loop {
             let r = match loc {
-                Location::File(p) => self.from_file(id, want, p).await,
-                Location::Http(u) => self.from_http(id, want, u).await,
+                Location::File(p) => self.via_file(id, want, p).await,
+                Location::Http(u) => self.via_http(id, want, u).await,
             };
             match r {
                 Err(TryError::Transient(reason)) if attempt < opts.retries => {
@@ -494,7 +494,7 @@ impl Fetcher {
         }
     }
 
-    async fn from_file(&self, id: usize, want: &Want, path: &Path) -> Result<u64, TryError> {
+    async fn via_file(&self, id: usize, want: &Want, path: &Path) -> Result<u64, TryError> {
         let store = self.inner.store.clone();
         let reporter = self.inner.reporter.clone();
         let want = want.clone();
@@ -504,7 +504,7 @@ impl Fetcher {
             .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?
     }
 
-    async fn from_http(&self, id: usize, want: &Want, url: &Url) -> Result<u64, TryError> {
+    async fn via_http(&self, id: usize, want: &Want, url: &Url) -> Result<u64, TryError> {
         let opts = &self.inner.opts;
         let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
         let send = self.inner.client.get(url.clone()).send();
@@ -714,6 +714,7 @@ fn merge(wants: Vec<Want>) -> Vec<Want> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

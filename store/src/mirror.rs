@@ -240,6 +240,7 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<(), MirrorError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -427,7 +427,7 @@ mod tests {
             Some(&Digest::of(b"hello")),
             Some(5),
         )?;
-        let p = store.blob(&d).ok_or_else(|| StoreError::NoHome)?;
+        let p = store.blob(&d).ok_or(StoreError::NoHome)?;
         assert_eq!(
             fs::read(&p).map_err(StoreError::io("reading", &p))?,
             b"hello"

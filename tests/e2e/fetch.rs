@@ -1,4 +1,5 @@
 //! `hermit fetch` and `hermit mirror` against a real HTTP server on loopback.
+#![allow(clippy::unwrap_used)]
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! connection, keep-alive, per-path behaviours (plain file, status codes,
 //! failures then success, slow or trickled bodies, connections reset mid-body)
 //! and request counting, so tests can assert how often hermit asked.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
