@@ -243,6 +243,14 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
     let o = run(hermit_cmd(&home2).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home2), vec![sha(&data)]);
+    // Through $HERMIT_MIRRORS.
+    let home3 = t.path().join("home3");
+    let o = run(hermit_cmd(&home3)
+        .arg("fetch")
+        .arg(&spec)
+        .env("HERMIT_MIRRORS", format!("/nonexistent {}", mirror.display())));
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(checked_blobs(&home3), vec![sha(&data)]);
     // The mirror comes first: upstream was never asked.
     assert_eq!(srv.count("/dead"), 0);
 }
@@ -679,4 +687,40 @@ fn mirror_twice_then_serve_it() {
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home3).len(), 2);
     assert_eq!((srv.count("/a"), srv.count("/b")), (1, 1));
+}
+
+#[test]
+fn jobs_bound_concurrent_downloads() {
+    let t = tempfile::tempdir().unwrap();
+    let datas: Vec<Vec<u8>> = (0..8).map(|i| bytes(200 + i, 20_000)).collect();
+    let mut seen = Vec::new();
+    for jobs in ["2", "8"] {
+        let srv = Server::start();
+        for (i, d) in datas.iter().enumerate() {
+            srv.route(
+                &format!("/f{i}"),
+                Behaviour::Trickle {
+                    body: d.clone(),
+                    chunk: 4000,
+                    every: Duration::from_millis(40),
+                },
+            );
+        }
+        let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
+        let srcs: Vec<Src> = (0..8)
+            .map(|i| Src {
+                name: &names[i],
+                urls: vec![srv.url(&format!("/f{i}"))],
+                data: &datas[i],
+            })
+            .collect();
+        let spec = write_spec(t.path(), &format!("spec-j{jobs}.toml"), &srcs);
+        let home = t.path().join(format!("home-j{jobs}"));
+        let o = run(hermit_cmd(&home).arg("fetch").arg(&spec).args(["-j", jobs]));
+        assert!(o.status.success(), "{}", both(&o));
+        assert_eq!(checked_blobs(&home).len(), 8);
+        seen.push(srv.max_in_flight());
+    }
+    assert_eq!(seen[0], 2, "-j 2 allowed {} at once", seen[0]);
+    assert!(seen[1] > 2, "-j 8 never ran more than {} at once", seen[1]);
 }

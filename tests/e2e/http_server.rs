@@ -48,6 +48,8 @@ struct State {
     dirs: Vec<(String, PathBuf)>,
     counts: HashMap<String, usize>,
     total: usize,
+    in_flight: usize,
+    max_in_flight: usize,
 }
 
 pub struct Server {
@@ -64,6 +66,8 @@ impl Server {
             dirs: Vec::new(),
             counts: HashMap::new(),
             total: 0,
+            in_flight: 0,
+            max_in_flight: 0,
         }));
         let st = state.clone();
         thread::spawn(move || {
@@ -102,6 +106,11 @@ impl Server {
         *self.state.lock().unwrap().counts.get(path).unwrap_or(&0)
     }
 
+    /// The most requests that were being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
+    }
+
     /// Requests seen for any path.
     pub fn total(&self) -> usize {
         self.state.lock().unwrap().total
@@ -134,6 +143,8 @@ fn serve_connection(conn: TcpStream, state: Arc<Mutex<State>>) {
         let (behaviour, nth) = {
             let mut s = state.lock().unwrap();
             s.total += 1;
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
             let n = s.counts.entry(path.clone()).or_insert(0);
             *n += 1;
             let nth = *n;
@@ -152,6 +163,7 @@ fn serve_connection(conn: TcpStream, state: Arc<Mutex<State>>) {
             (b.unwrap_or(Behaviour::Status(404)), nth)
         };
         let keep = respond(&mut out, behaviour, nth);
+        state.lock().unwrap().in_flight -= 1;
         if !keep {
             return;
         }
@@ -204,10 +216,12 @@ fn respond(out: &mut TcpStream, b: Behaviour, nth: usize) -> bool {
             }
             Behaviour::Trickle { body, chunk, every } => {
                 head(out, 200, body.len())?;
-                for c in body.chunks(chunk.max(1)) {
+                for (i, c) in body.chunks(chunk.max(1)).enumerate() {
+                    if i > 0 {
+                        thread::sleep(every);
+                    }
                     out.write_all(c)?;
                     out.flush()?;
-                    thread::sleep(every);
                 }
             }
             Behaviour::ResetThen { resets, body } => {
