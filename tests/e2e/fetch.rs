@@ -245,10 +245,10 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
     assert_eq!(checked_blobs(&home2), vec![sha(&data)]);
     // Through $HERMIT_MIRRORS.
     let home3 = t.path().join("home3");
-    let o = run(hermit_cmd(&home3)
-        .arg("fetch")
-        .arg(&spec)
-        .env("HERMIT_MIRRORS", format!("/nonexistent {}", mirror.display())));
+    let o = run(hermit_cmd(&home3).arg("fetch").arg(&spec).env(
+        "HERMIT_MIRRORS",
+        format!("/nonexistent {}", mirror.display()),
+    ));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home3), vec![sha(&data)]);
     // The mirror comes first: upstream was never asked.
