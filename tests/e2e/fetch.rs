@@ -724,3 +724,32 @@ fn jobs_bound_concurrent_downloads() {
     assert_eq!(seen[0], 2, "-j 2 allowed {} at once", seen[0]);
     assert!(seen[1] > 2, "-j 8 never ran more than {} at once", seen[1]);
 }
+
+#[test]
+fn fetch_longer_than_size_is_refused_early() {
+    let t = tempfile::tempdir().unwrap();
+    let srv = Server::start();
+    let data = bytes(15, 1000);
+    let mut longer = data.clone();
+    longer.extend_from_slice(&bytes(16, 5000));
+    srv.route("/long", Behaviour::File(longer));
+    let spec = write_spec(
+        t.path(),
+        "spec.toml",
+        &[Src {
+            name: "long",
+            urls: vec![srv.url("/long")],
+            data: &data,
+        }],
+    );
+    let home = t.path().join("home");
+    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("the server announces 6000 bytes but 1000 are expected; nothing was stored"),
+        "{err}"
+    );
+    assert_eq!(srv.count("/long"), 1);
+    assert!(checked_blobs(&home).is_empty());
+}
