@@ -22,6 +22,10 @@ mod debian;
 mod exit;
 #[allow(dead_code)] // wired into `hermit lock` and `hermit build` once the spec parser lands
 mod lock;
+mod config;
+// Some exit codes belong to commands not built yet.
+#[allow(dead_code)]
+mod spec;
 
 use std::process::ExitCode;
 

@@ -8,6 +8,10 @@
 //! - [`gc`]: gc roots, garbage collection and `verify`.
 //! - [`unpack`]: archives (tar, tar.gz/xz/bz2/zst, zip) into read-only
 //!   trees, refusing hostile entries; the tar extractor OCI layers reuse.
+//!   write path (temp → fsync → rename), per-digest locks.
+//! - [`fetch`]: store → mirrors → URLs, hash-checked while streaming, with
+//!   retries, timeouts, bounded parallelism and a [`fetch::Reporter`].
+//! - [`mirror`]: writing content-addressed mirror folders (`DIR/sha256/<hex>`).
 //!
 //! Nothing in this crate prints; progress is reported through traits the
 //! binary implements.
@@ -15,6 +19,8 @@
 pub mod digest;
 pub mod oci;
 pub mod gc;
+pub mod fetch;
+pub mod mirror;
 pub mod store;
 pub mod tree;
 pub mod unpack;
@@ -22,3 +28,5 @@ pub mod unpack;
 pub use digest::{Digest, DigestError, Hasher};
 pub use store::{Added, EntryKind, Store, StoreError};
 pub use unpack::{unpack, ArchiveFormat, ExtractOptions, UnpackError, UnpackOptions};
+pub use fetch::{FetchError, FetchOptions, Fetcher, Mirror, Reporter, Url, Want};
+pub use store::{Store, StoreError};

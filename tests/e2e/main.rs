@@ -7,3 +7,5 @@ mod common;
 mod debian;
 mod image;
 mod store;
+mod fetch;
+mod http_server;
