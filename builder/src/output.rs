@@ -182,7 +182,7 @@ struct Node {
 pub fn normalize(
     root: &Path,
     opts: &Options,
-    sink: Option<&mut (dyn Write)>,
+    sink: Option<&mut dyn Write>,
 ) -> Result<Normalized, OutputError> {
     if opts.source_date_epoch > 0o77777777777 {
         return Err(OutputError::Epoch(opts.source_date_epoch));
@@ -577,7 +577,7 @@ fn serialise(
     root: &Path,
     nodes: &[Node],
     mtime: u64,
-    mut sink: Option<&mut (dyn Write)>,
+    mut sink: Option<&mut dyn Write>,
 ) -> Result<Normalized, OutputError> {
     let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (back_tx, back) = mpsc::channel::<Vec<u8>>();
