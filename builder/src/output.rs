@@ -713,7 +713,10 @@ mod tests {
             names.push(name);
         }
         assert_eq!(names.len(), 4);
-        assert!(names[2].ends_with(&format!("{}/f", "e".repeat(60))), "{names:?}");
+        assert!(
+            names[2].ends_with(&format!("{}/f", "e".repeat(60))),
+            "{names:?}"
+        );
     }
 
     #[test]
@@ -729,7 +732,10 @@ mod tests {
         assert!(check("../../x", &none).is_ok());
         assert!(check("dangling/../../..", &none).is_ok());
         let e = check("../../../x", &none).unwrap_err().to_string();
-        assert!(e.contains("a/b/link") && e.contains("outside the output"), "{e}");
+        assert!(
+            e.contains("a/b/link") && e.contains("outside the output"),
+            "{e}"
+        );
         let e = check("/usr/bin/cc", &none).unwrap_err().to_string();
         assert!(e.contains("an absolute path"), "{e}");
         // Lexically inside, but `up` resolves to the root first.

@@ -150,12 +150,26 @@ mod tests {
         assert_eq!(s["subject"][0]["digest"]["sha256"], r.output.digest.hex());
         let p = &s["predicate"];
         assert_eq!(p["buildDefinition"]["buildType"], BUILD_TYPE);
-        assert_eq!(p["buildDefinition"]["externalParameters"]["spec"]["text"], r.spec.text);
-        assert_eq!(p["buildDefinition"]["internalParameters"]["profile"]["name"], "v1");
+        assert_eq!(
+            p["buildDefinition"]["externalParameters"]["spec"]["text"],
+            r.spec.text
+        );
+        assert_eq!(
+            p["buildDefinition"]["internalParameters"]["profile"]["name"],
+            "v1"
+        );
         assert_eq!(p["runDetails"]["builder"]["id"], BUILDER_ID);
-        assert_eq!(p["runDetails"]["byproducts"][0]["digest"]["sha256"], r.log.digest.hex());
-        assert_eq!(p["runDetails"]["metadata"]["startedOn"], "2023-11-14T22:13:20Z");
-        let deps = p["buildDefinition"]["resolvedDependencies"].as_array().unwrap();
+        assert_eq!(
+            p["runDetails"]["byproducts"][0]["digest"]["sha256"],
+            r.log.digest.hex()
+        );
+        assert_eq!(
+            p["runDetails"]["metadata"]["startedOn"],
+            "2023-11-14T22:13:20Z"
+        );
+        let deps = p["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap();
         let has = |hex: String| deps.iter().any(|d| d["digest"]["sha256"] == hex.as_str());
         assert!(has(r.image.manifest.hex()));
         assert!(has(r.image.config.hex()));

@@ -892,9 +892,7 @@ pub(crate) mod tests {
         b.informational.cpus = 64;
         b.informational.kernel = "7.0".into();
         b.environment.jobs = 64;
-        b.environment
-            .env
-            .insert("HERMIT_JOBS".into(), "64".into());
+        b.environment.env.insert("HERMIT_JOBS".into(), "64".into());
         assert_eq!(a.key_inputs().build_key(), b.key_inputs().build_key());
         let mut c = sample();
         c.environment.umask = "0002".into();
@@ -913,12 +911,19 @@ pub(crate) mod tests {
     fn unknown_version_and_missing_fields_are_clear() {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["record_version"] = Value::from(2);
-        let e = Record::parse(&v.to_string(), "r.json").unwrap_err().to_string();
-        assert!(e.contains("record_version 2") && e.contains("reads only record_version 1"), "{e}");
+        let e = Record::parse(&v.to_string(), "r.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("record_version 2") && e.contains("reads only record_version 1"),
+            "{e}"
+        );
 
         let mut v = serde_json::to_value(sample()).unwrap();
         v.as_object_mut().unwrap().remove("log");
-        let e = Record::parse(&v.to_string(), "r.json").unwrap_err().to_string();
+        let e = Record::parse(&v.to_string(), "r.json")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "r.json is missing field `log`");
 
         let mut v = serde_json::to_value(sample()).unwrap();
@@ -930,7 +935,9 @@ pub(crate) mod tests {
 
         let mut v = serde_json::to_value(sample()).unwrap();
         v.as_object_mut().unwrap().remove("record_version");
-        let e = Record::parse(&v.to_string(), "r.json").unwrap_err().to_string();
+        let e = Record::parse(&v.to_string(), "r.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no \"record_version\""), "{e}");
     }
 
@@ -938,11 +945,15 @@ pub(crate) mod tests {
     fn edited_record_is_refused() {
         let mut v = serde_json::to_value(sample()).unwrap();
         v["environment"]["umask"] = Value::from("0000");
-        let e = Record::parse(&v.to_string(), "r.json").unwrap_err().to_string();
+        let e = Record::parse(&v.to_string(), "r.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("build_key") && e.contains("edited"), "{e}");
         let mut v = serde_json::to_value(sample()).unwrap();
         v["spec"]["text"] = Value::from("something else");
-        let e = Record::parse(&v.to_string(), "r.json").unwrap_err().to_string();
+        let e = Record::parse(&v.to_string(), "r.json")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("spec.digest"), "{e}");
     }
 
@@ -1039,7 +1050,10 @@ pub(crate) mod tests {
         let json = r.to_json().unwrap();
         std::fs::remove_dir_all(home).unwrap();
         for secret in [PRIVACY_USER, PRIVACY_HOST, PRIVACY_HOME, "zqpriv"] {
-            assert!(!json.contains(secret), "record contains {secret:?}:\n{json}");
+            assert!(
+                !json.contains(secret),
+                "record contains {secret:?}:\n{json}"
+            );
         }
         assert!(json.contains("\"bin/tool\""));
         println!("privacy child checked");
