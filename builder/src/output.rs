@@ -783,6 +783,29 @@ mod tests {
     }
 
     #[test]
+    fn hard_links_become_regular_files() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join("a"), b"same").unwrap();
+        fs::hard_link(t.path().join("a"), t.path().join("b")).unwrap();
+        let mut out: Vec<u8> = Vec::new();
+        let n = normalize(t.path(), &opts(), Some(&mut out)).unwrap();
+        assert_eq!(n.files[0].sha256, n.files[1].sha256);
+        let mut ar = tar::Archive::new(&out[..]);
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            assert_eq!(e.header().entry_type(), tar::EntryType::Regular);
+            let mut body = String::new();
+            e.read_to_string(&mut body).unwrap();
+            assert_eq!(body, "same");
+        }
+        // The same tree without the link has the same digest.
+        let u = tempfile::tempdir().unwrap();
+        fs::write(u.path().join("a"), b"same").unwrap();
+        fs::write(u.path().join("b"), b"same").unwrap();
+        assert_eq!(normalize(u.path(), &opts(), None).unwrap().digest, n.digest);
+    }
+
+    #[test]
     fn pax_record_length_counts_itself() {
         let mut v = Vec::new();
         pax_record(&mut v, "path", &[b'a'; 93]);
