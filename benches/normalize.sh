@@ -7,21 +7,21 @@
 #   benches/normalize.sh [HERMIT_BIN]
 #
 # HERMIT_BIN defaults to target/release/hermit (build it with
-# `cargo build --release -p hermit`). Needs hyperfine, GNU tar, openssl,
-# perl. Set BENCH_DIR to use another tmpfs than /dev/shm, BENCH_RUNS to
-# change the number of timed runs (default 5).
+# `cargo build --release -p hermit`). Needs GNU tar, openssl and perl.
+# Set BENCH_DIR to use another tmpfs than /dev/shm, BENCH_RUNS to change the
+# number of timed rounds (default 7).
 #
 # The tree: 50,000 files, about 1 GiB, in nested directories (up to 4
 # levels), mostly small files, some medium and a few large ones, 500
-# executables and 100 symlinks. Contents are pseudo-random and fixed (seeded).
+# executables and 85 symlinks. Contents are pseudo-random and fixed (seeded).
 set -eu
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 hermit=${1:-$here/target/release/hermit}
-runs=${BENCH_RUNS:-5}
+runs=${BENCH_RUNS:-7}
 base=${BENCH_DIR:-/dev/shm}
 [ -x "$hermit" ] || { echo "no hermit binary at $hermit; run: cargo build --release -p hermit" >&2; exit 2; }
-for tool in hyperfine tar openssl perl sha256sum; do
+for tool in tar openssl perl sha256sum; do
     command -v "$tool" >/dev/null || { echo "benches/normalize.sh needs $tool" >&2; exit 2; }
 done
 fs=$(stat -f -c %T "$base")
@@ -55,8 +55,8 @@ perl -e '
     my $total = 0;
     for my $i (0 .. 49_999) {
         my $size;
-        if ($i % 1000 == 7)   { $size = 4_000_000 + int(rand(8_000_000)); }   # 50 large
-        elsif ($i % 10 == 3)  { $size = 16_384 + int(rand(200_000)); }        # ~5000 medium
+        if ($i % 1000 == 7)   { $size = 3_000_000 + int(rand(8_000_000)); }   # 50 large
+        elsif ($i % 10 == 3)  { $size = 16_384 + int(rand(180_000)); }        # ~5000 medium
         else                  { $size = int(rand(8192)); }                    # ~45000 small
         my $dir = $dirs[$i % @dirs];
         my $path = ($dir eq "" ? "" : "$dir/") . sprintf("file-%05d%s", $i, $i % 7 == 0 ? ".txt" : "");
@@ -91,22 +91,42 @@ d2=$("$hermit" output hash --apply "$tree")
 echo "output digest: $d1" >&2
 
 tarflags="--sort=name --mtime=@0 --owner=0 --group=0 --numeric-owner"
-json=$work/results.json
-hyperfine --warmup 1 --runs "$runs" --export-json "$json" \
-    -n "hermit output hash" "$hermit output hash $tree" \
-    -n "hermit output hash --apply" "$hermit output hash --apply $tree" \
-    -n "tar | sha256sum" "tar $tarflags -cf - -C $tree . | sha256sum" \
-    -n "tar | openssl" "tar $tarflags -cf - -C $tree . | openssl dgst -sha256"
-
-perl -MJSON::PP -e '
-    local $/; open(my $f, "<", $ARGV[0]) or die; my $r = decode_json(<$f>);
-    my %t = map { $_->{command} => $_->{median} } @{$r->{results}};
-    print "\nmedian seconds:\n";
-    printf "  %-28s %.3f\n", $_, $t{$_} for sort keys %t;
+# The machine may be shared, so the commands are timed interleaved, round
+# after round (one warm-up round first), and medians are compared: a burst
+# of load then hits every command alike. Wall-clock and CPU (user + system of
+# the whole pipeline) are both reported.
+perl -MTime::HiRes=time -e '
+    use strict; use warnings;
+    my ($runs, @cmds) = @ARGV;
+    my @names = ("hermit output hash", "hermit output hash --apply", "tar | sha256sum", "tar | openssl");
+    my (%wall, %cpu);
+    for my $round (0 .. $runs) {
+        for my $i (0 .. $#cmds) {
+            my @t0 = times; my $w0 = time;
+            system("sh", "-c", "$cmds[$i] >/dev/null") == 0 or die "failed: $cmds[$i]\n";
+            my $w = time - $w0; my @t1 = times;
+            next if $round == 0;    # warm-up
+            push @{$wall{$names[$i]}}, $w;
+            push @{$cpu{$names[$i]}}, ($t1[2] - $t0[2]) + ($t1[3] - $t0[3]);
+        }
+        printf STDERR "round %d/%d done\n", $round, $runs if $round;
+    }
+    sub median { my @s = sort { $a <=> $b } @_; @s % 2 ? $s[$#s / 2] : ($s[@s / 2 - 1] + $s[@s / 2]) / 2 }
+    my (%mw, %mc);
+    print "\nmedian of $runs interleaved runs     wall s    cpu s   (all wall: min..max)\n";
+    for my $n (@names) {
+        $mw{$n} = median(@{$wall{$n}}); $mc{$n} = median(@{$cpu{$n}});
+        my @s = sort { $a <=> $b } @{$wall{$n}};
+        printf "  %-32s %7.3f  %7.3f   (%.3f..%.3f)\n", $n, $mw{$n}, $mc{$n}, $s[0], $s[-1];
+    }
     print "\nspeed relative to each peer (peer time / hermit time; >= 0.9 is the target):\n";
-    for my $h ("hermit output hash", "hermit output hash --apply") {
-        for my $p ("tar | sha256sum", "tar | openssl") {
-            printf "  %-28s vs %-16s %.2fx\n", $h, $p, $t{$p} / $t{$h};
+    for my $h (@names[0, 1]) {
+        for my $p (@names[2, 3]) {
+            printf "  %-28s vs %-16s wall %.2fx   cpu %.2fx\n", $h, $p, $mw{$p} / $mw{$h}, $mc{$p} / $mc{$h};
         }
     }
-' "$json"
+' "$runs" \
+    "'$hermit' output hash '$tree'" \
+    "'$hermit' output hash --apply '$tree'" \
+    "tar $tarflags -cf - -C '$tree' . | sha256sum" \
+    "tar $tarflags -cf - -C '$tree' . | openssl dgst -sha256"

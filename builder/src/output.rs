@@ -224,7 +224,9 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<Node>) -> Result<(), OutputError> 
         } else {
             format!("{rel}/{name}")
         };
-        let meta = fs::symlink_metadata(&full).map_err(io_err("lstat", &full))?;
+        // fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW): an lstat without
+        // resolving the whole path again.
+        let meta = entry.metadata().map_err(io_err("lstat", &full))?;
         let ft = meta.file_type();
         let (kind, mode, size, target) = if ft.is_dir() {
             subdirs.push(path.clone());
