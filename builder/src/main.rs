@@ -9,6 +9,9 @@
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
 //! | build-environment profiles | the `hermit-profiles` crate |
+//! | output normalisation, the canonical tar, the output digest | [`output`] |
+//! | the record of a build, the build key | [`record`] |
+//! | SLSA provenance from a record | [`provenance`] |
 //!
 //! # Files hermit writes
 //!
@@ -26,6 +29,9 @@ mod config;
 // Some exit codes belong to commands not built yet.
 #[allow(dead_code)]
 mod spec;
+mod output;
+mod provenance;
+mod record;
 
 use std::process::ExitCode;
 
@@ -59,6 +65,11 @@ enum Command {
     /// Import, pull and list toolchain images
     #[command(subcommand)]
     Image(cmd::image::ImageCommand),
+    /// Normalise, serialise and hash output trees (plumbing)
+    #[command(subcommand)]
+    Output(cmd::output::OutputCommand),
+    /// Print a record's SLSA provenance v1 as an in-toto Statement
+    Provenance(cmd::provenance::ProvenanceArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +81,8 @@ fn main() -> ExitCode {
         Command::Sandbox(a) => cmd::sandbox::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Image(c) => cmd::image::run(c),
+        Command::Output(c) => cmd::output::run(c),
+        Command::Provenance(a) => cmd::provenance::run(a),
     };
     match result {
         Ok(code) => code,

@@ -9,3 +9,4 @@ mod image;
 mod store;
 mod fetch;
 mod http_server;
+mod output;

@@ -4,5 +4,7 @@
 pub mod doctor;
 pub mod fetch;
 pub mod image;
+pub mod output;
+pub mod provenance;
 pub mod sandbox;
 pub mod store;
