@@ -2,3 +2,6 @@
 //! helpers in `common`.
 
 mod common;
+mod fixtures;
+mod sandbox;
+mod sandbox_escape;
