@@ -13,7 +13,8 @@
 //!                    tests/e2e/helpers/*.c with `gcc -static`
 //!     etc/           passwd, group, hosts carrying FIXTURE_MARKER, so a test
 //!                    can tell them from the synthesised ones
-//!     tmp build out proc dev sources    empty mount points
+//!     tmp build out proc dev sources mnt sources/{src,ro,d}
+//!                    empty mount points
 //!   bin/hermit       a copy of the binary under test that any user can run
 //!   home-<uid>/      HERMIT_HOME for the runner with that uid
 //!   scratch/         per-test directories owned by the runner (`As::scratch`)
@@ -129,7 +130,21 @@ fn mkdir(p: &Path, mode: u32) {
 
 fn build_busybox_root(root: &Path) {
     for d in [
-        "bin", "etc", "tmp", "build", "out", "proc", "dev", "sources", "usr",
+        "bin",
+        "etc",
+        "tmp",
+        "build",
+        "out",
+        "proc",
+        "dev",
+        "sources",
+        "usr",
+        "mnt",
+        // Mount points for the binds the tests make (an image has none of
+        // them; `binds_create_mount_points` checks the sandbox copes).
+        "sources/src",
+        "sources/ro",
+        "sources/d",
     ] {
         mkdir(&root.join(d), 0o755);
     }
