@@ -21,7 +21,7 @@ both_users!(
     env_exactly_profile_v1,
     env_flag_adds_variables,
     umask_022,
-    cwd_default_and_flag,
+    cwd_flag,
     proc_is_fresh,
     dev_is_minimal,
     dev_nodes_work,
@@ -191,12 +191,15 @@ fn umask_022(who: As) {
     assert_eq!(out, "0022\n644\n");
 }
 
-fn cwd_default_and_flag(who: As) {
-    assert_eq!(ok_stdout(&run(who, &[], &["/bin/pwd"])), "/build\n");
-    assert_eq!(
-        ok_stdout(&run(who, &["--cwd", "/tmp"], &["/bin/pwd"])),
-        "/tmp\n"
-    );
+fn cwd_flag(who: As) {
+    // (Without --cwd the plumbing command starts in `/`; builds pass
+    // `--cwd /build`.)
+    for dir in ["/tmp", "/sources", "/"] {
+        let out = ok_stdout(&run(who, &["--cwd", dir], &["/bin/pwd"]));
+        assert_eq!(out, format!("{dir}\n"));
+    }
+    let o = run(who, &["--cwd", "/nonexistent"], &["/bin/pwd"]);
+    assert_eq!(o.status.code(), Some(125), "{}", both(&o));
 }
 
 fn proc_is_fresh(who: As) {
@@ -294,25 +297,31 @@ fn dev_nodes_work(who: As) {
 }
 
 fn root_read_only_tmp_writable(who: As) {
+    let build = who.scratch();
+    let out_dir = who.scratch();
+    let b = format!("{}:/build", build.path().display());
+    let o_ = format!("{}:/out", out_dir.path().display());
     let o = run(
         who,
-        &[],
+        &["--rw", &b, "--rw", &o_, "--cwd", "/build"],
         &[
             "/bin/sh",
             "-c",
-            "touch /bin/x; touch /x; mkdir /etc/x; \
-             echo t > /tmp/t && cat /tmp/t; stat -f -c %T /tmp; \
-             echo b > /build/b && cat /build/b; echo o > /out/o && cat /out/o",
+            "touch /bin/x; touch /x; mkdir /etc/x; touch /sources/x; \
+             echo t > /tmp/t && cat /tmp/t; stat -f -c %T /tmp; stat -c %a /tmp; \
+             echo b > b && cat /build/b; echo o > /out/o && cat /out/o",
         ],
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         err.matches("Read-only file system").count(),
-        3,
+        4,
         "writes to the root must fail with EROFS: {}",
         both(&o)
     );
-    assert_eq!(stdout(&o), "t\ntmpfs\nb\no\n", "{}", both(&o));
+    assert_eq!(stdout(&o), "t\ntmpfs\n1777\nb\no\n", "{}", both(&o));
+    assert_eq!(fs::read_to_string(build.path().join("b")).unwrap(), "b\n");
+    assert_eq!(fs::read_to_string(out_dir.path().join("o")).unwrap(), "o\n");
 }
 
 fn binds_ro_rw_tmpfs(who: As) {
