@@ -52,6 +52,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else — before clap, before any thread exists: this
+    // process may be the sandbox's helper (hermit re-executes itself to
+    // enter the sandbox) or a `hermit doctor` probe.
+    if let Some(code) = hermit_sandbox::enter_if_requested() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Store(c) => cmd::store::run(c),
