@@ -56,10 +56,32 @@ pub(crate) fn create(max: u32) -> Result<PidsCgroup, String> {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     );
+    remove_stale(&parent);
     let path = parent.join(name);
     fs::create_dir(&path).map_err(|e| format!("creating {}: {e}", path.display()))?;
     let cg = PidsCgroup { path };
     fs::write(cg.path.join("pids.max"), max.to_string())
         .map_err(|e| format!("writing {}/pids.max: {e}", cg.path.display()))?;
     Ok(cg)
+}
+
+/// Removes empty cgroups left by hermit processes that were killed before
+/// they could remove their own (`hermit-<pid>-<n>` whose pid is gone).
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("hermit-"))
+            .and_then(|n| n.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
 }
