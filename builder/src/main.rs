@@ -46,7 +46,7 @@ enum Command {
     /// Copy every source of the specs into a content-addressed mirror directory
     Mirror(cmd::fetch::MirrorArgs),
     /// Run one command in the profile-v1 sandbox over a root directory (plumbing)
-    Sandbox(cmd::sandbox::SandboxArgs),
+    Sandbox(Box<cmd::sandbox::SandboxArgs>),
     /// Check that this machine can run hermit's sandbox, and say how to fix it if not
     Doctor(cmd::doctor::DoctorArgs),
 }
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
         Command::Store(c) => cmd::store::run(c),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),
         Command::Mirror(a) => cmd::fetch::run_mirror(a),
-        Command::Sandbox(a) => cmd::sandbox::run(a),
+        Command::Sandbox(a) => cmd::sandbox::run(*a),
         Command::Doctor(a) => cmd::doctor::run(a),
     };
     match result {

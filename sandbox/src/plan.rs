@@ -214,6 +214,7 @@ fn group(spec: &SandboxSpec) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::spec::Mount;

@@ -86,6 +86,7 @@ pub(crate) fn take_messages(buf: &mut Vec<u8>) -> Result<Vec<Message>, String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

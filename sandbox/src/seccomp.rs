@@ -42,7 +42,7 @@ compile_error!("hermit-sandbox's seccomp filter knows x86-64 and aarch64 only");
 
 pub const RET_ALLOW: u32 = 0x7fff_0000;
 pub const RET_ERRNO: u32 = 0x0005_0000;
-const SUID_SGID: u32 = (libc::S_ISUID | libc::S_ISGID) as u32;
+const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
 const CREATE_BITS: u32 = (libc::O_CREAT | 0o20000000) as u32; // O_CREAT | __O_TMPFILE
 const PERSONA_NO_ASLR: u32 = 0x0040000;
 const PERSONALITY_QUERY: u32 = 0xffff_ffff;
@@ -299,6 +299,7 @@ pub fn filter() -> Vec<sock_filter> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -431,6 +432,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::unnecessary_cast)] // the ioctl type differs between libcs
     fn terminal_injection_and_personality_changes_are_refused() {
         let sti = libc::TIOCSTI as u64;
         assert_eq!(run(libc::SYS_ioctl, [0, sti, 0, 0, 0, 0]), EPERM);

@@ -266,6 +266,7 @@ fn check_abs(what: &'static str, p: &Path) -> Result<(), SpecError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

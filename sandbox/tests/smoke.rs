@@ -7,6 +7,8 @@
 //! This binary is its own sandbox helper, hence `harness = false` and a
 //! `main` that calls `enter_if_requested` first.
 
+#![allow(clippy::unwrap_used)] // tests
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;

@@ -156,14 +156,22 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     }
     let outcome = hermit_sandbox::run(&spec).map_err(|e| match e {
         RunError::Spec(e) => anyhow::Error::new(Exit::user(format!("invalid sandbox: {e}"))),
+        e @ RunError::Spawn { .. } | e @ RunError::Pipe(_) => anyhow::Error::new(e).context(
+            Exit::with_code(exit::SANDBOX_SETUP, "the sandbox could not be started"),
+        ),
         other => anyhow::Error::new(other).context(Exit::with_code(
-            exit::SANDBOX_SETUP,
-            "the sandbox could not be started",
+            exit::INTERNAL,
+            "hermit lost track of the sandbox; this is a bug in hermit, please report it",
         )),
     })?;
     match outcome {
-        Outcome::Exited(c) => Ok(ExitCode::from(c.clamp(0, 255) as u8)),
-        Outcome::Signaled(s) => Ok(ExitCode::from((128 + s).clamp(0, 255) as u8)),
+        // Statuses are 0–255; anything else would be a kernel oddity.
+        Outcome::Exited(c) => Ok(ExitCode::from(
+            u8::try_from(c).unwrap_or(exit::BUILD_FAILED),
+        )),
+        Outcome::Signaled(s) => Ok(ExitCode::from(
+            u8::try_from(128 + s).unwrap_or(exit::BUILD_FAILED),
+        )),
         Outcome::TimedOut(t) => Err(Exit::with_code(
             exit::TIMEOUT,
             format!(
