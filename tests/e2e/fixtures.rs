@@ -420,6 +420,27 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<u32> {
     pids
 }
 
+/// No process carrying `tag` in its command line may remain (two seconds to die); survivors are killed and the test fails.
+pub fn assert_no_survivors(tag: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = pids_with_cmdline(tag);
+        if left.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            for p in &left {
+                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+            }
+            panic!(
+                "{} processes of the sandbox survived it: {left:?}",
+                left.len()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Number of host processes owned by `uid` (real uid), from /proc.
 pub fn processes_of_uid(uid: u32) -> usize {
     fs::read_dir("/proc")

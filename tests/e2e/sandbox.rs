@@ -8,7 +8,9 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use crate::common::both;
-use crate::fixtures::{both_users, ok_stdout, output_within, stdout, As, FIXTURE_MARKER};
+use crate::fixtures::{
+    assert_no_survivors, both_users, nonce, ok_stdout, output_within, stdout, As, FIXTURE_MARKER,
+};
 
 fn run(who: As, opts: &[&str], cmd: &[&str]) -> std::process::Output {
     output_within(&mut who.sandbox(opts, cmd), Duration::from_secs(60))
@@ -489,7 +491,8 @@ fn timeout_exits_124(who: As) {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
         "timeout of 2 s took {took:?}"
     );
-    // A command that ignores SIGTERM dies all the same.
+    // A command that ignores SIGTERM dies all the same, with its children.
+    let tag = nonce("timeout");
     let start = Instant::now();
     let o = run(
         who,
@@ -497,7 +500,9 @@ fn timeout_exits_124(who: As) {
         &[
             "/bin/sh",
             "-c",
-            "trap '' TERM INT HUP; while :; do sleep 1; done",
+            "trap '' TERM INT HUP; (trap '' TERM INT HUP; while :; do sleep 1; done) & \
+             while :; do sleep 1; done",
+            &tag,
         ],
     );
     assert_eq!(o.status.code(), Some(124), "{}", both(&o));
@@ -506,6 +511,7 @@ fn timeout_exits_124(who: As) {
         "{:?}",
         start.elapsed()
     );
+    assert_no_survivors(&tag);
 }
 
 fn setup_failure_exits_125(who: As) {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::common::both;
 use crate::fixtures::{
-    both_users, helper, nonce, ok_stdout, output_within, pids_with_cmdline, stdout, wait_within,
-    with_fd7, wrap, As,
+    assert_no_survivors, both_users, helper, nonce, ok_stdout, output_within, pids_with_cmdline,
+    stdout, wait_within, with_fd7, wrap, As,
 };
 
 fn run(who: As, opts: &[&str], cmd: &[&str]) -> std::process::Output {
@@ -604,27 +604,6 @@ fn fork_bomb_bounded(who: As) {
         SafetyCgroup::MAX
     );
     assert_no_survivors(&tag);
-}
-
-/// No process carrying `tag` in its command line may remain (a second to die).
-fn assert_no_survivors(tag: &str) {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    loop {
-        let left = pids_with_cmdline(tag);
-        if left.is_empty() {
-            return;
-        }
-        if Instant::now() > deadline {
-            for p in &left {
-                let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
-            }
-            panic!(
-                "{} processes of the sandbox survived it: {left:?}",
-                left.len()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// The heartbeat's value now, and whether it changes within `wait`.
