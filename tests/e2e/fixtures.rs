@@ -12,7 +12,8 @@
 //!     bin/busybox    + one symlink per applet, + the helpers compiled from
 //!                    tests/e2e/helpers/*.c with `gcc -static`
 //!     etc/           passwd, group, hosts carrying FIXTURE_MARKER, so a test
-//!                    can tell them from the synthesised ones
+//!                    can tell them from the synthesised ones; resolv.conf
+//!     homeless-shelter/   (HOME's path) — both must be hidden in the sandbox
 //!     tmp build out proc dev sources mnt sources/{src,ro,d}
 //!                    empty mount points
 //!   bin/hermit       a copy of the binary under test that any user can run
@@ -181,6 +182,15 @@ fn build_busybox_root(root: &Path) {
         format!("10.11.12.13 {FIXTURE_MARKER}\n"),
     )
     .unwrap();
+    // Things profile v1 hides: an image's resolver config and a home
+    // directory at HOME's path.
+    fs::write(
+        root.join("etc/resolv.conf"),
+        format!("nameserver 10.11.12.13 # {FIXTURE_MARKER}\n"),
+    )
+    .unwrap();
+    mkdir(&root.join("homeless-shelter"), 0o755);
+    fs::write(root.join("homeless-shelter/.profile"), FIXTURE_MARKER).unwrap();
     compile_helpers(&root.join("bin"));
 }
 
