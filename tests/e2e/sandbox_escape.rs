@@ -58,6 +58,7 @@ both_users!(
     open_by_handle_refused,
     symlink_out_of_bind,
     dev_writes_refused,
+    proc_sys_read_only,
 );
 
 fn tcp_to_host_listener(who: As) {
@@ -845,4 +846,36 @@ fn dev_writes_refused(who: As) {
         );
     }
     assert!(devices.len() >= 7, "{}", both(&o));
+}
+
+fn proc_sys_read_only(who: As) {
+    // /proc/sys is global for most entries: a write from inside would change
+    // the host (kernel.core_pattern even runs a program as host root). The
+    // attempt below writes back the value already there, so it cannot harm
+    // the host even when it succeeds; success is seen in the shell's status.
+    let ratio = "/proc/sys/vm/overcommit_ratio";
+    let before = fs::read_to_string(ratio).unwrap();
+    let value = before.trim();
+    let o = run(
+        who,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "echo {value} > {ratio}; echo write=$?; \
+                 for f in {ratio} /proc/sys/kernel/core_pattern /proc/sys/kernel/randomize_va_space \
+                          /proc/sys/kernel/modprobe /proc/sysrq-trigger; do \
+                   test -w $f && echo writable $f; done; true"
+            ),
+        ],
+    );
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("write=") && !out.starts_with("write=0"),
+        "a host sysctl was written from inside: {}",
+        both(&o)
+    );
+    assert!(!out.contains("writable"), "{}", both(&o));
+    assert_eq!(fs::read_to_string(ratio).unwrap(), before);
 }
