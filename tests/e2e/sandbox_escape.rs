@@ -59,6 +59,7 @@ both_users!(
     symlink_out_of_bind,
     dev_writes_refused,
     proc_sys_read_only,
+    abstract_unix_socket_unreachable,
 );
 
 fn tcp_to_host_listener(who: As) {
@@ -878,4 +879,43 @@ fn proc_sys_read_only(who: As) {
     );
     assert!(!out.contains("writable"), "{}", both(&o));
     assert_eq!(fs::read_to_string(ratio).unwrap(), before);
+}
+
+fn abstract_unix_socket_unreachable(who: As) {
+    // Abstract unix sockets (D-Bus, X11, systemd use them) have no file to
+    // hide: only a network namespace of its own keeps them out of reach.
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = nonce("hermit-abstract");
+    let listener =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            acc.fetch_add(1, Ordering::SeqCst);
+            let mut s = s;
+            let _ = s.write_all(b"host-hello");
+        }
+    });
+    let at = format!("@{name}");
+    let host = on_host("connect", &[&at, "unix"]);
+    assert!(
+        stdout(&host).contains("received: host-hello"),
+        "{}",
+        both(&host)
+    );
+    let o = run(who, &[], &["/bin/connect", &at, "unix"]);
+    assert_eq!(
+        outcome(&stdout(&o), "connect"),
+        Some("ECONNREFUSED"),
+        "{}",
+        both(&o)
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the host socket was reached"
+    );
 }
