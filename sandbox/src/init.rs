@@ -55,6 +55,13 @@ fn die(status: &OwnedFd, failure: SetupFailure, code: i32) -> ! {
 
 /// pid 1. Never returns.
 pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) -> ! {
+    // Not dumpable: the build (same uid) must not read init's environment
+    // (hermit's, from the host), memory, cwd or root through /proc/1. The
+    // command becomes dumpable again when it executes.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        let f = SetupFailure::new("protect init", "prctl", None, Some(e));
+        die(&status, f, 125);
+    }
     let step = "watch the sandbox helper";
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         die(

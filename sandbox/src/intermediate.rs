@@ -29,7 +29,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::outcome::SetupFailure;
-use crate::protocol::{read_input, send, Message};
+use crate::protocol::{read_input, send, HelperInput, Message};
 use crate::{init, sys};
 
 /// Namespaces every sandbox gets.
@@ -60,10 +60,6 @@ pub(crate) fn helper_main(args: &[std::ffi::OsString]) -> u8 {
         eprintln!("hermit: {} is internal to hermit", crate::HELPER_ARG);
         return 70;
     };
-    let fail = |f: SetupFailure| {
-        send(&status, &Message::Failed(f));
-        125
-    };
     let input = match read_input(input_fd) {
         Ok(i) => i,
         Err(msg) => {
@@ -71,6 +67,19 @@ pub(crate) fn helper_main(args: &[std::ffi::OsString]) -> u8 {
             return 70;
         }
     };
+    helper_body(input, status)
+}
+
+/// The helper's work, once it has its input: in a re-executed hermit, or in
+/// a plain fork of a single-threaded caller.
+pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
+    let fail = |f: SetupFailure| {
+        send(&status, &Message::Failed(f));
+        125
+    };
+    // Neither the helper nor init (pid 1, visible to the build) should show
+    // hermit's command line: it holds host paths.
+    sys::set_cmdline("hermit-sandbox");
     // Die with hermit. The check closes the race with hermit dying before
     // the signal was armed.
     if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()

@@ -70,31 +70,51 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         outer_uid: nix::unistd::geteuid().as_raw(),
         outer_gid: nix::unistd::getegid().as_raw(),
     };
-    let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
-
-    let mut cmd = Command::new(helper);
-    std::os::unix::process::CommandExt::arg0(&mut cmd, "hermit");
-    cmd.arg(HELPER_ARG)
-        .arg(in_r.as_raw_fd().to_string())
-        .arg(st_w.as_raw_fd().to_string());
-    sys::arm_helper(
-        &mut cmd,
-        nix::unistd::getpid(),
-        [in_r.as_raw_fd(), st_w.as_raw_fd()],
-    );
+    let timeout = input.spec.timeout;
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
-        exe: helper.to_path_buf(),
-        source,
-    })?;
-    drop(in_r);
+    let helper_pid = if sys::is_single_threaded() {
+        // A single-threaded caller (the `hermit sandbox` CLI) can be forked
+        // safely: the child becomes the helper without executing hermit again.
+        drop(in_r);
+        drop(in_w);
+        match sys::fork_single_threaded() {
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(st_r);
+                let code = crate::intermediate::helper_body(input, st_w);
+                sys::exit_now(i32::from(code))
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => child,
+            Err(e) => {
+                return Err(RunError::Spawn {
+                    exe: PathBuf::from("(fork)"),
+                    source: e.into(),
+                })
+            }
+        }
+    } else {
+        let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
+        let mut cmd = Command::new(helper);
+        std::os::unix::process::CommandExt::arg0(&mut cmd, "hermit");
+        cmd.arg(HELPER_ARG)
+            .arg(in_r.as_raw_fd().to_string())
+            .arg(st_w.as_raw_fd().to_string());
+        sys::arm_helper(
+            &mut cmd,
+            nix::unistd::getpid(),
+            [in_r.as_raw_fd(), st_w.as_raw_fd()],
+        );
+        let child = cmd.spawn().map_err(|source| RunError::Spawn {
+            exe: helper.to_path_buf(),
+            source,
+        })?;
+        drop(in_r);
+        // A write error means the helper died early; its status tells why.
+        let _ = std::fs::File::from(in_w).write_all(&payload);
+        Pid::from_raw(child.id() as i32)
+    };
     drop(st_w);
-    let helper_pid = Pid::from_raw(child.id() as i32);
 
-    // A write error means the helper died early; its status tells why.
-    let _ = std::fs::File::from(in_w).write_all(&payload);
-
-    let deadline = input.spec.timeout.map(|t| (start + t, t));
+    let deadline = timeout.map(|t| (start + t, t));
     let mut status_pipe = std::fs::File::from(st_r);
     let mut buf = Vec::new();
     let mut messages = Vec::new();
@@ -145,7 +165,13 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         buf.extend_from_slice(&chunk[..n]);
         messages.extend(take_messages(&mut buf).map_err(RunError::Protocol)?);
     }
-    let status = child.wait().map_err(RunError::Io)?;
+    let status = loop {
+        match nix::sys::wait::waitpid(helper_pid, None) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(RunError::Io(e.into())),
+            Ok(s) => break s,
+        }
+    };
     drop(cgroup);
 
     if let Some(t) = timed_out {
@@ -160,7 +186,7 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
             Message::Ready => {}
         }
     }
-    end.ok_or_else(|| RunError::NoReport(status.to_string()))
+    end.ok_or_else(|| RunError::NoReport(format!("{status:?}")))
 }
 
 /// Makes every host path absolute and free of symlinks (the sandbox reaches

@@ -174,3 +174,56 @@ pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: [i32; 2]) 
         });
     }
 }
+
+/// Whether the calling process has exactly one thread (`/proc/self/stat`).
+pub fn is_single_threaded() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    // Fields after the command name start at field 3; num_threads is 20.
+    rest.split_whitespace().nth(17) == Some("1")
+}
+
+/// Replaces this process's command line (what `/proc/<pid>/cmdline` and
+/// `ps` show, inside the sandbox too) with `title`, so the helper and init
+/// do not show hermit's arguments — host paths — to the build. Writes over
+/// the argv strings in place, like `setproctitle`; `std::env::args` must not
+/// be used in this process afterwards.
+pub fn set_cmdline(title: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // arg_start and arg_end are fields 48 and 49; index 0 is field 3.
+    let (Some(Ok(start)), Some(Ok(end))) = (
+        fields.get(45).map(|f| f.parse::<usize>()),
+        fields.get(46).map(|f| f.parse::<usize>()),
+    ) else {
+        return;
+    };
+    if start == 0 || end <= start || end - start > 1 << 20 {
+        return;
+    }
+    let len = end - start;
+    // SAFETY: [arg_start, arg_end) is this process's own argv area on its
+    // initial stack: mapped, writable, and not referenced by any Rust value
+    // (std keeps only raw pointers to it, read by `env::args`, which callers
+    // promise not to use again). The kernel reads it for /proc/pid/cmdline.
+    unsafe {
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
+        area.fill(0);
+        let n = title.len().min(len - 1);
+        area[..n].copy_from_slice(&title.as_bytes()[..n]);
+        // A non-NUL last byte tells the kernel the title was rewritten: it
+        // then shows only up to the first NUL, not the whole (host-sized) area.
+        if n + 1 < len {
+            area[len - 1] = b' ';
+        }
+    }
+}
