@@ -188,11 +188,40 @@ fn setup_failures_name_step_and_path() {
     }
 }
 
+/// With a second thread alive, `run` cannot fork the caller and re-executes
+/// the binary as the helper instead: the same sandbox must come out.
+fn multithreaded_caller_re_executes() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || rx.recv());
+    let r = sh(
+        t.path(),
+        "{ id; cat /proc/1/cmdline; echo; } >$R; exit 4",
+        |_| {},
+    );
+    assert_eq!(r.outcome, Outcome::Exited(4), "{}", r.out);
+    assert_eq!(
+        r.out,
+        "uid=1000(builder) gid=1000(builder)\nhermit-sandbox\0\n"
+    );
+    let r = sh(t.path(), "sleep 1000", |s| {
+        s.timeout = Some(Duration::from_millis(300))
+    });
+    assert_eq!(r.outcome, Outcome::TimedOut(Duration::from_millis(300)));
+    tx.send(()).unwrap();
+    other.join().unwrap().unwrap();
+}
+
 fn main() -> ExitCode {
     if let Some(code) = hermit_sandbox::enter_if_requested() {
         return ExitCode::from(code);
     }
-    let tests: [(&str, fn()); 5] = [
+    let tests: [(&str, fn()); 6] = [
+        (
+            "multithreaded_caller_re_executes",
+            multithreaded_caller_re_executes,
+        ),
         ("statuses_and_signals", statuses_and_signals),
         ("timeout_kills_everything", timeout_kills_everything),
         ("environment_is_profile_v1", environment_is_profile_v1),
