@@ -14,6 +14,9 @@ use crate::spec::{Mount, SandboxSpec, SpecError};
 
 /// Host device nodes bound into the sandbox's `/dev`.
 pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Parts of /proc covered read-only: sysctls, the magic SysRq key, IRQ
+/// affinities, bus devices.
+pub const PROC_COVERED: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
 /// Size of the `/dev` tmpfs (it holds only mount points and symlinks).
 pub const DEV_SIZE: u64 = 64 << 10;
 /// Size limit of `/dev/shm`.
@@ -67,6 +70,12 @@ pub enum Op {
     Hide {
         dst: PathBuf,
     },
+    /// Bind `dst` onto itself read-only, if it exists (parts of /proc that
+    /// are not namespaced: when the caller is root, the build's uid is host
+    /// root — without capabilities, but owner of those files).
+    CoverReadOnly {
+        dst: PathBuf,
+    },
     /// Make the mount at `dst` read-only (it was writable while being filled).
     RemountReadOnly {
         dst: PathBuf,
@@ -100,6 +109,7 @@ impl fmt::Display for Op {
             Op::File { dst, .. } => write!(f, "write {}", dst.display()),
             Op::Hide { dst } => write!(f, "hide {}", dst.display()),
             Op::RemountReadOnly { dst } => write!(f, "remount {} read-only", dst.display()),
+            Op::CoverReadOnly { dst } => write!(f, "cover {} read-only", dst.display()),
             Op::SealRoot => f.write_str("make the root read-only"),
         }
     }
@@ -116,12 +126,16 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
             src: spec.root.clone(),
         },
         Op::Proc { dst: p("/proc") },
-        Op::Tmpfs {
-            dst: p("/dev"),
-            size: Some(DEV_SIZE),
-            mode: 0o755,
-        },
     ];
+    // As bubblewrap does: host-global corners of /proc.
+    ops.extend(PROC_COVERED.iter().map(|d| Op::CoverReadOnly {
+        dst: Path::new("/proc").join(d),
+    }));
+    ops.extend([Op::Tmpfs {
+        dst: p("/dev"),
+        size: Some(DEV_SIZE),
+        mode: 0o755,
+    }]);
     ops.extend(DEV_NODES.iter().map(|n| Op::DevNode {
         name: n.to_string(),
     }));
@@ -246,6 +260,10 @@ mod tests {
             [
                 "bind root image /img read-only as /",
                 "mount proc on /proc",
+                "cover /proc/sys read-only",
+                "cover /proc/sysrq-trigger read-only",
+                "cover /proc/irq read-only",
+                "cover /proc/bus read-only",
                 "mount tmpfs (size=65536) on /dev",
                 "bind device /dev/null",
                 "bind device /dev/zero",
@@ -311,7 +329,7 @@ mod tests {
             .iter()
             .position(|o| matches!(o, Op::Tmpfs { dst, .. } if dst == Path::new("/etc")))
             .unwrap();
-        assert!(i > 3 && i < ops.len() - 1);
+        assert!(i > 7 && i < ops.len() - 1);
     }
 
     #[test]

@@ -367,6 +367,13 @@ impl Builder {
                     m.1 = Backing::Foreign;
                 }
             }
+            Op::CoverReadOnly { dst } => {
+                let t = inside(dst);
+                if fs::symlink_metadata(&t).is_ok() {
+                    bind(&t, &t, true)?;
+                    restrict(&t, true, true)?;
+                }
+            }
             Op::SealRoot => {
                 for s in &self.skeletons {
                     restrict(&inside(s), true, false)?;
