@@ -577,3 +577,49 @@ impl Builder {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::spec::{Mount, SandboxSpec};
+
+    fn builder(extra: Vec<Mount>) -> Builder {
+        let mut spec = SandboxSpec::profile_v1("/img", vec!["/bin/true".into()]);
+        spec.mounts.extend(extra);
+        Builder::new(&crate::plan::plan(&spec).unwrap())
+    }
+
+    #[test]
+    fn a_directory_becomes_a_skeleton_only_when_it_must() {
+        let img = tempfile::tempdir().unwrap();
+        let etc = img.path().join("etc");
+        fs::create_dir_all(&etc).unwrap();
+        for f in ["passwd", "group", "hosts"] {
+            fs::write(etc.join(f), "").unwrap();
+        }
+        let b = builder(vec![]);
+        // Every synthesised file has a mount point, nothing to hide.
+        assert!(!b.needs_skeleton(Path::new("/etc"), &etc));
+        // A resolv.conf must disappear.
+        fs::write(etc.join("resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+        assert!(b.needs_skeleton(Path::new("/etc"), &etc));
+        fs::remove_file(etc.join("resolv.conf")).unwrap();
+        // A missing mount point must be created.
+        fs::remove_file(etc.join("hosts")).unwrap();
+        assert!(b.needs_skeleton(Path::new("/etc"), &etc));
+
+        // Deeper destinations: only the directory that lacks the next step.
+        let usr = img.path().join("usr");
+        fs::create_dir_all(usr.join("src")).unwrap();
+        let b = builder(vec![Mount::Bind {
+            src: "/x".into(),
+            dst: "/usr/src/x".into(),
+            writable: false,
+        }]);
+        assert!(!b.needs_skeleton(Path::new("/usr"), &usr));
+        assert!(b.needs_skeleton(Path::new("/usr/src"), &usr.join("src")));
+        // An unrelated directory never does.
+        assert!(!b.needs_skeleton(Path::new("/etc/ssl"), &etc));
+    }
+}
