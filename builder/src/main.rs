@@ -59,7 +59,7 @@ enum Command {
     /// Copy every source of the specs into a content-addressed mirror directory
     Mirror(cmd::fetch::MirrorArgs),
     /// Run one command in the profile-v1 sandbox over a root directory (plumbing)
-    Sandbox(cmd::sandbox::SandboxArgs),
+    Sandbox(Box<cmd::sandbox::SandboxArgs>),
     /// Check that this machine can run hermit's sandbox, and say how to fix it if not
     Doctor(cmd::doctor::DoctorArgs),
     /// Import, pull and list toolchain images
@@ -73,12 +73,18 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before anything else — before clap, before any thread exists: this
+    // process may be the sandbox's helper (hermit re-executes itself to
+    // enter the sandbox) or a `hermit doctor` probe.
+    if let Some(code) = hermit_sandbox::enter_if_requested() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Store(c) => cmd::store::run(c),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),
         Command::Mirror(a) => cmd::fetch::run_mirror(a),
-        Command::Sandbox(a) => cmd::sandbox::run(a),
+        Command::Sandbox(a) => cmd::sandbox::run(*a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Output(c) => cmd::output::run(c),

@@ -10,3 +10,6 @@ mod store;
 mod fetch;
 mod http_server;
 mod output;
+mod fixtures;
+mod sandbox;
+mod sandbox_escape;

@@ -1,10 +1,200 @@
-use std::process::ExitCode;
+//! `hermit sandbox`: one command in the profile-v1 sandbox over a root
+//! directory. Plumbing for debugging and for tests; `hermit build` plans its
+//! sandbox from the spec and profile instead.
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
 use clap::Args;
+use hermit_sandbox::{Mount, Outcome, RunError, SandboxSpec};
+
+use crate::exit::{self, Exit};
 
 #[derive(Args)]
-pub struct SandboxArgs {}
+pub struct SandboxArgs {
+    /// Directory shown read-only as `/`
+    #[arg(long, value_name = "DIR")]
+    root: PathBuf,
+    /// Bind a host path read-only (SRC, or SRC:DST)
+    #[arg(long = "ro", value_name = "SRC:DST")]
+    ro: Vec<String>,
+    /// Bind a host path read-write (SRC, or SRC:DST)
+    #[arg(long = "rw", value_name = "SRC:DST")]
+    rw: Vec<String>,
+    /// Mount an empty tmpfs (DST, or DST:SIZE in bytes)
+    #[arg(long = "tmpfs", value_name = "DST")]
+    tmpfs: Vec<String>,
+    /// Set an environment variable on top of profile v1's (repeatable)
+    #[arg(long = "env", value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    cwd: PathBuf,
+    /// Kill everything in the sandbox after this many seconds (exit 124)
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Hostname inside the sandbox
+    #[arg(long, default_value = "localhost")]
+    hostname: String,
+    /// Leave address-space layout randomisation on (profile v1 turns it off)
+    #[arg(long)]
+    aslr: bool,
+    /// Most processes the command may have at once (bounds fork bombs)
+    #[arg(long, value_name = "N", default_value_t = hermit_sandbox::spec::DEFAULT_MAX_PROCESSES)]
+    max_procs: u32,
+    /// Size limit of /tmp, in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = hermit_sandbox::spec::DEFAULT_TMP_SIZE)]
+    tmp_size: u64,
+    /// Print the setup plan as JSON instead of running
+    #[arg(long)]
+    print_plan: bool,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<String>,
+}
 
-pub fn run(_args: SandboxArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("hermit sandbox is not available in this build yet")
+fn split_bind(arg: &str) -> (PathBuf, PathBuf) {
+    match arg.split_once(':') {
+        Some((src, dst)) => (PathBuf::from(src), PathBuf::from(dst)),
+        None => (PathBuf::from(arg), PathBuf::from(arg)),
+    }
+}
+
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p);
+    }
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    Ok(cwd.join(p))
+}
+
+fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
+    let mut spec = SandboxSpec::profile_v1(absolute(a.root)?, a.command);
+    let mut mounts = Vec::new();
+    for (list, writable) in [(&a.ro, false), (&a.rw, true)] {
+        for arg in list {
+            let (src, dst) = split_bind(arg);
+            mounts.push(Mount::Bind {
+                src: absolute(src)?,
+                dst,
+                writable,
+            });
+        }
+    }
+    for arg in &a.tmpfs {
+        let (dst, size) = match arg.split_once(':') {
+            Some((d, s)) => {
+                let size = s.parse::<u64>().map_err(|_| {
+                    Exit::user(format!(
+                        "--tmpfs {arg}: size {s:?} is not a number of bytes"
+                    ))
+                })?;
+                (d, Some(size))
+            }
+            None => (arg.as_str(), None),
+        };
+        mounts.push(Mount::Tmpfs {
+            dst: PathBuf::from(dst),
+            size,
+        });
+    }
+    // /tmp: profile v1's tmpfs unless the command line mounts something there.
+    if !mounts
+        .iter()
+        .any(|m| m.dst() == std::path::Path::new("/tmp"))
+    {
+        mounts.push(Mount::Tmpfs {
+            dst: PathBuf::from("/tmp"),
+            size: Some(a.tmp_size),
+        });
+    }
+    // Parents before children, whatever the order of the flags.
+    mounts.sort_by_key(|m| m.dst().components().count());
+    spec.mounts = mounts;
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| Exit::user(format!("--env {kv:?}: expected KEY=VALUE")))?;
+        spec.set_env(k, v);
+    }
+    spec.cwd = a.cwd;
+    spec.hostname = a.hostname;
+    spec.aslr = a.aslr;
+    spec.limits.max_processes = Some(a.max_procs);
+    spec.timeout = match a.timeout {
+        None => None,
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => {
+            return Err(Exit::user(format!(
+                "--timeout {t}: must be a positive number of seconds"
+            ))
+            .into())
+        }
+    };
+    Ok(spec)
+}
+
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s.fract() == 0.0 {
+        format!("{}", d.as_secs())
+    } else {
+        format!("{s}")
+    }
+}
+
+pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
+    let print_plan = args.print_plan;
+    let spec = build_spec(args)?;
+    if print_plan {
+        let ops = hermit_sandbox::plan(&spec).map_err(|e| Exit::user(format!("{e}")))?;
+        let json = serde_json::to_string_pretty(&ops).context("serialising the plan")?;
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = hermit_sandbox::run(&spec).map_err(|e| match e {
+        RunError::Spec(e) => anyhow::Error::new(Exit::user(format!("invalid sandbox: {e}"))),
+        e @ RunError::Spawn { .. } | e @ RunError::Pipe(_) => anyhow::Error::new(e).context(
+            Exit::with_code(exit::SANDBOX_SETUP, "the sandbox could not be started"),
+        ),
+        other => anyhow::Error::new(other).context(Exit::with_code(
+            exit::INTERNAL,
+            "hermit lost track of the sandbox; this is a bug in hermit, please report it",
+        )),
+    })?;
+    match outcome {
+        // Statuses are 0–255; anything else would be a kernel oddity.
+        Outcome::Exited(c) => Ok(ExitCode::from(
+            u8::try_from(c).unwrap_or(exit::BUILD_FAILED),
+        )),
+        Outcome::Signaled(s) => Ok(ExitCode::from(
+            u8::try_from(128 + s).unwrap_or(exit::BUILD_FAILED),
+        )),
+        Outcome::TimedOut(t) => Err(Exit::with_code(
+            exit::TIMEOUT,
+            format!(
+                "timed out after {} s; every process in the sandbox was killed",
+                seconds(t)
+            ),
+        )
+        .into()),
+        Outcome::SetupFailed(f) => {
+            let code = match (f.exec, f.errno) {
+                (true, Some(libc::ENOENT)) => 127,
+                (true, _) => 126,
+                _ => exit::SANDBOX_SETUP,
+            };
+            let mut msg = if f.exec {
+                format!("cannot run the command: {f}")
+            } else {
+                format!("sandbox setup failed: {f}")
+            };
+            if let Some(h) = f.hint() {
+                msg.push_str(&format!("\n  hint: {h}"));
+            }
+            Err(Exit::with_code(code, msg).into())
+        }
+    }
 }

@@ -1,0 +1,290 @@
+//! The sandbox's init: pid 1 of the new pid namespace, and the command's
+//! process between `fork` and `execve`.
+//!
+//! init, in order:
+//! 1. arms PR_SET_PDEATHSIG (SIGKILL) and checks its parent, the helper, is
+//!    still there — if the helper dies, init dies, and with init every process
+//!    of the namespace;
+//! 2. builds the filesystem ([`crate::setup`]) and pivots into it;
+//! 3. sets the host and domain names, brings `lo` up;
+//! 4. forks the command (pid 2), then reaps every zombie, forwards SIGTERM,
+//!    SIGINT and SIGHUP to the command, and exits with the command's status
+//!    as soon as the command exits — the kernel then kills whatever is left
+//!    in the namespace, daemons included.
+//!
+//! The command's process, before `execve`: new session (no controlling
+//! terminal, so no TIOCSTI into the caller's), limits, umask, personality,
+//! working directory, every descriptor above 2 closed on exec, capabilities
+//! dropped from every set, no_new_privs, and last the seccomp filter.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{chdir, execve, sethostname, setsid, ForkResult, Pid};
+
+use crate::outcome::SetupFailure;
+use crate::protocol::{send, HelperInput, Message};
+use crate::spec::SandboxSpec;
+use crate::{seccomp, setup, sys};
+
+/// Signals init waits for (blocked, then taken with `sigwait`).
+pub(crate) fn waited_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn die(status: &OwnedFd, failure: SetupFailure, code: i32) -> ! {
+    send(status, &Message::Failed(failure));
+    sys::exit_now(code)
+}
+
+/// pid 1. Never returns.
+pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) -> ! {
+    // Not dumpable: the build (same uid) must not read init's environment
+    // (hermit's, from the host), memory, cwd or root through /proc/1. The
+    // command becomes dumpable again when it executes.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        let f = SetupFailure::new("protect init", "prctl", None, Some(e));
+        die(&status, f, 125);
+    }
+    let step = "watch the sandbox helper";
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        die(
+            &status,
+            SetupFailure::new(step, "prctl", None, Some(e)),
+            125,
+        );
+    }
+    // The helper holds the write end for as long as it lives: a hang-up means
+    // it died before the death signal was armed.
+    let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
+    if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+        sys::exit_now(125);
+    }
+
+    if let Err(f) = setup::setup(&input.ops) {
+        die(&status, f, 125);
+    }
+    let spec = &input.spec;
+    if let Err(e) = sethostname(&spec.hostname) {
+        let f = SetupFailure::new("set the hostname", "sethostname", None, Some(e));
+        die(&status, f, 125);
+    }
+    if let Err(e) = sys::set_domainname("(none)") {
+        let f = SetupFailure::new("set the domain name", "setdomainname", None, Some(e));
+        die(&status, f, 125);
+    }
+    if let Err(e) = sys::loopback_up() {
+        let f = SetupFailure::new("bring the loopback interface up", "ioctl", None, Some(e));
+        die(&status, f, 125);
+    }
+
+    let cmd = match sys::fork_single_threaded() {
+        Ok(ForkResult::Child) => command_main(spec, &status),
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => die(
+            &status,
+            SetupFailure::new("start the command", "fork", None, Some(e)),
+            125,
+        ),
+    };
+    drop(lifeline);
+    reap(cmd, &status)
+}
+
+/// init's loop: reap, forward, and leave with the command.
+fn reap(cmd: Pid, status: &OwnedFd) -> ! {
+    let set = waited_signals();
+    loop {
+        let sig = match set.wait() {
+            Ok(s) => s,
+            Err(_) => continue,
+        };
+        if sig != Signal::SIGCHLD {
+            let _ = kill(cmd, sig);
+            continue;
+        }
+        loop {
+            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
+                    send(status, &Message::Exited(code));
+                    sys::exit_now(code);
+                }
+                Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => {
+                    send(status, &Message::Signaled(s as i32));
+                    sys::exit_now(128 + s as i32);
+                }
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// The command's process from `fork` to `execve`. Never returns.
+fn command_main(spec: &SandboxSpec, status: &OwnedFd) -> ! {
+    match prepare_command(spec) {
+        Ok(exec) => {
+            send(status, &Message::Ready);
+            let e = exec.run();
+            let mut f = SetupFailure::new(
+                "execute the command",
+                "execve",
+                Some(exec.shown.clone().into()),
+                Some(e),
+            );
+            f.exec = true;
+            let code = if e == Errno::ENOENT { 127 } else { 126 };
+            die(status, f, code)
+        }
+        Err(f) => die(status, f, 125),
+    }
+}
+
+/// Everything `execve` needs, prepared before the seccomp filter is on.
+struct Exec {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    shown: String,
+}
+
+impl Exec {
+    /// Tries each candidate like `execvp`; returns the errno to report.
+    fn run(&self) -> Errno {
+        let mut err = Errno::ENOENT;
+        for c in &self.candidates {
+            let e = match execve(c, &self.argv, &self.envp) {
+                Err(e) => e,
+                Ok(never) => match never {},
+            };
+            if e == Errno::EACCES || err != Errno::EACCES {
+                err = e;
+            }
+            if !matches!(e, Errno::ENOENT | Errno::EACCES | Errno::ENOTDIR) {
+                return e;
+            }
+        }
+        err
+    }
+}
+
+fn cstring(step: &str, s: &str) -> Result<CString, SetupFailure> {
+    CString::new(s).map_err(|_| SetupFailure::new(step, "argument", None, Some(Errno::EINVAL)))
+}
+
+fn prepare_command(spec: &SandboxSpec) -> Result<Exec, SetupFailure> {
+    let f = |step: &str, call: &str, e: Errno| SetupFailure::new(step, call, None, Some(e));
+
+    sys::reset_signal_dispositions();
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| f("reset the signal mask", "sigprocmask", e))?;
+    setsid().map_err(|e| f("start a new session", "setsid", e))?;
+
+    let limits = &spec.limits;
+    let set = |what: &str, r: Resource, v: u64| {
+        let (_, hard) = getrlimit(r).map_err(|e| f(what, "getrlimit", e))?;
+        let v = v.min(hard);
+        setrlimit(r, v, v).map_err(|e| f(what, "setrlimit", e))
+    };
+    if let Some(n) = limits.max_processes {
+        // The count is per user namespace and uid: the helper and init are
+        // counted too.
+        set(
+            "limit the number of processes",
+            Resource::RLIMIT_NPROC,
+            u64::from(n) + 2,
+        )?;
+    }
+    if let Some(n) = limits.max_open_files {
+        set("limit open files", Resource::RLIMIT_NOFILE, n)?;
+    }
+    if let Some(n) = limits.max_file_size {
+        set("limit file size", Resource::RLIMIT_FSIZE, n)?;
+    }
+    set("disable core dumps", Resource::RLIMIT_CORE, 0)?;
+
+    nix::sys::stat::umask(Mode::from_bits_truncate(spec.umask as libc::mode_t));
+    if !spec.aslr {
+        use nix::sys::personality::{self, Persona};
+        let p = personality::get().map_err(|e| f("turn ASLR off", "personality", e))?;
+        personality::set(p | Persona::ADDR_NO_RANDOMIZE)
+            .map_err(|e| f("turn ASLR off", "personality", e))?;
+    }
+    chdir(&spec.cwd).map_err(|e| {
+        SetupFailure::new(
+            "enter the working directory",
+            "chdir",
+            Some(spec.cwd.clone()),
+            Some(e),
+        )
+    })?;
+    sys::cloexec_from(3).map_err(|e| f("close inherited descriptors", "close_range", e))?;
+
+    let step = "prepare the command";
+    let argv = spec
+        .command
+        .iter()
+        .map(|a| cstring(step, a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = spec
+        .env
+        .iter()
+        .map(|(k, v)| cstring(step, &format!("{k}={v}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prog = &spec.command[0];
+    let candidates = if prog.contains('/') {
+        vec![cstring(step, prog)?]
+    } else {
+        let path = spec
+            .env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(crate::spec::DEFAULT_PATH);
+        path.split(':')
+            .map(|d| {
+                let d = if d.is_empty() { "." } else { d };
+                cstring(step, &Path::new(d).join(prog).to_string_lossy())
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    };
+
+    drop_capabilities().map_err(|e| f("drop capabilities", "capset", e))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| f("set no_new_privs", "prctl", e))?;
+    sys::install_seccomp(&seccomp::filter())
+        .map_err(|e| f("install the seccomp filter", "prctl", e))?;
+    Ok(Exec {
+        candidates,
+        argv,
+        envp,
+        shown: prog.clone(),
+    })
+}
+
+/// Empties the bounding, ambient, inheritable, effective and permitted sets.
+fn drop_capabilities() -> Result<(), Errno> {
+    use caps::CapSet;
+    let to_errno = |_| Errno::EPERM;
+    caps::clear(None, CapSet::Bounding).map_err(to_errno)?;
+    caps::clear(None, CapSet::Ambient).map_err(to_errno)?;
+    caps::clear(None, CapSet::Inheritable).map_err(to_errno)?;
+    caps::clear(None, CapSet::Effective).map_err(to_errno)?;
+    caps::clear(None, CapSet::Permitted).map_err(to_errno)?;
+    Ok(())
+}

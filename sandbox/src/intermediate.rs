@@ -1,0 +1,193 @@
+//! The helper: hermit re-executed as `hermit __sandbox-init RFD WFD`, entered
+//! at the very top of `main` while the process has one thread.
+//!
+//! It reads the [`HelperInput`] from RFD, joins the pids cgroup, unshares the
+//! user, mount, pid, network, UTS, IPC and cgroup namespaces, maps one uid
+//! and one gid, and forks the init (pid 1 of the new pid namespace). Then it
+//! waits: SIGTERM (hermit's timeout) kills the init with SIGKILL, SIGINT and
+//! SIGHUP are passed on. It exits with the init's status once the init — and
+//! so every process of the namespace — is gone.
+//!
+//! Why each namespace (the tone of Nix's comment on the same list):
+//! - user: rootless — the build gets capabilities only over the namespaces it
+//!   owns, and runs as uid 1000 mapped onto the caller's uid;
+//! - mount: the build sees the root image, its binds and nothing else;
+//! - pid: the build cannot see or signal host processes, and when its init
+//!   exits every process it started dies, daemons included;
+//! - network: only a loopback interface, so no network access and no
+//!   dependence on the host's network configuration;
+//! - UTS: a fixed hostname (`localhost`) instead of the host's;
+//! - IPC: no System V IPC or POSIX message queues shared with the host;
+//! - cgroup: the build sees its own cgroup as the root, not the host's tree.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, sigprocmask, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::outcome::SetupFailure;
+use crate::protocol::{read_input, send, HelperInput, Message};
+use crate::{init, sys};
+
+/// Namespaces every sandbox gets.
+pub const NAMESPACES: [(&str, CloneFlags); 7] = [
+    ("user", CloneFlags::CLONE_NEWUSER),
+    ("mount", CloneFlags::CLONE_NEWNS),
+    ("pid", CloneFlags::CLONE_NEWPID),
+    ("network", CloneFlags::CLONE_NEWNET),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+];
+
+fn fd_arg(a: Option<&std::ffi::OsString>) -> Option<OwnedFd> {
+    let n: i32 = a?.to_str()?.parse().ok()?;
+    if n < 3 {
+        return None;
+    }
+    // SAFETY: hermit passes the numbers of the two pipe ends it left open for
+    // us (and nothing else uses them in this freshly executed process); each
+    // is owned exactly once here.
+    Some(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Runs the helper. `args` are the arguments after the hidden subcommand.
+pub(crate) fn helper_main(args: &[std::ffi::OsString]) -> u8 {
+    let (Some(input_fd), Some(status)) = (fd_arg(args.first()), fd_arg(args.get(1))) else {
+        eprintln!("hermit: {} is internal to hermit", crate::HELPER_ARG);
+        return 70;
+    };
+    let input = match read_input(input_fd) {
+        Ok(i) => i,
+        Err(msg) => {
+            eprintln!("hermit: {msg}");
+            return 70;
+        }
+    };
+    helper_body(input, status)
+}
+
+/// The helper's work, once it has its input: in a re-executed hermit, or in
+/// a plain fork of a single-threaded caller.
+pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
+    let fail = |f: SetupFailure| {
+        send(&status, &Message::Failed(f));
+        125
+    };
+    // Neither the helper nor init (pid 1, visible to the build) should show
+    // hermit's command line: it holds host paths.
+    sys::set_cmdline("hermit-sandbox");
+    // Die with hermit. The check closes the race with hermit dying before
+    // the signal was armed.
+    if nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).is_err()
+        || !sys::parent_is(Pid::from_raw(input.parent))
+    {
+        return 125;
+    }
+    if let Some(cg) = &input.cgroup {
+        let procs = cg.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            return fail(SetupFailure::new(
+                "join the pids cgroup",
+                "write",
+                Some(procs),
+                Some(errno),
+            ));
+        }
+    }
+    if nix::unistd::geteuid().is_root() {
+        // Drop root's supplementary groups while we may (inside they would
+        // show up as `nogroup`).
+        let _ = nix::unistd::setgroups(&[]);
+    }
+    let flags = NAMESPACES
+        .iter()
+        .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
+    if let Err(e) = unshare(flags) {
+        return fail(SetupFailure::new(
+            "create the namespaces (user, mount, pid, network, uts, ipc, cgroup)",
+            "unshare",
+            None,
+            Some(e),
+        ));
+    }
+    let spec = &input.spec;
+    for (file, text) in [
+        ("/proc/self/setgroups", "deny".to_string()),
+        (
+            "/proc/self/uid_map",
+            format!("{} {} 1\n", spec.uid, input.outer_uid),
+        ),
+        (
+            "/proc/self/gid_map",
+            format!("{} {} 1\n", spec.gid, input.outer_gid),
+        ),
+    ] {
+        if let Err(e) = std::fs::write(file, text) {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            let call = match file {
+                "/proc/self/setgroups" => "write /proc/self/setgroups",
+                "/proc/self/uid_map" => "write /proc/self/uid_map",
+                _ => "write /proc/self/gid_map",
+            };
+            return fail(SetupFailure::new(
+                "map the build user onto the caller",
+                call,
+                Some(file.into()),
+                Some(errno),
+            ));
+        }
+    }
+
+    let signals = init::waited_signals();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
+        return fail(SetupFailure::new(
+            "block signals",
+            "sigprocmask",
+            None,
+            Some(e),
+        ));
+    }
+    let (lifeline_r, lifeline_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return fail(SetupFailure::new("start init", "pipe2", None, Some(e))),
+    };
+    let init = match sys::fork_single_threaded() {
+        Ok(ForkResult::Child) => {
+            drop(lifeline_w);
+            init::init_main(input, status, lifeline_r)
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return fail(SetupFailure::new("start init", "fork", None, Some(e))),
+    };
+    drop(lifeline_r);
+    drop(input);
+    let code = wait_init(init, &signals);
+    drop(lifeline_w);
+    code
+}
+
+fn wait_init(init: Pid, signals: &nix::sys::signal::SigSet) -> u8 {
+    loop {
+        match waitpid(init, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return code as u8,
+            Ok(WaitStatus::Signaled(_, s, _)) => return 128 + s as u8,
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(_) => return 70,
+        }
+        match signals.wait() {
+            Ok(Signal::SIGTERM) => {
+                let _ = kill(init, Signal::SIGKILL);
+            }
+            Ok(Signal::SIGCHLD) | Err(_) => {}
+            Ok(other) => {
+                let _ = kill(init, other);
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The recipe: a [`SandboxSpec`] becomes an ordered list of filesystem
+//! operations ([`Op`]) that [`crate::setup`] carries out one by one inside
+//! the new mount namespace. Planning is pure — it reads no file — so the list
+//! can be unit-tested and recorded.
+//!
+//! Destinations are paths inside the sandbox. Sources of binds are host paths.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Mount, SandboxSpec, SpecError};
+
+/// Host device nodes bound into the sandbox's `/dev`.
+pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+/// Parts of /proc covered read-only: sysctls, the magic SysRq key, IRQ
+/// affinities, bus devices.
+pub const PROC_COVERED: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
+/// Size of the `/dev` tmpfs (it holds only mount points and symlinks).
+pub const DEV_SIZE: u64 = 64 << 10;
+/// Size limit of `/dev/shm`.
+pub const SHM_SIZE: u64 = 256 << 20;
+
+/// One setup step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// Show the host directory `src` as `/`, read-only, `nosuid,nodev`,
+    /// submounts included. (Done as a tmpfs skeleton whose entries are binds
+    /// of the image, so mount points missing from the image can be created.)
+    RootImage {
+        src: PathBuf,
+    },
+    /// A fresh procfs of the sandbox's own pid namespace.
+    Proc {
+        dst: PathBuf,
+    },
+    /// A tmpfs, `nosuid,nodev`.
+    Tmpfs {
+        dst: PathBuf,
+        size: Option<u64>,
+        mode: u32,
+    },
+    /// Bind the host's device node `/dev/<name>`.
+    DevNode {
+        name: String,
+    },
+    /// A devpts instance of the sandbox's own (`newinstance,ptmxmode=0666`).
+    Devpts {
+        dst: PathBuf,
+    },
+    Symlink {
+        target: PathBuf,
+        dst: PathBuf,
+    },
+    /// Bind a host path, `nosuid,nodev`, read-only unless `writable`.
+    Bind {
+        src: PathBuf,
+        dst: PathBuf,
+        writable: bool,
+    },
+    /// A synthesised file, mounted read-only over (or in place of) the image's.
+    File {
+        dst: PathBuf,
+        contents: String,
+        mode: u32,
+    },
+    /// Make sure nothing exists at `dst` (an image's file is hidden).
+    Hide {
+        dst: PathBuf,
+    },
+    /// Bind `dst` onto itself read-only, if it exists (parts of /proc that
+    /// are not namespaced: when the caller is root, the build's uid is host
+    /// root — without capabilities, but owner of those files).
+    CoverReadOnly {
+        dst: PathBuf,
+    },
+    /// Make the mount at `dst` read-only (it was writable while being filled).
+    RemountReadOnly {
+        dst: PathBuf,
+    },
+    /// Make every skeleton directory built over the root image read-only:
+    /// after this, `/` is read-only everywhere except the writable mounts.
+    SealRoot,
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Op::RootImage { src } => write!(f, "bind root image {} read-only as /", src.display()),
+            Op::Proc { dst } => write!(f, "mount proc on {}", dst.display()),
+            Op::Tmpfs { dst, size, .. } => match size {
+                Some(s) => write!(f, "mount tmpfs (size={s}) on {}", dst.display()),
+                None => write!(f, "mount tmpfs on {}", dst.display()),
+            },
+            Op::DevNode { name } => write!(f, "bind device /dev/{name}"),
+            Op::Devpts { dst } => write!(f, "mount devpts on {}", dst.display()),
+            Op::Symlink { target, dst } => {
+                write!(f, "symlink {} -> {}", dst.display(), target.display())
+            }
+            Op::Bind { src, dst, writable } => write!(
+                f,
+                "bind {} on {} ({})",
+                src.display(),
+                dst.display(),
+                if *writable { "read-write" } else { "read-only" }
+            ),
+            Op::File { dst, .. } => write!(f, "write {}", dst.display()),
+            Op::Hide { dst } => write!(f, "hide {}", dst.display()),
+            Op::RemountReadOnly { dst } => write!(f, "remount {} read-only", dst.display()),
+            Op::CoverReadOnly { dst } => write!(f, "cover {} read-only", dst.display()),
+            Op::SealRoot => f.write_str("make the root read-only"),
+        }
+    }
+}
+
+/// The ordered setup steps for `spec`: root image, /proc, /dev, the spec's
+/// mounts in order, the synthesised /etc files, hidden files, then the root
+/// sealed read-only.
+pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
+    spec.validate()?;
+    let p = PathBuf::from;
+    let mut ops = vec![
+        Op::RootImage {
+            src: spec.root.clone(),
+        },
+        Op::Proc { dst: p("/proc") },
+    ];
+    // As bubblewrap does: host-global corners of /proc.
+    ops.extend(PROC_COVERED.iter().map(|d| Op::CoverReadOnly {
+        dst: Path::new("/proc").join(d),
+    }));
+    ops.extend([Op::Tmpfs {
+        dst: p("/dev"),
+        size: Some(DEV_SIZE),
+        mode: 0o755,
+    }]);
+    ops.extend(DEV_NODES.iter().map(|n| Op::DevNode {
+        name: n.to_string(),
+    }));
+    ops.push(Op::Devpts { dst: p("/dev/pts") });
+    ops.push(Op::Symlink {
+        target: p("pts/ptmx"),
+        dst: p("/dev/ptmx"),
+    });
+    ops.push(Op::Tmpfs {
+        dst: p("/dev/shm"),
+        size: Some(SHM_SIZE),
+        mode: 0o1777,
+    });
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ops.push(Op::Symlink {
+            target: p(target),
+            dst: Path::new("/dev").join(name),
+        });
+    }
+    ops.push(Op::RemountReadOnly { dst: p("/dev") });
+    for m in &spec.mounts {
+        ops.push(match m {
+            Mount::Bind { src, dst, writable } => Op::Bind {
+                src: src.clone(),
+                dst: dst.clone(),
+                writable: *writable,
+            },
+            Mount::Tmpfs { dst, size } => Op::Tmpfs {
+                dst: dst.clone(),
+                size: *size,
+                mode: 0o1777,
+            },
+        });
+    }
+    let covered = |f: &str| {
+        spec.mounts
+            .iter()
+            .any(|m| Path::new(f).starts_with(m.dst()))
+    };
+    for (dst, contents) in [
+        ("/etc/passwd", passwd(spec)),
+        ("/etc/group", group(spec)),
+        ("/etc/hosts", HOSTS.to_string()),
+    ] {
+        // A mount the caller asked for at or above the file wins.
+        if !covered(dst) {
+            ops.push(Op::File {
+                dst: p(dst),
+                contents,
+                mode: 0o644,
+            });
+        }
+    }
+    for dst in [Path::new("/etc/resolv.conf"), &spec.home] {
+        if !covered(&dst.to_string_lossy()) {
+            ops.push(Op::Hide {
+                dst: dst.to_path_buf(),
+            });
+        }
+    }
+    ops.push(Op::SealRoot);
+    Ok(ops)
+}
+
+/// `/etc/hosts`: loopback only.
+pub const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+
+fn passwd(spec: &SandboxSpec) -> String {
+    format!(
+        "root:x:0:0:root:/:/bin/sh\n{u}:x:{uid}:{gid}:{u}:{home}:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        u = spec.user,
+        uid = spec.uid,
+        gid = spec.gid,
+        home = spec.home.display()
+    )
+}
+
+fn group(spec: &SandboxSpec) -> String {
+    format!(
+        "root:x:0:\n{g}:x:{gid}:{u}\nnogroup:x:65534:\n",
+        g = spec.group,
+        gid = spec.gid,
+        u = spec.user
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::spec::Mount;
+
+    fn spec() -> SandboxSpec {
+        let mut s = SandboxSpec::profile_v1("/img", vec!["/bin/sh".into()]);
+        s.mounts.push(Mount::Bind {
+            src: "/host/src".into(),
+            dst: "/build".into(),
+            writable: true,
+        });
+        s.mounts.push(Mount::Bind {
+            src: "/host/in".into(),
+            dst: "/inputs/zlib".into(),
+            writable: false,
+        });
+        s
+    }
+
+    fn render(ops: &[Op]) -> Vec<String> {
+        ops.iter().map(|o| o.to_string()).collect()
+    }
+
+    #[test]
+    fn profile_v1_plan_is_the_recipe() {
+        let ops = plan(&spec()).unwrap();
+        assert_eq!(
+            render(&ops),
+            [
+                "bind root image /img read-only as /",
+                "mount proc on /proc",
+                "cover /proc/sys read-only",
+                "cover /proc/sysrq-trigger read-only",
+                "cover /proc/irq read-only",
+                "cover /proc/bus read-only",
+                "mount tmpfs (size=65536) on /dev",
+                "bind device /dev/null",
+                "bind device /dev/zero",
+                "bind device /dev/full",
+                "bind device /dev/random",
+                "bind device /dev/urandom",
+                "bind device /dev/tty",
+                "mount devpts on /dev/pts",
+                "symlink /dev/ptmx -> pts/ptmx",
+                "mount tmpfs (size=268435456) on /dev/shm",
+                "symlink /dev/fd -> /proc/self/fd",
+                "symlink /dev/stdin -> /proc/self/fd/0",
+                "symlink /dev/stdout -> /proc/self/fd/1",
+                "symlink /dev/stderr -> /proc/self/fd/2",
+                "remount /dev read-only",
+                "mount tmpfs (size=1073741824) on /tmp",
+                "bind /host/src on /build (read-write)",
+                "bind /host/in on /inputs/zlib (read-only)",
+                "write /etc/passwd",
+                "write /etc/group",
+                "write /etc/hosts",
+                "hide /etc/resolv.conf",
+                "hide /homeless-shelter",
+                "make the root read-only",
+            ]
+        );
+    }
+
+    #[test]
+    fn synthesised_files_name_the_build_user() {
+        let ops = plan(&spec()).unwrap();
+        let file = |name: &str| {
+            ops.iter()
+                .find_map(|o| match o {
+                    Op::File { dst, contents, .. } if dst == Path::new(name) => {
+                        Some(contents.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert!(file("/etc/passwd")
+            .contains("\nbuilder:x:1000:1000:builder:/homeless-shelter:/bin/sh\n"));
+        assert!(file("/etc/group").contains("\nbuilder:x:1000:builder\n"));
+        assert_eq!(file("/etc/hosts"), HOSTS);
+        assert!(!HOSTS.contains(|c: char| c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn a_mount_over_etc_replaces_the_synthesised_files() {
+        let mut s = spec();
+        s.mounts.push(Mount::Tmpfs {
+            dst: "/etc".into(),
+            size: None,
+        });
+        let ops = plan(&s).unwrap();
+        assert!(!ops.iter().any(|o| matches!(o, Op::File { .. })));
+        assert!(!ops
+            .iter()
+            .any(|o| matches!(o, Op::Hide { dst } if dst == Path::new("/etc/resolv.conf"))));
+        // …and the mount comes after /dev and before sealing.
+        let i = ops
+            .iter()
+            .position(|o| matches!(o, Op::Tmpfs { dst, .. } if dst == Path::new("/etc")))
+            .unwrap();
+        assert!(i > 7 && i < ops.len() - 1);
+    }
+
+    #[test]
+    fn invalid_specs_are_not_planned() {
+        let mut s = spec();
+        s.mounts.push(Mount::Bind {
+            src: "/x".into(),
+            dst: "/".into(),
+            writable: true,
+        });
+        assert!(matches!(plan(&s), Err(SpecError::RootDestination(_))));
+        let mut s = spec();
+        s.mounts.push(Mount::Bind {
+            src: "/x".into(),
+            dst: "/dev/sda".into(),
+            writable: true,
+        });
+        assert!(matches!(plan(&s), Err(SpecError::ReservedDestination(_))));
+    }
+
+    #[test]
+    fn plan_serialises_for_the_record() {
+        let ops = plan(&spec()).unwrap();
+        let json = serde_json::to_string(&ops).unwrap();
+        assert!(
+            json.starts_with(r#"[{"op":"root-image","src":"/img"}"#),
+            "{json}"
+        );
+        assert_eq!(serde_json::from_str::<Vec<Op>>(&json).unwrap(), ops);
+    }
+}

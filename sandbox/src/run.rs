@@ -1,0 +1,221 @@
+//! The parent side: plan, spawn the helper, feed it, watch the clock.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::outcome::{Outcome, SetupFailure};
+use crate::plan::{plan, Op};
+use crate::protocol::{take_messages, HelperInput, Message};
+use crate::spec::{Mount, SandboxSpec, SpecError};
+use crate::{cgroup, sys, HELPER_ARG};
+
+/// Failures of hermit's own side of a run (not of the sandbox's setup,
+/// which come back as [`Outcome::SetupFailed`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid sandbox spec")]
+    Spec(#[from] SpecError),
+    #[error("creating a pipe to the sandbox helper")]
+    Pipe(#[source] Errno),
+    #[error("starting the sandbox helper {}", exe.display())]
+    Spawn {
+        exe: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the sandbox helper")]
+    Io(#[source] std::io::Error),
+    #[error("the sandbox sent a message hermit does not understand: {0}")]
+    Protocol(String),
+    #[error("the sandbox helper ended ({0}) without saying how the command ended")]
+    NoReport(String),
+}
+
+/// Runs `spec.command` in the sandbox and waits for it. Blocks the calling
+/// thread, which must stay alive until this returns (the sandbox is tied to
+/// it by PR_SET_PDEATHSIG). The current executable must call
+/// [`crate::enter_if_requested`] first thing in `main`.
+pub fn run(spec: &SandboxSpec) -> Result<Outcome, RunError> {
+    run_with_helper(spec, Path::new("/proc/self/exe"))
+}
+
+/// [`run`] with another executable as the helper (one whose `main` calls
+/// [`crate::enter_if_requested`]).
+pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, RunError> {
+    let ops = plan(spec)?;
+    let (spec, ops) = match resolve_sources(spec, ops) {
+        Ok(x) => x,
+        Err(f) => return Ok(Outcome::SetupFailed(f)),
+    };
+    let cgroup = spec
+        .limits
+        .max_processes
+        .and_then(|n| cgroup::create(n.saturating_add(2)).ok());
+
+    let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
+    let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
+    let input = HelperInput {
+        spec,
+        ops,
+        parent: std::process::id() as i32,
+        cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+        outer_uid: nix::unistd::geteuid().as_raw(),
+        outer_gid: nix::unistd::getegid().as_raw(),
+    };
+    let timeout = input.spec.timeout;
+    let start = Instant::now();
+    let helper_pid = if sys::is_single_threaded() {
+        // A single-threaded caller (the `hermit sandbox` CLI) can be forked
+        // safely: the child becomes the helper without executing hermit again.
+        drop(in_r);
+        drop(in_w);
+        match sys::fork_single_threaded() {
+            Ok(nix::unistd::ForkResult::Child) => {
+                drop(st_r);
+                let code = crate::intermediate::helper_body(input, st_w);
+                sys::exit_now(i32::from(code))
+            }
+            Ok(nix::unistd::ForkResult::Parent { child }) => child,
+            Err(e) => {
+                return Err(RunError::Spawn {
+                    exe: PathBuf::from("(fork)"),
+                    source: e.into(),
+                })
+            }
+        }
+    } else {
+        let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
+        let mut cmd = Command::new(helper);
+        std::os::unix::process::CommandExt::arg0(&mut cmd, "hermit");
+        cmd.arg(HELPER_ARG)
+            .arg(in_r.as_raw_fd().to_string())
+            .arg(st_w.as_raw_fd().to_string());
+        sys::arm_helper(
+            &mut cmd,
+            nix::unistd::getpid(),
+            [in_r.as_raw_fd(), st_w.as_raw_fd()],
+        );
+        let child = cmd.spawn().map_err(|source| RunError::Spawn {
+            exe: helper.to_path_buf(),
+            source,
+        })?;
+        drop(in_r);
+        // A write error means the helper died early; its status tells why.
+        let _ = std::fs::File::from(in_w).write_all(&payload);
+        Pid::from_raw(child.id() as i32)
+    };
+    drop(st_w);
+
+    let deadline = timeout.map(|t| (start + t, t));
+    let mut status_pipe = std::fs::File::from(st_r);
+    let mut buf = Vec::new();
+    let mut messages = Vec::new();
+    let mut timed_out = None;
+    let mut killed_at: Option<Instant> = None;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let wait = match (timed_out, deadline, killed_at) {
+            // After SIGTERM the helper kills init at once; give it 5 s
+            // before killing the helper itself.
+            (Some(_), _, Some(k)) => Some(Duration::from_secs(5).saturating_sub(k.elapsed())),
+            (None, Some((d, _)), _) => Some(d.saturating_duration_since(Instant::now())),
+            _ => None,
+        };
+        let timeout = match wait {
+            None => PollTimeout::NONE,
+            Some(w) => PollTimeout::try_from(w.as_millis().min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX),
+        };
+        let mut fds = [PollFd::new(status_pipe.as_fd(), PollFlags::POLLIN)];
+        let ready = match poll(&mut fds, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(RunError::Io(e.into())),
+        };
+        if ready == 0 {
+            match (timed_out, deadline) {
+                (None, Some((_, t))) => {
+                    timed_out = Some(t);
+                    killed_at = Some(Instant::now());
+                    let _ = kill(helper_pid, Signal::SIGTERM);
+                }
+                _ => {
+                    let _ = kill(helper_pid, Signal::SIGKILL);
+                    killed_at = None;
+                }
+            }
+            continue;
+        }
+        let n = match status_pipe.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RunError::Io(e)),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        messages.extend(take_messages(&mut buf).map_err(RunError::Protocol)?);
+    }
+    let status = loop {
+        match nix::sys::wait::waitpid(helper_pid, None) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(RunError::Io(e.into())),
+            Ok(s) => break s,
+        }
+    };
+    drop(cgroup);
+
+    if let Some(t) = timed_out {
+        return Ok(Outcome::TimedOut(t));
+    }
+    let mut end = None;
+    for m in messages {
+        match m {
+            Message::Failed(f) => return Ok(Outcome::SetupFailed(f)),
+            Message::Exited(c) => end = Some(Outcome::Exited(c)),
+            Message::Signaled(s) => end = Some(Outcome::Signaled(s)),
+            Message::Ready => {}
+        }
+    }
+    end.ok_or_else(|| RunError::NoReport(format!("{status:?}")))
+}
+
+/// Makes every host path absolute and free of symlinks (the sandbox reaches
+/// them from a different root), and turns a missing one into a setup failure
+/// that names it.
+fn resolve_sources(
+    spec: &SandboxSpec,
+    ops: Vec<Op>,
+) -> Result<(SandboxSpec, Vec<Op>), SetupFailure> {
+    let canon = |step: String, p: &Path| {
+        std::fs::canonicalize(p).map_err(|e| {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            SetupFailure::new(step, "stat", Some(p.to_path_buf()), Some(errno))
+        })
+    };
+    let mut spec = spec.clone();
+    let mut ops = ops;
+    for op in &mut ops {
+        let step = op.to_string();
+        match op {
+            Op::RootImage { src } | Op::Bind { src, .. } => *src = canon(step, src)?,
+            _ => {}
+        }
+    }
+    spec.root = canon("root image".into(), &spec.root)?;
+    for m in &mut spec.mounts {
+        if let Mount::Bind { src, .. } = m {
+            *src = canon("bind".into(), src)?;
+        }
+    }
+    Ok((spec, ops))
+}

@@ -1,0 +1,324 @@
+//! [`SandboxSpec`]: everything the sandbox needs to run one command, as plain
+//! data. It knows nothing of build specs or stores; the builder fills it in
+//! from a profile, and it travels to the sandbox's init as JSON.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Profile v1's PATH when the image gives none.
+pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+/// HOME inside the sandbox; it does not exist, so nothing can be read from or
+/// written to a home directory.
+pub const HOMELESS: &str = "/homeless-shelter";
+/// Default size limit of the `/tmp` tmpfs.
+pub const DEFAULT_TMP_SIZE: u64 = 1 << 30;
+/// Default bound on the number of processes the command may have at once.
+pub const DEFAULT_MAX_PROCESSES: u32 = 1024;
+/// Default RLIMIT_NOFILE (soft and hard) inside the sandbox: a fixed value so
+/// that the host's limit does not leak into the build.
+pub const DEFAULT_MAX_OPEN_FILES: u64 = 4096;
+
+/// One command to run in the sandbox, and the environment around it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// Host directory shown read-only as `/`.
+    pub root: PathBuf,
+    /// Mounts applied over the root, in order (a later one may sit inside an
+    /// earlier one).
+    pub mounts: Vec<Mount>,
+    /// The exact environment of the command, in order.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    pub cwd: PathBuf,
+    /// User inside the sandbox (mapped to the caller's uid outside).
+    pub uid: u32,
+    /// Group inside the sandbox (mapped to the caller's gid outside).
+    pub gid: u32,
+    /// Name of `uid` in the synthesised `/etc/passwd`.
+    pub user: String,
+    /// Name of `gid` in the synthesised `/etc/group`.
+    pub group: String,
+    /// Home directory written to `/etc/passwd` (profile v1: `/homeless-shelter`).
+    pub home: PathBuf,
+    pub hostname: String,
+    /// argv; `command[0]` is looked up in the spec's PATH when it has no `/`.
+    pub command: Vec<String>,
+    /// Wall-clock limit; when it passes every process in the sandbox is killed.
+    pub timeout: Option<Duration>,
+    pub limits: Limits,
+    /// Address-space layout randomisation (profile v1: off).
+    pub aslr: bool,
+    pub umask: u32,
+}
+
+/// A mount over the root image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Mount {
+    /// Bind a host path (file or directory); `nosuid,nodev` always, read-only
+    /// unless `writable`.
+    Bind {
+        src: PathBuf,
+        dst: PathBuf,
+        writable: bool,
+    },
+    /// A fresh, empty, writable tmpfs (`nosuid,nodev`, mode 1777).
+    Tmpfs { dst: PathBuf, size: Option<u64> },
+}
+
+impl Mount {
+    pub fn dst(&self) -> &Path {
+        match self {
+            Mount::Bind { dst, .. } | Mount::Tmpfs { dst, .. } => dst,
+        }
+    }
+}
+
+/// Resource limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most processes (and threads) the command may have at once: bounds a
+    /// fork bomb. Enforced by RLIMIT_NPROC (counted per user namespace on
+    /// Linux ≥ 5.14) and, where hermit may create one, a pids cgroup.
+    pub max_processes: Option<u32>,
+    /// RLIMIT_NOFILE, soft and hard (capped at the caller's hard limit).
+    pub max_open_files: Option<u64>,
+    /// RLIMIT_FSIZE: largest file the command may write, in bytes.
+    pub max_file_size: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_processes: Some(DEFAULT_MAX_PROCESSES),
+            max_open_files: Some(DEFAULT_MAX_OPEN_FILES),
+            max_file_size: None,
+        }
+    }
+}
+
+/// A spec that cannot be planned.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("the command is empty")]
+    EmptyCommand,
+    #[error("{what} {path:?} must be an absolute path without `.`, `..` or `//`")]
+    BadPath { what: &'static str, path: PathBuf },
+    #[error("mount destination {0:?} cannot be `/` (the root image is `/`)")]
+    RootDestination(PathBuf),
+    #[error("mount destination {0:?} is reserved for the sandbox's own /proc or /dev")]
+    ReservedDestination(PathBuf),
+    #[error("environment variable name {0:?} is empty or holds `=` or NUL")]
+    BadEnvName(String),
+    #[error("environment variable {0:?} has a NUL byte in its value")]
+    BadEnvValue(String),
+    #[error("argument {0:?} has a NUL byte")]
+    BadArgument(String),
+    #[error("hostname {0:?} is not 1–64 characters of [A-Za-z0-9.-]")]
+    BadHostname(String),
+    #[error("user or group name {0:?} is not a valid name")]
+    BadName(String),
+    #[error("umask {0:#o} has bits outside 0777")]
+    BadUmask(u32),
+    #[error("uid/gid 0 inside the sandbox is not supported (the build runs unprivileged)")]
+    RootUid,
+}
+
+impl SandboxSpec {
+    /// Profile v1 over `root`, running `command`: the default environment,
+    /// uid/gid 1000 (`builder`), hostname `localhost`, `/tmp` as a tmpfs,
+    /// cwd `/`, ASLR off, umask 022, no timeout.
+    pub fn profile_v1(root: impl Into<PathBuf>, command: Vec<String>) -> SandboxSpec {
+        SandboxSpec {
+            root: root.into(),
+            mounts: vec![Mount::Tmpfs {
+                dst: PathBuf::from("/tmp"),
+                size: Some(DEFAULT_TMP_SIZE),
+            }],
+            env: default_env("builder"),
+            cwd: PathBuf::from("/"),
+            uid: 1000,
+            gid: 1000,
+            user: "builder".into(),
+            group: "builder".into(),
+            home: PathBuf::from(HOMELESS),
+            hostname: "localhost".into(),
+            command,
+            timeout: None,
+            limits: Limits::default(),
+            aslr: false,
+            umask: 0o022,
+        }
+    }
+
+    /// Sets `key` in the environment, replacing an earlier value in place.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        match self.env.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value.to_string(),
+            None => self.env.push((key.to_string(), value.to_string())),
+        }
+    }
+
+    /// Checks everything that can be checked without touching the disk.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.command.is_empty() {
+            return Err(SpecError::EmptyCommand);
+        }
+        if let Some(a) = self.command.iter().find(|a| a.contains('\0')) {
+            return Err(SpecError::BadArgument(a.clone()));
+        }
+        check_abs("root", &self.root)?;
+        check_abs("working directory", &self.cwd)?;
+        check_abs("home", &self.home)?;
+        for m in &self.mounts {
+            if let Mount::Bind { src, .. } = m {
+                check_abs("bind source", src)?;
+            }
+            let dst = m.dst();
+            check_abs("mount destination", dst)?;
+            if dst == Path::new("/") {
+                return Err(SpecError::RootDestination(dst.to_path_buf()));
+            }
+            if dst.starts_with("/proc") || dst.starts_with("/dev") {
+                return Err(SpecError::ReservedDestination(dst.to_path_buf()));
+            }
+        }
+        for (k, v) in &self.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(SpecError::BadEnvName(k.clone()));
+            }
+            if v.contains('\0') {
+                return Err(SpecError::BadEnvValue(k.clone()));
+            }
+        }
+        let h = &self.hostname;
+        if h.is_empty()
+            || h.len() > 64
+            || !h
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        {
+            return Err(SpecError::BadHostname(h.clone()));
+        }
+        for name in [&self.user, &self.group] {
+            if name.is_empty()
+                || name.len() > 32
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            {
+                return Err(SpecError::BadName(name.clone()));
+            }
+        }
+        if self.umask & !0o777 != 0 {
+            return Err(SpecError::BadUmask(self.umask));
+        }
+        if self.uid == 0 || self.gid == 0 {
+            return Err(SpecError::RootUid);
+        }
+        Ok(())
+    }
+}
+
+/// Profile v1's environment for `user` (the builder adds HERMIT_JOBS, `out`
+/// and the spec's `[env]`).
+pub fn default_env(user: &str) -> Vec<(String, String)> {
+    [
+        ("PATH", DEFAULT_PATH),
+        ("HOME", HOMELESS),
+        ("USER", user),
+        ("LOGNAME", user),
+        ("SHELL", "/bin/sh"),
+        ("TMPDIR", "/tmp"),
+        ("TERM", "dumb"),
+        ("TZ", "UTC"),
+        ("LANG", "C.UTF-8"),
+        ("LC_ALL", "C.UTF-8"),
+        ("SOURCE_DATE_EPOCH", "0"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// Absolute, normalised (no `.`, `..`, empty components), no NUL.
+fn check_abs(what: &'static str, p: &Path) -> Result<(), SpecError> {
+    let bad = || SpecError::BadPath {
+        what,
+        path: p.to_path_buf(),
+    };
+    let s = p.to_str().ok_or_else(bad)?;
+    if !s.starts_with('/') || s.contains('\0') || s.contains("//") {
+        return Err(bad());
+    }
+    if (s.len() > 1 && s.ends_with('/'))
+        || p.components()
+            .any(|c| matches!(c, Component::CurDir | Component::ParentDir))
+        || s.split('/').any(|c| c == "." || c == "..")
+    {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn spec() -> SandboxSpec {
+        SandboxSpec::profile_v1("/r", vec!["/bin/true".into()])
+    }
+
+    #[test]
+    fn profile_v1_is_valid_and_round_trips() {
+        let s = spec();
+        s.validate().unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(serde_json::from_str::<SandboxSpec>(&json).unwrap(), s);
+        assert_eq!(s.env[0], ("PATH".into(), DEFAULT_PATH.into()));
+    }
+
+    #[test]
+    fn bad_paths_and_names_are_refused() {
+        for p in ["rel", "/a/../b", "/a/./b", "/a//b", "/a/"] {
+            let mut s = spec();
+            s.cwd = p.into();
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadPath { .. })),
+                "{p}"
+            );
+        }
+        let mut s = spec();
+        s.mounts.push(Mount::Tmpfs {
+            dst: "/proc/x".into(),
+            size: None,
+        });
+        assert!(matches!(
+            s.validate(),
+            Err(SpecError::ReservedDestination(_))
+        ));
+        let mut s = spec();
+        s.env.push(("A=B".into(), "x".into()));
+        assert!(matches!(s.validate(), Err(SpecError::BadEnvName(_))));
+        let mut s = spec();
+        s.hostname = "a b".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadHostname(_))));
+        let mut s = spec();
+        s.command.clear();
+        assert_eq!(s.validate(), Err(SpecError::EmptyCommand));
+    }
+
+    #[test]
+    fn set_env_replaces_in_place() {
+        let mut s = spec();
+        s.set_env("TERM", "xterm");
+        s.set_env("NEW", "1");
+        assert_eq!(s.env[6], ("TERM".into(), "xterm".into()));
+        assert_eq!(s.env.last().unwrap(), &("NEW".into(), "1".into()));
+    }
+}

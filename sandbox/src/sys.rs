@@ -1,0 +1,229 @@
+//! The only module with `unsafe`: thin wrappers over system calls that `nix`
+//! does not cover (or covers only as `unsafe`). Each block says why it is sound.
+
+use std::ffi::CStr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+use nix::unistd::{ForkResult, Pid};
+
+/// `fork(2)`. Sound to call only while the process has a single thread (the
+/// sandbox helper and init never start threads); the child may then allocate.
+pub fn fork_single_threaded() -> Result<ForkResult, Errno> {
+    // SAFETY: callers are the helper and init processes, which are
+    // single-threaded (they are entered at the top of `main`, before any
+    // runtime starts), so the child inherits no lock held by another thread.
+    unsafe { nix::unistd::fork() }
+}
+
+/// `_exit(2)`: leaves at once, without running destructors or atexit hooks
+/// (which belong to the parent's copy of the process).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Installs a classic-BPF seccomp filter on the calling thread.
+/// Requires `no_new_privs` (or CAP_SYS_ADMIN).
+pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
+    let len = u16::try_from(filter.len()).map_err(|_| Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel
+    // copies the program and does not keep the pointer.
+    let r = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER as libc::c_ulong,
+            &prog as *const libc::sock_fprog as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Brings the network interface `lo` up in the current network namespace.
+pub fn loopback_up() -> Result<(), Errno> {
+    // SAFETY: plain system call; the returned descriptor is owned below.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    let raw = Errno::result(raw)?;
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is a valid, NUL-terminated `ifreq` that lives across both
+    // calls; SIOCGIFFLAGS/SIOCSIFFLAGS read and write only `ifr_flags`.
+    unsafe {
+        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req))?;
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        Errno::result(libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req))?;
+    }
+    Ok(())
+}
+
+pub const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `mount_setattr(2)` (Linux ≥ 5.12) on `path`, for the whole tree of mounts
+/// below it when `recursive`. Only the given attributes change.
+pub fn mount_setattr(path: &CStr, set: u64, recursive: bool) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = if recursive { libc::AT_RECURSIVE } else { 0 } | libc::AT_NO_AUTOMOUNT;
+    // SAFETY: `path` is NUL-terminated; `attr` is a valid `struct mount_attr`
+    // whose size is passed along and which outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Marks every descriptor from `first` up close-on-exec (`close_range(2)`,
+/// Linux ≥ 5.11), so nothing but 0–2 reaches the command.
+pub fn cloexec_from(first: u32) -> Result<(), Errno> {
+    // SAFETY: plain system call on integers; it only sets descriptor flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Resets every signal's disposition to the default (ignored signals survive
+/// `execve`, so SIGPIPE ignored by the Rust runtime would otherwise leak into
+/// the command).
+pub fn reset_signal_dispositions() {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is a valid disposition for every catchable signal;
+        // invalid numbers make `signal` fail with EINVAL, which is ignored.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
+/// `getppid()` compared to `expected`: false once the parent is gone.
+pub fn parent_is(expected: Pid) -> bool {
+    nix::unistd::getppid() == expected
+}
+
+/// `setdomainname(2)`: the NIS domain name of the UTS namespace, which a new
+/// namespace copies from the host.
+pub fn set_domainname(name: &str) -> Result<(), Errno> {
+    // SAFETY: the pointer and length describe `name`'s bytes, which outlive
+    // the call; the kernel copies them.
+    let r = unsafe { libc::setdomainname(name.as_ptr() as *const libc::c_char, name.len()) };
+    Errno::result(r).map(drop)
+}
+
+/// Arms the helper's process between `fork` and `execve`: PR_SET_PDEATHSIG
+/// (SIGKILL) so it dies with the thread that spawned it, a check that the
+/// parent did not die before that, and `keep` made to survive `execve`.
+pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: [i32; 2]) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before `execve` and makes
+    // only async-signal-safe system calls (prctl, getppid, fcntl); it does not
+    // allocate or take locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent.as_raw() {
+                libc::_exit(125);
+            }
+            for fd in keep {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether the calling process has exactly one thread (`/proc/self/stat`).
+pub fn is_single_threaded() -> bool {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return false;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    // Fields after the command name start at field 3; num_threads is 20.
+    rest.split_whitespace().nth(17) == Some("1")
+}
+
+/// Replaces this process's command line (what `/proc/<pid>/cmdline` and
+/// `ps` show, inside the sandbox too) with `title`, so the helper and init
+/// do not show hermit's arguments — host paths — to the build. Writes over
+/// the argv strings in place, like `setproctitle`; `std::env::args` must not
+/// be used in this process afterwards.
+pub fn set_cmdline(title: &str) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // arg_start and arg_end are fields 48 and 49; index 0 is field 3.
+    let (Some(Ok(start)), Some(Ok(end))) = (
+        fields.get(45).map(|f| f.parse::<usize>()),
+        fields.get(46).map(|f| f.parse::<usize>()),
+    ) else {
+        return;
+    };
+    if start == 0 || end <= start || end - start > 1 << 20 {
+        return;
+    }
+    let len = end - start;
+    // SAFETY: [arg_start, arg_end) is this process's own argv area on its
+    // initial stack: mapped, writable, and not referenced by any Rust value
+    // (std keeps only raw pointers to it, read by `env::args`, which callers
+    // promise not to use again). The kernel reads it for /proc/pid/cmdline.
+    unsafe {
+        let area = std::slice::from_raw_parts_mut(start as *mut u8, len);
+        area.fill(0);
+        let n = title.len().min(len - 1);
+        area[..n].copy_from_slice(&title.as_bytes()[..n]);
+        // A non-NUL last byte tells the kernel the title was rewritten: it
+        // then shows only up to the first NUL, not the whole (host-sized) area.
+        if n + 1 < len {
+            area[len - 1] = b' ';
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! Real-namespace smoke tests of `hermit-sandbox`, over a busybox root
+//! (Debian package busybox-static, installed by scripts/install-deps.sh).
+//! The escape and environment suite is in tests/e2e; these check the
+//! library's own contract: outcomes, setup failures, mount points the image
+//! lacks, hidden files.
+//!
+//! This binary is its own sandbox helper, hence `harness = false` and a
+//! `main` that calls `enter_if_requested` first.
+
+#![allow(clippy::unwrap_used)] // tests
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use hermit_sandbox::{run, Mount, Outcome, SandboxSpec};
+
+fn busybox_root(dir: &Path, with_etc: bool) {
+    fs::create_dir_all(dir.join("bin")).unwrap();
+    fs::copy("/bin/busybox", dir.join("bin/busybox"))
+        .expect("/bin/busybox (Debian package busybox-static) is needed");
+    for applet in [
+        "sh", "cat", "id", "hostname", "touch", "ls", "sleep", "echo", "grep", "kill",
+    ] {
+        symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    if with_etc {
+        fs::create_dir_all(dir.join("etc")).unwrap();
+        fs::write(dir.join("etc/passwd"), "root:x:0:0:IMAGE:/:/bin/sh\n").unwrap();
+        fs::write(dir.join("etc/resolv.conf"), "nameserver 192.0.2.1\n").unwrap();
+        fs::write(dir.join("etc/os-release"), "ID=image\n").unwrap();
+    }
+}
+
+struct Run {
+    outcome: Outcome,
+    out: String,
+}
+
+/// Runs `script` with `sh -c`; what it writes to `$R` comes back as `out`.
+fn sh(root: &Path, script: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Run {
+    let out = tempfile::tempdir().unwrap();
+    let mut spec =
+        SandboxSpec::profile_v1(root, vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    spec.mounts.push(Mount::Bind {
+        src: out.path().to_path_buf(),
+        dst: "/result".into(),
+        writable: true,
+    });
+    spec.set_env("R", "/result/out");
+    spec.timeout = Some(Duration::from_secs(60));
+    tweak(&mut spec);
+    let outcome = run(&spec).unwrap();
+    let out = fs::read_to_string(out.path().join("out")).unwrap_or_default();
+    Run { outcome, out }
+}
+
+fn statuses_and_signals() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    assert_eq!(sh(t.path(), "exit 7", |_| {}).outcome, Outcome::Exited(7));
+    assert_eq!(
+        sh(t.path(), "kill -9 $$", |_| {}).outcome,
+        Outcome::Signaled(9)
+    );
+}
+
+fn timeout_kills_everything() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let start = Instant::now();
+    let r = sh(t.path(), "trap '' TERM; sleep 1000 & sleep 1000", |s| {
+        s.timeout = Some(Duration::from_millis(500));
+    });
+    assert_eq!(r.outcome, Outcome::TimedOut(Duration::from_millis(500)));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+fn environment_is_profile_v1() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let r = sh(
+        t.path(),
+        "{ id; hostname; echo \"$HOME $USER $TZ\"; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+         cat /etc/passwd; cat /etc/os-release; ls /etc/resolv.conf; echo $$; touch /x; } >$R 2>&1",
+        |_| {},
+    );
+    // The last command (touch /x) fails.
+    assert_eq!(r.outcome, Outcome::Exited(1), "{}", r.out);
+    let want = [
+        "uid=1000(builder) gid=1000(builder)",
+        "localhost",
+        "/homeless-shelter builder UTC",
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "builder:x:1000:1000:builder:/homeless-shelter:/bin/sh",
+        "ID=image",
+        "No such file or directory",
+        "\n2\n",
+        "Read-only file system",
+    ];
+    for w in want {
+        assert!(r.out.contains(w), "missing {w:?} in:\n{}", r.out);
+    }
+    assert!(
+        !r.out.contains("IMAGE"),
+        "the image's passwd shows:\n{}",
+        r.out
+    );
+    assert!(
+        !r.out.contains("192.0.2.1"),
+        "resolv.conf shows:\n{}",
+        r.out
+    );
+}
+
+fn missing_mount_points_are_created() {
+    // No /etc, /proc, /dev, /tmp, /build in the image.
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), false);
+    let build = tempfile::tempdir().unwrap();
+    let r = sh(
+        t.path(),
+        "{ ls /; cat /etc/hosts; echo b > /build/f; } >$R 2>&1",
+        |s| {
+            s.mounts.push(Mount::Bind {
+                src: build.path().to_path_buf(),
+                dst: "/build".into(),
+                writable: true,
+            });
+        },
+    );
+    assert_eq!(r.outcome, Outcome::Exited(0), "{}", r.out);
+    for w in [
+        "bin\nbuild\ndev\netc\nproc\nresult\ntmp\n",
+        "127.0.0.1 localhost",
+    ] {
+        assert!(r.out.contains(w), "missing {w:?} in:\n{}", r.out);
+    }
+    assert_eq!(fs::read_to_string(build.path().join("f")).unwrap(), "b\n");
+    // The image itself was not touched.
+    let mut entries: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    entries.sort();
+    assert_eq!(entries, ["bin"]);
+}
+
+fn setup_failures_name_step_and_path() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let r = sh(t.path(), "true", |s| {
+        s.mounts.push(Mount::Bind {
+            src: "/nonexistent/hermit-src".into(),
+            dst: "/src".into(),
+            writable: false,
+        });
+    });
+    match r.outcome {
+        Outcome::SetupFailed(f) => {
+            assert_eq!(
+                f.path.as_deref(),
+                Some(Path::new("/nonexistent/hermit-src"))
+            );
+            assert_eq!(f.errno, Some(libc::ENOENT));
+            assert!(
+                f.step.contains("bind /nonexistent/hermit-src on /src"),
+                "{f}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = sh(t.path(), "true", |s| {
+        s.command = vec!["/bin/nonexistent".into()]
+    });
+    match r.outcome {
+        Outcome::SetupFailed(f) => assert!(f.exec && f.errno == Some(libc::ENOENT), "{f}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// With a second thread alive, `run` cannot fork the caller and re-executes
+/// the binary as the helper instead: the same sandbox must come out.
+fn multithreaded_caller_re_executes() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let other = std::thread::spawn(move || rx.recv());
+    let r = sh(
+        t.path(),
+        "{ id; cat /proc/1/cmdline; echo; } >$R; exit 4",
+        |_| {},
+    );
+    assert_eq!(r.outcome, Outcome::Exited(4), "{}", r.out);
+    assert_eq!(
+        r.out,
+        "uid=1000(builder) gid=1000(builder)\nhermit-sandbox\0\n"
+    );
+    let r = sh(t.path(), "sleep 1000", |s| {
+        s.timeout = Some(Duration::from_millis(300))
+    });
+    assert_eq!(r.outcome, Outcome::TimedOut(Duration::from_millis(300)));
+    tx.send(()).unwrap();
+    other.join().unwrap().unwrap();
+}
+
+fn main() -> ExitCode {
+    if let Some(code) = hermit_sandbox::enter_if_requested() {
+        return ExitCode::from(code);
+    }
+    let tests: [(&str, fn()); 6] = [
+        (
+            "multithreaded_caller_re_executes",
+            multithreaded_caller_re_executes,
+        ),
+        ("statuses_and_signals", statuses_and_signals),
+        ("timeout_kills_everything", timeout_kills_everything),
+        ("environment_is_profile_v1", environment_is_profile_v1),
+        (
+            "missing_mount_points_are_created",
+            missing_mount_points_are_created,
+        ),
+        (
+            "setup_failures_name_step_and_path",
+            setup_failures_name_step_and_path,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = 0;
+    for (name, f) in tests {
+        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
+            continue;
+        }
+        match std::panic::catch_unwind(f) {
+            Ok(()) => println!("test {name} ... ok"),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
