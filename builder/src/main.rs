@@ -21,17 +21,15 @@
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
 mod cmd;
+mod config;
 mod debian;
 mod exit;
-#[allow(dead_code)] // wired into `hermit lock` and `hermit build` once the spec parser lands
+#[allow(dead_code)] // wired into `hermit lock` and `hermit build` next
 mod lock;
-mod config;
-// Some exit codes belong to commands not built yet.
-#[allow(dead_code)]
-mod spec;
 mod output;
 mod provenance;
 mod record;
+mod spec;
 
 use std::process::ExitCode;
 

@@ -17,16 +17,15 @@
 //! binary implements.
 
 pub mod digest;
-pub mod oci;
-pub mod gc;
 pub mod fetch;
+pub mod gc;
 pub mod mirror;
+pub mod oci;
 pub mod store;
 pub mod tree;
 pub mod unpack;
 
 pub use digest::{Digest, DigestError, Hasher};
+pub use fetch::{FetchError, FetchOptions, Fetcher, Mirror, Reporter, Url, Want};
 pub use store::{Added, EntryKind, Store, StoreError};
 pub use unpack::{unpack, ArchiveFormat, ExtractOptions, UnpackError, UnpackOptions};
-pub use fetch::{FetchError, FetchOptions, Fetcher, Mirror, Reporter, Url, Want};
-pub use store::{Store, StoreError};

@@ -5,11 +5,11 @@
 
 mod common;
 mod debian;
-mod image;
-mod store;
 mod fetch;
-mod http_server;
-mod output;
 mod fixtures;
+mod http_server;
+mod image;
+mod output;
 mod sandbox;
 mod sandbox_escape;
+mod store;
