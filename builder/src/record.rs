@@ -970,7 +970,7 @@ pub(crate) mod tests {
     const PRIVACY_HOST: &str = "zqprivhost4410";
     const PRIVACY_HOME: &str = "/tmp/zqprivhome9052";
 
-    /// Runs `privacy_child` in new user + UTS namespaces with a distinctive
+    /// Runs `privacy_child_helper` in new user + UTS namespaces with a distinctive
     /// host name, user name and home, where it builds a record from a real
     /// output under that home and checks none of them leak.
     #[test]
@@ -980,7 +980,7 @@ pub(crate) mod tests {
             .args(["--user", "--map-root-user", "--uts", "--"])
             .arg(exe)
             .args([
-                "record::tests::privacy_child",
+                "record::tests::privacy_child_helper",
                 "--exact",
                 "--nocapture",
                 "--test-threads=1",
@@ -1001,9 +1001,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn privacy_child() {
+    fn privacy_child_helper() {
         if std::env::var_os("HERMIT_PRIVACY_CHILD").is_none() {
-            return; // only meaningful when started by the test above
+            // A helper, not a test of its own: it does its work only when
+            // `record_reveals_no_host_user_or_home` starts it in namespaces.
+            return;
         }
         nix::unistd::sethostname(PRIVACY_HOST).unwrap();
         assert_eq!(
