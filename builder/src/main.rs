@@ -20,11 +20,11 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
+mod build;
 mod cmd;
 mod config;
 mod debian;
 mod exit;
-#[allow(dead_code)] // wired into `hermit lock` and `hermit build` next
 mod lock;
 mod output;
 mod provenance;
@@ -49,6 +49,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a spec in the sandbox; store the output with its record
+    Build(cmd::build::BuildArgs),
+    /// Build a record again from the record alone and say whether the output is identical
+    Rebuild(cmd::build::RebuildArgs),
+    /// Resolve the spec's toolchain and write hermit.lock beside it
+    Lock(cmd::build::LockArgs),
     /// Inspect and maintain the content-addressed store
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
@@ -79,6 +85,9 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => cmd::build::run_build(a),
+        Command::Rebuild(a) => cmd::build::run_rebuild(a),
+        Command::Lock(a) => cmd::build::run_lock(a),
         Command::Store(c) => cmd::store::run(c),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),
         Command::Mirror(a) => cmd::fetch::run_mirror(a),

@@ -759,6 +759,123 @@ fn canonical_json(v: &serde_json::Value) -> Result<Vec<u8>, OciError> {
     })
 }
 
+/// Describes an image whose manifest (and config and layers) are already in
+/// the store — fetched from a mirror by digest, say — and records it.
+pub fn load_from_store(
+    store: &Store,
+    manifest: &Digest,
+    index: Option<Digest>,
+    source: &str,
+) -> Result<Image, OciError> {
+    if store.blob(manifest).is_none() {
+        return Err(OciError::MissingBlob {
+            what: source.to_string(),
+            digest: manifest.to_string(),
+        });
+    }
+    let image = finish_manifest(
+        store,
+        source,
+        index,
+        *manifest,
+        &mut |d| match store.blob(d) {
+            Some(_) => Ok(()),
+            None => Err(OciError::MissingBlob {
+                what: source.to_string(),
+                digest: d.to_string(),
+            }),
+        },
+    )?;
+    image.save(store)?;
+    Ok(image)
+}
+
+/// The digests of the config and layers a manifest in the store names.
+pub fn manifest_blobs(store: &Store, manifest: &Digest) -> Result<Vec<Digest>, OciError> {
+    let what = format!("manifest {manifest}");
+    let m: ImageManifest = parse_json(&what, "OCI image manifest", &read_blob(store, manifest)?)?;
+    let mut out = vec![parse_digest(&what, m.config().digest().as_ref())?];
+    for l in m.layers() {
+        out.push(parse_digest(&what, l.digest().as_ref())?);
+    }
+    Ok(out)
+}
+
+/// The image's root filesystem, unpacked once into the store and shared
+/// read-only by every build over it:
+///
+/// ```text
+/// v1/rootfs/<manifest-hex>/   layers applied in order, whiteouts honoured,
+///                             device nodes skipped (the sandbox brings its
+///                             own /dev), read-only
+/// ```
+pub fn rootfs(store: &Store, image: &Image) -> Result<PathBuf, OciError> {
+    let dir = store.base().join("rootfs");
+    let dest = dir.join(image.manifest.hex());
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    fs::create_dir_all(&dir).map_err(StoreError::io("creating", &dir))?;
+    let _lock = store.lock(&image.manifest)?;
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let tmp = crate::store::temp_dir(store.tmp_dir())?;
+    let result = (|| -> Result<(), OciError> {
+        let opts = crate::unpack::ExtractOptions {
+            strip_components: 0,
+            oci_whiteouts: true,
+            rootfs_symlinks: true,
+            skip_special: true,
+        };
+        for layer in &image.layers {
+            let path = store
+                .blob(&layer.digest)
+                .ok_or_else(|| OciError::MissingBlob {
+                    what: image.source.clone(),
+                    digest: layer.digest.to_string(),
+                })?;
+            let compression = layer_compression(&layer.media_type, &path)?;
+            let f = File::open(&path).map_err(io_err(&path))?;
+            crate::unpack::extract_tar_stream(f, compression, &tmp, &opts).map_err(|e| {
+                OciError::Invalid {
+                    what: format!("{} layer {}", image.source, layer.digest),
+                    message: e.to_string(),
+                }
+            })?;
+        }
+        crate::tree::make_read_only(&tmp).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &dest).map_err(StoreError::io("renaming into", &dest))?;
+        crate::store::sync_dir(&dir)?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = crate::store::remove_tree(&tmp);
+        return Err(e);
+    }
+    Ok(dest)
+}
+
+/// A layer's compression, from its media type, else from its first bytes.
+fn layer_compression(
+    media_type: &str,
+    path: &Path,
+) -> Result<crate::unpack::Compression, OciError> {
+    use crate::unpack::{ArchiveFormat, Compression};
+    if media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip") {
+        return Ok(Compression::Gzip);
+    }
+    if media_type.ends_with("+zstd") {
+        return Ok(Compression::Zstd);
+    }
+    let mut head = [0u8; 512];
+    let mut f = File::open(path).map_err(io_err(path))?;
+    let n = f.read(&mut head).map_err(io_err(path))?;
+    Ok(ArchiveFormat::detect(&head[..n])
+        .and_then(|f| f.compression())
+        .unwrap_or(Compression::None))
+}
+
 /// A registry reference pinned by digest: `HOST[:PORT]/NAME@sha256:<hex>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reference {

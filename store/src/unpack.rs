@@ -268,6 +268,9 @@ pub struct ExtractOptions {
     /// once it is the sandbox's `/`). Writing *through* symlinks stays
     /// refused either way.
     pub rootfs_symlinks: bool,
+    /// Skip device nodes and fifos instead of refusing the archive. For root
+    /// filesystem images, whose `/dev` the sandbox replaces with its own.
+    pub skip_special: bool,
 }
 
 /// What an extraction produced.
@@ -942,6 +945,9 @@ impl<'a> Extractor<'a> {
             return Ok(());
         };
         if let In::Special(what) = kind {
+            if self.opts.skip_special {
+                return Ok(());
+            }
             return Err(unsafe_entry(raw, format!("is {what}")));
         }
         let rel = join(&comps);

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod build;
 mod common;
 mod debian;
 mod fetch;

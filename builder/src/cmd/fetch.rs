@@ -19,7 +19,7 @@ use crate::config;
 use crate::spec::{SourceKind, Spec, Unpack};
 
 /// Options shared by every command that fetches.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct NetArgs {
     /// A content-addressed mirror (folder, file:// or http(s):// URL holding
     /// sha256/<hex>); repeatable, tried in order before the spec's URLs
@@ -131,9 +131,6 @@ pub fn plan(spec_paths: &[PathBuf]) -> anyhow::Result<Vec<PlannedSource>> {
 
 /// The sources to unpack after fetching: (source name, archive digest, options).
 ///
-/// MERGE POINT: for now this only lists them. At merge time each entry is
-/// passed to `hermit_store::unpack::unpack(&store, &digest,
-/// &UnpackOptions { format: None, strip_components: opts.strip_components })`.
 pub fn unpack_sources(plan: &[PlannedSource]) -> Vec<(String, Digest, Unpack)> {
     plan.iter()
         .filter_map(|p| p.unpack.map(|u| (p.name.clone(), p.digest, u)))
@@ -165,8 +162,9 @@ fn seconds(v: f64, flag: &str) -> anyhow::Result<Duration> {
         .with_context(|| format!("{flag} must be a positive number of seconds, not {v}"))
 }
 
-/// Opens the store and fetches every planned source into it.
-fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Store>, FetchSummary)> {
+/// A fetcher over `store` configured from the command line, the config file
+/// and the environment.
+pub fn fetcher(net: &NetArgs, store: Arc<Store>) -> anyhow::Result<Fetcher> {
     let opts = FetchOptions {
         mirrors: config::mirrors(&net.mirrors)?,
         offline: net.offline,
@@ -176,9 +174,40 @@ fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Stor
         retries: net.retries,
         ..FetchOptions::default()
     };
-    let store = Arc::new(Store::open_default().context("opening the store")?);
     let reporter: Arc<dyn Reporter> = Arc::new(CliReporter::new(net));
-    let fetcher = Fetcher::new(store.clone(), opts, reporter)?;
+    Ok(Fetcher::new(store, opts, reporter)?)
+}
+
+impl NetArgs {
+    /// The defaults, as if no network flag was given.
+    pub fn defaults(mirrors: Vec<String>, offline: bool, quiet: bool) -> NetArgs {
+        NetArgs {
+            mirrors,
+            offline,
+            jobs: 8,
+            connect_timeout: env_secs("HERMIT_CONNECT_TIMEOUT", 30.0),
+            read_timeout: env_secs("HERMIT_READ_TIMEOUT", 60.0),
+            retries: std::env::var("HERMIT_RETRIES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(3),
+            quiet,
+            no_progress: false,
+        }
+    }
+}
+
+fn env_secs(var: &str, default: f64) -> f64 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Opens the store and fetches every planned source into it.
+fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Store>, FetchSummary)> {
+    let store = Arc::new(Store::open_default().context("opening the store")?);
+    let fetcher = fetcher(net, store.clone())?;
     let wants = wants(plan)?;
     // The runtime lives only in this process and only for this call.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -191,8 +220,15 @@ fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Stor
 
 pub fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args.specs)?;
-    let (_store, summary) = fetch_plan(&args.net, &plan)?;
-    let _to_unpack = unpack_sources(&plan);
+    let (store, summary) = fetch_plan(&args.net, &plan)?;
+    for (name, digest, u) in unpack_sources(&plan) {
+        let opts = hermit_store::UnpackOptions {
+            format: None,
+            strip_components: u.strip_components,
+        };
+        hermit_store::unpack(&store, &digest, &opts)
+            .with_context(|| format!("unpacking source {name:?} ({digest})"))?;
+    }
     if !args.net.quiet {
         println!(
             "fetched {} ({}), already present {}",

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each parses its own arguments (clap `Args`) and
 //! calls into the libraries; none holds logic another command needs.
 
+pub mod build;
 pub mod doctor;
 pub mod fetch;
 pub mod image;

@@ -1,0 +1,1090 @@
+//! `hermit build` and `hermit rebuild`: from a spec (or a record) to a
+//! normalised, stored output with a record beside it.
+//!
+//! Both go through one [`Plan`] — everything that determines the build,
+//! resolved to digests — and one [`execute`]:
+//!
+//! 1. resolve: the toolchain image (through `hermit.lock`), every source
+//!    (fetched by digest; local `path` sources become a canonical tar blob),
+//!    the profile and the exact environment; the build key is the hash of all
+//!    of it ([`crate::record::KeyInputs`]);
+//! 2. a build key already under `v1/outputs/` is a cache hit: nothing runs;
+//! 3. otherwise the image's root filesystem (unpacked once, shared) becomes
+//!    the sandbox's read-only `/`, sources are bound read-only at
+//!    `/sources/<name>`, `/build` and `/out` are fresh writable directories,
+//!    and the script runs under `/bin/sh -e -c`;
+//! 4. `$out` is normalised and hashed, moved read-only into the store with
+//!    `record.json` beside it, and the log is kept as a blob.
+//!
+//! ```text
+//! v1/outputs/<build-key-hex>/out          the output tree, read-only
+//! v1/outputs/<build-key-hex>/record.json  the record (see docs/record.md)
+//! v1/failed/<build-key-hex>/              a failed build's /build and /out (--keep-failed)
+//! v1/rebuilds/<build-key-hex>/out         a rebuild that differed from its record
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use hermit_profiles::{EnvInputs, Profile};
+use hermit_sandbox::{Mount, Outcome, SandboxSpec};
+use hermit_store::fetch::{Fetcher, Want};
+use hermit_store::oci::{self, Image};
+use hermit_store::unpack::{ArchiveFormat, UnpackOptions};
+use hermit_store::{Digest, Store};
+
+use crate::cmd::fetch::NetArgs;
+use crate::debian::{self, DebianRequest};
+use crate::exit::{self, Exit};
+use crate::lock::{Lock, ToolchainRequest};
+use crate::output::{self, Normalized};
+use crate::record::{
+    self, Environment, ImageRecord, Informational, LogRecord, ProfileRecord, Record, RecordParts,
+    SourceRecord, UnpackRecord,
+};
+use crate::spec::{SourceKind, Spec, Toolchain};
+
+/// Everything a build depends on, resolved.
+pub struct Plan {
+    pub package: record::Package,
+    pub spec_file: String,
+    pub spec_text: String,
+    pub lock_text: Option<String>,
+    pub image: Image,
+    pub image_reference: String,
+    /// Sorted by name; each with the host path bound at `/sources/<name>`.
+    pub sources: Vec<(SourceRecord, PathBuf)>,
+    pub profile: Profile,
+    pub environment: Environment,
+    pub script: String,
+}
+
+impl Plan {
+    fn image_record(&self) -> ImageRecord {
+        ImageRecord::from_image(&self.image_reference, &self.image)
+    }
+
+    fn source_records(&self) -> Vec<SourceRecord> {
+        self.sources.iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    /// The build key: the same function the record uses.
+    pub fn build_key(&self) -> anyhow::Result<Digest> {
+        let spec = Digest::of(self.spec_text.as_bytes());
+        let lock = self.lock_text.as_ref().map(|t| Digest::of(t.as_bytes()));
+        let profile = ProfileRecord {
+            name: self.profile.name.clone(),
+            digest: self.profile.digest()?.parse()?,
+        };
+        let image = self.image_record();
+        let sources = self.source_records();
+        Ok(record::KeyInputs {
+            spec: &spec,
+            lock: lock.as_ref(),
+            image: &image,
+            sources: &sources,
+            inputs: &[],
+            profile: &profile,
+            environment: &self.environment,
+        }
+        .build_key())
+    }
+}
+
+/// Options of `hermit build` that are not about the network.
+pub struct BuildOptions {
+    pub keep_failed: bool,
+    pub jobs: Option<u32>,
+    pub quiet: bool,
+}
+
+/// What a build produced.
+pub struct Built {
+    pub output: PathBuf,
+    pub record_path: PathBuf,
+    pub record: Record,
+    pub cached: bool,
+}
+
+fn outputs_dir(store: &Store) -> PathBuf {
+    store.base().join("outputs")
+}
+
+/// Builds a spec: resolve, then reuse a cached output or run the build.
+pub fn build(spec_path: &Path, net: &NetArgs, opts: &BuildOptions) -> anyhow::Result<Built> {
+    let store = Arc::new(Store::open_default().context("opening the store")?);
+    let _shared = store.shared_lock().context("locking the store")?;
+    let plan = plan_from_spec(&store, spec_path, net, opts)?;
+    let key = plan.build_key()?;
+    let dir = outputs_dir(&store).join(key.hex());
+    let record_path = dir.join("record.json");
+    if record_path.is_file() {
+        let text = fs::read_to_string(&record_path)
+            .with_context(|| format!("reading {}", record_path.display()))?;
+        let record = Record::parse(&text, &record_path.display().to_string())?;
+        return Ok(Built {
+            output: dir.join("out"),
+            record_path,
+            record,
+            cached: true,
+        });
+    }
+    let staged = execute(&store, &plan, key, opts)?;
+    install(&store, staged, key)
+}
+
+/// A finished build waiting to be installed or compared.
+pub struct Staged {
+    dir: PathBuf,
+    record: Record,
+}
+
+fn install(store: &Store, staged: Staged, key: Digest) -> anyhow::Result<Built> {
+    let outputs = outputs_dir(store);
+    fs::create_dir_all(&outputs).with_context(|| format!("creating {}", outputs.display()))?;
+    let dest = outputs.join(key.hex());
+    if dest.exists() {
+        // Another hermit finished the same build first; its output is the same key.
+        hermit_store::store::remove_tree(&staged.dir)
+            .with_context(|| format!("removing {}", staged.dir.display()))?;
+    } else {
+        fs::rename(&staged.dir, &dest)
+            .with_context(|| format!("moving the output into {}", dest.display()))?;
+        hermit_store::store::sync_dir(&outputs)?;
+    }
+    Ok(Built {
+        output: dest.join("out"),
+        record_path: dest.join("record.json"),
+        record: staged.record,
+        cached: false,
+    })
+}
+
+/// Resolves a spec into a plan: lock, image, sources, environment.
+fn plan_from_spec(
+    store: &Arc<Store>,
+    spec_path: &Path,
+    net: &NetArgs,
+    opts: &BuildOptions,
+) -> anyhow::Result<Plan> {
+    let spec = Spec::load(spec_path).map_err(|e| Exit::user(e.to_string()))?;
+    let spec_text = fs::read_to_string(spec_path)
+        .with_context(|| format!("reading {}", spec_path.display()))?;
+    let spec_dir = spec_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    if !spec.inputs.is_empty() {
+        return Err(Exit::user(format!(
+            "{}: [inputs] (dependencies between specs) is not supported by this hermit yet; build the dependency first and add its output as a source",
+            spec_path.display()
+        ))
+        .into());
+    }
+    let profile = Profile::default_profile()?;
+
+    // The toolchain, through the lock.
+    let request = toolchain_request(&spec, &spec_dir);
+    let lock_path = spec_dir.join("hermit.lock");
+    let lock = Lock::read(&lock_path)?;
+    let (image, lock) = match lock {
+        Some(lock) => {
+            lock.check(&lock_path.display().to_string(), &request)
+                .map_err(|e| Exit::user(e.to_string()))?;
+            let image = locked_image(store, &lock, &request, &spec_dir, net, &profile)?;
+            (image, lock)
+        }
+        None => {
+            let (image, packages) = resolve_toolchain(store, &request, &spec_dir, net, &profile)?;
+            let lock = Lock::new(&request, &image, packages);
+            lock.write(&lock_path)?;
+            if !net.quiet {
+                eprintln!("hermit: wrote {}", lock_path.display());
+            }
+            (image, lock)
+        }
+    };
+    drop(lock);
+    let lock_text = fs::read_to_string(&lock_path)
+        .with_context(|| format!("reading {}", lock_path.display()))?;
+
+    // Sources.
+    let mut wants = Vec::new();
+    for s in &spec.sources {
+        if let SourceKind::Remote {
+            urls, sha256, size, ..
+        } = &s.kind
+        {
+            wants.push(Want {
+                digest: *sha256,
+                size: *size,
+                urls: parse_urls(urls, &s.name)?,
+                label: format!("source {:?} in {}", s.name, spec_path.display()),
+            });
+        }
+    }
+    fetch(store, net, wants)?;
+    let sde = profile.source_date_epoch.default;
+    let mut sources = Vec::new();
+    for s in &spec.sources {
+        let (rec, path) = match &s.kind {
+            SourceKind::Remote {
+                urls,
+                sha256,
+                unpack,
+                ..
+            } => {
+                let size = fs::metadata(store.blob_path(sha256))
+                    .with_context(|| format!("reading {}", store.blob_path(sha256).display()))?
+                    .len();
+                let rec = SourceRecord::Remote {
+                    name: s.name.clone(),
+                    urls: urls.clone(),
+                    sha256: *sha256,
+                    size,
+                    unpack: unpack.map(|u| UnpackRecord {
+                        strip_components: u.strip_components,
+                    }),
+                };
+                let path = source_path(store, &rec)?;
+                (rec, path)
+            }
+            SourceKind::Local {
+                path,
+                include,
+                exclude,
+            } => {
+                let root = spec_dir.join(path);
+                let tree = local_tree_blob(store, &root, include, exclude, sde)
+                    .with_context(|| format!("source {:?}: hashing {}", s.name, root.display()))?;
+                let rec = SourceRecord::Local {
+                    name: s.name.clone(),
+                    path: path.clone(),
+                    include: include.clone(),
+                    exclude: exclude.clone(),
+                    tree,
+                };
+                let p = source_path(store, &rec)?;
+                (rec, p)
+            }
+        };
+        sources.push((rec, path));
+    }
+    sources.sort_by(|a, b| a.0.name().cmp(b.0.name()));
+
+    let jobs = profile.jobs(opts.jobs, host_cpus());
+    let environment = Environment::from_profile(
+        &profile,
+        &EnvInputs {
+            image_path: image.path_env.as_deref(),
+            source_date_epoch: None,
+            jobs,
+            extra: &spec.env,
+        },
+        spec.build.timeout,
+    )
+    .map_err(|e| Exit::user(format!("{}: {e}", spec_path.display())))?;
+
+    Ok(Plan {
+        package: record::Package {
+            name: spec.package.name.clone(),
+            version: spec.package.version.clone(),
+        },
+        spec_file: spec_path.display().to_string(),
+        spec_text,
+        lock_text: Some(lock_text),
+        image_reference: image_reference(&request),
+        image,
+        sources,
+        profile,
+        environment,
+        script: spec.build.script.clone(),
+    })
+}
+
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+}
+
+fn parse_urls(urls: &[String], name: &str) -> anyhow::Result<Vec<hermit_store::Url>> {
+    urls.iter()
+        .map(|u| {
+            hermit_store::Url::parse(u).with_context(|| format!("URL {u:?} of source {name:?}"))
+        })
+        .collect()
+}
+
+pub fn toolchain_request(spec: &Spec, _spec_dir: &Path) -> ToolchainRequest {
+    match &spec.toolchain {
+        Toolchain::Image { reference, .. } => ToolchainRequest::Image {
+            reference: reference.clone(),
+        },
+        Toolchain::Oci { path, digest } => ToolchainRequest::Oci {
+            path: path.clone(),
+            digest: *digest,
+        },
+        Toolchain::Debian {
+            suite,
+            include,
+            mirror,
+        } => ToolchainRequest::Debian(DebianRequest::new(suite, include, mirror.as_deref())),
+    }
+}
+
+fn image_reference(req: &ToolchainRequest) -> String {
+    match req {
+        ToolchainRequest::Image { reference } => reference.clone(),
+        ToolchainRequest::Oci { path, digest } => format!("oci:{path}@{digest}"),
+        ToolchainRequest::Debian(d) => {
+            format!("debian:{} include={}", d.suite, d.include.join(","))
+        }
+    }
+}
+
+/// Resolves a toolchain afresh, ignoring images already in the store for a
+/// Debian request (whose package set may have moved on): `hermit lock`.
+pub fn resolve_toolchain_fresh(
+    store: &Arc<Store>,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<(Image, Vec<debian::Package>)> {
+    resolve_toolchain(store, req, spec_dir, net, profile)
+}
+
+/// Resolves a toolchain that has no lock yet.
+fn resolve_toolchain(
+    store: &Arc<Store>,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<(Image, Vec<debian::Package>)> {
+    match req {
+        ToolchainRequest::Image { reference } => {
+            let r: oci::Reference = reference.parse()?;
+            if let Some(img) = oci::find(store, &r.digest)? {
+                return Ok((img, vec![]));
+            }
+            if fetch_image_from_mirrors(store, net, &r.digest).is_ok() {
+                return Ok((
+                    oci::load_from_store(store, &r.digest, None, reference)?,
+                    vec![],
+                ));
+            }
+            if net.offline {
+                return Err(Exit::user(format!(
+                    "--offline: image {reference} is neither in the store nor in a mirror; missing {}",
+                    r.digest
+                ))
+                .into());
+            }
+            let rt = runtime()?;
+            let img = rt
+                .block_on(oci::pull(store, &r, &oci::PullOptions::default()))
+                .with_context(|| format!("pulling {reference}"))?;
+            Ok((img, vec![]))
+        }
+        ToolchainRequest::Oci { path, digest } => {
+            if let Some(img) = oci::find(store, digest)? {
+                return Ok((img, vec![]));
+            }
+            let p = spec_dir.join(path);
+            let img = oci::import(store, &p, Some(digest))
+                .with_context(|| format!("importing the toolchain image {}", p.display()))?;
+            Ok((img, vec![]))
+        }
+        ToolchainRequest::Debian(d) => {
+            if net.offline {
+                return Err(Exit::user(
+                    "--offline: a Debian toolchain without hermit.lock must be bootstrapped, which needs the network; run `hermit lock SPEC` online first",
+                )
+                .into());
+            }
+            if !net.quiet {
+                eprintln!(
+                    "hermit: bootstrapping debian {} with {} (mmdebstrap)",
+                    d.suite,
+                    d.include.join(", ")
+                );
+            }
+            let b = debian::bootstrap(store, d, profile.source_date_epoch.default)?;
+            Ok((b.image, b.packages))
+        }
+    }
+}
+
+/// The image a lock pins: from the store, else from mirrors by digest,
+/// else resolved again and checked against the lock.
+fn locked_image(
+    store: &Arc<Store>,
+    lock: &Lock,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<Image> {
+    let want = lock.toolchain.manifest;
+    if let Some(img) = oci::find(store, &want)? {
+        return Ok(img);
+    }
+    if fetch_image_from_mirrors(store, net, &want).is_ok() {
+        return Ok(oci::load_from_store(
+            store,
+            &want,
+            None,
+            &image_reference(req),
+        )?);
+    }
+    if net.offline {
+        return Err(Exit::user(format!(
+            "--offline: the toolchain image {want} pinned by hermit.lock is neither in the store nor in a mirror (--mirror)"
+        ))
+        .into());
+    }
+    let (img, _) = resolve_toolchain(store, req, spec_dir, net, profile)?;
+    if img.manifest != want && img.index != Some(want) {
+        return Err(Exit::user(format!(
+            "hermit.lock pins the toolchain image {want}, but resolving {req} now gives {}; \
+             fetch the pinned image from a mirror (--mirror) or accept the new one with `hermit lock SPEC`",
+            img.manifest
+        ))
+        .into());
+    }
+    Ok(img)
+}
+
+/// Fetches an image's manifest, then its config and layers, from the
+/// configured mirrors only.
+fn fetch_image_from_mirrors(
+    store: &Arc<Store>,
+    net: &NetArgs,
+    manifest: &Digest,
+) -> anyhow::Result<()> {
+    let mirrors = crate::config::mirrors(&net.mirrors)?;
+    if mirrors.is_empty() {
+        bail!("no mirrors configured");
+    }
+    let quiet = NetArgs {
+        quiet: true,
+        ..net.clone()
+    };
+    fetch(
+        store,
+        &quiet,
+        vec![Want {
+            digest: *manifest,
+            size: None,
+            urls: vec![],
+            label: format!("toolchain image manifest {manifest}"),
+        }],
+    )?;
+    let blobs = oci::manifest_blobs(store, manifest)?;
+    fetch(
+        store,
+        net,
+        blobs
+            .into_iter()
+            .map(|d| Want {
+                digest: d,
+                size: None,
+                urls: vec![],
+                label: format!("toolchain image blob {d}"),
+            })
+            .collect(),
+    )
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Fetches whatever of `wants` is not in the store yet (no runtime is
+/// started when everything is present).
+pub fn fetch(store: &Arc<Store>, net: &NetArgs, wants: Vec<Want>) -> anyhow::Result<()> {
+    let wants: Vec<Want> = wants
+        .into_iter()
+        .filter(|w| store.blob(&w.digest).is_none())
+        .collect();
+    if wants.is_empty() {
+        return Ok(());
+    }
+    let fetcher: Fetcher = crate::cmd::fetch::fetcher(net, store.clone())?;
+    let rt = runtime()?;
+    rt.block_on(fetcher.fetch_all(wants))?;
+    Ok(())
+}
+
+/// The host path a source is bound from: its unpacked tree, or the blob
+/// itself when it is not unpacked.
+fn source_path(store: &Store, rec: &SourceRecord) -> anyhow::Result<PathBuf> {
+    match rec {
+        SourceRecord::Remote { sha256, unpack, .. } => match unpack {
+            Some(u) => Ok(hermit_store::unpack(
+                store,
+                sha256,
+                &UnpackOptions {
+                    format: None,
+                    strip_components: u.strip_components,
+                },
+            )
+            .with_context(|| format!("unpacking source {:?} ({sha256})", rec.name()))?),
+            None => store
+                .blob(sha256)
+                .with_context(|| format!("source {:?}: {sha256} is not in the store", rec.name())),
+        },
+        SourceRecord::Local { tree, .. } => Ok(hermit_store::unpack(
+            store,
+            tree,
+            &UnpackOptions {
+                format: Some(ArchiveFormat::Tar),
+                strip_components: 0,
+            },
+        )
+        .with_context(|| format!("unpacking source {:?} ({tree})", rec.name()))?),
+    }
+}
+
+/// Names always left out of a local source unless `include` names them.
+const DEFAULT_EXCLUDES: &[&str] = &[".git", "result", "hermit.lock"];
+
+/// Stores the selected files of a local directory as a canonical tar blob
+/// (the same serialisation as outputs) and returns its digest.
+fn local_tree_blob(
+    store: &Store,
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+    sde: u64,
+) -> anyhow::Result<Digest> {
+    if !root.is_dir() {
+        return Err(Exit::user(format!("{} is not a directory", root.display())).into());
+    }
+    let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
+    let copy = staging.join("tree");
+    fs::create_dir(&copy).with_context(|| format!("creating {}", copy.display()))?;
+    copy_selected(root, &copy, "", include, exclude)?;
+    let mut writer = store.blob_writer()?;
+    output::normalize(&copy, &output::Options::new(sde), Some(&mut writer))
+        .with_context(|| format!("serialising {}", root.display()))?;
+    let digest = writer.commit(&root.display().to_string(), None, None)?;
+    hermit_store::store::remove_tree(&staging)
+        .with_context(|| format!("removing {}", staging.display()))?;
+    Ok(digest)
+}
+
+fn copy_selected(
+    src: &Path,
+    dst: &Path,
+    rel: &str,
+    include: &[String],
+    exclude: &[String],
+) -> anyhow::Result<()> {
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .with_context(|| format!("listing {}", src.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("listing {}", src.display()))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else {
+            bail!("{}: file names must be UTF-8", e.path().display());
+        };
+        let path = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let t = e
+            .file_type()
+            .with_context(|| format!("reading {}", e.path().display()))?;
+        let included = include.is_empty() || include.iter().any(|g| glob_match(g, &path));
+        let excluded = exclude.iter().any(|g| glob_match(g, &path))
+            || (include.is_empty() && DEFAULT_EXCLUDES.contains(&path.as_str()));
+        if excluded {
+            continue;
+        }
+        let to = dst.join(name);
+        if t.is_dir() {
+            fs::create_dir(&to).with_context(|| format!("creating {}", to.display()))?;
+            // Everything below an included directory is included.
+            let sub: &[String] = if included && !include.is_empty() {
+                &[]
+            } else {
+                include
+            };
+            copy_selected(&e.path(), &to, &path, sub, exclude)?;
+            let empty = fs::read_dir(&to)
+                .with_context(|| format!("listing {}", to.display()))?
+                .next()
+                .is_none();
+            if empty && !included {
+                fs::remove_dir(&to).with_context(|| format!("removing {}", to.display()))?;
+            }
+        } else if included {
+            if t.is_symlink() {
+                let target = fs::read_link(e.path())
+                    .with_context(|| format!("reading link {}", e.path().display()))?;
+                std::os::unix::fs::symlink(&target, &to)
+                    .with_context(|| format!("creating {}", to.display()))?;
+            } else {
+                fs::copy(e.path(), &to)
+                    .with_context(|| format!("copying {}", e.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Glob match of a relative path: `*` and `?` within one component, `**`
+/// across any number of components. A pattern without `/` matches the last
+/// component at any depth (`*.o`, `Makefile`).
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    if !pattern.contains('/') {
+        let base = path.rsplit('/').next().unwrap_or(path);
+        return component_match(pattern.as_bytes(), base.as_bytes());
+    }
+    let pat: Vec<&str> = pattern.trim_start_matches("./").split('/').collect();
+    let parts: Vec<&str> = path.split('/').collect();
+    segments_match(&pat, &parts)
+}
+
+fn segments_match(pat: &[&str], parts: &[&str]) -> bool {
+    match pat.split_first() {
+        None => parts.is_empty(),
+        Some((&"**", rest)) => (0..=parts.len()).any(|i| segments_match(rest, &parts[i..])),
+        Some((p, rest)) => match parts.split_first() {
+            Some((first, others)) => {
+                component_match(p.as_bytes(), first.as_bytes()) && segments_match(rest, others)
+            }
+            None => false,
+        },
+    }
+}
+
+fn component_match(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| component_match(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && component_match(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && component_match(rest, &s[1..]),
+    }
+}
+
+/// Runs the plan in the sandbox and stages the normalised output with its
+/// record (not yet installed).
+pub fn execute(
+    store: &Store,
+    plan: &Plan,
+    key: Digest,
+    opts: &BuildOptions,
+) -> anyhow::Result<Staged> {
+    let started = SystemTime::now();
+    let t0 = Instant::now();
+    let rootfs = oci::rootfs(store, &plan.image).context("unpacking the toolchain image")?;
+    let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
+    let build_dir = staging.join("build");
+    let out_dir = staging.join("out");
+    for d in [&build_dir, &out_dir] {
+        fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let env = &plan.environment;
+    let p = &plan.profile;
+    let mut spec = SandboxSpec::profile_v1(
+        &rootfs,
+        vec![
+            "/bin/sh".into(),
+            "-e".into(),
+            "-c".into(),
+            plan.script.clone(),
+            "hermit-build".into(),
+        ],
+    );
+    spec.env = env
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    spec.cwd = PathBuf::from(&env.build_path);
+    spec.uid = env.uid;
+    spec.gid = env.gid;
+    spec.user = env.user.clone();
+    spec.group = env.group.clone();
+    spec.home = PathBuf::from(&env.home);
+    spec.hostname = env.hostname.clone();
+    spec.aslr = env.aslr;
+    spec.umask = p.system.umask;
+    spec.timeout = Some(Duration::from_secs(env.limits.timeout_secs));
+    spec.limits.max_processes = Some(env.limits.max_pids.min(u64::from(u32::MAX)) as u32);
+    let mut mounts = vec![
+        Mount::Tmpfs {
+            dst: PathBuf::from(&env.tmp_path),
+            size: Some(env.limits.tmp_size_mib << 20),
+        },
+        Mount::Bind {
+            src: build_dir.clone(),
+            dst: PathBuf::from(&env.build_path),
+            writable: true,
+        },
+        Mount::Bind {
+            src: out_dir.clone(),
+            dst: PathBuf::from(&env.out_path),
+            writable: true,
+        },
+    ];
+    for (rec, path) in &plan.sources {
+        mounts.push(Mount::Bind {
+            src: path.clone(),
+            dst: Path::new(&env.sources_path).join(rec.name()),
+            writable: false,
+        });
+    }
+    spec.mounts = mounts;
+
+    let log_path = staging.join("build.log");
+    let outcome = run_logged(&spec, &log_path, opts.quiet)?;
+    let mut log_file =
+        fs::File::open(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
+    let log_size = log_file
+        .metadata()
+        .with_context(|| format!("reading {}", log_path.display()))?
+        .len();
+    let log_digest = store.add_reader(&mut log_file, "the build log", None, None)?;
+    let log_blob = store.blob_path(&log_digest);
+
+    if !matches!(outcome, Outcome::Exited(0)) {
+        let mut msg = match &outcome {
+            Outcome::Exited(n) => format!(
+                "build of {} failed: the script exited with status {n}",
+                plan.package.name
+            ),
+            Outcome::Signaled(s) => format!(
+                "build of {} failed: the script was killed by signal {s}",
+                plan.package.name
+            ),
+            Outcome::TimedOut(d) => format!(
+                "build of {} timed out after {} s",
+                plan.package.name,
+                d.as_secs()
+            ),
+            Outcome::SetupFailed(f) => format!("the build sandbox could not be set up: {f}"),
+        };
+        msg.push_str(&format!("\n  log: {}", log_blob.display()));
+        if opts.keep_failed {
+            let failed = store.base().join("failed").join(key.hex());
+            fs::create_dir_all(store.base().join("failed"))
+                .with_context(|| format!("creating {}", store.base().join("failed").display()))?;
+            let _ = hermit_store::store::remove_tree(&failed);
+            fs::rename(&staging, &failed)
+                .with_context(|| format!("keeping the build directory at {}", failed.display()))?;
+            msg.push_str(&format!(
+                "\n  build directory: {} (/build), {} (/out)",
+                failed.join("build").display(),
+                failed.join("out").display()
+            ));
+        } else {
+            let _ = hermit_store::store::remove_tree(&staging);
+            msg.push_str("\n  (rerun with --keep-failed to keep /build and /out)");
+        }
+        let code = match outcome {
+            Outcome::TimedOut(_) => exit::TIMEOUT,
+            Outcome::SetupFailed(_) => exit::SANDBOX_SETUP,
+            _ => exit::BUILD_FAILED,
+        };
+        return Err(Exit::with_code(code, msg).into());
+    }
+
+    // Normalise $out and stage it with its record.
+    let normalized: Normalized = output::normalize(
+        &out_dir,
+        &output::Options {
+            source_date_epoch: env.source_date_epoch,
+            symlinks: output::SymlinkPolicy::Contained,
+            apply: true,
+        },
+        None,
+    )
+    .map_err(|e| {
+        Exit::with_code(
+            exit::BUILD_FAILED,
+            format!("the build's $out cannot be stored: {e}"),
+        )
+    })?;
+    let _ = hermit_store::store::remove_tree(&build_dir);
+    let _ = fs::remove_file(&log_path);
+    hermit_store::tree::make_read_only(&out_dir)
+        .with_context(|| format!("making {} read-only", out_dir.display()))?;
+    let finished = SystemTime::now();
+    let mut info = Informational::collect(Some(started), Some(finished));
+    info.duration_ms = Some(t0.elapsed().as_millis() as u64);
+    let record = Record::assemble(RecordParts {
+        package: plan.package.clone(),
+        spec_file: &plan.spec_file,
+        spec_text: plan.spec_text.clone(),
+        lock_text: plan.lock_text.clone(),
+        image: plan.image_record(),
+        sources: plan.source_records(),
+        inputs: vec![],
+        profile_name: &plan.profile.name,
+        environment: plan.environment.clone(),
+        output: &normalized,
+        log: LogRecord {
+            digest: log_digest,
+            size: log_size,
+        },
+        informational: info,
+    })?;
+    if record.build_key != key {
+        bail!(
+            "internal error: the record's build key {} differs from the planned {key}; please report this",
+            record.build_key
+        );
+    }
+    let json = record.to_json()?;
+    let rp = staging.join("record.json");
+    fs::write(&rp, json).with_context(|| format!("writing {}", rp.display()))?;
+    fs::File::open(&rp)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", rp.display()))?;
+    Ok(Staged {
+        dir: staging,
+        record,
+    })
+}
+
+/// Runs the sandbox with its stdout and stderr going through a pipe that is
+/// copied to the log file and (unless quiet) to hermit's stderr.
+fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Result<Outcome> {
+    use nix::unistd::{dup, dup2_stderr, dup2_stdout, pipe};
+    let log =
+        fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
+    let (r, w) = pipe().context("creating the log pipe")?;
+    let saved_out = dup(std::io::stdout()).context("saving stdout")?;
+    let saved_err = dup(std::io::stderr()).context("saving stderr")?;
+    let terminal = fs::File::from(dup(&saved_err).context("duplicating stderr")?);
+    let tee = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut r = fs::File::from(r);
+        let mut log = log;
+        let mut terminal = terminal;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            log.write_all(&buf[..n])?;
+            if !quiet {
+                let _ = terminal.write_all(&buf[..n]);
+            }
+        }
+        log.sync_all()
+    });
+    let _ = std::io::stdout().flush();
+    dup2_stdout(&w).context("redirecting stdout to the log")?;
+    dup2_stderr(&w).context("redirecting stderr to the log")?;
+    drop(w);
+    let result = hermit_sandbox::run(spec);
+    // Restore hermit's own stdout/stderr; this closes the last write ends.
+    let restored = dup2_stdout(&saved_out).and_then(|_| dup2_stderr(&saved_err));
+    restored.context("restoring stdout and stderr")?;
+    drop(saved_out);
+    drop(saved_err);
+    match tee.join() {
+        Ok(r) => r.context("writing the build log")?,
+        Err(_) => bail!("the log writer thread panicked"),
+    }
+    Ok(result?)
+}
+
+/// Rebuilds a record: restore everything it names by digest, run the build
+/// again, and compare the output digest with the recorded one.
+pub fn rebuild(
+    record_path: &Path,
+    net: &NetArgs,
+    opts: &BuildOptions,
+) -> anyhow::Result<(Record, Record, Option<PathBuf>)> {
+    let text = fs::read_to_string(record_path)
+        .with_context(|| format!("reading {}", record_path.display()))?;
+    let rec = Record::parse(&text, &record_path.display().to_string())
+        .map_err(|e| Exit::user(e.to_string()))?;
+    let store = Arc::new(Store::open_default().context("opening the store")?);
+    let _shared = store.shared_lock().context("locking the store")?;
+    let profile = Profile::get_pinned(&rec.profile.name, &rec.profile.digest.to_string())?;
+    let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
+        .map_err(|e| Exit::user(format!("the record's spec: {e}")))?;
+
+    // The image, by digest: store, then mirrors, then the recorded reference.
+    let manifest = rec.image.manifest;
+    let image = match oci::find(&store, &manifest)? {
+        Some(img) => img,
+        None => {
+            let mut wants = vec![manifest];
+            wants.extend(rec.image.index);
+            if fetch_image_from_mirrors(&store, net, &manifest).is_ok() {
+                oci::load_from_store(&store, &manifest, rec.image.index, &rec.image.reference)?
+            } else if let (false, Ok(r)) =
+                (net.offline, rec.image.reference.parse::<oci::Reference>())
+            {
+                runtime()?.block_on(oci::pull(&store, &r, &oci::PullOptions::default()))?
+            } else {
+                return Err(Exit::user(format!(
+                    "the toolchain image {manifest} (config {}, layers {}) is not in the store or any mirror; \
+                     add a mirror that holds it with --mirror",
+                    rec.image.config,
+                    rec.image.layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>().join(", ")
+                ))
+                .into());
+            }
+        }
+    };
+
+    // Sources by digest (local trees were stored as canonical tar blobs).
+    let mut wants = Vec::new();
+    for s in &rec.sources {
+        match s {
+            SourceRecord::Remote {
+                name,
+                urls,
+                sha256,
+                size,
+                ..
+            } => wants.push(Want {
+                digest: *sha256,
+                size: Some(*size),
+                urls: parse_urls(urls, name)?,
+                label: format!("source {name:?} of {}", record_path.display()),
+            }),
+            SourceRecord::Local { name, tree, .. } => wants.push(Want {
+                digest: *tree,
+                size: None,
+                urls: vec![],
+                label: format!(
+                    "local source {name:?} of {} (its canonical tar)",
+                    record_path.display()
+                ),
+            }),
+        }
+    }
+    fetch(&store, net, wants)?;
+    let mut sources = Vec::new();
+    for s in &rec.sources {
+        sources.push((s.clone(), source_path(&store, s)?));
+    }
+    let plan = Plan {
+        package: rec.package.clone(),
+        spec_file: rec.spec.file.clone(),
+        spec_text: rec.spec.text.clone(),
+        lock_text: rec.lock.as_ref().map(|l| l.text.clone()),
+        image_reference: rec.image.reference.clone(),
+        image,
+        sources,
+        profile,
+        environment: rec.environment.clone(),
+        script: spec.build.script.clone(),
+    };
+    let key = plan.build_key()?;
+    if key != rec.build_key {
+        bail!(
+            "the record's inputs hash to build key {key}, but it says {}; the record was edited or made by an incompatible hermit",
+            rec.build_key
+        );
+    }
+    let staged = execute(&store, &plan, key, opts)?;
+    let new = staged.record.clone();
+    let kept = if new.output.digest == rec.output.digest {
+        // Identical: install it if the store lacks this output.
+        let _ = install(&store, staged, key)?;
+        None
+    } else {
+        let dir = store.base().join("rebuilds").join(key.hex());
+        fs::create_dir_all(store.base().join("rebuilds"))
+            .with_context(|| format!("creating {}", store.base().join("rebuilds").display()))?;
+        let _ = hermit_store::store::remove_tree(&dir);
+        fs::rename(&staged.dir, &dir)
+            .with_context(|| format!("keeping the rebuild at {}", dir.display()))?;
+        Some(dir.join("out"))
+    };
+    Ok((rec, new, kept))
+}
+
+/// Paths whose entries differ between two file lists, sorted.
+pub fn differing_files(a: &Record, b: &Record) -> Vec<String> {
+    let index = |r: &Record| -> BTreeMap<String, String> {
+        r.output
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), serde_json::to_string(f).unwrap_or_default()))
+            .collect()
+    };
+    let (ia, ib) = (index(a), index(b));
+    let mut out: Vec<String> = Vec::new();
+    for (p, v) in &ia {
+        match ib.get(p) {
+            Some(w) if w == v => {}
+            Some(_) => out.push(format!("changed  {p}")),
+            None => out.push(format!("missing  {p}")),
+        }
+    }
+    for p in ib.keys().filter(|p| !ia.contains_key(*p)) {
+        out.push(format!("added    {p}"));
+    }
+    out
+}
+
+/// Replaces `link` with a symlink to `target`, atomically.
+pub fn link_result(link: &Path, target: &Path) -> anyhow::Result<()> {
+    if let Ok(m) = fs::symlink_metadata(link) {
+        if !m.file_type().is_symlink() {
+            return Err(Exit::user(format!(
+                "{} exists and is not a symlink; hermit only replaces its own result links",
+                link.display()
+            ))
+            .into());
+        }
+    }
+    let parent = link
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = link
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "result".into());
+    let tmp = parent.join(format!(".{name}.hermit-tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    fs::rename(&tmp, link).with_context(|| format!("replacing {}", link.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.c", "src/hello.c"));
+        assert!(glob_match("Makefile", "Makefile"));
+        assert!(!glob_match("Makefile", "Makefile.am"));
+        assert!(glob_match("src/*.c", "src/a.c"));
+        assert!(!glob_match("src/*.c", "src/x/a.c"));
+        assert!(glob_match("src/**/*.c", "src/x/y/a.c"));
+        assert!(glob_match("src/**", "src/x/y/a.c"));
+        assert!(glob_match("h?llo.c", "hello.c"));
+    }
+}

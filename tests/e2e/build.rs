@@ -1,0 +1,306 @@
+//! `hermit build` and `hermit rebuild` end to end, over a busybox OCI image
+//! in real namespaces.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use crate::common::{both, hermit, run};
+use crate::image::busybox_layout;
+
+/// A project directory: an OCI layout of busybox, a spec using it, a local
+/// source directory. Returns the spec path.
+fn project(dir: &Path, script: &str, extra: &str) -> PathBuf {
+    let layout = dir.join("image");
+    let manifest = busybox_layout(&layout);
+    fs::create_dir_all(dir.join("src/sub")).unwrap();
+    fs::write(dir.join("src/hello.txt"), "hello\n").unwrap();
+    fs::write(dir.join("src/sub/data.txt"), "data\n").unwrap();
+    let spec = dir.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            r#"[package]
+name = "demo"
+version = "1.0"
+
+[toolchain]
+oci = "image"
+digest = "{manifest}"
+
+[[source]]
+name = "src"
+path = "src"
+{extra}
+[build]
+script = """
+{script}
+"""
+"#
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+fn build_json(home: &Path, spec: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = run(hermit(home)
+        .arg("build")
+        .arg(spec)
+        .arg("--json")
+        .args(extra));
+    assert!(o.status.success(), "{}", both(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
+}
+
+#[test]
+fn build_stores_output_and_record_then_hits_the_cache() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(
+        t.path(),
+        "mkdir -p $out/bin\ncp /sources/src/hello.txt $out/greeting\necho built > $out/bin/note\nchmod 755 $out/bin/note",
+        "",
+    );
+    let home = t.path().join("home");
+    let v = build_json(&home, &spec, &[]);
+    assert_eq!(v["cached"], false);
+    let out = PathBuf::from(v["output"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(out.join("greeting")).unwrap(), "hello\n");
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(record["output"]["digest"], v["output_digest"]);
+    assert_eq!(record["build_key"], v["build_key"]);
+    assert_eq!(record["profile"]["name"], "v1");
+    assert!(
+        t.path().join("hermit.lock").is_file(),
+        "the lock is written beside the spec"
+    );
+    // The log is kept in the store.
+    let log = record["log"]["digest"].as_str().unwrap();
+    assert!(home.join("v1/blobs/sha256").join(&log[7..]).is_file());
+    // The output is read-only.
+    assert!(fs::write(out.join("greeting"), "x").is_err() || unsafe_root());
+
+    // Again: a cache hit, no sandbox run, with -o.
+    let link = t.path().join("result");
+    let start = Instant::now();
+    let o = run(hermit(&home).arg("build").arg(&spec).arg("-o").arg(&link));
+    let took = start.elapsed();
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("cached"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(fs::read_link(&link).unwrap(), out);
+    assert!(took.as_secs() < 5, "cache hit took {took:?}");
+    let v2 = build_json(&home, &spec, &[]);
+    assert_eq!(v2["cached"], true);
+    assert_eq!(v2["output_digest"], v["output_digest"]);
+}
+
+/// Root may write to 0444 files; then the read-only check says nothing.
+fn unsafe_root() -> bool {
+    nix_is_root()
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .is_some_and(|l| l.split_whitespace().nth(2) == Some("0"))
+}
+
+const NOISY: &str = r#"echo "$SOURCE_DATE_EPOCH" > $out/sde
+hostname > $out/hostname
+id -un > $out/user
+pwd > $out/pwd
+uname -n > $out/uname
+umask > $out/umask
+env | sort > $out/env
+find /sources/src > $out/listing
+mkdir $out/fresh && echo a > $out/fresh/a && echo b > $out/fresh/b
+touch $out/now"#;
+
+#[test]
+fn same_spec_in_two_stores_from_two_dirs_gives_identical_outputs() {
+    let t = tempfile::tempdir().unwrap();
+    let a = t.path().join("first/place");
+    let b = t.path().join("second");
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    let spec_a = project(&a, NOISY, "");
+    let spec_b = project(&b, NOISY, "");
+    // Create b's source files in the other order, with other mtimes.
+    fs::remove_file(b.join("src/hello.txt")).unwrap();
+    fs::write(b.join("src/hello.txt"), "hello\n").unwrap();
+    let o = run(Command::new("touch")
+        .args(["-d", "2001-01-01"])
+        .arg(b.join("src/sub/data.txt")));
+    assert!(o.status.success());
+
+    let ha = t.path().join("home-a");
+    let va = build_json(&ha, &spec_a, &[]);
+    let hb = t.path().join("home-b");
+    let o = run(Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 077; cd / && exec {} build {} --json",
+            crate::common::hermit_bin().display(),
+            spec_b.display()
+        ))
+        .env("HERMIT_HOME", &hb)
+        .env("TZ", "Asia/Tokyo")
+        .env("LANG", "de_DE.UTF-8")
+        .env("SOURCE_DATE_EPOCH", "12345")
+        .env("SOME_HOST_VAR", "leak"));
+    assert!(o.status.success(), "{}", both(&o));
+    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    if va["output_digest"] != vb["output_digest"] {
+        let d = run(Command::new("diff")
+            .arg("-r")
+            .arg(va["output"].as_str().unwrap())
+            .arg(vb["output"].as_str().unwrap()));
+        panic!("outputs differ:\n{}", both(&d));
+    }
+    assert_eq!(va["build_key"], vb["build_key"], "build keys differ");
+    let out = PathBuf::from(va["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.join("hostname")).unwrap(),
+        "localhost\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("user")).unwrap(), "builder\n");
+    assert_eq!(fs::read_to_string(out.join("pwd")).unwrap(), "/build\n");
+    assert_eq!(fs::read_to_string(out.join("umask")).unwrap(), "0022\n");
+    assert_eq!(fs::read_to_string(out.join("sde")).unwrap(), "315532800\n");
+    let env = fs::read_to_string(out.join("env")).unwrap();
+    assert!(
+        !env.contains("SOME_HOST_VAR") && env.contains("TZ=UTC"),
+        "{env}"
+    );
+    // Files created "now" carry SOURCE_DATE_EPOCH in the store.
+    let m = fs::metadata(out.join("now")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&m), 315532800);
+}
+
+#[test]
+fn failing_build_exits_non_zero_and_keeps_its_log_and_dir() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(
+        t.path(),
+        "echo about to fail\necho partial > partial.txt\nexit 3",
+        "",
+    );
+    let home = t.path().join("home");
+    let o = run(hermit(&home).arg("build").arg(&spec).arg("--keep-failed"));
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("about to fail"),
+        "the log streams to the terminal: {err}"
+    );
+    assert!(err.contains("exited with status 3"), "{err}");
+    let log = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("log: "))
+        .unwrap();
+    assert!(fs::read_to_string(log).unwrap().contains("about to fail"));
+    let dir = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("build directory: "))
+        .and_then(|l| l.split(" (/build)").next())
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(Path::new(dir).join("partial.txt")).unwrap(),
+        "partial\n"
+    );
+}
+
+#[test]
+fn build_timeout_is_enforced() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(t.path(), "sleep 30", "");
+    let text = fs::read_to_string(&spec)
+        .unwrap()
+        .replace("[build]\n", "[build]\ntimeout = 2\n");
+    fs::write(&spec, text).unwrap();
+    let start = Instant::now();
+    let o = run(hermit(&t.path().join("home")).arg("build").arg(&spec));
+    assert_eq!(o.status.code(), Some(124), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("timed out after 2 s"),
+        "{}",
+        both(&o)
+    );
+    assert!(start.elapsed().as_secs() < 20);
+}
+
+#[test]
+fn stale_lock_is_an_error_naming_the_change() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(t.path(), "true", "");
+    let home = t.path().join("home");
+    build_json(&home, &spec, &[]);
+    // Point the spec at another image (an oci-archive of the same layout is
+    // another path): the lock no longer matches.
+    let text = fs::read_to_string(&spec)
+        .unwrap()
+        .replace("oci = \"image\"", "oci = \"image2\"");
+    fs::write(&spec, text).unwrap();
+    let o = run(hermit(&home).arg("build").arg(&spec));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("no longer matches") && err.contains("image2") && err.contains("hermit lock"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_remote_source_names_it_and_every_location() {
+    let t = tempfile::tempdir().unwrap();
+    let digest = "0".repeat(64);
+    let extra = format!(
+        "\n[[source]]\nname = \"gone\"\nurls = [\"file://{}/nope.tar\"]\nsha256 = \"{digest}\"\n",
+        t.path().display()
+    );
+    let spec = project(t.path(), "true", &extra);
+    let o = run(hermit(&t.path().join("home")).arg("build").arg(&spec));
+    assert_ne!(o.status.code(), Some(0), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("gone") && err.contains("nope.tar"), "{err}");
+}
+
+#[test]
+fn outputs_are_normalised_and_fifos_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(
+        t.path(),
+        "echo x > $out/f; chmod 600 $out/f; echo y > $out/e; chmod 700 $out/e; ln -s f $out/link",
+        "",
+    );
+    let home = t.path().join("home");
+    let v = build_json(&home, &spec, &[]);
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
+    let files = record["output"]["files"].as_array().unwrap();
+    let mode = |p: &str| files.iter().find(|f| f["path"] == p).unwrap()["mode"].clone();
+    assert_eq!(mode("f"), "0644");
+    assert_eq!(mode("e"), "0755");
+    assert_eq!(
+        files.iter().find(|f| f["path"] == "link").unwrap()["target"],
+        "f"
+    );
+
+    let t2 = tempfile::tempdir().unwrap();
+    let spec = project(t2.path(), "mkfifo $out/pipe", "");
+    let o = run(hermit(&t2.path().join("home")).arg("build").arg(&spec));
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("pipe"),
+        "{}",
+        both(&o)
+    );
+}
