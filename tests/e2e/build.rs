@@ -304,3 +304,124 @@ fn outputs_are_normalised_and_fifos_refused() {
         both(&o)
     );
 }
+
+#[test]
+fn rebuild_from_the_record_alone_offline_from_a_mirror() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(
+        t.path(),
+        "cat /sources/src/hello.txt /sources/src/sub/data.txt > $out/both",
+        "",
+    );
+    let home = t.path().join("home");
+    let v = build_json(&home, &spec, &[]);
+    let record = t.path().join("kept-record.json");
+    fs::copy(v["record"].as_str().unwrap(), &record).unwrap();
+    let mirror = t.path().join("mirror");
+    let o = run(hermit(&home)
+        .arg("mirror")
+        .arg(&record)
+        .arg("--to")
+        .arg(&mirror));
+    assert!(o.status.success(), "{}", both(&o));
+
+    // Nothing left but the mirror and the record: no store, no spec, no image.
+    let o = run(Command::new("rm")
+        .arg("-rf")
+        .arg(&home)
+        .arg(t.path().join("image"))
+        .arg(t.path().join("src"))
+        .arg(&spec));
+    assert!(o.status.success());
+    let o = run(hermit(&home)
+        .arg("rebuild")
+        .arg(&record)
+        .arg("--offline")
+        .arg("--mirror")
+        .arg(&mirror));
+    assert!(o.status.success(), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("identical:"), "{out}");
+    assert!(out.contains(v["output_digest"].as_str().unwrap()), "{out}");
+
+    // Offline without the mirror: fails first, naming what is missing.
+    let o = run(hermit(&t.path().join("home2"))
+        .arg("rebuild")
+        .arg(&record)
+        .arg("--offline"));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not in the store or any mirror"),
+        "{}",
+        both(&o)
+    );
+}
+
+#[test]
+fn rebuild_reports_the_files_that_differ() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(
+        t.path(),
+        "echo same > $out/same; head -c 16 /dev/urandom > $out/random",
+        "",
+    );
+    let home = t.path().join("home");
+    let v = build_json(&home, &spec, &[]);
+    let o = run(hermit(&home)
+        .arg("rebuild")
+        .arg(v["record"].as_str().unwrap()));
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("changed  random") && !out.contains("same"),
+        "{out}"
+    );
+    assert!(out.contains("rebuilt output kept at"), "{out}");
+}
+
+#[test]
+fn provenance_of_a_real_build() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(t.path(), "echo hi > $out/hi", "");
+    let home = t.path().join("home");
+    let v = build_json(&home, &spec, &[]);
+    let o = run(hermit(&home)
+        .arg("provenance")
+        .arg(v["record"].as_str().unwrap()));
+    assert!(o.status.success(), "{}", both(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(p["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(p["predicateType"], "https://slsa.dev/provenance/v1");
+    let want = v["output_digest"].as_str().unwrap();
+    assert_eq!(p["subject"][0]["digest"]["sha256"], want[7..]);
+    let deps = p["predicate"]["buildDefinition"]["resolvedDependencies"].to_string();
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
+    let manifest = record["image"]["manifest"].as_str().unwrap();
+    assert!(deps.contains(&manifest[7..]), "{deps}");
+    let tree = record["sources"][0]["tree"].as_str().unwrap();
+    assert!(deps.contains(&tree[7..]), "{deps}");
+}
+
+#[test]
+fn mirror_of_a_spec_lets_a_fresh_store_build_offline() {
+    let t = tempfile::tempdir().unwrap();
+    let spec = project(t.path(), "cp -R /sources/src $out/copy", "");
+    let v = build_json(&t.path().join("home"), &spec, &[]);
+    let mirror = t.path().join("mirror");
+    let o = run(hermit(&t.path().join("home"))
+        .arg("mirror")
+        .arg(&spec)
+        .arg("--to")
+        .arg(&mirror));
+    assert!(o.status.success(), "{}", both(&o));
+    // The OCI layout is gone: the image must come from the mirror.
+    fs::remove_dir_all(t.path().join("image")).unwrap();
+    let v2 = build_json(
+        &t.path().join("fresh"),
+        &spec,
+        &["--offline", "--mirror", mirror.to_str().unwrap()],
+    );
+    assert_eq!(v["output_digest"], v2["output_digest"]);
+    assert_eq!(v2["cached"], false);
+}

@@ -71,8 +71,9 @@ pub struct FetchArgs {
 
 #[derive(Args)]
 pub struct MirrorArgs {
-    /// Spec files whose [[source]]s to copy
-    #[arg(required = true, value_name = "SPEC")]
+    /// Spec files (their sources, local trees and locked toolchain image) or
+    /// records written by `hermit build` (everything a rebuild needs)
+    #[arg(required = true, value_name = "SPEC|RECORD")]
     pub specs: Vec<PathBuf>,
     /// The mirror directory to fill (DIR/sha256/<hex> and DIR/index.json)
     #[arg(long, value_name = "DIR")]
@@ -241,9 +242,43 @@ pub fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn run_mirror(args: MirrorArgs) -> anyhow::Result<ExitCode> {
-    let plan = plan(&args.specs)?;
+    let (records, specs): (Vec<PathBuf>, Vec<PathBuf>) = args
+        .specs
+        .iter()
+        .cloned()
+        .partition(|p| p.extension().is_some_and(|e| e == "json"));
+    let plan = plan(&specs)?;
     let (store, _summary) = fetch_plan(&args.net, &plan)?;
+    let mut extra = Vec::new();
+    for s in &specs {
+        extra.extend(crate::build::mirror_blobs_for_spec(&store, s)?);
+    }
+    for r in &records {
+        extra.extend(crate::build::mirror_blobs_for_record(r)?);
+    }
+    let missing: Vec<String> = extra
+        .iter()
+        .filter(|b| store.blob(&b.digest).is_none())
+        .map(|b| format!("{} ({})", b.digest, b.name))
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "not in the store, so not mirrored: {}; build or fetch them first",
+            missing.join(", ")
+        );
+    }
     let mut items: BTreeMap<Digest, MirrorItem> = BTreeMap::new();
+    for b in extra {
+        let item = items.entry(b.digest).or_insert_with(|| MirrorItem {
+            digest: b.digest,
+            names: Vec::new(),
+            urls: Vec::new(),
+        });
+        if !item.names.contains(&b.name) {
+            item.names.push(b.name);
+        }
+        item.urls.extend(b.urls);
+    }
     for p in &plan {
         let item = items.entry(p.digest).or_insert_with(|| MirrorItem {
             digest: p.digest,
