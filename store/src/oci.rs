@@ -905,9 +905,12 @@ impl std::str::FromStr for Reference {
                 "the part before the first / must be a registry host (with a dot or a port); hermit has no default registry",
             ));
         }
-        if repository.contains(':') {
-            return Err(err("a tag cannot be combined with a digest; drop the :TAG"));
-        }
+        // `NAME:TAG@sha256:…`: the digest pins the image; the tag is only a
+        // reminder for people and is not used.
+        let repository = match repository.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => name,
+            _ => repository,
+        };
         if repository.is_empty()
             || !repository
                 .bytes()
@@ -1240,9 +1243,8 @@ mod tests {
             .parse::<Reference>()
             .is_err());
         assert!(format!("busybox@{d}").parse::<Reference>().is_err());
-        assert!(format!("reg.example/busybox:1@{d}")
-            .parse::<Reference>()
-            .is_err());
+        let tagged: Reference = format!("reg.example/busybox:1@{d}").parse().unwrap();
+        assert_eq!(tagged.repository, "busybox");
         let e = "reg.example/x@sha256:zz"
             .parse::<Reference>()
             .unwrap_err()
