@@ -436,6 +436,30 @@ mod tests {
     }
 
     #[test]
+    fn gc_keeps_imported_images_and_collects_trees() {
+        let home = tempfile::tempdir().unwrap();
+        let store = Store::open(home.path()).unwrap();
+        let layer = store
+            .add_reader(&mut &b"layer"[..], "t", None, None)
+            .unwrap();
+        let images = store.base().join("images");
+        fs::create_dir_all(&images).unwrap();
+        fs::write(
+            images.join("x.json"),
+            format!("{{\"layers\":[{{\"digest\":\"{layer}\"}}]}}"),
+        )
+        .unwrap();
+        let src = tempfile::tempdir().unwrap();
+        fs::write(src.path().join("f"), b"tree file").unwrap();
+        let tree = store.add_path(src.path()).unwrap().digest;
+        let report = store.gc().unwrap();
+        assert_eq!(report.removed, vec![(EntryKind::Tree, tree)]);
+        assert_eq!(report.freed_bytes, 9);
+        assert!(store.blob(&layer).is_some());
+        assert!(!store.tree_path(&tree).exists());
+    }
+
+    #[test]
     fn verify_names_corrupt_blob() {
         let home = tempfile::tempdir().unwrap();
         let store = Store::open(home.path()).unwrap();

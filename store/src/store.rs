@@ -66,7 +66,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Size of the buffers used to read and hash files: large enough that the
 /// per-call overhead vanishes next to sha256, small enough to stay in L2/L3.
-pub const IO_BUF: usize = 1 << 20;
+pub const IO_BUF: usize = 1 << 18;
 
 /// A file whose status last changed more than this many seconds ago is
 /// "settled" (see [`Store::add_file`]).

@@ -611,7 +611,15 @@ pub fn extract_zip<R: Read + Seek>(
         let mut f = zip.by_index(i).map_err(corrupt)?;
         let path = f.name_raw().to_vec();
         let mode = f.unix_mode();
-        let mtime = f.last_modified().map(zip_time);
+        // Prefer the exact Unix mtime (extended timestamp field) over the
+        // 2-second, zone-less MS-DOS time.
+        let mtime = f
+            .extra_data_fields()
+            .find_map(|e| match e {
+                zip::ExtraField::ExtendedTimestamp(t) => t.mod_time().map(u64::from),
+                _ => None,
+            })
+            .or_else(|| f.last_modified().map(zip_time));
         let ftype = mode.map(|m| m & 0o170000).unwrap_or(0);
         let kind = if f.is_dir() || ftype == 0o040000 {
             In::Dir { mtime }

@@ -416,10 +416,22 @@ fn gc_waits_for_a_process_holding_the_store_lock() {
     let mut holder = Command::new("flock")
         .args(["-s"])
         .arg(home.join("v1/store.lock"))
-        .args(["sleep", "1.5"])
+        .args(["sleep", "2"])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Wait until the holder really holds it (an exclusive try fails).
+    let lock = home.join("v1/store.lock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while run(Command::new("flock")
+        .args(["-n", "-x"])
+        .arg(&lock)
+        .arg("true"))
+    .status
+    .success()
+    {
+        assert!(Instant::now() < deadline, "flock never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let start = Instant::now();
     let o = run(hermit(&home).args(["store", "gc"]));
     let waited = start.elapsed();
