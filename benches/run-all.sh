@@ -1,0 +1,8 @@
+#!/bin/sh
+# Runs every benchmark against target/release/hermit; each prints its own ratios.
+set -eu
+cd "$(dirname "$0")/.."
+for b in store unpack fetch normalize sandbox build; do
+  echo "== benches/$b.sh"
+  bash "benches/$b.sh"
+done
