@@ -466,3 +466,58 @@ fn example_hello_is_reproducible_with_a_debian_toolchain() {
         both(&o)
     );
 }
+
+#[test]
+fn build_over_an_image_pulled_by_digest_from_a_registry() {
+    use crate::image::{skopeo, start_registry};
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    busybox_layout(&layout);
+    let reg = start_registry();
+    let name = format!("127.0.0.1:{}/hermit/busybox", reg.port);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{name}:latest"),
+    ]);
+    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{name}:latest"),
+    ]))
+    .unwrap();
+    let digest = inspect["Digest"].as_str().unwrap().to_string();
+    let write_spec = |d: &str| {
+        let spec = t.path().join("spec.toml");
+        fs::write(
+            &spec,
+            format!(
+                "[package]\nname = \"pulled\"\nversion = \"1\"\n[toolchain]\nimage = \"{name}@{d}\"\n[build]\nscript = \"echo from-registry > $out/x\"\n"
+            ),
+        )
+        .unwrap();
+        let _ = fs::remove_file(t.path().join("hermit.lock"));
+        spec
+    };
+    let spec = write_spec(&digest);
+    let v = build_json(&t.path().join("home"), &spec, &[]);
+    let out = PathBuf::from(v["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.join("x")).unwrap(),
+        "from-registry\n"
+    );
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(record["image"]["manifest"], digest);
+
+    // A digest the registry does not have: refused, nothing built.
+    let wrong = format!("sha256:{}", "3".repeat(64));
+    let spec = write_spec(&wrong);
+    let o = run(hermit(&t.path().join("home2")).arg("build").arg(&spec));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains(&wrong) && err.contains("404"), "{err}");
+    assert!(!t.path().join("home2/v1/outputs").exists());
+}

@@ -86,7 +86,7 @@ pub fn busybox_layout(dir: &Path) -> String {
     manifest_d
 }
 
-fn skopeo(args: &[&str]) -> String {
+pub fn skopeo(args: &[&str]) -> String {
     let o = run(Command::new("skopeo").args(args));
     assert!(o.status.success(), "skopeo {args:?}: {}", both(&o));
     String::from_utf8(o.stdout).unwrap()
@@ -220,9 +220,9 @@ fn import_skopeo_oci_archive_and_docker_archive() {
     assert!(out.contains(&format!("layer    {diff_id}")), "{out}");
 }
 
-struct Registry {
+pub struct Registry {
     child: Child,
-    port: u16,
+    pub port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -235,7 +235,7 @@ impl Drop for Registry {
 
 /// Starts Debian's docker-registry (distribution) on 127.0.0.1 with its
 /// storage in a temp dir.
-fn start_registry() -> Registry {
+pub fn start_registry() -> Registry {
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
