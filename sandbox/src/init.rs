@@ -71,10 +71,16 @@ pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) 
         );
     }
     // The helper holds the write end for as long as it lives: a hang-up means
-    // it died before the death signal was armed.
+    // it died before the death signal was armed. (Readable data is the go
+    // signal below, and means the helper is alive.)
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
-    if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-        sys::exit_now(125);
+    if let Ok(n) = poll(&mut fds, PollTimeout::ZERO) {
+        let hup = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP) && !r.contains(PollFlags::POLLIN));
+        if n > 0 && hup {
+            sys::exit_now(125);
+        }
     }
 
     if let Err(f) = setup::setup(&input.ops) {
@@ -94,6 +100,22 @@ pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) 
         die(&status, f, 125);
     }
 
+    // Wait for the helper's go: init is in the pids cgroup (if any), so the
+    // command will be too. End of file: the helper died.
+    let mut go = [0u8; 1];
+    loop {
+        match nix::unistd::read(&lifeline, &mut go) {
+            Ok(1) => break,
+            Err(Errno::EINTR) => continue,
+            _ => sys::exit_now(125),
+        }
+    }
+    // A cgroup namespace rooted at the cgroup init is now in: the build sees
+    // `/`, not which slot it got.
+    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+        let f = SetupFailure::new("root the cgroup namespace", "unshare", None, Some(e));
+        die(&status, f, 125);
+    }
     let cmd = match sys::fork_single_threaded() {
         Ok(ForkResult::Child) => command_main(spec, &status),
         Ok(ForkResult::Parent { child }) => child,

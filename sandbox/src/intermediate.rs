@@ -32,8 +32,8 @@ use crate::outcome::SetupFailure;
 use crate::protocol::{read_input, send, HelperInput, Message};
 use crate::{init, sys};
 
-/// Namespaces every sandbox gets.
-pub const NAMESPACES: [(&str, CloneFlags); 7] = [
+/// Namespaces every sandbox gets ([`crate::NAMESPACES`] names them).
+const NAMESPACES: [(&str, CloneFlags); 7] = [
     ("user", CloneFlags::CLONE_NEWUSER),
     ("mount", CloneFlags::CLONE_NEWNS),
     ("pid", CloneFlags::CLONE_NEWPID),
@@ -87,18 +87,29 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
     {
         return 125;
     }
-    if let Some(cg) = &input.cgroup {
-        let procs = cg.join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            return fail(SetupFailure::new(
-                "join the pids cgroup",
-                "write",
-                Some(procs),
-                Some(errno),
-            ));
+    // The pids cgroup is joined by init, not by this process: moving a task
+    // into a cgroup v1 hierarchy waits for an RCU grace period (milliseconds),
+    // so it is done while init builds the filesystem, and init starts the
+    // command only once it is in. The file is opened now, from the host's
+    // view of /sys.
+    let cgroup_procs = match &input.cgroup {
+        None => None,
+        Some(cg) => {
+            let procs = cg.join("cgroup.procs");
+            match std::fs::OpenOptions::new().write(true).open(&procs) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+                    return fail(SetupFailure::new(
+                        "join the pids cgroup",
+                        "open",
+                        Some(procs),
+                        Some(errno),
+                    ));
+                }
+            }
         }
-    }
+    };
     if nix::unistd::geteuid().is_root() {
         // Drop root's supplementary groups while we may (inside they would
         // show up as `nogroup`).
@@ -165,7 +176,24 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
         Err(e) => return fail(SetupFailure::new("start init", "fork", None, Some(e))),
     };
     drop(lifeline_r);
+    if let Some(mut procs) = cgroup_procs {
+        use std::io::Write;
+        if let Err(e) = procs.write_all(init.as_raw().to_string().as_bytes()) {
+            let _ = kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            let path = input.cgroup.map(|c| c.join("cgroup.procs"));
+            return fail(SetupFailure::new(
+                "join the pids cgroup",
+                "write",
+                path,
+                Some(errno),
+            ));
+        }
+    }
     drop(input);
+    // Tell init it may start the command.
+    let _ = nix::unistd::write(&lifeline_w, b"g");
     let code = wait_init(init, &signals);
     drop(lifeline_w);
     code

@@ -47,6 +47,9 @@ pub use plan::{plan, Op};
 pub use run::{run, run_with_helper, RunError};
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 
+/// The namespaces every sandbox gets, by name (for records).
+pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "uts", "ipc", "cgroup"];
+
 /// The hidden first argument that turns hermit into the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox-init";
 /// The hidden first argument for `hermit doctor`'s probes.
