@@ -511,9 +511,27 @@ fn drain(f: &fs::File) -> Vec<u8> {
 struct SafetyCgroup(PathBuf);
 impl SafetyCgroup {
     const MAX: usize = 2048;
+    /// In cgroup v1's pids hierarchy, else directly under the cgroup v2
+    /// root (the test runs as root in CI; the root's children may use pids).
     fn new(tag: &str) -> SafetyCgroup {
-        let dir = PathBuf::from("/sys/fs/cgroup/pids").join(tag);
-        fs::create_dir(&dir).expect("create a pids cgroup as the fork bomb's safety net");
+        let v1 = Path::new("/sys/fs/cgroup/pids");
+        let dir = if v1.join("cgroup.procs").exists() {
+            v1.join(tag)
+        } else {
+            let v2 = Path::new("/sys/fs/cgroup");
+            let ctl = v2.join("cgroup.subtree_control");
+            let enabled = fs::read_to_string(&ctl).unwrap_or_default();
+            if !enabled.split_whitespace().any(|c| c == "pids") {
+                fs::write(&ctl, "+pids").expect("enable the pids controller at the cgroup v2 root");
+            }
+            v2.join(tag)
+        };
+        fs::create_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "create the pids cgroup {} as the fork bomb's safety net: {e}",
+                dir.display()
+            )
+        });
         fs::write(dir.join("pids.max"), Self::MAX.to_string()).unwrap();
         SafetyCgroup(dir)
     }
