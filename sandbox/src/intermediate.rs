@@ -20,7 +20,7 @@
 //! - IPC: no System V IPC or POSIX message queues shared with the host;
 //! - cgroup: the build sees its own cgroup as the root, not the host's tree.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
@@ -45,13 +45,7 @@ const NAMESPACES: [(&str, CloneFlags); 7] = [
 
 fn fd_arg(a: Option<&std::ffi::OsString>) -> Option<OwnedFd> {
     let n: i32 = a?.to_str()?.parse().ok()?;
-    if n < 3 {
-        return None;
-    }
-    // SAFETY: hermit passes the numbers of the two pipe ends it left open for
-    // us (and nothing else uses them in this freshly executed process); each
-    // is owned exactly once here.
-    Some(unsafe { OwnedFd::from_raw_fd(n) })
+    sys::inherited_fd(n)
 }
 
 /// Runs the helper. `args` are the arguments after the hidden subcommand.
