@@ -8,8 +8,8 @@
 //! |---|---|---|
 //! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
 //! | [`plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
-//! | `run.rs` | hermit (main) | plans, re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
-//! | `intermediate.rs` | the helper | joins the pids cgroup, unshares the namespaces, maps the uid, forks init |
+//! | `run.rs` | hermit (main) | plans, forks (single-threaded caller) or re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
+//! | `intermediate.rs` | the helper | unshares the namespaces, maps the uid, forks init, moves it into the pids cgroup |
 //! | `init.rs` | init (pid 1) | carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
@@ -21,10 +21,11 @@
 //!
 //! `clone`/`unshare(CLONE_NEWUSER)` need a single-threaded process, and the
 //! process that forks the init must outlive it (PR_SET_PDEATHSIG follows the
-//! parent *thread*). So [`run`] re-executes the current binary with a hidden
-//! first argument ([`HELPER_ARG`]); the binary's `main` must call
-//! [`enter_if_requested`] before anything else (before clap, tokio or any
-//! thread). Processes: hermit → helper → init (pid 1) → command (pid 2).
+//! parent *thread*). A single-threaded caller is simply forked; otherwise
+//! [`run`] re-executes the current binary with a hidden first argument
+//! ([`HELPER_ARG`]), so the binary's `main` must call [`enter_if_requested`]
+//! before anything else (before clap, tokio or any thread). Processes:
+//! hermit → helper → init (pid 1) → command (pid 2).
 //!
 //! Nothing in this crate prints, except the helper when it is started by
 //! hand with bad arguments.
