@@ -7,7 +7,7 @@
 //! | file | runs in | does |
 //! |---|---|---|
 //! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
-//! | [`plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
+//! | [`mod@plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
 //! | `run.rs` | hermit (main) | plans, forks (single-threaded caller) or re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
 //! | `intermediate.rs` | the helper | unshares the namespaces, maps the uid, forks init, moves it into the pids cgroup |
 //! | `init.rs` | init (pid 1) | carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
@@ -58,7 +58,7 @@ pub const PROBE_ARG: &str = "__sandbox-probe";
 
 /// Call first thing in `main`: when this process is a sandbox helper or a
 /// doctor probe, runs it and returns the exit code to leave with; otherwise
-/// returns `None` at once (one look at argv[1]).
+/// returns `None` at once (one look at `argv[1]`).
 pub fn enter_if_requested() -> Option<u8> {
     let mut args = std::env::args_os().skip(1);
     let first = args.next()?;
