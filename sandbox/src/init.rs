@@ -54,7 +54,12 @@ fn die(status: &OwnedFd, failure: SetupFailure, code: i32) -> ! {
 }
 
 /// pid 1. Never returns.
-pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) -> ! {
+pub(crate) fn init_main(
+    input: HelperInput,
+    status: OwnedFd,
+    lifeline: OwnedFd,
+    cgroup: Option<(std::fs::File, std::path::PathBuf)>,
+) -> ! {
     // Not dumpable: the build (same uid) must not read init's environment
     // (hermit's, from the host), memory, cwd or root through /proc/1. The
     // command becomes dumpable again when it executes.
@@ -71,8 +76,7 @@ pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) 
         );
     }
     // The helper holds the write end for as long as it lives: a hang-up means
-    // it died before the death signal was armed. (Readable data is the go
-    // signal below, and means the helper is alive.)
+    // it died before the death signal was armed.
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
     if let Ok(n) = poll(&mut fds, PollTimeout::ZERO) {
         let hup = fds[0]
@@ -80,6 +84,21 @@ pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) 
             .is_some_and(|r| r.contains(PollFlags::POLLHUP) && !r.contains(PollFlags::POLLIN));
         if n > 0 && hup {
             sys::exit_now(125);
+        }
+    }
+
+    if let Some((mut file, path)) = cgroup {
+        use std::io::Write;
+        if let Err(e) = file.write_all(b"0") {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            let f = SetupFailure::new("join the pids cgroup", "write", Some(path), Some(errno));
+            die(&status, f, 125);
+        }
+        // A cgroup namespace rooted at the slot: the build sees `/`, not
+        // which slot it got.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+            let f = SetupFailure::new("root the cgroup namespace", "unshare", None, Some(e));
+            die(&status, f, 125);
         }
     }
 
@@ -100,22 +119,6 @@ pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) 
         die(&status, f, 125);
     }
 
-    // Wait for the helper's go: init is in the pids cgroup (if any), so the
-    // command will be too. End of file: the helper died.
-    let mut go = [0u8; 1];
-    loop {
-        match nix::unistd::read(&lifeline, &mut go) {
-            Ok(1) => break,
-            Err(Errno::EINTR) => continue,
-            _ => sys::exit_now(125),
-        }
-    }
-    // A cgroup namespace rooted at the cgroup init is now in: the build sees
-    // `/`, not which slot it got.
-    if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
-        let f = SetupFailure::new("root the cgroup namespace", "unshare", None, Some(e));
-        die(&status, f, 125);
-    }
     let cmd = match sys::fork_single_threaded() {
         Ok(ForkResult::Child) => command_main(spec, &status),
         Ok(ForkResult::Parent { child }) => child,

@@ -81,23 +81,28 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
     {
         return 125;
     }
-    // The pids cgroup is joined by init, not by this process: moving a task
-    // into a cgroup v1 hierarchy waits for an RCU grace period (milliseconds),
-    // so it is done while init builds the filesystem, and init starts the
-    // command only once it is in. The file is opened now, from the host's
-    // view of /sys.
-    let cgroup_procs = match &input.cgroup {
+    // The pids cgroup is joined by init itself, first thing: a process that
+    // writes `0` to a cgroup v1 `tasks` file moves its one thread without
+    // taking the global threadgroup lock, which would cost an RCU grace
+    // period (milliseconds) — moving a whole process through `cgroup.procs`
+    // does. The file is opened now, from the host's view of /sys.
+    let cgroup_file = match &input.cgroup {
         None => None,
         Some(cg) => {
-            let procs = cg.join("cgroup.procs");
-            match std::fs::OpenOptions::new().write(true).open(&procs) {
-                Ok(f) => Some(f),
+            let tasks = cg.join("tasks");
+            let file = if tasks.exists() {
+                tasks
+            } else {
+                cg.join("cgroup.procs")
+            };
+            match std::fs::OpenOptions::new().write(true).open(&file) {
+                Ok(f) => Some((f, file)),
                 Err(e) => {
                     let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
                     return fail(SetupFailure::new(
                         "join the pids cgroup",
                         "open",
-                        Some(procs),
+                        Some(file),
                         Some(errno),
                     ));
                 }
@@ -164,30 +169,14 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
     let init = match sys::fork_single_threaded() {
         Ok(ForkResult::Child) => {
             drop(lifeline_w);
-            init::init_main(input, status, lifeline_r)
+            init::init_main(input, status, lifeline_r, cgroup_file)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return fail(SetupFailure::new("start init", "fork", None, Some(e))),
     };
     drop(lifeline_r);
-    if let Some(mut procs) = cgroup_procs {
-        use std::io::Write;
-        if let Err(e) = procs.write_all(init.as_raw().to_string().as_bytes()) {
-            let _ = kill(init, Signal::SIGKILL);
-            let _ = waitpid(init, None);
-            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            let path = input.cgroup.map(|c| c.join("cgroup.procs"));
-            return fail(SetupFailure::new(
-                "join the pids cgroup",
-                "write",
-                path,
-                Some(errno),
-            ));
-        }
-    }
+    drop(cgroup_file);
     drop(input);
-    // Tell init it may start the command.
-    let _ = nix::unistd::write(&lifeline_w, b"g");
     let code = wait_init(init, &signals);
     drop(lifeline_w);
     code

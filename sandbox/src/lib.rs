@@ -9,8 +9,8 @@
 //! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
 //! | [`mod@plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
 //! | `run.rs` | hermit (main) | plans, forks (single-threaded caller) or re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
-//! | `intermediate.rs` | the helper | unshares the namespaces, maps the uid, forks init, moves it into the pids cgroup |
-//! | `init.rs` | init (pid 1) | carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
+//! | `intermediate.rs` | the helper | opens the pids cgroup, unshares the namespaces, maps the uid, forks init |
+//! | `init.rs` | init (pid 1) | joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
 //! | `cgroup.rs` | hermit | the per-sandbox pids cgroup, where allowed |

@@ -90,10 +90,10 @@ pub struct Limits {
     /// RLIMIT_FSIZE: largest file the command may write, in bytes.
     pub max_file_size: Option<u64>,
     /// Also bound `max_processes` with a pids cgroup of its own, where hermit
-    /// may create one. Off by default: RLIMIT_NPROC is exact on Linux ≥ 5.14,
-    /// and moving a process into a cgroup v1 hierarchy costs ~10 ms (an RCU
-    /// grace period). Always on for older kernels, where RLIMIT_NPROC counts
-    /// all of the caller's processes and exempts root.
+    /// may create one. Off by default for non-root callers: RLIMIT_NPROC is
+    /// exact on Linux ≥ 5.14. Always on for root callers (the kernel never
+    /// applies RLIMIT_NPROC to host uid 0) and on older kernels, where
+    /// RLIMIT_NPROC counts all of the caller's processes.
     #[serde(default)]
     pub pids_cgroup: bool,
 }
