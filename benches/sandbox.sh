@@ -17,6 +17,9 @@
 #     build directly on the host; 5 interleaved builds each, medians and their
 #     ratio (target: <= 1.03x).
 #
+# ONLY=a or ONLY=b runs one part; FILES and BUILDS change part (b)'s size.
+# With hyperfine installed, part (a) is also measured by it (sequential
+# batches, as a second opinion on the interleaved loop).
 # Everything is made under a tmpfs (/dev/shm) and removed at the end.
 set -euo pipefail
 
@@ -24,6 +27,7 @@ HERMIT=${1:-target/release/hermit}
 RUNS=${2:-30}
 BUILDS=${BUILDS:-5}
 FILES=${FILES:-200}
+ONLY=${ONLY:-ab}
 
 die() { echo "error: $*" >&2; exit 1; }
 [ -x "$HERMIT" ] || die "$HERMIT is not an executable; build it with: cargo build --release -p hermit"
@@ -58,6 +62,7 @@ check() {
 }
 
 # --- (a) start-up + teardown -------------------------------------------------
+if [[ $ONLY == *a* ]]; then
 ROOT=$WORK/busybox-root
 mkdir -p "$ROOT"/{bin,etc,tmp,build,out,proc,dev,sources}
 # like any image, the root has its own /etc files (the sandbox replaces them)
@@ -88,8 +93,20 @@ echo "(a) start-up + teardown of /bin/true, median of $RUNS interleaved runs"
 echo "    hermit sandbox: ${A_HERMIT} ms"
 echo "    bwrap:          ${A_BWRAP} ms"
 echo "    ratio:          $(ratio "$A_HERMIT" "$A_BWRAP")x (target <= 1.2x)"
+if command -v hyperfine >/dev/null; then
+    hyperfine -N -w 3 -r "$RUNS" --export-json "$WORK/a.json" \
+        "${HERMIT_TRUE[*]}" "${BWRAP_TRUE[*]}" >/dev/null 2>&1
+    read -r H_MED B_MED < <(python3 -c '
+import json, sys
+r = json.load(open(sys.argv[1]))["results"]
+print(r[0]["median"] * 1e3, r[1]["median"] * 1e3)' "$WORK/a.json")
+    printf '    hyperfine medians: hermit %.2f ms, bwrap %.2f ms, ratio %sx\n' \
+        "$H_MED" "$B_MED" "$(ratio "$H_MED" "$B_MED")"
+fi
+fi
 
 # --- (b) a C build -----------------------------------------------------------
+[[ $ONLY == *b* ]] || exit 0
 PROJ=$WORK/proj
 mkdir -p "$PROJ"
 for ((f = 0; f < FILES; f++)); do

@@ -54,7 +54,12 @@ fn die(status: &OwnedFd, failure: SetupFailure, code: i32) -> ! {
 }
 
 /// pid 1. Never returns.
-pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) -> ! {
+pub(crate) fn init_main(
+    input: HelperInput,
+    status: OwnedFd,
+    lifeline: OwnedFd,
+    cgroup: Option<(std::fs::File, std::path::PathBuf)>,
+) -> ! {
     // Not dumpable: the build (same uid) must not read init's environment
     // (hermit's, from the host), memory, cwd or root through /proc/1. The
     // command becomes dumpable again when it executes.
@@ -73,8 +78,28 @@ pub(crate) fn init_main(input: HelperInput, status: OwnedFd, lifeline: OwnedFd) 
     // The helper holds the write end for as long as it lives: a hang-up means
     // it died before the death signal was armed.
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
-    if matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
-        sys::exit_now(125);
+    if let Ok(n) = poll(&mut fds, PollTimeout::ZERO) {
+        let hup = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP) && !r.contains(PollFlags::POLLIN));
+        if n > 0 && hup {
+            sys::exit_now(125);
+        }
+    }
+
+    if let Some((mut file, path)) = cgroup {
+        use std::io::Write;
+        if let Err(e) = file.write_all(b"0") {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            let f = SetupFailure::new("join the pids cgroup", "write", Some(path), Some(errno));
+            die(&status, f, 125);
+        }
+        // A cgroup namespace rooted at the slot: the build sees `/`, not
+        // which slot it got.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
+            let f = SetupFailure::new("root the cgroup namespace", "unshare", None, Some(e));
+            die(&status, f, 125);
+        }
     }
 
     if let Err(f) = setup::setup(&input.ops) {

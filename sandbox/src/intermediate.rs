@@ -20,7 +20,7 @@
 //! - IPC: no System V IPC or POSIX message queues shared with the host;
 //! - cgroup: the build sees its own cgroup as the root, not the host's tree.
 
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
@@ -32,8 +32,8 @@ use crate::outcome::SetupFailure;
 use crate::protocol::{read_input, send, HelperInput, Message};
 use crate::{init, sys};
 
-/// Namespaces every sandbox gets.
-pub const NAMESPACES: [(&str, CloneFlags); 7] = [
+/// Namespaces every sandbox gets ([`crate::NAMESPACES`] names them).
+const NAMESPACES: [(&str, CloneFlags); 7] = [
     ("user", CloneFlags::CLONE_NEWUSER),
     ("mount", CloneFlags::CLONE_NEWNS),
     ("pid", CloneFlags::CLONE_NEWPID),
@@ -45,13 +45,7 @@ pub const NAMESPACES: [(&str, CloneFlags); 7] = [
 
 fn fd_arg(a: Option<&std::ffi::OsString>) -> Option<OwnedFd> {
     let n: i32 = a?.to_str()?.parse().ok()?;
-    if n < 3 {
-        return None;
-    }
-    // SAFETY: hermit passes the numbers of the two pipe ends it left open for
-    // us (and nothing else uses them in this freshly executed process); each
-    // is owned exactly once here.
-    Some(unsafe { OwnedFd::from_raw_fd(n) })
+    sys::inherited_fd(n)
 }
 
 /// Runs the helper. `args` are the arguments after the hidden subcommand.
@@ -87,18 +81,34 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
     {
         return 125;
     }
-    if let Some(cg) = &input.cgroup {
-        let procs = cg.join("cgroup.procs");
-        if let Err(e) = std::fs::write(&procs, std::process::id().to_string()) {
-            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            return fail(SetupFailure::new(
-                "join the pids cgroup",
-                "write",
-                Some(procs),
-                Some(errno),
-            ));
+    // The pids cgroup is joined by init itself, first thing: a process that
+    // writes `0` to a cgroup v1 `tasks` file moves its one thread without
+    // taking the global threadgroup lock, which would cost an RCU grace
+    // period (milliseconds) — moving a whole process through `cgroup.procs`
+    // does. The file is opened now, from the host's view of /sys.
+    let cgroup_file = match &input.cgroup {
+        None => None,
+        Some(cg) => {
+            let tasks = cg.join("tasks");
+            let file = if tasks.exists() {
+                tasks
+            } else {
+                cg.join("cgroup.procs")
+            };
+            match std::fs::OpenOptions::new().write(true).open(&file) {
+                Ok(f) => Some((f, file)),
+                Err(e) => {
+                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+                    return fail(SetupFailure::new(
+                        "join the pids cgroup",
+                        "open",
+                        Some(file),
+                        Some(errno),
+                    ));
+                }
+            }
         }
-    }
+    };
     if nix::unistd::geteuid().is_root() {
         // Drop root's supplementary groups while we may (inside they would
         // show up as `nogroup`).
@@ -159,12 +169,13 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
     let init = match sys::fork_single_threaded() {
         Ok(ForkResult::Child) => {
             drop(lifeline_w);
-            init::init_main(input, status, lifeline_r)
+            init::init_main(input, status, lifeline_r, cgroup_file)
         }
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => return fail(SetupFailure::new("start init", "fork", None, Some(e))),
     };
     drop(lifeline_r);
+    drop(cgroup_file);
     drop(input);
     let code = wait_init(init, &signals);
     drop(lifeline_w);

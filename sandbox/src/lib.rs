@@ -7,10 +7,10 @@
 //! | file | runs in | does |
 //! |---|---|---|
 //! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
-//! | [`plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
-//! | `run.rs` | hermit (main) | plans, re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
-//! | `intermediate.rs` | the helper | joins the pids cgroup, unshares the namespaces, maps the uid, forks init |
-//! | `init.rs` | init (pid 1) | carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
+//! | [`mod@plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
+//! | `run.rs` | hermit (main) | plans, forks (single-threaded caller) or re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
+//! | `intermediate.rs` | the helper | opens the pids cgroup, unshares the namespaces, maps the uid, forks init |
+//! | `init.rs` | init (pid 1) | joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
 //! | `cgroup.rs` | hermit | the per-sandbox pids cgroup, where allowed |
@@ -21,10 +21,11 @@
 //!
 //! `clone`/`unshare(CLONE_NEWUSER)` need a single-threaded process, and the
 //! process that forks the init must outlive it (PR_SET_PDEATHSIG follows the
-//! parent *thread*). So [`run`] re-executes the current binary with a hidden
-//! first argument ([`HELPER_ARG`]); the binary's `main` must call
-//! [`enter_if_requested`] before anything else (before clap, tokio or any
-//! thread). Processes: hermit → helper → init (pid 1) → command (pid 2).
+//! parent *thread*). A single-threaded caller is simply forked; otherwise
+//! [`run`] re-executes the current binary with a hidden first argument
+//! ([`HELPER_ARG`]), so the binary's `main` must call [`enter_if_requested`]
+//! before anything else (before clap, tokio or any thread). Processes:
+//! hermit → helper → init (pid 1) → command (pid 2).
 //!
 //! Nothing in this crate prints, except the helper when it is started by
 //! hand with bad arguments.
@@ -47,6 +48,9 @@ pub use plan::{plan, Op};
 pub use run::{run, run_with_helper, RunError};
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 
+/// The namespaces every sandbox gets, by name (for records).
+pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "uts", "ipc", "cgroup"];
+
 /// The hidden first argument that turns hermit into the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox-init";
 /// The hidden first argument for `hermit doctor`'s probes.
@@ -54,7 +58,7 @@ pub const PROBE_ARG: &str = "__sandbox-probe";
 
 /// Call first thing in `main`: when this process is a sandbox helper or a
 /// doctor probe, runs it and returns the exit code to leave with; otherwise
-/// returns `None` at once (one look at argv[1]).
+/// returns `None` at once (one look at `argv[1]`).
 pub fn enter_if_requested() -> Option<u8> {
     let mut args = std::env::args_os().skip(1);
     let first = args.next()?;

@@ -1,5 +1,5 @@
 //! The recipe: a [`SandboxSpec`] becomes an ordered list of filesystem
-//! operations ([`Op`]) that [`crate::setup`] carries out one by one inside
+//! operations ([`Op`]) that init carries out (`setup.rs`) one by one inside
 //! the new mount namespace. Planning is pure — it reads no file — so the list
 //! can be unit-tested and recorded.
 //!

@@ -181,8 +181,20 @@ fn cgroups() -> Check {
     };
     let detail = match crate::cgroup::create(16) {
         Ok(cg) => format!(
-            "{version}: per-sandbox pids cgroups under {} (plus RLIMIT_NPROC)",
-            cg.path.parent().unwrap_or(Path::new("/")).display()
+            "{version}: per-sandbox pids cgroups under {} (used {}); RLIMIT_NPROC {}",
+            cg.path.parent().unwrap_or(Path::new("/")).display(),
+            if !crate::cgroup::nproc_is_per_userns() {
+                "always"
+            } else if nix::unistd::geteuid().is_root() {
+                "for every sandbox: RLIMIT_NPROC does not bind host root"
+            } else {
+                "with --pids-cgroup"
+            },
+            if crate::cgroup::nproc_is_per_userns() {
+                "counts per user namespace (Linux ≥ 5.14)"
+            } else {
+                "counts all of the caller's processes (Linux < 5.14)"
+            },
         ),
         Err(why) => {
             format!("{version}: {why}; fork bombs are bounded by RLIMIT_NPROC alone")

@@ -89,6 +89,13 @@ pub struct Limits {
     pub max_open_files: Option<u64>,
     /// RLIMIT_FSIZE: largest file the command may write, in bytes.
     pub max_file_size: Option<u64>,
+    /// Also bound `max_processes` with a pids cgroup of its own, where hermit
+    /// may create one. Off by default for non-root callers: RLIMIT_NPROC is
+    /// exact on Linux ≥ 5.14. Always on for root callers (the kernel never
+    /// applies RLIMIT_NPROC to host uid 0) and on older kernels, where
+    /// RLIMIT_NPROC counts all of the caller's processes.
+    #[serde(default)]
+    pub pids_cgroup: bool,
 }
 
 impl Default for Limits {
@@ -97,6 +104,7 @@ impl Default for Limits {
             max_processes: Some(DEFAULT_MAX_PROCESSES),
             max_open_files: Some(DEFAULT_MAX_OPEN_FILES),
             max_file_size: None,
+            pids_cgroup: false,
         }
     }
 }

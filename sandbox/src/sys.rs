@@ -227,3 +227,16 @@ pub fn set_cmdline(title: &str) {
         }
     }
 }
+
+/// Takes ownership of descriptor `n`, one of the two pipe ends hermit left
+/// open for a re-executed helper (their numbers come on the command line).
+pub fn inherited_fd(n: i32) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; any integer is fine.
+    if n < 3 || unsafe { libc::fcntl(n, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: `n` is open (checked above) and was left open by hermit for
+    // this freshly executed process, where nothing else owns it; the helper
+    // takes each number once.
+    Some(unsafe { OwnedFd::from_raw_fd(n) })
+}

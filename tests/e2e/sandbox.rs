@@ -22,6 +22,7 @@ both_users!(
     etc_files_synthesised,
     env_exactly_profile_v1,
     env_flag_adds_variables,
+    stdio_passthrough,
     umask_022,
     cwd_flag,
     proc_is_fresh,
@@ -174,14 +175,50 @@ fn env_exactly_profile_v1(who: As) {
 fn env_flag_adds_variables(who: As) {
     let out = ok_stdout(&run(
         who,
-        &["--env", "FOO=bar baz", "--env", "EMPTY="],
+        &[
+            "--env",
+            "FOO=bar baz",
+            "--env",
+            "EMPTY=",
+            "--env",
+            "WITH=equals=sign",
+            "--env",
+            "TERM=xterm",
+        ],
         &["/bin/env"],
     ));
     let actual = parse_env(&out);
     let mut want = expected_env(&actual);
     want.insert("FOO".into(), "bar baz".into());
     want.insert("EMPTY".into(), String::new());
+    want.insert("WITH".into(), "equals=sign".into());
+    // A profile variable given again is replaced, not doubled.
+    want.insert("TERM".into(), "xterm".into());
     assert_eq!(actual, want, "whole environment:\n{out}");
+    assert_eq!(out.matches("TERM=").count(), 1, "{out}");
+}
+
+fn stdio_passthrough(who: As) {
+    let mut c = who.sandbox(
+        Vec::<&str>::new(),
+        ["/bin/sh", "-c", "tr a-z A-Z; echo to-stderr >&2"],
+    );
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"hello from the host\n").unwrap();
+    }
+    let o = crate::fixtures::wait_within(child, Duration::from_secs(60));
+    assert_eq!(ok_stdout(&o), "HELLO FROM THE HOST\n");
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("to-stderr\n"),
+        "{}",
+        both(&o)
+    );
 }
 
 fn umask_022(who: As) {

@@ -44,6 +44,9 @@ pub struct SandboxArgs {
     /// Most processes the command may have at once (bounds fork bombs)
     #[arg(long, value_name = "N", default_value_t = hermit_sandbox::spec::DEFAULT_MAX_PROCESSES)]
     max_procs: u32,
+    /// Also bound --max-procs with a pids cgroup, where hermit may create one
+    #[arg(long)]
+    pids_cgroup: bool,
     /// Size limit of /tmp, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = hermit_sandbox::spec::DEFAULT_TMP_SIZE)]
     tmp_size: u64,
@@ -123,6 +126,7 @@ fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
     spec.hostname = a.hostname;
     spec.aslr = a.aslr;
     spec.limits.max_processes = Some(a.max_procs);
+    spec.limits.pids_cgroup = a.pids_cgroup;
     spec.timeout = match a.timeout {
         None => None,
         Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
