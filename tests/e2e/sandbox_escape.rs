@@ -560,6 +560,15 @@ impl SafetyCgroup {
 impl Drop for SafetyCgroup {
     fn drop(&mut self) {
         for _ in 0..50 {
+            // hermit's reusable `hermit-slot-*` cgroups live below this one;
+            // empty child cgroups go first, or the parent cannot be removed.
+            if let Ok(children) = fs::read_dir(&self.0) {
+                for c in children.flatten() {
+                    if c.file_type().is_ok_and(|t| t.is_dir()) {
+                        let _ = fs::remove_dir(c.path());
+                    }
+                }
+            }
             if fs::remove_dir(&self.0).is_ok() {
                 return;
             }
