@@ -18,8 +18,13 @@
 //!     ├── unpacked/<key>.json        what `<key>/` was unpacked from and its tree digest
 //!     ├── gcroots/<name>             pins: every `sha256:<hex>` written in such a file is
 //!     │                              kept by `gc` (see [`crate::gc`])
-//!     ├── outputs/<key>/             build outputs (a later module); never collected, and every
+//!     ├── outputs/<key>/out          build outputs, read-only, by build key (the `hermit`
+//!     ├── outputs/<key>/record.json  binary's `build` module); never collected, and every
 //!     │                              `sha256:<hex>` in any `record.json` below is a gc root
+//!     ├── images/<manifest>.json     a resolved toolchain image (see [`crate::oci`]); a gc root
+//!     ├── rootfs/<manifest>/         that image's layers applied, read-only, shared by builds
+//!     ├── failed/<key>/              a failed build's /build and /out (`--keep-failed`)
+//!     ├── rebuilds/<key>/            a rebuild whose output differed from its record
 //!     ├── images/<hex>.json          imported toolchain images (the OCI module); every digest
 //!     │                              named in one is a gc root
 //!     ├── locks/<hex>.lock           advisory flock per digest/key: held while it is being added
