@@ -323,3 +323,157 @@ fn pull_by_digest_from_a_real_registry() {
         both(&o)
     );
 }
+
+/// An authentication gate in front of a real registry, as public registries
+/// have: `/v2/` requests without the bearer token get 401 and a
+/// `WWW-Authenticate: Bearer realm=…` challenge pointing at the gate's own
+/// anonymous token endpoint; requests with the token are forwarded to the
+/// registry and its answer relayed byte for byte.
+struct TokenGate {
+    port: u16,
+    tokens_issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn start_token_gate(upstream: u16, repository: &'static str) -> TokenGate {
+    use std::io::{BufRead, BufReader, Read as _};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let tokens_issued = Arc::new(AtomicUsize::new(0));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let (issued, denied) = (tokens_issued.clone(), refused.clone());
+    const TOKEN: &str = "anonymous-pull-token";
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let (issued, denied) = (issued.clone(), denied.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    return;
+                }
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    headers.push(line.trim_end().to_string());
+                }
+                let path = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_string();
+                let header = |name: &str| {
+                    headers.iter().find_map(|h| {
+                        let (k, v) = h.split_once(':')?;
+                        k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                };
+                let reply = |stream: &mut std::net::TcpStream,
+                             status: &str,
+                             extra: &str,
+                             body: &str| {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                };
+                if path.starts_with("/token?") {
+                    if !path.contains(&format!(
+                        "scope=repository%3A{}%3Apull",
+                        repository.replace('/', "%2F")
+                    )) && !path.contains(&format!("scope=repository:{repository}:pull"))
+                    {
+                        reply(&mut stream, "400 Bad Request", "", "wrong scope");
+                        return;
+                    }
+                    issued.fetch_add(1, Ordering::SeqCst);
+                    reply(
+                        &mut stream,
+                        "200 OK",
+                        "Content-Type: application/json\r\n",
+                        &format!("{{\"token\":\"{TOKEN}\"}}"),
+                    );
+                    return;
+                }
+                if header("authorization").as_deref() != Some(&format!("Bearer {TOKEN}")) {
+                    denied.fetch_add(1, Ordering::SeqCst);
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"gate\",scope=\"repository:{repository}:pull\"\r\n"
+                    );
+                    reply(
+                        &mut stream,
+                        "401 Unauthorized",
+                        &challenge,
+                        "{\"errors\":[{\"code\":\"UNAUTHORIZED\"}]}",
+                    );
+                    return;
+                }
+                let mut up = std::net::TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+                let accept = header("accept")
+                    .map(|a| format!("Accept: {a}\r\n"))
+                    .unwrap_or_default();
+                let _ = write!(up, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n{accept}Connection: close\r\n\r\n");
+                let mut answer = Vec::new();
+                let _ = up.read_to_end(&mut answer);
+                let _ = stream.write_all(&answer);
+            });
+        }
+    });
+    TokenGate {
+        port,
+        tokens_issued,
+        refused,
+    }
+}
+
+#[test]
+fn pull_through_the_anonymous_bearer_token_flow() {
+    use std::sync::atomic::Ordering;
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    busybox_layout(&layout);
+    let reg = start_registry();
+    let direct = format!("127.0.0.1:{}/hermit/busybox", reg.port);
+    skopeo(&[
+        "copy",
+        "-q",
+        "--dest-tls-verify=false",
+        &format!("oci:{}", layout.display()),
+        &format!("docker://{direct}:latest"),
+    ]);
+    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        &format!("docker://{direct}:latest"),
+    ]))
+    .unwrap();
+    let digest = inspect["Digest"].as_str().unwrap().to_string();
+
+    let gate = start_token_gate(reg.port, "hermit/busybox");
+    let home = t.path().join("home");
+    let o = run(hermit(&home).args([
+        "image",
+        "pull",
+        &format!("127.0.0.1:{}/hermit/busybox@{digest}", gate.port),
+    ]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(
+        field(&String::from_utf8_lossy(&o.stdout), "manifest"),
+        digest
+    );
+    assert!(
+        gate.refused.load(Ordering::SeqCst) >= 1,
+        "hermit was never challenged"
+    );
+    assert!(
+        gate.tokens_issued.load(Ordering::SeqCst) >= 1,
+        "hermit never asked for a token"
+    );
+}
