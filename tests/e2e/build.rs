@@ -469,26 +469,12 @@ fn example_hello_is_reproducible_with_a_debian_toolchain() {
 
 #[test]
 fn build_over_an_image_pulled_by_digest_from_a_registry() {
-    use crate::image::{skopeo, start_registry};
+    use crate::image::{push_busybox, start_registry};
     let t = tempfile::tempdir().unwrap();
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let reg = start_registry();
-    let name = format!("127.0.0.1:{}/hermit/busybox", reg.port);
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-tls-verify=false",
-        &format!("oci:{}", layout.display()),
-        &format!("docker://{name}:latest"),
-    ]);
-    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{name}:latest"),
-    ]))
-    .unwrap();
-    let digest = inspect["Digest"].as_str().unwrap().to_string();
+    let (name, digest) = push_busybox(&reg, &layout);
     let write_spec = |d: &str| {
         let spec = t.path().join("spec.toml");
         fs::write(

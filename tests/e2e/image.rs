@@ -270,12 +270,10 @@ pub fn start_registry() -> Registry {
     }
 }
 
-#[test]
-fn pull_by_digest_from_a_real_registry() {
-    let t = tempfile::tempdir().unwrap();
-    let layout = t.path().join("layout");
-    busybox_layout(&layout);
-    let reg = start_registry();
+/// Pushes the busybox layout to `reg` as `hermit/busybox:latest` with skopeo
+/// and returns (`127.0.0.1:PORT/hermit/busybox`, the manifest digest skopeo
+/// reports).
+pub fn push_busybox(reg: &Registry, layout: &Path) -> (String, String) {
     let name = format!("127.0.0.1:{}/hermit/busybox", reg.port);
     skopeo(&[
         "copy",
@@ -290,7 +288,16 @@ fn pull_by_digest_from_a_real_registry() {
         &format!("docker://{name}:latest"),
     ]))
     .unwrap();
-    let digest = inspect["Digest"].as_str().unwrap().to_string();
+    (name, inspect["Digest"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn pull_by_digest_from_a_real_registry() {
+    let t = tempfile::tempdir().unwrap();
+    let layout = t.path().join("layout");
+    busybox_layout(&layout);
+    let reg = start_registry();
+    let (name, digest) = push_busybox(&reg, &layout);
 
     let home = t.path().join("home");
     let o = run(hermit(&home).args(["image", "pull", &format!("{name}@{digest}")]));
@@ -440,21 +447,7 @@ fn pull_through_the_anonymous_bearer_token_flow() {
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let reg = start_registry();
-    let direct = format!("127.0.0.1:{}/hermit/busybox", reg.port);
-    skopeo(&[
-        "copy",
-        "-q",
-        "--dest-tls-verify=false",
-        &format!("oci:{}", layout.display()),
-        &format!("docker://{direct}:latest"),
-    ]);
-    let inspect: serde_json::Value = serde_json::from_str(&skopeo(&[
-        "inspect",
-        "--tls-verify=false",
-        &format!("docker://{direct}:latest"),
-    ]))
-    .unwrap();
-    let digest = inspect["Digest"].as_str().unwrap().to_string();
+    let (direct, digest) = push_busybox(&reg, &layout);
 
     let gate = start_token_gate(reg.port, "hermit/busybox");
     let home = t.path().join("home");
