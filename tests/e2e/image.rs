@@ -447,7 +447,7 @@ fn pull_through_the_anonymous_bearer_token_flow() {
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let reg = start_registry();
-    let (direct, digest) = push_busybox(&reg, &layout);
+    let (_direct, digest) = push_busybox(&reg, &layout);
 
     let gate = start_token_gate(reg.port, "hermit/busybox");
     let home = t.path().join("home");
