@@ -64,10 +64,11 @@ for i in $(seq "$FILES"); do
   } > "$C/src/u$i.c"
 done
 {
-  echo 'SRC := $(wildcard /sources/proj/src/*.c)'
-  echo 'OBJ := $(patsubst /sources/proj/src/%.c,obj/%.o,$(SRC))'
+  echo 'S ?= /sources/proj'
+  echo 'SRC := $(wildcard $(S)/src/*.c)'
+  echo 'OBJ := $(patsubst $(S)/src/%.c,obj/%.o,$(SRC))'
   echo 'all: $(OBJ)'
-  echo 'obj/%.o: /sources/proj/src/%.c'
+  echo 'obj/%.o: $(S)/src/%.c'
   printf '\t@mkdir -p obj && cc -O2 -c $< -o $@\n'
 } > "$C/Makefile"
 cat > "$C/spec.toml" <<SPEC
@@ -86,7 +87,9 @@ SPEC
 # The same lock as (a): the same image, bootstrapped once.
 cp "$P/hermit.lock" "$C/hermit.lock"
 ROOTFS=$(ls -d "$HERMIT_HOME"/v1/rootfs/*/ | head -n1)
-SCRIPT='make -j2 -f /sources/proj/Makefile && ls obj | wc -l > /out/count'
+# bwrap cannot create /build and /sources on the read-only image, so its side
+# binds under /srv (empty in Debian) and tells make where the sources are.
+SCRIPT='cd /srv/build && make -j2 -f /srv/sources/proj/Makefile S=/srv/sources/proj && ls obj | wc -l > /srv/out/count'
 for i in $(seq "$BUILDS"); do
   # A different [env] each time so the build key misses the cache.
   sed -i "/^\[env\]/,\$d" "$C/spec.toml"; printf '[env]\nRUN = "%s"\n' "$i" >> "$C/spec.toml"
@@ -95,7 +98,7 @@ for i in $(seq "$BUILDS"); do
   rm -rf "$W/bb" "$W/bo"; mkdir -p "$W/bb" "$W/bo"
   s=$(ms)
   bwrap --unshare-all --die-with-parent --ro-bind "$ROOTFS" / --proc /proc --dev /dev --tmpfs /tmp \
-    --bind "$W/bb" /build --bind "$W/bo" /out --ro-bind "$C" /sources/proj --chdir /build \
+    --tmpfs /srv --bind "$W/bb" /srv/build --bind "$W/bo" /srv/out --ro-bind "$C" /srv/sources/proj \
     --clearenv --setenv PATH /usr/bin:/bin /bin/sh -ec "$SCRIPT"
   e=$(ms)
   echo $(( (e - s) / 1000000 )) >> "$W/bwrap.ms"
