@@ -55,7 +55,14 @@ class Server(http.server.ThreadingHTTPServer):
 handler = functools.partial(Handler, directory=sys.argv[2])
 Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
 PY
-python3 "$WORK/server.py" "$PORT" "$WORK/files" >/dev/null 2>&1 &
+# BENCH_SERVER=busybox serves with busybox httpd instead (C, a process per
+# connection, no keep-alive): less of a bottleneck, so the clients' own cost
+# shows more.
+if [ "${BENCH_SERVER:-python}" = busybox ]; then
+  busybox httpd -f -p "127.0.0.1:$PORT" -h "$WORK/files" >/dev/null 2>&1 &
+else
+  python3 "$WORK/server.py" "$PORT" "$WORK/files" >/dev/null 2>&1 &
+fi
 SERVER_PID=$!
 n=0
 until curl -sf -o /dev/null "http://127.0.0.1:$PORT/f0"; do
