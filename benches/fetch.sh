@@ -57,9 +57,13 @@ Server(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()
 PY
 # BENCH_SERVER=busybox serves with busybox httpd instead (C, a process per
 # connection, no keep-alive): less of a bottleneck, so the clients' own cost
-# shows more.
+# shows more. BENCH_SERVER=stock serves with plain `python3 -m http.server`
+# (HTTP/1.0, a listen queue of 5), the server a user is most likely to put
+# in front of a mirror folder.
 if [ "${BENCH_SERVER:-python}" = busybox ]; then
   busybox httpd -f -p "127.0.0.1:$PORT" -h "$WORK/files" >/dev/null 2>&1 &
+elif [ "${BENCH_SERVER:-python}" = stock ]; then
+  python3 -m http.server "$PORT" --bind 127.0.0.1 --directory "$WORK/files" >/dev/null 2>&1 &
 else
   python3 "$WORK/server.py" "$PORT" "$WORK/files" >/dev/null 2>&1 &
 fi

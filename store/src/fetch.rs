@@ -269,7 +269,16 @@ struct Inner {
     client: reqwest::Client,
     opts: FetchOptions,
     reporter: Arc<dyn Reporter>,
+    /// Requests waiting for their response headers (see [`MAX_CONNECTING`]).
+    connecting: Semaphore,
 }
+
+/// At most this many requests wait for their response headers at once;
+/// up to `jobs` bodies still stream in parallel. Small static servers
+/// (`python3 -m http.server` listens with a queue of 5) drop connections
+/// that arrive faster than they accept them, and each drop costs a 1 s SYN
+/// retransmit; curl's one-transfer-at-a-time start avoids the same.
+const MAX_CONNECTING: usize = 4;
 
 /// Where bytes can come from.
 #[derive(Debug, Clone)]
@@ -315,6 +324,7 @@ impl Fetcher {
                 client,
                 opts,
                 reporter,
+                connecting: Semaphore::new(MAX_CONNECTING),
             }),
         })
     }
@@ -507,8 +517,16 @@ impl Fetcher {
     async fn via_http(&self, id: usize, want: &Want, url: &Url) -> Result<u64, TryError> {
         let opts = &self.inner.opts;
         let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
+        let connecting = self
+            .inner
+            .connecting
+            .acquire()
+            .await
+            .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?;
         let send = self.inner.client.get(url.clone()).send();
-        let mut resp = match tokio::time::timeout(opts.read_timeout, send).await {
+        let sent = tokio::time::timeout(opts.read_timeout, send).await;
+        drop(connecting);
+        let mut resp = match sent {
             Err(_) => {
                 return Err(TryError::Transient(format!(
                     "no response within {} (read timeout)",
