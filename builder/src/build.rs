@@ -894,13 +894,17 @@ fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Resul
         log.sync_all()
     });
     let _ = std::io::stdout().flush();
-    dup2_stdout(&w).context("redirecting stdout to the log")?;
-    dup2_stderr(&w).context("redirecting stderr to the log")?;
+    let redirected = dup2_stdout(&w).and_then(|_| dup2_stderr(&w));
     drop(w);
-    let result = hermit_sandbox::run(spec);
-    // Restore hermit's own stdout/stderr; this closes the last write ends.
+    let result = match redirected {
+        Ok(()) => Ok(hermit_sandbox::run(spec)),
+        Err(e) => Err(e),
+    };
+    // Restore hermit's own stdout/stderr (also after a failed redirect); this
+    // closes the last write ends of the pipe, so the log writer finishes.
     let restored = dup2_stdout(&saved_out).and_then(|_| dup2_stderr(&saved_err));
     restored.context("restoring stdout and stderr")?;
+    let result = result.context("redirecting the build's output to its log")?;
     drop(saved_out);
     drop(saved_err);
     match tee.join() {
