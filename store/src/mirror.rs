@@ -208,6 +208,12 @@ fn copy_in(src: &Path, blobs: &Path, dest: &Path, digest: &Digest) -> Result<(),
             actual,
         });
     }
+    persist(tmp, dest)?;
+    Ok(())
+}
+
+/// Makes a finished temp file world-readable, syncs it and renames it into place.
+fn persist(tmp: tempfile::NamedTempFile, dest: &Path) -> Result<(), MirrorError> {
     tmp.as_file()
         .set_permissions(fs::Permissions::from_mode(0o644))
         .map_err(io_err("setting permissions on", tmp.path()))?;
@@ -225,14 +231,7 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<(), MirrorError>
         .tempfile_in(dir)
         .map_err(io_err("creating temp file in", dir))?;
     tmp.write_all(data).map_err(io_err("writing", tmp.path()))?;
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))
-        .map_err(io_err("setting permissions on", tmp.path()))?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(io_err("syncing", tmp.path()))?;
-    tmp.persist(dest)
-        .map_err(|e| io_err("renaming into", dest)(e.error))?;
+    persist(tmp, dest)?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err("syncing", dir))?;

@@ -36,6 +36,15 @@ struct Src<'a> {
     data: &'a [u8],
 }
 
+/// One source served from a single URL.
+fn src<'a>(name: &'a str, url: String, data: &'a [u8]) -> Src<'a> {
+    Src {
+        name,
+        urls: vec![url],
+        data,
+    }
+}
+
 /// Writes a spec with these sources into `dir/<file>` and returns its path.
 fn write_spec(dir: &Path, file: &str, sources: &[Src]) -> PathBuf {
     let mut s = String::from(
@@ -113,15 +122,7 @@ fn fetch_plain_then_present() {
     let srv = Server::start();
     let data = bytes(1, 10_000);
     srv.route("/a.bin", Behaviour::File(data.clone()));
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "a",
-            urls: vec![srv.url("/a.bin")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("a", srv.url("/a.bin"), &data)]);
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
@@ -148,15 +149,7 @@ fn fetch_wrong_hash_is_refused() {
     let good = b"the real thing".to_vec();
     let evil = b"something else".to_vec(); // same length, other bytes
     srv.route("/x", Behaviour::File(evil.clone()));
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "x",
-            urls: vec![srv.url("/x")],
-            data: &good,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("x", srv.url("/x"), &good)]);
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
@@ -213,15 +206,7 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
     let data = bytes(2, 5000);
     let mirror = t.path().join("mirror");
     mirror_dir_with(&mirror, &[&data]);
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "d",
-            urls: vec![srv.url("/dead")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("d", srv.url("/dead"), &data)]);
     // Through --mirror.
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home)
@@ -264,15 +249,7 @@ fn fetch_from_http_mirror() {
     mirror_dir_with(&mirror, &[&data]);
     srv.serve_dir("/m/", &mirror);
     srv.route("/dead", Behaviour::Status(404));
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "d",
-            urls: vec![srv.url("/dead")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("d", srv.url("/dead"), &data)]);
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home)
         .arg("fetch")
@@ -298,15 +275,7 @@ fn fetch_retries_after_500() {
             body: data.clone(),
         },
     );
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "f",
-            urls: vec![srv.url("/flaky")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("f", srv.url("/flaky"), &data)]);
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
@@ -331,15 +300,7 @@ fn fetch_retries_after_reset_mid_body() {
             body: data.clone(),
         },
     );
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "r",
-            urls: vec![srv.url("/reset")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("r", srv.url("/reset"), &data)]);
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
@@ -360,15 +321,7 @@ fn fetch_slow_body_times_out() {
             pause: Duration::from_secs(20),
         },
     );
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "s",
-            urls: vec![srv.url("/slow")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("s", srv.url("/slow"), &data)]);
     let home = t.path().join("home");
     let start = Instant::now();
     let o = run(hermit_cmd(&home)
@@ -405,21 +358,9 @@ fn offline_with_everything_mirrored_touches_no_server() {
         t.path(),
         "spec.toml",
         &[
-            Src {
-                name: "a",
-                urls: vec![srv.url("/a")],
-                data: &a,
-            },
-            Src {
-                name: "b",
-                urls: vec![srv.url("/b")],
-                data: &b,
-            },
-            Src {
-                name: "local",
-                urls: vec![format!("file://{}", local_file.display())],
-                data: &local,
-            },
+            src("a", srv.url("/a"), &a),
+            src("b", srv.url("/b"), &b),
+            src("local", format!("file://{}", local_file.display()), &local),
         ],
     );
     let home = t.path().join("home");
@@ -449,18 +390,7 @@ fn offline_missing_fails_before_fetching() {
     let spec = write_spec(
         t.path(),
         "spec.toml",
-        &[
-            Src {
-                name: "a",
-                urls: vec![srv.url("/a")],
-                data: &a,
-            },
-            Src {
-                name: "bee",
-                urls: vec![srv.url("/b")],
-                data: &b,
-            },
-        ],
+        &[src("a", srv.url("/a"), &a), src("bee", srv.url("/b"), &b)],
     );
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home)
@@ -509,11 +439,7 @@ fn concurrent_fetches_fetch_each_digest_once() {
             let srcs: Vec<Src> = (0..3)
                 .map(|k| {
                     let i = (p + k) % 6;
-                    Src {
-                        name: &names[k],
-                        urls: vec![srv.url(&format!("/f{i}"))],
-                        data: &datas[i],
-                    }
+                    src(&names[k], srv.url(&format!("/f{i}")), &datas[i])
                 })
                 .collect();
             write_spec(t.path(), &format!("spec{p}.toml"), &srcs)
@@ -563,15 +489,7 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
             every: Duration::from_millis(40),
         },
     );
-    let spec = write_spec(
-        t.path(),
-        "spec.toml",
-        &[Src {
-            name: "big",
-            urls: vec![srv.url("/big")],
-            data: &data,
-        }],
-    );
+    let spec = write_spec(t.path(), "spec.toml", &[src("big", srv.url("/big"), &data)]);
     let home = t.path().join("home");
     for (n, ms) in [30u64, 150, 400, 800].into_iter().enumerate() {
         let mut child = hermit_cmd(&home)
@@ -613,18 +531,7 @@ fn mirror_twice_then_serve_it() {
     let spec = write_spec(
         t.path(),
         "spec.toml",
-        &[
-            Src {
-                name: "a",
-                urls: vec![srv.url("/a")],
-                data: &a,
-            },
-            Src {
-                name: "b",
-                urls: vec![srv.url("/b")],
-                data: &b,
-            },
-        ],
+        &[src("a", srv.url("/a"), &a), src("b", srv.url("/b"), &b)],
     );
     let home = t.path().join("home");
     let dir = t.path().join("mirror");
@@ -708,11 +615,7 @@ fn jobs_bound_concurrent_downloads() {
         }
         let names: Vec<String> = (0..8).map(|i| format!("s{i}")).collect();
         let srcs: Vec<Src> = (0..8)
-            .map(|i| Src {
-                name: &names[i],
-                urls: vec![srv.url(&format!("/f{i}"))],
-                data: &datas[i],
-            })
+            .map(|i| src(&names[i], srv.url(&format!("/f{i}")), &datas[i]))
             .collect();
         let spec = write_spec(t.path(), &format!("spec-j{jobs}.toml"), &srcs);
         let home = t.path().join(format!("home-j{jobs}"));
@@ -736,11 +639,7 @@ fn fetch_longer_than_size_is_refused_early() {
     let spec = write_spec(
         t.path(),
         "spec.toml",
-        &[Src {
-            name: "long",
-            urls: vec![srv.url("/long")],
-            data: &data,
-        }],
+        &[src("long", srv.url("/long"), &data)],
     );
     let home = t.path().join("home");
     let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
