@@ -56,7 +56,7 @@ fn die(status: &OwnedFd, failure: SetupFailure, code: i32) -> ! {
 /// pid 1. Never returns.
 pub(crate) fn init_main(
     input: HelperInput,
-    status: OwnedFd,
+    status: &OwnedFd,
     lifeline: OwnedFd,
     cgroup: Option<(std::fs::File, std::path::PathBuf)>,
 ) -> ! {
@@ -65,12 +65,12 @@ pub(crate) fn init_main(
     // command becomes dumpable again when it executes.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         let f = SetupFailure::new("protect init", "prctl", None, Some(e));
-        die(&status, f, 125);
+        die(status, f, 125);
     }
     let step = "watch the sandbox helper";
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
         die(
-            &status,
+            status,
             SetupFailure::new(step, "prctl", None, Some(e)),
             125,
         );
@@ -92,44 +92,44 @@ pub(crate) fn init_main(
         if let Err(e) = file.write_all(b"0") {
             let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
             let f = SetupFailure::new("join the pids cgroup", "write", Some(path), Some(errno));
-            die(&status, f, 125);
+            die(status, f, 125);
         }
         // A cgroup namespace rooted at the slot: the build sees `/`, not
         // which slot it got.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
             let f = SetupFailure::new("root the cgroup namespace", "unshare", None, Some(e));
-            die(&status, f, 125);
+            die(status, f, 125);
         }
     }
 
     if let Err(f) = setup::setup(&input.ops) {
-        die(&status, f, 125);
+        die(status, f, 125);
     }
     let spec = &input.spec;
     if let Err(e) = sethostname(&spec.hostname) {
         let f = SetupFailure::new("set the hostname", "sethostname", None, Some(e));
-        die(&status, f, 125);
+        die(status, f, 125);
     }
     if let Err(e) = sys::set_domainname("(none)") {
         let f = SetupFailure::new("set the domain name", "setdomainname", None, Some(e));
-        die(&status, f, 125);
+        die(status, f, 125);
     }
     if let Err(e) = sys::loopback_up() {
         let f = SetupFailure::new("bring the loopback interface up", "ioctl", None, Some(e));
-        die(&status, f, 125);
+        die(status, f, 125);
     }
 
     let cmd = match sys::fork_single_threaded() {
-        Ok(ForkResult::Child) => command_main(spec, &status),
+        Ok(ForkResult::Child) => command_main(spec, status),
         Ok(ForkResult::Parent { child }) => child,
         Err(e) => die(
-            &status,
+            status,
             SetupFailure::new("start the command", "fork", None, Some(e)),
             125,
         ),
     };
     drop(lifeline);
-    reap(cmd, &status)
+    reap(cmd, status)
 }
 
 /// init's loop: reap, forward, and leave with the command.

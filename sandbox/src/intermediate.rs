@@ -1,12 +1,16 @@
-//! The helper: hermit re-executed as `hermit __sandbox-init RFD WFD`, entered
-//! at the very top of `main` while the process has one thread.
+//! Starting init, and the helper that does it for a multi-threaded hermit.
 //!
-//! It reads the [`HelperInput`] from RFD, joins the pids cgroup, unshares the
-//! user, mount, pid, network, UTS, IPC and cgroup namespaces, maps one uid
-//! and one gid, and forks the init (pid 1 of the new pid namespace). Then it
-//! waits: SIGTERM (hermit's timeout) kills the init with SIGKILL, SIGINT and
-//! SIGHUP are passed on. It exits with the init's status once the init — and
-//! so every process of the namespace — is gone.
+//! [`start_init`] runs in init's parent: hermit itself when it is
+//! single-threaded, else the helper — hermit re-executed as
+//! `hermit __sandbox-init RFD WFD`, entered at the very top of `main` while
+//! the process has one thread. It opens the pids cgroup and clones init into
+//! new user, mount, pid, network, UTS, IPC and cgroup namespaces, all in one
+//! `clone`; init (pid 1 there) maps one uid and one gid first thing.
+//!
+//! The helper reads the [`HelperInput`] from RFD, starts init and waits:
+//! SIGTERM (hermit's timeout) kills the init with SIGKILL, SIGINT and SIGHUP
+//! are passed on. It exits with the init's status once the init — and so
+//! every process of the namespace — is gone.
 //!
 //! Why each namespace (the tone of Nix's comment on the same list):
 //! - user: rootless — the build gets capabilities only over the namespaces it
@@ -23,7 +27,7 @@
 use std::os::fd::OwnedFd;
 
 use nix::errno::Errno;
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, sigprocmask, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{ForkResult, Pid};
@@ -64,13 +68,9 @@ pub(crate) fn helper_main(args: &[std::ffi::OsString]) -> u8 {
     helper_body(input, status)
 }
 
-/// The helper's work, once it has its input: in a re-executed hermit, or in
-/// a plain fork of a single-threaded caller.
+/// The helper's work, once it has its input (in a re-executed hermit): tie
+/// itself to hermit, start init, wait for it.
 pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
-    let fail = |f: SetupFailure| {
-        send(&status, &Message::Failed(f));
-        125
-    };
     // Neither the helper nor init (pid 1, visible to the build) should show
     // hermit's command line: it holds host paths.
     sys::set_cmdline("hermit-sandbox");
@@ -81,6 +81,53 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
     {
         return 125;
     }
+    let signals = init::waited_signals();
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
+        send(
+            &status,
+            &Message::Failed(SetupFailure::new(
+                "block signals",
+                "sigprocmask",
+                None,
+                Some(e),
+            )),
+        );
+        return 125;
+    }
+    let started = start_init(input, &status);
+    drop(status);
+    match started {
+        Ok(init) => {
+            let code = wait_init(init.pid, &signals);
+            drop(init.lifeline);
+            code
+        }
+        Err(code) => code,
+    }
+}
+
+/// A running init, as its parent sees it.
+pub(crate) struct StartedInit {
+    pub pid: Pid,
+    /// Held by init's parent for as long as it waits for init: a hang-up
+    /// tells init its parent died before PR_SET_PDEATHSIG was armed.
+    pub lifeline: OwnedFd,
+}
+
+/// Starts init (pid 1 of the new namespaces) as a child of the calling
+/// process, which must be single-threaded and must stay alive (and keep
+/// [`StartedInit::lifeline`]) until init ends: init dies with it. The
+/// signals of [`init::waited_signals`] must be blocked (init inherits the
+/// mask and takes them with `sigwait`). On failure the reason has been sent
+/// on `status` and the exit code to use comes back.
+///
+/// One `clone` creates the process and all seven namespaces at once, as
+/// bubblewrap does: no intermediate process that unshares and forks again.
+pub(crate) fn start_init(input: HelperInput, status: &OwnedFd) -> Result<StartedInit, u8> {
+    let fail = |f: SetupFailure| {
+        send(status, &Message::Failed(f));
+        125
+    };
     // The pids cgroup is joined by init itself, first thing: a process that
     // writes `0` to a cgroup v1 `tasks` file moves its one thread without
     // taking the global threadgroup lock, which would cost an RCU grace
@@ -99,32 +146,63 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
                 Ok(f) => Some((f, file)),
                 Err(e) => {
                     let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-                    return fail(SetupFailure::new(
+                    return Err(fail(SetupFailure::new(
                         "join the pids cgroup",
                         "open",
                         Some(file),
                         Some(errno),
-                    ));
+                    )));
                 }
             }
         }
     };
-    if nix::unistd::geteuid().is_root() {
-        // Drop root's supplementary groups while we may (inside they would
-        // show up as `nogroup`).
+    // Root's supplementary groups would show up inside as `nogroup`: init
+    // starts without them. The caller gets its own back right after.
+    let saved_groups = if nix::unistd::geteuid().is_root() {
+        let saved = nix::unistd::getgroups().ok();
         let _ = nix::unistd::setgroups(&[]);
-    }
+        saved
+    } else {
+        None
+    };
+    let (lifeline_r, lifeline_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(p) => p,
+        Err(e) => return Err(fail(SetupFailure::new("start init", "pipe2", None, Some(e)))),
+    };
     let flags = NAMESPACES
         .iter()
         .fold(CloneFlags::empty(), |acc, (_, f)| acc | *f);
-    if let Err(e) = unshare(flags) {
-        return fail(SetupFailure::new(
+    let cloned = sys::clone_single_threaded(flags);
+    if let Some(groups) = saved_groups {
+        if !matches!(cloned, Ok(ForkResult::Child)) {
+            let _ = nix::unistd::setgroups(&groups);
+        }
+    }
+    match cloned {
+        Ok(ForkResult::Child) => {
+            drop(lifeline_w);
+            if let Err(f) = map_ids(&input) {
+                send(status, &Message::Failed(f));
+                sys::exit_now(125);
+            }
+            init::init_main(input, status, lifeline_r, cgroup_file)
+        }
+        Ok(ForkResult::Parent { child }) => Ok(StartedInit {
+            pid: child,
+            lifeline: lifeline_w,
+        }),
+        Err(e) => Err(fail(SetupFailure::new(
             "create the namespaces (user, mount, pid, network, uts, ipc, cgroup)",
-            "unshare",
+            "clone",
             None,
             Some(e),
-        ));
+        ))),
     }
+}
+
+/// In init, first thing: maps the build's uid and gid onto the caller's
+/// (one id each; `setgroups` denied, as an unprivileged caller must).
+fn map_ids(input: &HelperInput) -> Result<(), SetupFailure> {
     let spec = &input.spec;
     for (file, text) in [
         ("/proc/self/setgroups", "deny".to_string()),
@@ -144,7 +222,7 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
                 "/proc/self/uid_map" => "write /proc/self/uid_map",
                 _ => "write /proc/self/gid_map",
             };
-            return fail(SetupFailure::new(
+            return Err(SetupFailure::new(
                 "map the build user onto the caller",
                 call,
                 Some(file.into()),
@@ -152,34 +230,7 @@ pub(crate) fn helper_body(input: HelperInput, status: OwnedFd) -> u8 {
             ));
         }
     }
-
-    let signals = init::waited_signals();
-    if let Err(e) = sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None) {
-        return fail(SetupFailure::new(
-            "block signals",
-            "sigprocmask",
-            None,
-            Some(e),
-        ));
-    }
-    let (lifeline_r, lifeline_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
-        Ok(p) => p,
-        Err(e) => return fail(SetupFailure::new("start init", "pipe2", None, Some(e))),
-    };
-    let init = match sys::fork_single_threaded() {
-        Ok(ForkResult::Child) => {
-            drop(lifeline_w);
-            init::init_main(input, status, lifeline_r, cgroup_file)
-        }
-        Ok(ForkResult::Parent { child }) => child,
-        Err(e) => return fail(SetupFailure::new("start init", "fork", None, Some(e))),
-    };
-    drop(lifeline_r);
-    drop(cgroup_file);
-    drop(input);
-    let code = wait_init(init, &signals);
-    drop(lifeline_w);
-    code
+    Ok(())
 }
 
 fn wait_init(init: Pid, signals: &nix::sys::signal::SigSet) -> u8 {

@@ -8,9 +8,9 @@
 //! |---|---|---|
 //! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
 //! | [`mod@plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
-//! | `run.rs` | hermit (main) | plans, forks (single-threaded caller) or re-executes `/proc/self/exe` as the helper, feeds it the spec over a pipe, reads progress and errors back, enforces the timeout |
-//! | `intermediate.rs` | the helper | opens the pids cgroup, unshares the namespaces, maps the uid, forks init |
-//! | `init.rs` | init (pid 1) | joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
+//! | `run.rs` | hermit (main) | plans; starts init itself (single-threaded caller) or re-executes `/proc/self/exe` as the helper and feeds it the spec over a pipe; reads progress and errors back, enforces the timeout |
+//! | `intermediate.rs` | init's parent (hermit or the helper) | opens the pids cgroup, clones init into the new namespaces; in the helper, waits for init and passes signals on |
+//! | `init.rs` | init (pid 1) | maps the uid, joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
 //! | `cgroup.rs` | hermit | the per-sandbox pids cgroup, where allowed |
@@ -19,13 +19,16 @@
 //!
 //! # Entering
 //!
-//! `clone`/`unshare(CLONE_NEWUSER)` need a single-threaded process, and the
-//! process that forks the init must outlive it (PR_SET_PDEATHSIG follows the
-//! parent *thread*). A single-threaded caller is simply forked; otherwise
-//! [`run`] re-executes the current binary with a hidden first argument
-//! ([`HELPER_ARG`]), so the binary's `main` must call [`enter_if_requested`]
-//! before anything else (before clap, tokio or any thread). Processes:
-//! hermit → helper → init (pid 1) → command (pid 2).
+//! Forking in a multi-threaded process is unsafe, and the process that starts
+//! init must outlive it (PR_SET_PDEATHSIG follows the parent *thread*). A
+//! single-threaded caller (the `hermit sandbox` CLI) clones init itself, with
+//! every namespace flag in one `clone` as bubblewrap does: hermit → init
+//! (pid 1) → command (pid 2). Otherwise (tokio's threads exist) [`run`]
+//! re-executes the current binary with a hidden first argument
+//! ([`HELPER_ARG`]) as a single-threaded helper that does the same: hermit →
+//! helper → init → command. So the binary's `main` must call
+//! [`enter_if_requested`] before anything else (before clap, tokio or any
+//! thread).
 //!
 //! Nothing in this crate prints, except the helper when it is started by
 //! hand with bad arguments.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::unistd::Pid;
 
 use crate::outcome::{Outcome, SetupFailure};
@@ -78,24 +78,27 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
     };
     let timeout = input.spec.timeout;
     let start = Instant::now();
-    let helper_pid = if sys::is_single_threaded() {
-        // A single-threaded caller (the `hermit sandbox` CLI) can be forked
-        // safely: the child becomes the helper without executing hermit again.
+    // Who hermit waits for: init itself when hermit is its parent, else the
+    // helper. `_lifeline` is held until the run ends (init dies with it).
+    let (child, direct, _lifeline) = if sys::is_single_threaded() {
+        // A single-threaded caller (the `hermit sandbox` CLI) starts init
+        // itself, with one clone into the new namespaces: no helper process,
+        // no second execution of hermit.
         drop(in_r);
         drop(in_w);
-        match sys::fork_single_threaded() {
-            Ok(nix::unistd::ForkResult::Child) => {
-                drop(st_r);
-                let code = crate::intermediate::helper_body(input, st_w);
-                sys::exit_now(i32::from(code))
+        let signals = crate::init::waited_signals();
+        let mut old = SigSet::empty();
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old))
+            .map_err(|e| RunError::Io(e.into()))?;
+        let started = crate::intermediate::start_init(input, &st_w);
+        let restored = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        match started {
+            Ok(init) => {
+                restored.map_err(|e| RunError::Io(e.into()))?;
+                (Some(init.pid), true, Some(init.lifeline))
             }
-            Ok(nix::unistd::ForkResult::Parent { child }) => child,
-            Err(e) => {
-                return Err(RunError::Spawn {
-                    exe: PathBuf::from("(fork)"),
-                    source: e.into(),
-                })
-            }
+            // The reason is already in the status pipe.
+            Err(_) => (None, true, None),
         }
     } else {
         let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
@@ -116,7 +119,7 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         drop(in_r);
         // A write error means the helper died early; its status tells why.
         let _ = std::fs::File::from(in_w).write_all(&payload);
-        Pid::from_raw(child.id() as i32)
+        (Some(Pid::from_raw(child.id() as i32)), false, None)
     };
     drop(st_w);
 
@@ -150,11 +153,22 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
             match (timed_out, deadline) {
                 (None, Some((_, t))) => {
                     timed_out = Some(t);
-                    killed_at = Some(Instant::now());
-                    let _ = kill(helper_pid, Signal::SIGTERM);
+                    if let Some(pid) = child {
+                        if direct {
+                            // init's death takes every process of its
+                            // namespace with it.
+                            let _ = kill(pid, Signal::SIGKILL);
+                        } else {
+                            // The helper kills init and then leaves.
+                            killed_at = Some(Instant::now());
+                            let _ = kill(pid, Signal::SIGTERM);
+                        }
+                    }
                 }
                 _ => {
-                    let _ = kill(helper_pid, Signal::SIGKILL);
+                    if let Some(pid) = child {
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
                     killed_at = None;
                 }
             }
@@ -171,12 +185,15 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         buf.extend_from_slice(&chunk[..n]);
         messages.extend(take_messages(&mut buf).map_err(RunError::Protocol)?);
     }
-    let status = loop {
-        match nix::sys::wait::waitpid(helper_pid, None) {
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(RunError::Io(e.into())),
-            Ok(s) => break s,
-        }
+    let status = match child {
+        None => None,
+        Some(pid) => loop {
+            match nix::sys::wait::waitpid(pid, None) {
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(RunError::Io(e.into())),
+                Ok(s) => break Some(s),
+            }
+        },
     };
     drop(cgroup);
 

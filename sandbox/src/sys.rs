@@ -16,6 +16,35 @@ pub fn fork_single_threaded() -> Result<ForkResult, Errno> {
     unsafe { nix::unistd::fork() }
 }
 
+/// `clone(2)` with namespace flags and no new stack: like `fork`, but the
+/// child starts in new namespaces (with CLONE_NEWPID it is pid 1 there).
+/// Sound to call only while the process has a single thread.
+pub fn clone_single_threaded(flags: nix::sched::CloneFlags) -> Result<ForkResult, Errno> {
+    // SAFETY: as for `fork`: the caller is single-threaded, so the child
+    // inherits no lock held by another thread. A null stack gives the child
+    // a copy-on-write view of the caller's stack, exactly as `fork` does. The
+    // one difference from glibc's `fork` is that no atfork handler runs and
+    // glibc's cached thread id in the child stays the parent's: it is read
+    // only by `raise`/`pthread_kill`, which the sandbox processes never call
+    // (they signal with `kill(2)`), and `abort` still ends the process.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    match Errno::result(r)? {
+        0 => Ok(ForkResult::Child),
+        pid => Ok(ForkResult::Parent {
+            child: Pid::from_raw(pid as i32),
+        }),
+    }
+}
+
 /// `_exit(2)`: leaves at once, without running destructors or atexit hooks
 /// (which belong to the parent's copy of the process).
 pub fn exit_now(code: i32) -> ! {

@@ -459,6 +459,8 @@ fn no_capabilities_nnp_seccomp(who: As) {
     }
     assert_eq!(status.get("NoNewPrivs"), Some(&"1"), "{out}");
     assert_eq!(status.get("Seccomp"), Some(&"2"), "{out}");
+    // No supplementary groups (the caller's would show up as `nogroup`).
+    assert_eq!(status.get("Groups"), Some(&""), "{out}");
 }
 
 fn aslr_off_by_default(who: As) {
