@@ -67,15 +67,11 @@ pub(crate) fn init_main(
         let f = SetupFailure::new("protect init", "prctl", None, Some(e));
         die(status, f, 125);
     }
-    let step = "watch the sandbox helper";
+    let step = "watch init's parent";
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
-        die(
-            status,
-            SetupFailure::new(step, "prctl", None, Some(e)),
-            125,
-        );
+        die(status, SetupFailure::new(step, "prctl", None, Some(e)), 125);
     }
-    // The helper holds the write end for as long as it lives: a hang-up means
+    // init's parent holds the write end while it waits: a hang-up means
     // it died before the death signal was armed.
     let mut fds = [PollFd::new(lifeline.as_fd(), PollFlags::POLLIN)];
     if let Ok(n) = poll(&mut fds, PollTimeout::ZERO) {

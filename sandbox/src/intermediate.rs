@@ -167,7 +167,14 @@ pub(crate) fn start_init(input: HelperInput, status: &OwnedFd) -> Result<Started
     };
     let (lifeline_r, lifeline_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(p) => p,
-        Err(e) => return Err(fail(SetupFailure::new("start init", "pipe2", None, Some(e)))),
+        Err(e) => {
+            return Err(fail(SetupFailure::new(
+                "start init",
+                "pipe2",
+                None,
+                Some(e),
+            )))
+        }
     };
     let flags = NAMESPACES
         .iter()
