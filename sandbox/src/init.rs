@@ -27,7 +27,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{chdir, execve, sethostname, setsid, ForkResult, Pid};
+use nix::unistd::{chdir, execve, sethostname, setsid, Pid};
 
 use crate::outcome::SetupFailure;
 use crate::protocol::{send, HelperInput, Message};
@@ -115,15 +115,30 @@ pub(crate) fn init_main(
         die(status, f, 125);
     }
 
-    let cmd = match sys::fork_single_threaded() {
-        Ok(ForkResult::Child) => command_main(spec, status),
-        Ok(ForkResult::Parent { child }) => child,
+    // Everything that allocates is prepared here; the command's process
+    // shares init's memory until it executes (no copy of the address space).
+    let exec = match Exec::new(spec) {
+        Ok(e) => e,
+        Err(f) => die(status, f, 125),
+    };
+    let mut stack = match sys::ChildStack::new(COMMAND_STACK) {
+        Ok(s) => s,
         Err(e) => die(
             status,
-            SetupFailure::new("start the command", "fork", None, Some(e)),
+            SetupFailure::new("start the command", "mmap", None, Some(e)),
             125,
         ),
     };
+    let cmd = match sys::spawn_vfork(&mut stack, &mut || command_main(spec, &exec, status)) {
+        Ok(pid) => pid,
+        Err(e) => die(
+            status,
+            SetupFailure::new("start the command", "clone", None, Some(e)),
+            125,
+        ),
+    };
+    drop(stack);
+    drop(exec);
     drop(lifeline);
     reap(cmd, status)
 }
@@ -157,10 +172,13 @@ fn reap(cmd: Pid, status: &OwnedFd) -> ! {
     }
 }
 
-/// The command's process from `fork` to `execve`. Never returns.
-fn command_main(spec: &SandboxSpec, status: &OwnedFd) -> ! {
-    match prepare_command(spec) {
-        Ok(exec) => {
+/// The stack of the command's process until it executes.
+const COMMAND_STACK: usize = 256 << 10;
+
+/// The command's process from `clone` to `execve`. Never returns.
+fn command_main(spec: &SandboxSpec, exec: &Exec, status: &OwnedFd) -> ! {
+    match prepare_command(spec, exec) {
+        Ok(()) => {
             send(status, &Message::Ready);
             let e = exec.run();
             let mut f = SetupFailure::new(
@@ -177,15 +195,54 @@ fn command_main(spec: &SandboxSpec, status: &OwnedFd) -> ! {
     }
 }
 
-/// Everything `execve` needs, prepared before the seccomp filter is on.
+/// Everything `execve` needs, and the seccomp filter, prepared by init.
 struct Exec {
     candidates: Vec<CString>,
     argv: Vec<CString>,
     envp: Vec<CString>,
     shown: String,
+    filter: Vec<libc::sock_filter>,
 }
 
 impl Exec {
+    fn new(spec: &SandboxSpec) -> Result<Exec, SetupFailure> {
+        let step = "prepare the command";
+        let argv = spec
+            .command
+            .iter()
+            .map(|a| cstring(step, a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|(k, v)| cstring(step, &format!("{k}={v}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let prog = &spec.command[0];
+        let candidates = if prog.contains('/') {
+            vec![cstring(step, prog)?]
+        } else {
+            let path = spec
+                .env
+                .iter()
+                .find(|(k, _)| k == "PATH")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or(crate::spec::DEFAULT_PATH);
+            path.split(':')
+                .map(|d| {
+                    let d = if d.is_empty() { "." } else { d };
+                    cstring(step, &Path::new(d).join(prog).to_string_lossy())
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        };
+        Ok(Exec {
+            candidates,
+            argv,
+            envp,
+            shown: prog.clone(),
+            filter: seccomp::filter(),
+        })
+    }
+
     /// Tries each candidate like `execvp`; returns the errno to report.
     fn run(&self) -> Errno {
         let mut err = Errno::ENOENT;
@@ -209,7 +266,8 @@ fn cstring(step: &str, s: &str) -> Result<CString, SetupFailure> {
     CString::new(s).map_err(|_| SetupFailure::new(step, "argument", None, Some(Errno::EINVAL)))
 }
 
-fn prepare_command(spec: &SandboxSpec) -> Result<Exec, SetupFailure> {
+/// The command's process settings, in order; the seccomp filter last.
+fn prepare_command(spec: &SandboxSpec, exec: &Exec) -> Result<(), SetupFailure> {
     let f = |step: &str, call: &str, e: Errno| SetupFailure::new(step, call, None, Some(e));
 
     sys::reset_signal_dispositions();
@@ -257,45 +315,10 @@ fn prepare_command(spec: &SandboxSpec) -> Result<Exec, SetupFailure> {
     })?;
     sys::cloexec_from(3).map_err(|e| f("close inherited descriptors", "close_range", e))?;
 
-    let step = "prepare the command";
-    let argv = spec
-        .command
-        .iter()
-        .map(|a| cstring(step, a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let envp = spec
-        .env
-        .iter()
-        .map(|(k, v)| cstring(step, &format!("{k}={v}")))
-        .collect::<Result<Vec<_>, _>>()?;
-    let prog = &spec.command[0];
-    let candidates = if prog.contains('/') {
-        vec![cstring(step, prog)?]
-    } else {
-        let path = spec
-            .env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or(crate::spec::DEFAULT_PATH);
-        path.split(':')
-            .map(|d| {
-                let d = if d.is_empty() { "." } else { d };
-                cstring(step, &Path::new(d).join(prog).to_string_lossy())
-            })
-            .collect::<Result<Vec<_>, _>>()?
-    };
-
     drop_capabilities().map_err(|e| f("drop capabilities", "capset", e))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| f("set no_new_privs", "prctl", e))?;
-    sys::install_seccomp(&seccomp::filter())
-        .map_err(|e| f("install the seccomp filter", "prctl", e))?;
-    Ok(Exec {
-        candidates,
-        argv,
-        envp,
-        shown: prog.clone(),
-    })
+    sys::install_seccomp(&exec.filter).map_err(|e| f("install the seccomp filter", "prctl", e))?;
+    Ok(())
 }
 
 /// Empties the bounding, ambient, inheritable, effective and permitted sets.

@@ -45,6 +45,78 @@ pub fn clone_single_threaded(flags: nix::sched::CloneFlags) -> Result<ForkResult
     }
 }
 
+/// A stack for a child started by [`spawn_vfork`]: anonymous memory with an
+/// inaccessible guard page at its low end, so an overflow faults instead of
+/// running into other memory.
+pub struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    pub fn new(len: usize) -> Result<ChildStack, Errno> {
+        // SAFETY: a fresh private anonymous mapping; no existing memory is
+        // touched. The result is checked before use.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the first page lies inside the mapping made above.
+        Errno::result(unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe the mapping made in `new`, which
+        // nothing references once the stack's child has executed or exited.
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+/// Runs `child` in a new process that shares this one's memory until it
+/// calls `execve` or exits, while the calling thread waits
+/// (CLONE_VM | CLONE_VFORK, as glibc's `posix_spawn` does): no copy of the
+/// address space and no copy-on-write faults. `child` must end in `execve`
+/// or [`exit_now`] and never return. Sound to call only while the process
+/// has a single thread: the child may then allocate, since the one thread
+/// that could hold an allocator lock is suspended, and what the child
+/// allocates is simply left behind in the parent's heap.
+pub fn spawn_vfork(
+    stack: &mut ChildStack,
+    child: &mut dyn FnMut() -> std::convert::Infallible,
+) -> Result<Pid, Errno> {
+    let cb: Box<dyn FnMut() -> isize + '_> = Box::new(move || match child() {});
+    // SAFETY: the stack is our own mapping of `len` bytes (the guard page
+    // at its low end included, which only makes an overflow fault); nothing
+    // else uses it while the child runs, and the parent is suspended until
+    // the child executes or exits, so the two never run on shared memory at
+    // once. The caller is single-threaded (see above).
+    let slice = unsafe { std::slice::from_raw_parts_mut(stack.base as *mut u8, stack.len) };
+    // SAFETY: see above.
+    unsafe {
+        nix::sched::clone(
+            cb,
+            slice,
+            nix::sched::CloneFlags::CLONE_VM | nix::sched::CloneFlags::CLONE_VFORK,
+            Some(libc::SIGCHLD),
+        )
+    }
+}
+
 /// `_exit(2)`: leaves at once, without running destructors or atexit hooks
 /// (which belong to the parent's copy of the process).
 pub fn exit_now(code: i32) -> ! {

@@ -269,16 +269,41 @@ struct Inner {
     client: reqwest::Client,
     opts: FetchOptions,
     reporter: Arc<dyn Reporter>,
-    /// Requests waiting for their response headers (see [`MAX_CONNECTING`]).
-    connecting: Semaphore,
+    /// Per server (`host:port`): requests waiting for their response
+    /// headers (see [`MAX_CONNECTING`]).
+    servers: std::sync::Mutex<BTreeMap<String, Arc<Server>>>,
 }
 
-/// At most this many requests wait for their response headers at once;
-/// up to `jobs` bodies still stream in parallel. Small static servers
-/// (`python3 -m http.server` listens with a queue of 5) drop connections
-/// that arrive faster than they accept them, and each drop costs a 1 s SYN
-/// retransmit; curl's one-transfer-at-a-time start avoids the same.
+/// At first, at most this many requests to one server wait for their
+/// response headers at once (up to `jobs` bodies still stream in parallel).
+/// Small static servers (`python3 -m http.server` listens with a queue of 5)
+/// drop connections that arrive faster than they accept them, and each drop
+/// costs a 1 s SYN retransmit; curl's one-transfer-at-a-time start avoids the
+/// same. Once a server answers on a connection it keeps open (HTTP/1.1
+/// keep-alive, HTTP/2), further requests reuse pooled connections rather
+/// than open new ones, and the limit rises to `jobs`.
 const MAX_CONNECTING: usize = 4;
+
+/// What hermit knows of one server during a fetch.
+struct Server {
+    connecting: Semaphore,
+    /// Set once the server kept a connection open (the limit was raised).
+    keeps_alive: std::sync::atomic::AtomicBool,
+}
+
+/// Whether the connection that brought `resp` stays open for the next
+/// request.
+fn keeps_alive(resp: &reqwest::Response) -> bool {
+    let close = resp
+        .headers()
+        .get_all(reqwest::header::CONNECTION)
+        .iter()
+        .any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("close"))
+        });
+    resp.version() >= reqwest::Version::HTTP_11 && !close
+}
 
 /// Where bytes can come from.
 #[derive(Debug, Clone)]
@@ -324,7 +349,7 @@ impl Fetcher {
                 client,
                 opts,
                 reporter,
-                connecting: Semaphore::new(MAX_CONNECTING),
+                servers: std::sync::Mutex::new(BTreeMap::new()),
             }),
         })
     }
@@ -514,11 +539,33 @@ impl Fetcher {
             .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?
     }
 
+    /// The per-server state for `url`'s host and port.
+    fn server(&self, url: &Url) -> Arc<Server> {
+        let key = format!(
+            "{}:{}",
+            url.host_str().unwrap_or(""),
+            url.port_or_known_default().unwrap_or(0)
+        );
+        let mut servers = match self.inner.servers.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        servers
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(Server {
+                    connecting: Semaphore::new(MAX_CONNECTING),
+                    keeps_alive: std::sync::atomic::AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
     async fn via_http(&self, id: usize, want: &Want, url: &Url) -> Result<u64, TryError> {
         let opts = &self.inner.opts;
         let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
-        let connecting = self
-            .inner
+        let server = self.server(url);
+        let connecting = server
             .connecting
             .acquire()
             .await
@@ -526,6 +573,17 @@ impl Fetcher {
         let send = self.inner.client.get(url.clone()).send();
         let sent = tokio::time::timeout(opts.read_timeout, send).await;
         drop(connecting);
+        if let Ok(Ok(resp)) = &sent {
+            if keeps_alive(resp)
+                && !server
+                    .keeps_alive
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                server
+                    .connecting
+                    .add_permits(opts.jobs.saturating_sub(MAX_CONNECTING));
+            }
+        }
         let mut resp = match sent {
             Err(_) => {
                 return Err(TryError::Transient(format!(

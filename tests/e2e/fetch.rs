@@ -628,6 +628,51 @@ fn jobs_bound_concurrent_downloads() {
     assert!(seen[1] > 2, "-j 8 never ran more than {} at once", seen[1]);
 }
 
+/// At first at most 4 requests to one server wait for their answer (small
+/// servers drop connections beyond their listen queue); once the server has
+/// shown it keeps connections open, up to `-j` do.
+#[test]
+fn waiting_requests_limited_until_the_server_keeps_alive() {
+    let t = tempfile::tempdir().unwrap();
+    let datas: Vec<Vec<u8>> = (0..24).map(|i| bytes(300 + i, 2_000)).collect();
+    let mut seen = Vec::new();
+    for (name, srv) in [
+        ("keep-alive", Server::start()),
+        ("http10", Server::start_http10()),
+    ] {
+        for (i, d) in datas.iter().enumerate() {
+            srv.route(
+                &format!("/f{i}"),
+                Behaviour::LateHead {
+                    body: d.clone(),
+                    delay: Duration::from_millis(150),
+                },
+            );
+        }
+        let names: Vec<String> = (0..datas.len()).map(|i| format!("s{i}")).collect();
+        let srcs: Vec<Src> = (0..datas.len())
+            .map(|i| src(&names[i], srv.url(&format!("/f{i}")), &datas[i]))
+            .collect();
+        let spec = write_spec(t.path(), &format!("spec-{name}.toml"), &srcs);
+        let home = t.path().join(format!("home-{name}"));
+        let o = run(hermit_cmd(&home).arg("fetch").arg(&spec).args(["-j", "8"]));
+        assert!(o.status.success(), "{}", both(&o));
+        assert_eq!(checked_blobs(&home).len(), datas.len());
+        seen.push(srv.max_in_flight());
+    }
+    assert!(
+        seen[0] > 4,
+        "keep-alive server: never more than {} at once",
+        seen[0]
+    );
+    assert!(
+        seen[0] <= 8,
+        "keep-alive server: {} at once with -j 8",
+        seen[0]
+    );
+    assert_eq!(seen[1], 4, "HTTP/1.0 server: {} at once", seen[1]);
+}
+
 #[test]
 fn fetch_longer_than_size_is_refused_early() {
     let t = tempfile::tempdir().unwrap();

@@ -40,6 +40,8 @@ pub enum Behaviour {
     /// The first `resets` requests get half the body and then a TCP reset
     /// (SO_LINGER 0 + close); later ones get the whole body.
     ResetThen { resets: usize, body: Vec<u8> },
+    /// Waits `delay` before answering, then 200 with `body`.
+    LateHead { body: Vec<u8>, delay: Duration },
 }
 
 struct State {
@@ -50,6 +52,8 @@ struct State {
     total: usize,
     in_flight: usize,
     max_in_flight: usize,
+    /// Answer as an HTTP/1.0 server that closes every connection.
+    http10: bool,
 }
 
 pub struct Server {
@@ -59,6 +63,16 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
+        Server::start_with(false)
+    }
+
+    /// A server that answers in HTTP/1.0 and closes each connection after
+    /// one response (like `python3 -m http.server`).
+    pub fn start_http10() -> Server {
+        Server::start_with(true)
+    }
+
+    fn start_with(http10: bool) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let state = Arc::new(Mutex::new(State {
@@ -68,6 +82,7 @@ impl Server {
             total: 0,
             in_flight: 0,
             max_in_flight: 0,
+            http10,
         }));
         let st = state.clone();
         thread::spawn(move || {
@@ -140,7 +155,7 @@ fn serve_connection(conn: TcpStream, state: Arc<Mutex<State>>) {
             .nth(1)
             .unwrap_or("/")
             .to_string();
-        let (behaviour, nth) = {
+        let (behaviour, nth, http10) = {
             let mut s = state.lock().unwrap();
             s.total += 1;
             s.in_flight += 1;
@@ -160,17 +175,17 @@ fn serve_connection(conn: TcpStream, state: Arc<Mutex<State>>) {
                     })
                 })
             });
-            (b.unwrap_or(Behaviour::Status(404)), nth)
+            (b.unwrap_or(Behaviour::Status(404)), nth, s.http10)
         };
-        let keep = respond(&mut out, behaviour, nth);
+        let keep = respond(&mut out, behaviour, nth, http10);
         state.lock().unwrap().in_flight -= 1;
-        if !keep {
+        if !keep || http10 {
             return;
         }
     }
 }
 
-fn head(out: &mut TcpStream, status: u16, len: usize) -> std::io::Result<()> {
+fn head(out: &mut TcpStream, status: u16, len: usize, http10: bool) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         403 => "Forbidden",
@@ -179,14 +194,16 @@ fn head(out: &mut TcpStream, status: u16, len: usize) -> std::io::Result<()> {
         503 => "Service Unavailable",
         _ => "Status",
     };
+    let version = if http10 { "1.0" } else { "1.1" };
     write!(
         out,
-        "HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
+        "HTTP/{version} {status} {reason}\r\nContent-Length: {len}\r\nContent-Type: application/octet-stream\r\n\r\n"
     )
 }
 
 /// Answers one request; false when the connection must close.
-fn respond(out: &mut TcpStream, b: Behaviour, nth: usize) -> bool {
+fn respond(out: &mut TcpStream, b: Behaviour, nth: usize, http10: bool) -> bool {
+    let head = |out: &mut TcpStream, status, len| head(out, status, len, http10);
     let r = (|| -> std::io::Result<bool> {
         match b {
             Behaviour::File(body) => {
@@ -238,6 +255,11 @@ fn respond(out: &mut TcpStream, b: Behaviour, nth: usize) -> bool {
                         .map_err(std::io::Error::from)?;
                     return Ok(false);
                 }
+                out.write_all(&body)?;
+            }
+            Behaviour::LateHead { body, delay } => {
+                thread::sleep(delay);
+                head(out, 200, body.len())?;
                 out.write_all(&body)?;
             }
         }
