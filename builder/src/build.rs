@@ -388,7 +388,7 @@ fn resolve_toolchain(
                 ))
                 .into());
             }
-            let rt = runtime()?;
+            let rt = crate::cmd::fetch::runtime()?;
             let img = rt
                 .block_on(oci::pull(store, &r, &oci::PullOptions::default()))
                 .with_context(|| format!("pulling {reference}"))?;
@@ -504,13 +504,6 @@ fn fetch_image_from_mirrors(
     )
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
 /// Fetches whatever of `wants` is not in the store yet (no runtime is
 /// started when everything is present).
 pub fn fetch(store: &Arc<Store>, net: &NetArgs, wants: Vec<Want>) -> anyhow::Result<()> {
@@ -522,7 +515,7 @@ pub fn fetch(store: &Arc<Store>, net: &NetArgs, wants: Vec<Want>) -> anyhow::Res
         return Ok(());
     }
     let fetcher: Fetcher = crate::cmd::fetch::fetcher(net, store.clone())?;
-    let rt = runtime()?;
+    let rt = crate::cmd::fetch::runtime()?;
     rt.block_on(fetcher.fetch_all(wants))?;
     Ok(())
 }
@@ -943,7 +936,7 @@ pub fn rebuild(
             } else if let (false, Ok(r)) =
                 (net.offline, rec.image.reference.parse::<oci::Reference>())
             {
-                runtime()?.block_on(oci::pull(&store, &r, &oci::PullOptions::default()))?
+                crate::cmd::fetch::runtime()?.block_on(oci::pull(&store, &r, &oci::PullOptions::default()))?
             } else {
                 return Err(Exit::user(format!(
                     "the toolchain image {manifest} (config {}, layers {}) is not in the store or any mirror; \

@@ -300,8 +300,10 @@ impl Spec {
         let mut seen: BTreeMap<String, usize> = BTreeMap::new();
         for s in &raw.source {
             let src = parse_source(&cx, s)?;
-            let (first_line, _) = line_col(text, s.span().start);
-            if let Some(line) = seen.insert(src.name.clone(), first_line) {
+            // The offset, not the line: counting lines for every source would
+            // make parsing quadratic in the spec's length.
+            if let Some(first) = seen.insert(src.name.clone(), s.span().start) {
+                let (line, _) = line_col(text, first);
                 return Err(cx.err(
                     s.get_ref().name.span(),
                     format!(

@@ -272,6 +272,10 @@ struct Inner {
     /// Per server (`host:port`): requests waiting for their response
     /// headers (see [`MAX_CONNECTING`]).
     servers: std::sync::Mutex<BTreeMap<String, Arc<Server>>>,
+    /// Transfers under way (at most `jobs`). A download gives its slot back
+    /// as soon as its last byte is in, before the blob is committed
+    /// (fsync, rename), so the connection serves the next download at once.
+    downloads: Semaphore,
 }
 
 /// At first, at most this many requests to one server wait for their
@@ -343,6 +347,7 @@ impl Fetcher {
             .user_agent(concat!("hermit/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(FetchError::Client)?;
+        let downloads = Semaphore::new(opts.jobs.max(1));
         Ok(Fetcher {
             inner: Arc::new(Inner {
                 store,
@@ -350,6 +355,7 @@ impl Fetcher {
                 opts,
                 reporter,
                 servers: std::sync::Mutex::new(BTreeMap::new()),
+                downloads,
             }),
         })
     }
@@ -419,7 +425,10 @@ impl Fetcher {
                 return Err(FetchError::Offline { missing });
             }
         }
-        let sem = Arc::new(Semaphore::new(self.inner.opts.jobs.max(1)));
+        // Wants in progress: twice the transfers, so that blobs being
+        // committed do not hold transfers back, while lock files and temp
+        // files stay bounded.
+        let sem = Arc::new(Semaphore::new(self.inner.opts.jobs.max(1) * 2));
         let mut set = JoinSet::new();
         for (id, want) in wants.into_iter().enumerate() {
             let this = self.clone();
@@ -466,12 +475,17 @@ impl Fetcher {
         if store.blob(&want.digest).is_some() {
             return Ok(None);
         }
-        let lock = {
-            let store = store.clone();
-            let d = want.digest;
-            tokio::task::spawn_blocking(move || store.lock(&d))
-                .await
-                .map_err(|e| FetchError::Task(e.to_string()))??
+        // The lock is almost always free: take it here, and wait for it on
+        // the blocking pool only when another process holds it.
+        let lock = match store.try_lock(&want.digest)? {
+            Some(lock) => lock,
+            None => {
+                let store = store.clone();
+                let d = want.digest;
+                tokio::task::spawn_blocking(move || store.lock(&d))
+                    .await
+                    .map_err(|e| FetchError::Task(e.to_string()))??
+            }
         };
         // Another process may have fetched it while we waited for the lock.
         if store.blob(&want.digest).is_some() {
@@ -530,6 +544,12 @@ impl Fetcher {
     }
 
     async fn via_file(&self, id: usize, want: &Want, path: &Path) -> Result<u64, TryError> {
+        let _transfer = self
+            .inner
+            .downloads
+            .acquire()
+            .await
+            .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?;
         let store = self.inner.store.clone();
         let reporter = self.inner.reporter.clone();
         let want = want.clone();
@@ -564,6 +584,12 @@ impl Fetcher {
     async fn via_http(&self, id: usize, want: &Want, url: &Url) -> Result<u64, TryError> {
         let opts = &self.inner.opts;
         let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
+        let transfer = self
+            .inner
+            .downloads
+            .acquire()
+            .await
+            .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?;
         let server = self.server(url);
         let connecting = server
             .connecting
@@ -649,6 +675,8 @@ impl Fetcher {
                 .map_err(|e| fatal(StoreError::io("writing", self.inner.store.tmp_dir())(e)))?;
             self.inner.reporter.progress(id, w.size());
         }
+        drop(resp);
+        drop(transfer);
         let digest = want.digest;
         let size = want.size;
         tokio::task::spawn_blocking(move || {

@@ -199,6 +199,9 @@ pub struct Added {
 pub struct Store {
     base: PathBuf,
     session: Session,
+    /// This process's shared hold on the store-wide lock, while some
+    /// [`StoreLock`] keeps it: every shared holder reuses one `flock`.
+    shared: std::sync::Mutex<std::sync::Weak<nix::fcntl::Flock<File>>>,
 }
 
 #[derive(Debug)]
@@ -265,7 +268,11 @@ impl Store {
             Err(e) => return Err(StoreError::io("reading", &version)(e)),
         }
         let session = Session::create(&base.join("tmp"))?;
-        let store = Store { base, session };
+        let store = Store {
+            base,
+            session,
+            shared: std::sync::Mutex::new(std::sync::Weak::new()),
+        };
         store.clean_stale_sessions()?;
         Ok(store)
     }
@@ -323,7 +330,37 @@ impl Store {
     /// Takes the store-wide lock shared, blocking while a `gc` runs. Hold it
     /// while relying on entries that no gc root protects.
     pub fn shared_lock(&self) -> Result<StoreLock> {
-        self.blocking_store_lock(nix::fcntl::FlockArg::LockShared)
+        self.shared_store_lock(true)
+            .and_then(|l| l.ok_or_else(|| self.would_block()))
+    }
+
+    /// The shared store-wide lock: this process's current hold when it has
+    /// one, else a new one (waiting for a `gc` to end when `wait`, else
+    /// `None` at once).
+    fn shared_store_lock(&self, wait: bool) -> Result<Option<StoreLock>> {
+        let mut cached = match self.shared.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(lock) = cached.upgrade() {
+            return Ok(Some(StoreLock { _lock: lock }));
+        }
+        let arg = if wait {
+            nix::fcntl::FlockArg::LockShared
+        } else {
+            nix::fcntl::FlockArg::LockSharedNonblock
+        };
+        let lock = self.store_lock(arg)?;
+        if let Some(l) = &lock {
+            *cached = std::sync::Arc::downgrade(&l._lock);
+        }
+        Ok(lock)
+    }
+
+    fn would_block(&self) -> StoreError {
+        StoreError::io("locking", self.base.join("store.lock"))(io::Error::from_raw_os_error(
+            libc::EWOULDBLOCK,
+        ))
     }
 
     /// Takes the store-wide lock exclusively (what `gc` does), blocking until
@@ -339,11 +376,7 @@ impl Store {
     }
 
     fn blocking_store_lock(&self, arg: nix::fcntl::FlockArg) -> Result<StoreLock> {
-        self.store_lock(arg)?.ok_or_else(|| {
-            StoreError::io("locking", self.base.join("store.lock"))(io::Error::from_raw_os_error(
-                libc::EWOULDBLOCK,
-            ))
-        })
+        self.store_lock(arg)?.ok_or_else(|| self.would_block())
     }
 
     fn store_lock(&self, arg: nix::fcntl::FlockArg) -> Result<Option<StoreLock>> {
@@ -356,7 +389,9 @@ impl Store {
             .open(&path)
             .map_err(StoreError::io("opening lock", &path))?;
         match nix::fcntl::Flock::lock(file, arg) {
-            Ok(lock) => Ok(Some(StoreLock { _lock: lock })),
+            Ok(lock) => Ok(Some(StoreLock {
+                _lock: std::sync::Arc::new(lock),
+            })),
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
             Err((_, errno)) => Err(StoreError::io("locking", &path)(
                 io::Error::from_raw_os_error(errno as i32),
@@ -369,7 +404,20 @@ impl Store {
     /// It includes a shared hold on the store-wide lock, so no `gc` runs
     /// meanwhile.
     pub fn lock(&self, digest: &Digest) -> Result<DigestLock> {
-        let store = self.shared_lock()?;
+        self.digest_lock(digest, true)
+            .and_then(|l| l.ok_or_else(|| self.would_block()))
+    }
+
+    /// Like [`Store::lock`] but returns `None` at once, instead of waiting,
+    /// when another process holds the digest (or a `gc` holds the store).
+    pub fn try_lock(&self, digest: &Digest) -> Result<Option<DigestLock>> {
+        self.digest_lock(digest, false)
+    }
+
+    fn digest_lock(&self, digest: &Digest, wait: bool) -> Result<Option<DigestLock>> {
+        let Some(store) = self.shared_store_lock(wait)? else {
+            return Ok(None);
+        };
         let path = self
             .base
             .join("locks")
@@ -381,15 +429,21 @@ impl Store {
             .mode(0o644)
             .open(&path)
             .map_err(StoreError::io("opening lock", &path))?;
-        let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(
-            |(_, errno)| {
-                StoreError::io("locking", &path)(io::Error::from_raw_os_error(errno as i32))
-            },
-        )?;
-        Ok(DigestLock {
-            _lock: lock,
-            _store: store,
-        })
+        let arg = if wait {
+            nix::fcntl::FlockArg::LockExclusive
+        } else {
+            nix::fcntl::FlockArg::LockExclusiveNonblock
+        };
+        match nix::fcntl::Flock::lock(file, arg) {
+            Ok(lock) => Ok(Some(DigestLock {
+                _lock: lock,
+                _store: store,
+            })),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, errno)) => Err(StoreError::io("locking", &path)(
+                io::Error::from_raw_os_error(errno as i32),
+            )),
+        }
     }
 
     /// Starts writing a new blob. Bytes written are hashed on the way;
@@ -681,7 +735,7 @@ impl Session {
 /// A hold on the store-wide lock (shared or exclusive); released on drop.
 #[derive(Debug)]
 pub struct StoreLock {
-    _lock: nix::fcntl::Flock<File>,
+    _lock: std::sync::Arc<nix::fcntl::Flock<File>>,
 }
 
 /// An exclusive hold on one digest (and a shared hold on the store);

@@ -205,17 +205,25 @@ fn env_secs(var: &str, default: f64) -> f64 {
         .unwrap_or(default)
 }
 
+/// The async runtime for network work, started only when there is some and
+/// only for that call. One thread: downloads wait on the network, not the
+/// CPU (hashing runs far faster than a link), and one thread spares the
+/// hand-offs between worker threads that a many-small-files fetch would
+/// otherwise pay for each file. Blocking store work (locks, fsync) goes to
+/// tokio's blocking pool.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Opens the store and fetches every planned source into it.
 fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Store>, FetchSummary)> {
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let fetcher = fetcher(net, store.clone())?;
     let wants = wants(plan)?;
-    // The runtime lives only in this process and only for this call.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let summary = rt.block_on(fetcher.fetch_all(wants))?;
+    let summary = runtime()?.block_on(fetcher.fetch_all(wants))?;
     Ok((store, summary))
 }
 

@@ -66,10 +66,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             insecure,
         } => {
             let r: Reference = reference.parse()?;
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?;
+            let rt = crate::cmd::fetch::runtime()?;
             let opts = PullOptions {
                 insecure_registries: insecure,
             };
