@@ -2,15 +2,17 @@
 # Benchmark: `hermit fetch` of many small files vs `curl --parallel` on the
 # same list, both from one loopback static server (python3's http.server module),
 # both with 8 concurrent downloads, into fresh directories on tmpfs.
-# Runs are interleaved; prints the median wall time of each and the ratio.
+# Runs are interleaved, and which client goes first alternates from one run
+# to the next (so neither always finds the server warm or the machine
+# busy); prints the median wall time of each and the ratio.
 #
-#   usage: benches/fetch.sh [FILES] [REPS]      (defaults: 200 files, 9 reps)
+#   usage: benches/fetch.sh [FILES] [REPS]      (defaults: 200 files, 31 reps)
 #   env:   HERMIT=path/to/hermit (default target/release/hermit)
 #          BENCH_DIR=/dev/shm (a tmpfs)
 set -eu
 
 FILES=${1:-200}
-REPS=${2:-9}
+REPS=${2:-31}
 HERMIT=${HERMIT:-$(cd "$(dirname "$0")/.." && pwd)/target/release/hermit}
 BENCH_DIR=${BENCH_DIR:-/dev/shm}
 
@@ -92,8 +94,27 @@ while [ "$i" -lt "$FILES" ]; do
   i=$((i + 1))
 done
 
-now_ms() { date +%s%3N; }
+now_ns() { date +%s%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+run_hermit() {
+  t0=$(now_ns)
+  HERMIT_HOME="$WORK/store" XDG_CONFIG_HOME="$WORK/no-config" HERMIT_MIRRORS= \
+    "$HERMIT" fetch --quiet -j 8 "$SPEC"
+  t1=$(now_ns)
+  got=$(ls "$WORK/store/v1/blobs/sha256" | wc -l)
+  [ "$got" -eq "$FILES" ] || { echo "hermit stored $got of $FILES blobs" >&2; exit 1; }
+  echo $(( (t1 - t0) / 1000 )) >> "$WORK/hermit.times"
+}
+run_curl() {
+  t0=$(now_ns)
+  curl --silent --show-error --fail --parallel --parallel-max 8 -K "$CURLCFG" 2>"$WORK/curl.err" \
+    || { cat "$WORK/curl.err" >&2; exit 1; }
+  t1=$(now_ns)
+  got=$(ls "$WORK/curl-out" | wc -l)
+  [ "$got" -eq "$FILES" ] || { echo "curl wrote $got of $FILES files" >&2; exit 1; }
+  echo $(( (t1 - t0) / 1000 )) >> "$WORK/curl.times"
+}
 
 : > "$WORK/hermit.times"
 : > "$WORK/curl.times"
@@ -101,25 +122,14 @@ r=0
 while [ "$r" -lt "$REPS" ]; do
   rm -rf "$WORK/store" "$WORK/curl-out"
   mkdir -p "$WORK/curl-out"
-  t0=$(now_ms)
-  HERMIT_HOME="$WORK/store" XDG_CONFIG_HOME="$WORK/no-config" HERMIT_MIRRORS= \
-    "$HERMIT" fetch --quiet -j 8 "$SPEC"
-  t1=$(now_ms)
-  curl --silent --show-error --fail --parallel --parallel-max 8 -K "$CURLCFG" 2>"$WORK/curl.err" \
-    || { cat "$WORK/curl.err" >&2; exit 1; }
-  t2=$(now_ms)
-  got=$(ls "$WORK/store/v1/blobs/sha256" | wc -l)
-  [ "$got" -eq "$FILES" ] || { echo "hermit stored $got of $FILES blobs" >&2; exit 1; }
-  got=$(ls "$WORK/curl-out" | wc -l)
-  [ "$got" -eq "$FILES" ] || { echo "curl wrote $got of $FILES files" >&2; exit 1; }
-  echo $((t1 - t0)) >> "$WORK/hermit.times"
-  echo $((t2 - t1)) >> "$WORK/curl.times"
+  if [ $((r % 2)) -eq 0 ]; then run_hermit; run_curl; else run_curl; run_hermit; fi
   r=$((r + 1))
 done
 
 H=$(median < "$WORK/hermit.times")
 C=$(median < "$WORK/curl.times")
 echo "fetch of $FILES files (1-64 KiB) over loopback, 8 parallel, $REPS interleaved runs:"
-echo "  hermit fetch: median ${H} ms  (runs: $(tr '\n' ' ' < "$WORK/hermit.times"))"
-echo "  curl --parallel: median ${C} ms  (runs: $(tr '\n' ' ' < "$WORK/curl.times"))"
+ms() { awk '{ printf "%.0f ", $1 / 1000 }'; }
+echo "  hermit fetch: median $(echo "$H" | awk '{ printf "%.1f", $1 / 1000 }') ms  (runs: $(ms < "$WORK/hermit.times"))"
+echo "  curl --parallel: median $(echo "$C" | awk '{ printf "%.1f", $1 / 1000 }') ms  (runs: $(ms < "$WORK/curl.times"))"
 awk -v h="$H" -v c="$C" 'BEGIN { printf "  ratio hermit/curl: %.2f (below 1.00: hermit faster)\n", h / c }'

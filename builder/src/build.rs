@@ -936,7 +936,11 @@ pub fn rebuild(
             } else if let (false, Ok(r)) =
                 (net.offline, rec.image.reference.parse::<oci::Reference>())
             {
-                crate::cmd::fetch::runtime()?.block_on(oci::pull(&store, &r, &oci::PullOptions::default()))?
+                crate::cmd::fetch::runtime()?.block_on(oci::pull(
+                    &store,
+                    &r,
+                    &oci::PullOptions::default(),
+                ))?
             } else {
                 return Err(Exit::user(format!(
                     "the toolchain image {manifest} (config {}, layers {}) is not in the store or any mirror; \

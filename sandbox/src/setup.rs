@@ -283,10 +283,20 @@ impl Builder {
                 restrict(image, true, true)?;
                 let root = Path::new("/");
                 let new = Path::new(NEWROOT);
-                tmpfs(new, 0o755, Some(1 << 20))?;
-                self.mounts.push((root.to_path_buf(), Backing::Ours));
-                self.skeletons.push(root.to_path_buf());
-                self.populate(root, image)?;
+                if self.needs_skeleton(root, image) {
+                    tmpfs(new, 0o755, Some(1 << 20))?;
+                    self.mounts.push((root.to_path_buf(), Backing::Ours));
+                    self.skeletons.push(root.to_path_buf());
+                    self.populate(root, image)?;
+                } else {
+                    // Every mount point the plan needs at the top exists in
+                    // the image: the image itself is the root (as with
+                    // bubblewrap), with skeletons only further down if needed.
+                    bind(image, new, true)?;
+                    self.mounts
+                        .push((root.to_path_buf(), Backing::Image(image.to_path_buf())));
+                    self.skeletons_below(root, image)?;
+                }
             }
             Op::Proc { dst } => {
                 let t = self.mountpoint(dst, Kind::Dir)?;
@@ -447,13 +457,57 @@ impl Builder {
                 mkdir(&t, Mode::from_bits_truncate(0o755)).map_err(fail("mkdir", &t))?;
                 if !placeholder {
                     bind(&src, &t, true)?;
-                    self.mounts.push((spath, Backing::Image(src)));
+                    self.mounts
+                        .push((spath.clone(), Backing::Image(src.clone())));
+                    self.skeletons_below(&spath, &src)?;
                 }
             } else {
                 create_file(&t)?;
                 if !placeholder && !ft.is_block_device() && !ft.is_char_device() {
                     bind(&src, &t, false)?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// `dir` shows the image directory `img` as it is. Turns the directories
+    /// below it that need one into skeletons now, before anything is
+    /// mounted under them (a later skeleton would cover those mounts).
+    fn skeletons_below(&mut self, dir: &Path, img: &Path) -> R<()> {
+        let mut names: Vec<PathBuf> = Vec::new();
+        let paths = self
+            .destinations
+            .iter()
+            .map(|(d, _)| d)
+            .chain(self.hidden.iter());
+        for p in paths {
+            let Ok(rest) = p.strip_prefix(dir) else {
+                continue;
+            };
+            let mut comps = rest.components();
+            // Only directories that something lies *below* matter here.
+            if let (Some(first), Some(_)) = (comps.next(), comps.next()) {
+                let name = PathBuf::from(first.as_os_str());
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        names.sort();
+        for name in names {
+            let sub = dir.join(&name);
+            let sub_img = img.join(&name);
+            let is_dir = fs::symlink_metadata(&sub_img).is_ok_and(|m| m.is_dir());
+            // A mount point of its own replaces what is below it; a missing
+            // or non-directory entry is for `mountpoint` to deal with.
+            if !is_dir || self.destinations.iter().any(|(d, _)| *d == sub) {
+                continue;
+            }
+            if self.needs_skeleton(&sub, &sub_img) {
+                self.skeleton(&sub, &sub_img)?;
+            } else {
+                self.skeletons_below(&sub, &sub_img)?;
             }
         }
         Ok(())

@@ -31,6 +31,7 @@ both_users!(
     root_read_only_tmp_writable,
     binds_ro_rw_tmpfs,
     binds_create_mount_points,
+    complete_image_is_the_root,
     loopback_only_and_up,
     no_capabilities_nnp_seccomp,
     aslr_off_by_default,
@@ -41,6 +42,70 @@ both_users!(
     timeout_exits_124,
     setup_failure_exits_125,
 );
+
+/// A root image that already has every mount point the plan needs (and
+/// nothing to hide at its top) is bound as the root itself, as bubblewrap
+/// does, instead of being rebuilt as a skeleton: the environment must be the
+/// same.
+fn complete_image_is_the_root(who: As) {
+    let dir = who.scratch();
+    let root = dir.path().join("root");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(crate::fixtures::busybox_root())
+        .arg(&root)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    fs::remove_dir_all(root.join("homeless-shelter")).unwrap();
+    let src = who.scratch();
+    fs::write(src.path().join("f"), "bound\n").unwrap();
+    let script = "
+        set -u
+        awk '$5 == \"/\" { print \"root-mount-root=\" $4 }' /proc/self/mountinfo
+        touch /x 2>&1 || true
+        mkdir /newdir 2>&1 || true
+        grep -c builder /etc/passwd
+        cat /etc/passwd /etc/group /etc/hosts
+        test -e /etc/resolv.conf && echo resolv-visible
+        test -e /homeless-shelter && echo home-visible
+        echo hi > /tmp/a && cat /tmp/a
+        cat /sources/src/f
+        echo > /dev/null && echo devnull-ok
+        cat /proc/self/status | grep -c '^Pid:'
+    ";
+    let mut cmd = who.hermit();
+    cmd.arg("sandbox")
+        .arg("--root")
+        .arg(&root)
+        .arg("--ro")
+        .arg(format!("{}:/sources/src", src.path().display()))
+        .args(["--", "/bin/sh", "-c", script]);
+    let out = ok_stdout(&output_within(&mut cmd, Duration::from_secs(60)));
+    // The mount at `/` shows a directory of the image's filesystem, not the
+    // root of a skeleton tmpfs.
+    let first = out.lines().next().unwrap_or("");
+    assert!(
+        first.starts_with("root-mount-root=") && first != "root-mount-root=/",
+        "{out}"
+    );
+    assert!(out.contains("touch: /x: Read-only file system"), "{out}");
+    assert!(
+        out.contains("mkdir: can't create directory '/newdir': Read-only file system"),
+        "{out}"
+    );
+    assert!(
+        !out.contains(FIXTURE_MARKER),
+        "the image's /etc files show through:\n{out}"
+    );
+    assert!(
+        !out.contains("resolv-visible") && !out.contains("home-visible"),
+        "{out}"
+    );
+    for want in ["hi\n", "bound\n", "devnull-ok\n", "localhost"] {
+        assert!(out.contains(want), "missing {want:?}:\n{out}");
+    }
+}
 
 fn identity(who: As) {
     let out = ok_stdout(&run(
