@@ -62,7 +62,7 @@ enum Command {
     Fetch(cmd::fetch::FetchArgs),
     /// Copy every source of the specs into a content-addressed mirror directory
     Mirror(cmd::fetch::MirrorArgs),
-    /// Run one command in the profile-v1 sandbox over a root directory (plumbing)
+    #[command(about = cmd::sandbox::ABOUT)]
     Sandbox(Box<cmd::sandbox::SandboxArgs>),
     /// Check that this machine can run hermit's sandbox, and say how to fix it if not
     Doctor(cmd::doctor::DoctorArgs),
@@ -83,6 +83,13 @@ fn main() -> ExitCode {
     if let Some(code) = hermit_sandbox::enter_if_requested() {
         return ExitCode::from(code);
     }
+    // The sandbox plumbing skips building the whole command tree.
+    if let Some(args) = cmd::sandbox::parse_alone() {
+        return match cmd::sandbox::run(args) {
+            Ok(code) => code,
+            Err(err) => exit::report(&err),
+        };
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
@@ -100,5 +107,28 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => exit::report(&err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// `hermit sandbox` parsed alone shows the same help as through the
+    /// full command tree.
+    #[test]
+    fn sandbox_parsed_alone_has_the_same_help() {
+        let mut full = super::Cli::command();
+        full.build();
+        let mut through_tree = full
+            .find_subcommand_mut("sandbox")
+            .expect("a sandbox subcommand")
+            .clone();
+        let mut alone = super::cmd::sandbox::command();
+        assert_eq!(
+            alone.render_long_help().to_string(),
+            through_tree.render_long_help().to_string()
+        );
+        assert_eq!(alone.render_version(), through_tree.render_version());
     }
 }
