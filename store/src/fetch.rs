@@ -276,17 +276,29 @@ struct Inner {
     /// as soon as its last byte is in, before the blob is committed
     /// (fsync, rename), so the connection serves the next download at once.
     downloads: Semaphore,
+    /// Recent commit (fsync, rename) durations in ns, smoothed; `u64::MAX`
+    /// until one is known. See [`INLINE_COMMIT`].
+    commit_ns: std::sync::atomic::AtomicU64,
 }
+
+/// A downloaded blob is committed (fsync, rename, fsync of the folder) on a
+/// worker thread, so a slow disk never stalls the transfers running on the
+/// network thread. When commits have been taking less than this — a store on
+/// tmpfs or a fast SSD — the hand-off to the worker and back costs more than
+/// the commit, and it runs in place instead. One slow commit is enough to go
+/// back to the worker.
+const INLINE_COMMIT: Duration = Duration::from_micros(200);
 
 /// At first, at most this many requests to one server wait for their
 /// response headers at once (up to `jobs` bodies still stream in parallel).
-/// Small static servers (`python3 -m http.server` listens with a queue of 5)
-/// drop connections that arrive faster than they accept them, and each drop
-/// costs a 1 s SYN retransmit; curl's one-transfer-at-a-time start avoids the
-/// same. Once a server answers on a connection it keeps open (HTTP/1.1
+/// Small static servers drop connections that arrive faster than they
+/// accept them, and each drop costs a 1 s SYN retransmit:
+/// `python3 -m http.server` listens with a backlog of 5, so its accept queue
+/// holds 6 connections, and 6 requests waiting can never overflow it (8 do,
+/// with curl too). Once a server answers on a connection it keeps open (HTTP/1.1
 /// keep-alive, HTTP/2), further requests reuse pooled connections rather
 /// than open new ones, and the limit rises to `jobs`.
-const MAX_CONNECTING: usize = 4;
+const MAX_CONNECTING: usize = 6;
 
 /// What hermit knows of one server during a fetch.
 struct Server {
@@ -356,6 +368,7 @@ impl Fetcher {
                 reporter,
                 servers: std::sync::Mutex::new(BTreeMap::new()),
                 downloads,
+                commit_ns: std::sync::atomic::AtomicU64::new(u64::MAX),
             }),
         })
     }
@@ -679,13 +692,45 @@ impl Fetcher {
         drop(transfer);
         let digest = want.digest;
         let size = want.size;
-        tokio::task::spawn_blocking(move || {
+        let this = self.clone();
+        let commit = move || {
             let n = w.size();
-            w.commit(&location, Some(&digest), size).map(|_| n)
-        })
-        .await
-        .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?
-        .map_err(commit_error)
+            let start = std::time::Instant::now();
+            let r = w.commit(&location, Some(&digest), size).map(|_| n);
+            this.commit_took(start.elapsed());
+            r
+        };
+        let fast = self
+            .inner
+            .commit_ns
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < INLINE_COMMIT.as_nanos() as u64;
+        if fast {
+            commit().map_err(commit_error)
+        } else {
+            tokio::task::spawn_blocking(commit)
+                .await
+                .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?
+                .map_err(commit_error)
+        }
+    }
+
+    fn commit_took(&self, took: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let old = self.inner.commit_ns.load(Relaxed);
+        self.inner.commit_ns.store(smoothed(old, ns), Relaxed);
+    }
+}
+
+/// Folds a commit's duration `ns` into the smoothed figure `old`: the mean
+/// of the last few, except that a slow one counts in full at once (and the
+/// first one is taken as it is).
+fn smoothed(old: u64, ns: u64) -> u64 {
+    if old == u64::MAX || ns >= INLINE_COMMIT.as_nanos() as u64 {
+        ns
+    } else {
+        old.saturating_mul(3).saturating_add(ns) / 4
     }
 }
 
@@ -821,6 +866,27 @@ fn merge(wants: Vec<Want>) -> Vec<Want> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commits_run_in_place_only_while_they_stay_fast() {
+        let limit = INLINE_COMMIT.as_nanos() as u64;
+        let fast = |ns| ns < limit;
+        // Unknown until the first commit: on the worker.
+        assert!(!fast(u64::MAX));
+        let mut s = smoothed(u64::MAX, 30_000);
+        assert!(fast(s));
+        // One slow commit sends the next ones back to the worker at once...
+        s = smoothed(s, 4_000_000);
+        assert_eq!(s, 4_000_000);
+        assert!(!fast(s));
+        // ...and it takes a run of about ten fast ones to come back.
+        let mut runs = 0;
+        while !fast(s) {
+            s = smoothed(s, 30_000);
+            runs += 1;
+        }
+        assert!((8..=12).contains(&runs), "{runs}");
+    }
 
     fn want(data: &[u8], urls: &[&str]) -> Want {
         Want {
