@@ -10,11 +10,11 @@
 # ratio = peer time / hermit time: above 1 means hermit is faster.
 #
 # Usage: benches/store.sh [path/to/hermit]   (default target/release/hermit)
-# Env:   SIZE_MB (default 1024), REPS (default 5), BENCH_DIR (default /dev/shm)
+# Env:   SIZE_MB (default 1024), REPS (default 9), BENCH_DIR (default /dev/shm)
 set -eu
 HERMIT=$(realpath "${1:-target/release/hermit}")
 SIZE_MB=${SIZE_MB:-1024}
-REPS=${REPS:-5}
+REPS=${REPS:-9}
 NAME=store
 . "$(dirname "$0")/lib.sh"
 
@@ -28,12 +28,20 @@ hermit_present() { HERMIT_HOME="$W/kept" "$HERMIT" store add "$W/big"; }
 hermit_present >/dev/null   # the blob the "present" runs find
 i=0
 while [ "$i" -lt "$REPS" ]; do
-  time_cmd present_peer openssl dgst -sha256 "$W/big"
-  time_cmd present_hermit hermit_present
+  # Which side goes first alternates from one run to the next.
   rm -f "$W/copy"
-  time_cmd fresh_peer peer_fresh
   chmod -R u+w "$W/home" 2>/dev/null || true; rm -rf "$W/home"
-  time_cmd fresh_hermit hermit_fresh
+  if [ $((i % 2)) -eq 0 ]; then
+    time_cmd present_peer openssl dgst -sha256 "$W/big"
+    time_cmd present_hermit hermit_present
+    time_cmd fresh_peer peer_fresh
+    time_cmd fresh_hermit hermit_fresh
+  else
+    time_cmd present_hermit hermit_present
+    time_cmd present_peer openssl dgst -sha256 "$W/big"
+    time_cmd fresh_hermit hermit_fresh
+    time_cmd fresh_peer peer_fresh
+  fi
   i=$((i + 1))
 done
 
