@@ -28,6 +28,9 @@
 //!     ├── images/<hex>.json          imported toolchain images (the OCI module); every digest
 //!     │                              named in one is a gc root
 //!     ├── locks/<hex>.lock           advisory flock per digest/key: held while it is being added
+//!     ├── seen/<hex>                 empty markers: a file with this identity (device, inode,
+//!     │                              size, mtime, ctime; hex = their sha256) was added before.
+//!     │                              Only a hint for [`Store::add_file`]; removing any is safe
 //!     └── tmp/<session>/             one per running hermit process, holding `.lock` (flocked
 //!                                    for the life of the process) and that process's
 //!                                    half-written files; a session whose lock is free is stale
@@ -248,6 +251,7 @@ impl Store {
             "unpacked",
             "gcroots",
             "locks",
+            "seen",
             "tmp",
         ] {
             let p = base.join(d);
@@ -513,7 +517,12 @@ impl Store {
     ///   accepted only if the file's size, mtime and ctime are the same after
     ///   the copy as before the hash. Any write to a settled file moves its
     ///   ctime to a later clock tick, so a file changed meanwhile is caught;
-    ///   this costs one hash plus one copy, like `openssl dgst && cp`;
+    ///   this costs one hash plus one copy, like `openssl dgst && cp` — and
+    ///   when the file is large and was never added to this store before,
+    ///   the copy runs on a second thread *while* it is hashed (if the
+    ///   bytes turn out to be present after all, the copy is thrown away);
+    ///   a file added before is only hashed, so adding it again writes
+    ///   nothing;
     /// - recently changed files are copied through user space while a second
     ///   thread re-hashes exactly the bytes written, and the copy is accepted
     ///   only if it hashes to the first digest.
@@ -528,14 +537,58 @@ impl Store {
             .duration_since(std::time::UNIX_EPOCH)
             .is_ok_and(|now| now.as_secs() as i64 - before.ctime() > SETTLED_SECS);
         advise_sequential(&file);
-        let (digest, size) = hash_reader(&mut file).map_err(StoreError::io("reading", path))?;
+        let seen = self.seen_marker(&before);
+        let speculate = settled
+            && before.len() >= SPECULATIVE_COPY_MIN
+            && !seen.as_ref().is_some_and(|p| p.exists());
+        let speculative = if speculate {
+            Some(self.hash_while_copying(&mut file, path)?)
+        } else {
+            None
+        };
+        let (digest, size) = match &speculative {
+            Some(s) => (s.digest, s.size),
+            None => hash_reader(&mut file).map_err(StoreError::io("reading", path))?,
+        };
         let _lock = self.lock(&digest)?;
+        let mark_seen = || {
+            if let Some(p) = &seen {
+                // A hint only: failing to leave it changes nothing but speed.
+                let _ = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(p);
+            }
+        };
         if self.blob(&digest).is_some() {
+            mark_seen();
             return Ok(Added {
                 digest,
                 kind: EntryKind::Blob,
                 size,
                 new: false,
+            });
+        }
+        if let Some(s) = speculative {
+            let after = file.metadata().map_err(StoreError::io("reading", path))?;
+            if s.copied != size || identity(&before) != identity(&after) {
+                return Err(StoreError::Changed {
+                    path: path.to_path_buf(),
+                    expected: digest,
+                });
+            }
+            let SpeculativeCopy { tmp, guard, .. } = s;
+            let mut guard = guard;
+            let tmp_path = guard.0.clone().unwrap_or_default();
+            install_blob(&self.base.join("blobs/sha256"), tmp, &tmp_path, &digest)?;
+            guard.0 = None;
+            mark_seen();
+            return Ok(Added {
+                digest,
+                kind: EntryKind::Blob,
+                size,
+                new: true,
             });
         }
         let changed = || StoreError::Changed {
@@ -550,17 +603,7 @@ impl Store {
             let copied =
                 io::copy(&mut file, &mut tmp).map_err(StoreError::io("copying into", &tmp_path))?;
             let after = file.metadata().map_err(StoreError::io("reading", path))?;
-            let same = |m: &fs::Metadata| {
-                (
-                    m.len(),
-                    m.mtime(),
-                    m.mtime_nsec(),
-                    m.ctime(),
-                    m.ctime_nsec(),
-                    m.ino(),
-                )
-            };
-            if copied != size || same(&before) != same(&after) {
+            if copied != size || identity(&before) != identity(&after) {
                 return Err(changed());
             }
         } else {
@@ -571,11 +614,49 @@ impl Store {
         }
         install_blob(&self.base.join("blobs/sha256"), tmp, &tmp_path, &digest)?;
         guard.0 = None;
+        mark_seen();
         Ok(Added {
             digest,
             kind: EntryKind::Blob,
             size,
             new: true,
+        })
+    }
+
+    /// Where the marker for a file with `meta`'s identity lives.
+    fn seen_marker(&self, meta: &fs::Metadata) -> Option<PathBuf> {
+        let (len, mt, mtn, ct, ctn, ino, dev) = identity(meta);
+        let key = format!("{dev}:{ino}:{len}:{mt}.{mtn}:{ct}.{ctn}");
+        Some(
+            self.base
+                .join("seen")
+                .join(Digest::of(key.as_bytes()).hex()),
+        )
+    }
+
+    /// Hashes `file` from its current offset while a second thread copies
+    /// the same file (through its own descriptor) into a temp file with
+    /// `copy_file_range`.
+    fn hash_while_copying(&self, file: &mut File, path: &Path) -> Result<SpeculativeCopy> {
+        let mut src = File::open(path).map_err(StoreError::io("opening", path))?;
+        let (mut tmp, tmp_path) = temp_file(&self.session.dir)?;
+        let guard = TempGuard(Some(tmp_path.clone()));
+        let (hashed, copied) = std::thread::scope(|s| {
+            let copier = s.spawn(|| io::copy(&mut src, &mut tmp));
+            let hashed = hash_reader(file);
+            let copied = copier
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the copying thread panicked")));
+            (hashed, copied)
+        });
+        let (digest, size) = hashed.map_err(StoreError::io("reading", path))?;
+        let copied = copied.map_err(StoreError::io("copying into", &tmp_path))?;
+        Ok(SpeculativeCopy {
+            digest,
+            size,
+            copied,
+            tmp,
+            guard,
         })
     }
 
@@ -609,6 +690,35 @@ impl Store {
 
 /// Removes a temp file on drop unless disarmed.
 struct TempGuard(Option<PathBuf>);
+
+/// Files at least this large, never added before, are copied while they are
+/// hashed (see [`Store::add_file`]); below it a second thread is not worth
+/// starting.
+pub const SPECULATIVE_COPY_MIN: u64 = 16 << 20;
+
+/// A file hashed while it was copied into `tmp` (removed with `guard`).
+struct SpeculativeCopy {
+    digest: Digest,
+    size: u64,
+    copied: u64,
+    tmp: File,
+    guard: TempGuard,
+}
+
+/// What must not change while a file is added: size, mtime, ctime, inode
+/// and device.
+fn identity(m: &fs::Metadata) -> (u64, i64, i64, i64, i64, u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.ino(),
+        m.dev(),
+    )
+}
 
 impl Drop for TempGuard {
     fn drop(&mut self) {
@@ -952,11 +1062,29 @@ mod tests {
         let settled = dir.path().join("settled");
         let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         fs::write(&settled, &data[1..]).map_err(StoreError::io("writing", &settled))?;
+        // Large and settled: copied while it is hashed. `twin` has the same
+        // bytes under another identity: hashed and copied, then the copy is
+        // thrown away.
+        let big: Vec<u8> = (0..(SPECULATIVE_COPY_MIN as usize + 4096))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let (large, twin) = (dir.path().join("large"), dir.path().join("twin"));
+        fs::write(&large, &big).map_err(StoreError::io("writing", &large))?;
+        fs::write(&twin, &big).map_err(StoreError::io("writing", &twin))?;
         std::thread::sleep(std::time::Duration::from_millis(
             SETTLED_SECS as u64 * 1000 + 1100,
         ));
         fs::write(&fresh, &data).map_err(StoreError::io("writing", &fresh))?;
-        for (p, bytes) in [(&fresh, &data[..]), (&settled, &data[1..])] {
+        let seen = || fs::read_dir(store.base().join("seen")).map_or(0, |d| d.count());
+        let only_lock_in_tmp = || {
+            let n = fs::read_dir(store.tmp_dir()).map_or(0, |d| d.count());
+            assert_eq!(n, 1, "only the session lock remains in tmp");
+        };
+        for (p, bytes) in [
+            (&fresh, &data[..]),
+            (&settled, &data[1..]),
+            (&large, &big[..]),
+        ] {
             let added = store.add_file(p)?;
             assert!(added.new);
             assert_eq!(added.digest, Digest::of(bytes));
@@ -967,6 +1095,58 @@ mod tests {
             );
             let again = store.add_file(p)?;
             assert!(!again.new);
+            only_lock_in_tmp();
+        }
+        // One marker per file identity added.
+        assert_eq!(seen(), 3);
+        let other = store.add_file(&twin)?;
+        assert!(!other.new);
+        assert_eq!(other.digest, Digest::of(&big));
+        only_lock_in_tmp();
+        assert_eq!(seen(), 4);
+        Ok(())
+    }
+
+    /// A large settled file written to while it is hashed and copied: the
+    /// add is refused as changed, or — if the write came too early or too
+    /// late to matter — the blob holds exactly the bytes its name says.
+    #[test]
+    fn add_file_written_to_meanwhile_never_stores_a_wrong_blob() -> Result<()> {
+        use std::io::Write as _;
+        let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
+        let store = Store::open(dir.path().join("home"))?;
+        let files: Vec<PathBuf> = (0..4).map(|i| dir.path().join(format!("f{i}"))).collect();
+        let big: Vec<u8> = (0..(SPECULATIVE_COPY_MIN as usize * 2))
+            .map(|i| (i % 241) as u8)
+            .collect();
+        for f in &files {
+            fs::write(f, &big).map_err(StoreError::io("writing", f))?;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(
+            SETTLED_SECS as u64 * 1000 + 1100,
+        ));
+        for (i, f) in files.iter().enumerate() {
+            let writer = {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(5 * i as u64));
+                    let mut h = OpenOptions::new().append(true).open(&f).unwrap();
+                    h.write_all(b"more").unwrap();
+                })
+            };
+            let added = store.add_file(f);
+            writer.join().unwrap();
+            match added {
+                Err(StoreError::Changed { .. }) => {}
+                Err(e) => panic!("{e}"),
+                Ok(a) => {
+                    let blob = store.blob_path(&a.digest);
+                    let bytes = fs::read(&blob).map_err(StoreError::io("reading", &blob))?;
+                    assert_eq!(Digest::of(&bytes), a.digest);
+                }
+            }
+            let n = fs::read_dir(store.tmp_dir()).map_or(0, |d| d.count());
+            assert_eq!(n, 1, "nothing left behind in tmp");
         }
         Ok(())
     }
