@@ -91,12 +91,11 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old))
             .map_err(|e| RunError::Io(e.into()))?;
         let started = crate::intermediate::start_init(input, &st_w);
-        let restored = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        // Cannot fail with a mask sigprocmask itself returned; and init is
+        // running by now, so there is no going back anyway.
+        let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
         match started {
-            Ok(init) => {
-                restored.map_err(|e| RunError::Io(e.into()))?;
-                (Some(init.pid), true, Some(init.lifeline))
-            }
+            Ok(init) => (Some(init.pid), true, Some(init.lifeline)),
             // The reason is already in the status pipe.
             Err(_) => (None, true, None),
         }
