@@ -557,12 +557,7 @@ impl Fetcher {
     }
 
     async fn via_file(&self, id: usize, want: &Want, path: &Path) -> Result<u64, TryError> {
-        let _transfer = self
-            .inner
-            .downloads
-            .acquire()
-            .await
-            .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?;
+        let _transfer = permit(&self.inner.downloads).await?;
         let store = self.inner.store.clone();
         let reporter = self.inner.reporter.clone();
         let want = want.clone();
@@ -597,18 +592,9 @@ impl Fetcher {
     async fn via_http(&self, id: usize, want: &Want, url: &Url) -> Result<u64, TryError> {
         let opts = &self.inner.opts;
         let secs = |d: Duration| format!("{:.1}s", d.as_secs_f64());
-        let transfer = self
-            .inner
-            .downloads
-            .acquire()
-            .await
-            .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?;
+        let transfer = permit(&self.inner.downloads).await?;
         let server = self.server(url);
-        let connecting = server
-            .connecting
-            .acquire()
-            .await
-            .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))?;
+        let connecting = permit(&server.connecting).await?;
         let send = self.inner.client.get(url.clone()).send();
         let sent = tokio::time::timeout(opts.read_timeout, send).await;
         drop(connecting);
@@ -732,6 +718,13 @@ fn smoothed(old: u64, ns: u64) -> u64 {
     } else {
         old.saturating_mul(3).saturating_add(ns) / 4
     }
+}
+
+/// Waits for a slot of `sem` (never closed, so an error is a bug).
+async fn permit(sem: &Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, TryError> {
+    sem.acquire()
+        .await
+        .map_err(|e| TryError::Fatal(FetchError::Task(e.to_string())))
 }
 
 fn fatal(e: StoreError) -> TryError {

@@ -384,23 +384,11 @@ impl Store {
     }
 
     fn store_lock(&self, arg: nix::fcntl::FlockArg) -> Result<Option<StoreLock>> {
-        let path = self.base.join("store.lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o644)
-            .open(&path)
-            .map_err(StoreError::io("opening lock", &path))?;
-        match nix::fcntl::Flock::lock(file, arg) {
-            Ok(lock) => Ok(Some(StoreLock {
+        Ok(
+            flock_file(&self.base.join("store.lock"), arg)?.map(|lock| StoreLock {
                 _lock: std::sync::Arc::new(lock),
-            })),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, errno)) => Err(StoreError::io("locking", &path)(
-                io::Error::from_raw_os_error(errno as i32),
-            )),
-        }
+            }),
+        )
     }
 
     /// Takes the advisory lock for `digest`, blocking until it is free.
@@ -426,28 +414,15 @@ impl Store {
             .base
             .join("locks")
             .join(format!("{}.lock", digest.hex()));
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o644)
-            .open(&path)
-            .map_err(StoreError::io("opening lock", &path))?;
         let arg = if wait {
             nix::fcntl::FlockArg::LockExclusive
         } else {
             nix::fcntl::FlockArg::LockExclusiveNonblock
         };
-        match nix::fcntl::Flock::lock(file, arg) {
-            Ok(lock) => Ok(Some(DigestLock {
-                _lock: lock,
-                _store: store,
-            })),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, errno)) => Err(StoreError::io("locking", &path)(
-                io::Error::from_raw_os_error(errno as i32),
-            )),
-        }
+        Ok(flock_file(&path, arg)?.map(|lock| DigestLock {
+            _lock: lock,
+            _store: store,
+        }))
     }
 
     /// Starts writing a new blob. Bytes written are hashed on the way;
@@ -538,10 +513,7 @@ impl Store {
             .is_ok_and(|now| now.as_secs() as i64 - before.ctime() > SETTLED_SECS);
         advise_sequential(&file);
         let seen = self.seen_marker(&before);
-        let speculate = settled
-            && before.len() >= SPECULATIVE_COPY_MIN
-            && !seen.as_ref().is_some_and(|p| p.exists());
-        let speculative = if speculate {
+        let speculative = if settled && before.len() >= SPECULATIVE_COPY_MIN && !seen.exists() {
             Some(self.hash_while_copying(&mut file, path)?)
         } else {
             None
@@ -551,15 +523,13 @@ impl Store {
             None => hash_reader(&mut file).map_err(StoreError::io("reading", path))?,
         };
         let _lock = self.lock(&digest)?;
+        // A hint only: failing to leave it changes nothing but speed.
         let mark_seen = || {
-            if let Some(p) = &seen {
-                // A hint only: failing to leave it changes nothing but speed.
-                let _ = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(p);
-            }
+            let _ = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&seen);
         };
         if self.blob(&digest).is_some() {
             mark_seen();
@@ -570,48 +540,42 @@ impl Store {
                 new: false,
             });
         }
-        if let Some(s) = speculative {
-            let after = file.metadata().map_err(StoreError::io("reading", path))?;
-            if s.copied != size || identity(&before) != identity(&after) {
-                return Err(StoreError::Changed {
-                    path: path.to_path_buf(),
-                    expected: digest,
-                });
-            }
-            let SpeculativeCopy { tmp, guard, .. } = s;
-            let mut guard = guard;
-            let tmp_path = guard.0.clone().unwrap_or_default();
-            install_blob(&self.base.join("blobs/sha256"), tmp, &tmp_path, &digest)?;
-            guard.0 = None;
-            mark_seen();
-            return Ok(Added {
-                digest,
-                kind: EntryKind::Blob,
-                size,
-                new: true,
-            });
-        }
         let changed = || StoreError::Changed {
             path: path.to_path_buf(),
             expected: digest,
         };
-        file.rewind().map_err(StoreError::io("reading", path))?;
-        let (mut tmp, tmp_path) = temp_file(&self.session.dir)?;
-        let mut guard = TempGuard(Some(tmp_path.clone()));
-        if settled {
-            // std's File-to-File copy is copy_file_range (or sendfile).
-            let copied =
-                io::copy(&mut file, &mut tmp).map_err(StoreError::io("copying into", &tmp_path))?;
-            let after = file.metadata().map_err(StoreError::io("reading", path))?;
-            if copied != size || identity(&before) != identity(&after) {
-                return Err(changed());
+        // The copy: made already (speculative), by the kernel (settled), or
+        // through user space while a second thread re-hashes it.
+        let (tmp, mut guard) = match speculative {
+            Some(s) => {
+                let after = file.metadata().map_err(StoreError::io("reading", path))?;
+                if s.copied != size || identity(&before) != identity(&after) {
+                    return Err(changed());
+                }
+                (s.tmp, s.guard)
             }
-        } else {
-            let (copied, copied_size) = copy_hashing(&mut file, &mut tmp, path, &tmp_path)?;
-            if copied != digest || copied_size != size {
-                return Err(changed());
+            None => {
+                file.rewind().map_err(StoreError::io("reading", path))?;
+                let (mut tmp, tmp_path) = temp_file(&self.session.dir)?;
+                let guard = TempGuard(Some(tmp_path.clone()));
+                if settled {
+                    // std's File-to-File copy is copy_file_range (or sendfile).
+                    let copied = io::copy(&mut file, &mut tmp)
+                        .map_err(StoreError::io("copying into", &tmp_path))?;
+                    let after = file.metadata().map_err(StoreError::io("reading", path))?;
+                    if copied != size || identity(&before) != identity(&after) {
+                        return Err(changed());
+                    }
+                } else {
+                    let (copied, copied_size) = copy_hashing(&mut file, &mut tmp, path, &tmp_path)?;
+                    if copied != digest || copied_size != size {
+                        return Err(changed());
+                    }
+                }
+                (tmp, guard)
             }
-        }
+        };
+        let tmp_path = guard.0.clone().unwrap_or_default();
         install_blob(&self.base.join("blobs/sha256"), tmp, &tmp_path, &digest)?;
         guard.0 = None;
         mark_seen();
@@ -624,14 +588,12 @@ impl Store {
     }
 
     /// Where the marker for a file with `meta`'s identity lives.
-    fn seen_marker(&self, meta: &fs::Metadata) -> Option<PathBuf> {
+    fn seen_marker(&self, meta: &fs::Metadata) -> PathBuf {
         let (len, mt, mtn, ct, ctn, ino, dev) = identity(meta);
         let key = format!("{dev}:{ino}:{len}:{mt}.{mtn}:{ct}.{ctn}");
-        Some(
-            self.base
-                .join("seen")
-                .join(Digest::of(key.as_bytes()).hex()),
-        )
+        self.base
+            .join("seen")
+            .join(Digest::of(key.as_bytes()).hex())
     }
 
     /// Hashes `file` from its current offset while a second thread copies
@@ -954,6 +916,25 @@ impl Drop for BlobWriter {
         if self.file.is_some() {
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Opens (creating) the lock file at `path` and `flock`s it; `None` when a
+/// non-blocking `arg` finds it held.
+fn flock_file(path: &Path, arg: nix::fcntl::FlockArg) -> Result<Option<nix::fcntl::Flock<File>>> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open(path)
+        .map_err(StoreError::io("opening lock", path))?;
+    match nix::fcntl::Flock::lock(file, arg) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(StoreError::io("locking", path)(
+            io::Error::from_raw_os_error(errno as i32),
+        )),
     }
 }
 
