@@ -339,7 +339,7 @@ pub fn toolchain_request(spec: &Spec, _spec_dir: &Path) -> ToolchainRequest {
     }
 }
 
-fn image_reference(req: &ToolchainRequest) -> String {
+pub(crate) fn image_reference(req: &ToolchainRequest) -> String {
     match req {
         ToolchainRequest::Image { reference } => reference.clone(),
         ToolchainRequest::Oci { path, digest } => format!("oci:{path}@{digest}"),
@@ -923,6 +923,11 @@ pub fn rebuild(
     let profile = Profile::get_pinned(&rec.profile.name, &rec.profile.digest.to_string())?;
     let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
         .map_err(|e| Exit::user(format!("the record's spec: {e}")))?;
+    // Nothing the record says decides how the sandbox is set up: the
+    // toolchain, sources and environment are derived again from the pinned
+    // profile and the recorded spec and lock, and must match the record.
+    let origin = record_path.display().to_string();
+    crate::derive::check_static(&rec, &spec, &origin).map_err(|e| Exit::user(e.to_string()))?;
 
     // The image, by digest: store, then mirrors, then the recorded reference.
     let manifest = rec.image.manifest;
@@ -981,6 +986,9 @@ pub fn rebuild(
         }
     }
     fetch(&store, net, wants)?;
+    let jobs = profile.jobs(opts.jobs, host_cpus());
+    let environment = crate::derive::environment(&rec, &spec, &image, &profile, jobs, &origin)
+        .map_err(|e| Exit::user(e.to_string()))?;
     let mut sources = Vec::new();
     for s in &rec.sources {
         sources.push((s.clone(), source_path(&store, s)?));
@@ -994,7 +1002,7 @@ pub fn rebuild(
         image,
         sources,
         profile,
-        environment: rec.environment.clone(),
+        environment,
         script: spec.build.script.clone(),
     };
     let key = plan.build_key()?;

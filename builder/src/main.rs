@@ -24,6 +24,7 @@ mod build;
 mod cmd;
 mod config;
 mod debian;
+mod derive;
 mod exit;
 mod lock;
 mod output;

@@ -145,7 +145,17 @@ fn restrict(target: &Path, readonly: bool, recursive: bool) -> R<()> {
     }
 }
 
+/// Refuses a path with a symlink in any component: setup acts only on the
+/// paths it means, never on where an image's symlink points.
+fn checked(p: &Path) -> R<()> {
+    sys::check_no_symlinks(&cpath(p)?).map_err(fail("resolve without symlinks", p))
+}
+
+/// Binds `src` (a path of the root image or of the staging tmpfs, never of
+/// the host) on `dst`.
 fn bind(src: &Path, dst: &Path, recursive: bool) -> R<()> {
+    checked(src)?;
+    checked(dst)?;
     let mut flags = MsFlags::MS_BIND;
     if recursive {
         flags |= MsFlags::MS_REC;
@@ -154,6 +164,9 @@ fn bind(src: &Path, dst: &Path, recursive: bool) -> R<()> {
 }
 
 fn tmpfs(dst: &Path, mode: u32, size: Option<u64>) -> R<()> {
+    if dst.starts_with(NEWROOT) {
+        checked(dst)?;
+    }
     let mut data = format!("mode={mode:o}");
     if let Some(s) = size {
         data.push_str(&format!(",size={s}"));
@@ -183,9 +196,19 @@ pub(crate) fn setup(ops: &[Op]) -> Result<(), SetupFailure> {
     let step =
         |s: &'static str| move |f: Fail| SetupFailure::new(s, f.call, Some(f.path), Some(f.errno));
     prepare().map_err(step("prepare the mount namespace"))?;
-    let mut b = Builder::new(ops);
+    // Every host path the plan names is taken now, as a detached mount; then
+    // the host's root is cut off, so nothing done while building the new root
+    // from the image can reach a host file by path, whatever its symlinks say.
+    let mut taken = Vec::with_capacity(ops.len());
     for op in ops {
-        b.apply(op).map_err(|f| {
+        taken.push(take_host_path(op).map_err(|f| {
+            SetupFailure::new(op.to_string(), f.call, Some(shown(&f.path)), Some(f.errno))
+        })?);
+    }
+    detach_host_root().map_err(step("detach the host's root"))?;
+    let mut b = Builder::new(ops);
+    for (op, host) in ops.iter().zip(taken) {
+        b.apply(op, host).map_err(|f| {
             SetupFailure::new(op.to_string(), f.call, Some(shown(&f.path)), Some(f.errno))
         })?;
     }
@@ -225,9 +248,62 @@ fn prepare() -> R<()> {
     Ok(())
 }
 
-fn enter() -> R<()> {
+/// A host path an operation binds, taken as a detached mount before the host
+/// root is cut off.
+struct Taken {
+    tree: std::os::fd::OwnedFd,
+    is_dir: bool,
+}
+
+/// Where a fresh procfs waits (in the staging root) to be moved into place:
+/// the kernel lets a user namespace mount proc only while a fully visible
+/// proc is mounted in its mount namespace, which the host's stops being once
+/// the host root is detached.
+const PROC_STAGING: &str = "/proc";
+
+fn take_host_path(op: &Op) -> R<Option<Taken>> {
+    let (src, recursive) = match op {
+        Op::RootImage { src } => (src.clone(), true),
+        Op::Bind { src, .. } => (src.clone(), true),
+        Op::DevNode { name } => (Path::new("/dev").join(name), false),
+        Op::Proc { .. } => {
+            let t = Path::new(PROC_STAGING);
+            match mkdir(t, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(fail("mkdir", t)(e)),
+            }
+            mount(
+                Some("proc"),
+                t,
+                Some("proc"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(fail("mount", t))?;
+            return Ok(None);
+        }
+        _ => return Ok(None),
+    };
+    let h = host(&src);
+    let tree = sys::open_tree_clone(&cpath(&h)?, recursive).map_err(fail("open_tree", &h))?;
+    let meta = nix::sys::stat::fstat(&tree).map_err(fail("stat", &h))?;
+    let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    Ok(Some(Taken { tree, is_dir }))
+}
+
+/// Attaches a taken host path at `dst` (a path of the new root, checked to
+/// have no symlink on the way).
+fn attach(taken: &Taken, dst: &Path) -> R<()> {
+    checked(dst)?;
+    sys::move_mount(&taken.tree, &cpath(dst)?).map_err(fail("move_mount", dst))
+}
+
+fn detach_host_root() -> R<()> {
     let old = Path::new(OLDROOT);
-    umount2(old, MntFlags::MNT_DETACH).map_err(fail("umount2", old))?;
+    umount2(old, MntFlags::MNT_DETACH).map_err(fail("umount2", old))
+}
+
+fn enter() -> R<()> {
     let new = Path::new(NEWROOT);
     chdir(new).map_err(fail("chdir", new))?;
     // pivot_root(".", "."): the staging root ends up stacked over the new
@@ -270,16 +346,19 @@ impl Builder {
         }
     }
 
-    fn apply(&mut self, op: &Op) -> R<()> {
+    fn apply(&mut self, op: &Op, taken: Option<Taken>) -> R<()> {
+        let host_path = |src: &Path| -> R<Taken> {
+            let h = host(src);
+            taken.ok_or_else(|| fail("open_tree", &h)(Errno::EBADF))
+        };
         match op {
             Op::RootImage { src } => {
-                let h = host(src);
-                let meta = fs::metadata(&h).map_err(io_fail("stat", &h))?;
-                if !meta.is_dir() {
-                    return Err(fail("stat", &h)(Errno::ENOTDIR));
+                let taken = host_path(src)?;
+                if !taken.is_dir {
+                    return Err(fail("stat", &host(src))(Errno::ENOTDIR));
                 }
                 let image = Path::new(IMAGE);
-                bind(&h, image, true)?;
+                attach(&taken, image)?;
                 restrict(image, true, true)?;
                 let root = Path::new("/");
                 let new = Path::new(NEWROOT);
@@ -300,14 +379,16 @@ impl Builder {
             }
             Op::Proc { dst } => {
                 let t = self.mountpoint(dst, Kind::Dir)?;
+                checked(&t)?;
+                let staged = Path::new(PROC_STAGING);
                 mount(
-                    Some("proc"),
+                    Some(staged),
                     &t,
-                    Some("proc"),
-                    MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+                    None::<&str>,
+                    MsFlags::MS_MOVE,
                     None::<&str>,
                 )
-                .map_err(fail("mount", &t))?;
+                .map_err(fail("mount --move", &t))?;
                 self.mounts.push((dst.clone(), Backing::Foreign));
             }
             Op::Tmpfs { dst, size, mode } => {
@@ -316,10 +397,10 @@ impl Builder {
                 self.mounts.push((dst.clone(), Backing::Ours));
             }
             Op::DevNode { name } => {
-                let src = host(&Path::new("/dev").join(name));
                 let dst = Path::new("/dev").join(name);
+                let taken = host_path(&dst)?;
                 let t = self.mountpoint(&dst, Kind::File)?;
-                bind(&src, &t, false)?;
+                attach(&taken, &t)?;
             }
             Op::Devpts { dst } => {
                 let t = self.mountpoint(dst, Kind::Dir)?;
@@ -341,11 +422,10 @@ impl Builder {
                 std::os::unix::fs::symlink(target, &t).map_err(io_fail("symlink", &t))?;
             }
             Op::Bind { src, dst, writable } => {
-                let h = host(src);
-                let meta = fs::metadata(&h).map_err(io_fail("stat", &h))?;
-                let kind = if meta.is_dir() { Kind::Dir } else { Kind::File };
+                let taken = host_path(src)?;
+                let kind = if taken.is_dir { Kind::Dir } else { Kind::File };
                 let t = self.mountpoint(dst, kind)?;
-                bind(&h, &t, true)?;
+                attach(&taken, &t)?;
                 restrict(&t, !writable, true)?;
                 self.mounts.push((dst.clone(), Backing::Foreign));
             }
@@ -372,6 +452,7 @@ impl Builder {
             }
             Op::Hide { dst } => self.hide(dst)?,
             Op::RemountReadOnly { dst } => {
+                checked(&inside(dst))?;
                 restrict(&inside(dst), true, false)?;
                 if let Some(m) = self.mounts.iter_mut().rev().find(|(p, _)| p == dst) {
                     m.1 = Backing::Foreign;
@@ -609,6 +690,12 @@ impl Builder {
 
     fn hide(&mut self, dst: &Path) -> R<()> {
         let t = inside(dst);
+        // The parent must be reached without symlinks (the entry itself may
+        // be one: it is removed, not followed).
+        match checked(&inside(dst.parent().unwrap_or(Path::new("/")))) {
+            Err(f) if f.errno == Errno::ENOENT => return Ok(()),
+            r => r?,
+        }
         if fs::symlink_metadata(&t).is_err() {
             return Ok(());
         }

@@ -341,3 +341,74 @@ pub fn inherited_fd(n: i32) -> Option<OwnedFd> {
     // takes each number once.
     Some(unsafe { OwnedFd::from_raw_fd(n) })
 }
+
+/// `open_tree(2)` with `OPEN_TREE_CLONE` (Linux ≥ 5.2): a detached copy of
+/// the mount at `path` (and every mount below it when `recursive`), held
+/// only by the returned descriptor until [`move_mount`] attaches it. Lets
+/// setup take every host path it needs first and then cut the host root off
+/// before anything from the root image is looked at.
+pub fn open_tree_clone(path: &CStr, recursive: bool) -> Result<OwnedFd, Errno> {
+    let mut flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    if recursive {
+        flags |= libc::AT_RECURSIVE as libc::c_uint;
+    }
+    // SAFETY: `path` is NUL-terminated and outlives the call; the result is
+    // checked before it becomes an owned descriptor.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            flags as libc::c_uint,
+        )
+    };
+    let fd = Errno::result(r)?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `move_mount(2)`: attaches the detached mount `from` (from
+/// [`open_tree_clone`]) at `target`. The target's last component is not
+/// followed if it is a symlink (callers check the whole path first).
+pub fn move_mount(from: &OwnedFd, target: &CStr) -> Result<(), Errno> {
+    let empty = c"";
+    // SAFETY: both strings are NUL-terminated and outlive the call; `from`
+    // is an open descriptor owned by the caller.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Checks that `path` resolves without following any symlink, in any
+/// component (`openat2(2)` with `RESOLVE_NO_SYMLINKS`, Linux ≥ 5.6): fails
+/// with `ELOOP` if one is on the way, so setup never acts on a path an
+/// image redirected.
+pub fn check_no_symlinks(path: &CStr) -> Result<(), Errno> {
+    // SAFETY: `open_how` is plain old data; all-zero is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `path` is NUL-terminated; `how` is a valid `struct open_how`
+    // whose size is passed along; both outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    let fd = Errno::result(r)?;
+    // SAFETY: a fresh descriptor that nothing else owns; dropping closes it.
+    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+    Ok(())
+}

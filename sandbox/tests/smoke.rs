@@ -213,11 +213,63 @@ fn multithreaded_caller_re_executes() {
     other.join().unwrap().unwrap();
 }
 
+/// A hostile image's symlinks point at the host (as seen during setup, when
+/// the host root was once reachable as `/oldroot`, and as seen from the
+/// host): whatever the spec asks to hide or mount through them, no host file
+/// is touched. Before setup detached the host root first and refused
+/// symlinks on the way, hiding HOME through such a link deleted the file.
+fn image_symlinks_never_reach_the_host() {
+    let victim = tempfile::tempdir().unwrap();
+    let v = victim.path();
+    for f in ["decoy.txt", "resolv.conf", "passwd"] {
+        fs::write(v.join(f), "host file\n").unwrap();
+    }
+    let via_oldroot = Path::new("/oldroot").join(v.strip_prefix("/").unwrap());
+    for (link, target) in [("x", via_oldroot.as_path()), ("y", v)] {
+        let t = tempfile::tempdir().unwrap();
+        // No /build: `/` becomes a skeleton holding copies of the links.
+        busybox_root(t.path(), false);
+        symlink(target, t.path().join(link)).unwrap();
+        let home = Path::new("/").join(link).join("decoy.txt");
+        let r = sh(t.path(), "true", |s| {
+            s.home = home.clone();
+            s.mounts.push(Mount::Tmpfs {
+                dst: Path::new("/").join(link).join("sub"),
+                size: None,
+            });
+        });
+        assert!(
+            matches!(r.outcome, Outcome::SetupFailed(_) | Outcome::Exited(0)),
+            "{:?}",
+            r.outcome
+        );
+        let r = sh(t.path(), "true", |s| s.home = home.clone());
+        assert!(
+            matches!(r.outcome, Outcome::SetupFailed(_) | Outcome::Exited(0)),
+            "{:?}",
+            r.outcome
+        );
+        for f in ["decoy.txt", "resolv.conf", "passwd"] {
+            assert_eq!(
+                fs::read_to_string(v.join(f)).ok().as_deref(),
+                Some("host file\n"),
+                "{f} of the host was touched through the image's {link} -> {}",
+                target.display()
+            );
+        }
+        assert!(!v.join("sub").exists());
+    }
+}
+
 fn main() -> ExitCode {
     if let Some(code) = hermit_sandbox::enter_if_requested() {
         return ExitCode::from(code);
     }
-    let tests: [(&str, fn()); 6] = [
+    let tests: [(&str, fn()); 7] = [
+        (
+            "image_symlinks_never_reach_the_host",
+            image_symlinks_never_reach_the_host,
+        ),
         (
             "multithreaded_caller_re_executes",
             multithreaded_caller_re_executes,
