@@ -538,3 +538,15 @@ pub fn wrap(cmd: &Command, script: &str, arg0: &OsStr) -> Command {
     }
     c
 }
+
+/// Gives `dir` and everything below it to `uid:gid` (symlinks themselves).
+pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
+    let o = Command::new("chown")
+        .arg("-R")
+        .arg("-h")
+        .arg(format!("{uid}:{gid}"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "chown -R {}: {o:?}", dir.display());
+}
