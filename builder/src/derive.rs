@@ -117,7 +117,10 @@ pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<Lock, Mis
         return Err(mismatch(
             origin,
             "image.platform",
-            format!("says {:?}, but the lock pins {:?}", img.platform, t.platform),
+            format!(
+                "says {:?}, but the lock pins {:?}",
+                img.platform, t.platform
+            ),
         ));
     }
 
@@ -289,7 +292,10 @@ fn first_difference(path: &str, have: &Value, want: &Value) -> Option<(String, S
                         return Some((sub, format!("is {a}, but the profile and spec give none")))
                     }
                     (None, Some(b)) => {
-                        return Some((sub, format!("is missing, but the profile and spec give {b}")))
+                        return Some((
+                            sub,
+                            format!("is missing, but the profile and spec give {b}"),
+                        ))
                     }
                     (None, None) => {}
                 }
@@ -314,7 +320,10 @@ mod tests {
         let want = serde_json::json!({"a": 1, "limits": {"tmp": 4, "pids": 5}});
         let (field, detail) = first_difference("environment", &have, &want).unwrap();
         assert_eq!(field, "environment.limits.tmp");
-        assert!(detail.contains("is 10") && detail.contains("give 4"), "{detail}");
+        assert!(
+            detail.contains("is 10") && detail.contains("give 4"),
+            "{detail}"
+        );
         let extra = serde_json::json!({"a": 1, "b": 2});
         let (field, _) = first_difference("e", &extra, &serde_json::json!({"a": 1})).unwrap();
         assert_eq!(field, "e.b");

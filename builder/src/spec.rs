@@ -52,6 +52,10 @@ fn help_suffix(help: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// The longest `[build] timeout` a spec may ask for: a record is untrusted
+/// input, and its spec must not hold a sandbox open for years.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
 /// A parsed, checked spec.
 #[derive(Debug, Clone, Serialize)]
 pub struct Spec {
@@ -319,10 +323,12 @@ impl Spec {
         let build = Build {
             script: raw.build.script.get_ref().clone(),
             timeout: match &raw.build.timeout {
-                Some(t) if *t.get_ref() == 0 => {
+                Some(t) if *t.get_ref() == 0 || *t.get_ref() > MAX_TIMEOUT_SECS => {
                     return Err(cx.err(
                         t.span(),
-                        "build timeout must be a positive number of seconds",
+                        format!(
+                            "build timeout must be a positive number of seconds, at most {MAX_TIMEOUT_SECS} (7 days)"
+                        ),
                         Some("write e.g. `timeout = 3600`, or leave it out".to_string()),
                     ))
                 }
@@ -903,6 +909,30 @@ script = "make"
         assert!(e.contains("out is set by hermit itself"), "{e}");
         let e = err(&base("\n[env]\n\"A-B\" = \"x\"\n"));
         assert!(e.contains("not a valid environment variable name"), "{e}");
+    }
+
+    #[test]
+    fn timeout_is_bounded() {
+        let spec = |t: &str| {
+            base("").replace(
+                "script = \"make\"",
+                &format!("script = \"make\"\ntimeout = {t}"),
+            )
+        };
+        assert_eq!(
+            Spec::parse(Path::new("spec.toml"), &spec("604800"))
+                .unwrap()
+                .build
+                .timeout,
+            Some(604800)
+        );
+        for bad in ["0", "604801", "4000000000"] {
+            let e = err(&spec(bad));
+            assert!(
+                e.contains("dir/spec.toml:") && e.contains("at most 604800"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

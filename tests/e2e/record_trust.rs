@@ -113,8 +113,7 @@ fn built(who: As) -> (tempfile::TempDir, Value) {
     assert!(o.status.success(), "{}", both(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let record: Value =
-        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap())
-            .unwrap();
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
     (dir, record)
 }
 
