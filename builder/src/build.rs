@@ -907,6 +907,21 @@ fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Resul
     Ok(result?)
 }
 
+/// Reads a record, which is untrusted input: parsed, validated, and checked
+/// against what its own spec and lock derive (the toolchain, sources and
+/// package), so that nothing but its pinned profile, spec and lock decides
+/// what hermit fetches or how the sandbox is set up.
+pub fn read_record(record_path: &Path) -> anyhow::Result<(Record, Spec)> {
+    let text = fs::read_to_string(record_path)
+        .with_context(|| format!("reading {}", record_path.display()))?;
+    let origin = record_path.display().to_string();
+    let rec = Record::parse(&text, &origin).map_err(|e| Exit::user(e.to_string()))?;
+    let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
+        .map_err(|e| Exit::user(format!("{origin}: the recorded spec: {e}")))?;
+    crate::derive::check_static(&rec, &spec, &origin).map_err(|e| Exit::user(e.to_string()))?;
+    Ok((rec, spec))
+}
+
 /// Rebuilds a record: restore everything it names by digest, run the build
 /// again, and compare the output digest with the recorded one.
 pub fn rebuild(
@@ -914,20 +929,11 @@ pub fn rebuild(
     net: &NetArgs,
     opts: &BuildOptions,
 ) -> anyhow::Result<(Record, Record, Option<PathBuf>)> {
-    let text = fs::read_to_string(record_path)
-        .with_context(|| format!("reading {}", record_path.display()))?;
-    let rec = Record::parse(&text, &record_path.display().to_string())
-        .map_err(|e| Exit::user(e.to_string()))?;
+    let (rec, spec) = read_record(record_path)?;
+    let origin = record_path.display().to_string();
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let _shared = store.shared_lock().context("locking the store")?;
     let profile = Profile::get_pinned(&rec.profile.name, &rec.profile.digest.to_string())?;
-    let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
-        .map_err(|e| Exit::user(format!("the record's spec: {e}")))?;
-    // Nothing the record says decides how the sandbox is set up: the
-    // toolchain, sources and environment are derived again from the pinned
-    // profile and the recorded spec and lock, and must match the record.
-    let origin = record_path.display().to_string();
-    crate::derive::check_static(&rec, &spec, &origin).map_err(|e| Exit::user(e.to_string()))?;
 
     // The image, by digest: store, then mirrors, then the recorded reference.
     let manifest = rec.image.manifest;
@@ -1125,10 +1131,7 @@ fn image_blobs(image: &Image) -> Vec<MirrorBlob> {
 
 /// Every blob a record's rebuild needs: sources, local trees, the image.
 pub fn mirror_blobs_for_record(record_path: &Path) -> anyhow::Result<Vec<MirrorBlob>> {
-    let text = fs::read_to_string(record_path)
-        .with_context(|| format!("reading {}", record_path.display()))?;
-    let rec = Record::parse(&text, &record_path.display().to_string())
-        .map_err(|e| Exit::user(e.to_string()))?;
+    let (rec, _) = read_record(record_path)?;
     let mut out = Vec::new();
     for s in &rec.sources {
         match s {

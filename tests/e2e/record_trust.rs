@@ -208,6 +208,25 @@ fn edited_records_with_recomputed_keys_are_refused_naming_the_field(who: As) {
         assert_eq!(err.trim().lines().count(), 1, "one clear error: {err}");
     }
     assert_eq!(fs::read_to_string(&decoy).unwrap(), "keep me\n");
+
+    // `hermit mirror RECORD` reads records the same way: an edited one does
+    // not make hermit fetch what its spec and lock do not name.
+    let mut r = record.clone();
+    r["image"]["reference"] = json!("registry.invalid/evil@sha256:00");
+    r["build_key"] = json!(build_key(&r));
+    let path = dir.path().join("mirror-edited.json");
+    fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
+    let o = output_within(
+        who.hermit()
+            .arg("mirror")
+            .arg(&path)
+            .arg("--to")
+            .arg(dir.path().join("mirror")),
+        std::time::Duration::from_secs(60),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("`image.reference`"));
+    assert!(!dir.path().join("mirror").exists());
 }
 
 both_users!(edited_records_with_recomputed_keys_are_refused_naming_the_field);
