@@ -11,6 +11,7 @@ mod fixtures;
 mod http_server;
 mod image;
 mod output;
+mod rootless;
 mod sandbox;
 mod sandbox_escape;
 mod store;
