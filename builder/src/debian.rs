@@ -96,8 +96,12 @@ pub fn bootstrap(
         .arg("--format=tar")
         // Keep the essential set's .debs so the hook below can hash them.
         .arg("--skip=essential/unlink")
+        // A special hook: mmdebstrap itself, outside the chroot and as the
+        // calling user, writes the files into `debs`. A plain `cp` in a hook
+        // runs as the namespace's fake root in unshare mode, which is not
+        // the user who owns `debs`, and is refused.
         .arg(format!(
-            "--customize-hook=cp \"$1\"/var/cache/apt/archives/*.deb {}/",
+            "--customize-hook=sync-out /var/cache/apt/archives {}",
             shell_quote(&debs)
         ));
     if !req.include.is_empty() {
