@@ -258,7 +258,7 @@ impl Store {
         let root = root.as_ref();
         let base = root.join(format!("v{LAYOUT_VERSION}"));
         // Someone else's store is refused before anything is written to it.
-        check_owned(root, root, false)?;
+        // (`root` itself may be anyone's: a mount point, a shared parent.)
         check_owned(root, &base, false)?;
         for d in [
             "blobs",
