@@ -1139,6 +1139,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn install_tree_renames_then_seals_and_keeps_the_first() -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
+        let store = Store::open(dir.path())?;
+        let make = |content: &[u8]| -> Result<PathBuf> {
+            let tmp = temp_dir(store.tmp_dir())?;
+            fs::write(tmp.join("f"), content).map_err(StoreError::io("writing", &tmp))?;
+            crate::tree::make_read_only(&tmp).map_err(StoreError::io("sealing", &tmp))?;
+            Ok(tmp)
+        };
+        let dest = store.base().join("trees").join("x");
+        let first = make(b"first")?;
+        assert!(install_tree(&first, &dest)?);
+        let mode = |p: &Path| fs::metadata(p).map(|m| m.mode() & 0o7777).unwrap_or(0);
+        assert_eq!(mode(&dest), 0o555);
+        assert_eq!(mode(&dest.join("f")), 0o444);
+        assert!(!first.exists());
+        // A second install of the same entry keeps the first, drops the new.
+        let second = make(b"second")?;
+        assert!(!install_tree(&second, &dest)?);
+        assert!(!second.exists());
+        assert_eq!(
+            fs::read(dest.join("f")).map_err(StoreError::io("reading", &dest))?,
+            b"first"
+        );
+        // An entry left unsealed is sealed again.
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
+            .map_err(StoreError::io("chmod", &dest))?;
+        seal_top(&dest).map_err(StoreError::io("sealing", &dest))?;
+        assert_eq!(mode(&dest), 0o555);
+        Ok(())
+    }
+
+    #[test]
     fn add_and_find() -> Result<()> {
         let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
         let store = Store::open(dir.path())?;
