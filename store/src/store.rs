@@ -128,7 +128,7 @@ pub enum StoreError {
     Unsupported { path: PathBuf, kind: &'static str },
     #[error("gc root name {0:?} is not usable: use letters, digits, '.', '_', '-', not starting with '.'")]
     BadRootName(String),
-    #[error("the store at {root} belongs to another user: {path} is owned by uid {owner} ({owner_name}), but hermit runs as uid {me} ({me_name}), and a store is used by the one user who owns it; use a store of your own (set HERMIT_HOME to a directory you own), or if this store should be yours, `chown -R {me_name}: {root}`", root = root.display(), path = path.display())]
+    #[error("the store at {root} belongs to another user: {path} is owned by uid {owner} ({owner_name}), but hermit runs as uid {me} ({me_name}), and a store is used by the one user who owns it; use a store of your own (set HERMIT_HOME to a directory you own), or, if this store should be yours, have root hand it over: `chown -R {me_name}: {root}`", root = root.display(), path = path.display())]
     NotOwner {
         root: PathBuf,
         path: PathBuf,
