@@ -3,6 +3,12 @@
 # example: installs system packages, builds hermit, builds examples/hello in
 # the sandbox over a bootstrapped Debian toolchain, runs the result and shows
 # the record.
+#
+# Only the install step needs root. As an ordinary user, after it:
+#   target/release/hermit build examples/hello/spec.toml -o result
+# works the same, in the user's own store (~/.local/share/hermit or
+# $HERMIT_HOME); the Debian bootstrap then needs a subordinate id range for
+# the user (usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER).
 set -eu
 cd "$(dirname "$0")/.."
 sh scripts/install-deps.sh

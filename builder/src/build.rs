@@ -148,15 +148,10 @@ fn install(store: &Store, staged: Staged, key: Digest) -> anyhow::Result<Built> 
     let outputs = outputs_dir(store);
     fs::create_dir_all(&outputs).with_context(|| format!("creating {}", outputs.display()))?;
     let dest = outputs.join(key.hex());
-    if dest.exists() {
-        // Another hermit finished the same build first; its output is the same key.
-        hermit_store::store::remove_tree(&staged.dir)
-            .with_context(|| format!("removing {}", staged.dir.display()))?;
-    } else {
-        fs::rename(&staged.dir, &dest)
-            .with_context(|| format!("moving the output into {}", dest.display()))?;
-        hermit_store::store::sync_dir(&outputs)?;
-    }
+    // When another hermit finished the same build first, its output is the
+    // same key and ours is thrown away.
+    hermit_store::store::install_tree(&staged.dir, &dest)
+        .with_context(|| format!("moving the output into {}", dest.display()))?;
     Ok(Built {
         output: dest.join("out"),
         record_path: dest.join("record.json"),
@@ -849,7 +844,10 @@ pub fn execute(
     let rp = staging.join("record.json");
     fs::write(&rp, json).with_context(|| format!("writing {}", rp.display()))?;
     fs::File::open(&rp)
-        .and_then(|f| f.sync_all())
+        .and_then(|f| {
+            f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+            f.sync_all()
+        })
         .with_context(|| format!("syncing {}", rp.display()))?;
     Ok(Staged {
         dir: staging,

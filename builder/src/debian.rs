@@ -88,6 +88,7 @@ pub fn bootstrap(
     let mode = if nix::unistd::geteuid().is_root() {
         "root"
     } else {
+        unshare_ready()?;
         "unshare"
     };
     let mut cmd = Command::new("mmdebstrap");
@@ -96,8 +97,12 @@ pub fn bootstrap(
         .arg("--format=tar")
         // Keep the essential set's .debs so the hook below can hash them.
         .arg("--skip=essential/unlink")
+        // A special hook: mmdebstrap itself, outside the chroot and as the
+        // calling user, writes the files into `debs`. A plain `cp` in a hook
+        // runs as the namespace's fake root in unshare mode, which is not
+        // the user who owns `debs`, and is refused.
         .arg(format!(
-            "--customize-hook=cp \"$1\"/var/cache/apt/archives/*.deb {}/",
+            "--customize-hook=sync-out /var/cache/apt/archives {}",
             shell_quote(&debs)
         ));
     if !req.include.is_empty() {
@@ -131,6 +136,35 @@ pub fn bootstrap(
         .context("making an image of the bootstrapped root filesystem")?;
     let packages = packages(&debs)?;
     Ok(Bootstrapped { image, packages })
+}
+
+/// What mmdebstrap's `--mode=unshare` needs from the host for an ordinary
+/// user: newuidmap/newgidmap and a subordinate id range in /etc/subuid and
+/// /etc/subgid (its fake root and the image's users live there).
+fn unshare_ready() -> anyhow::Result<()> {
+    which("newuidmap").context(
+        "bootstrapping a Debian toolchain as an ordinary user needs newuidmap and newgidmap; install them with: apt-get install uidmap",
+    )?;
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        let listed = text.lines().any(|l| {
+            let owner = l.split(':').next().unwrap_or("");
+            owner == name || owner == uid.to_string()
+        });
+        if !listed {
+            bail!(
+                "bootstrapping a Debian toolchain as an ordinary user needs a subordinate id range for {name} in {file} (mmdebstrap --mode=unshare maps the image's users there); \
+                 an administrator adds one with: usermod --add-subuids 100000-165535 --add-subgids 100000-165535 {name} (pick a range no other user has)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The host's apt source files, checked to name `suite`.

@@ -297,7 +297,11 @@ fn check_entry(store: &Store, kind: EntryKind, path: &Path) -> Option<Corrupt> {
             }
         }
         EntryKind::Tree => match tree::hash_tree(path) {
-            Ok(d) if d == expected => None,
+            Ok(d) if d == expected => {
+                // A hermit stopped between installing and sealing it.
+                let _ = store::seal_top(path);
+                None
+            }
             Ok(d) => bad(format!("content hashes to tree {d}")),
             Err(e) => bad(format!("cannot be read: {e}")),
         },
@@ -307,7 +311,10 @@ fn check_entry(store: &Store, kind: EntryKind, path: &Path) -> Option<Corrupt> {
                 Err(e) => return bad(format!("its metadata cannot be read: {e}")),
             };
             match tree::hash_tree(path) {
-                Ok(d) if d == meta.tree => None,
+                Ok(d) if d == meta.tree => {
+                    let _ = store::seal_top(path);
+                    None
+                }
                 Ok(d) => bad(format!(
                     "content hashes to tree {d}, but {} was unpacked as {}",
                     meta.archive, meta.tree

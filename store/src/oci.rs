@@ -845,8 +845,7 @@ pub fn rootfs(store: &Store, image: &Image) -> Result<PathBuf, OciError> {
             })?;
         }
         crate::tree::make_read_only(&tmp).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &dest).map_err(StoreError::io("renaming into", &dest))?;
-        crate::store::sync_dir(&dir)?;
+        crate::store::install_tree(&tmp, &dest)?;
         Ok(())
     })();
     if let Err(e) = result {

@@ -128,6 +128,17 @@ pub enum StoreError {
     Unsupported { path: PathBuf, kind: &'static str },
     #[error("gc root name {0:?} is not usable: use letters, digits, '.', '_', '-', not starting with '.'")]
     BadRootName(String),
+    #[error("the store at {root} belongs to another user: {path} is owned by uid {owner} ({owner_name}), but hermit runs as uid {me} ({me_name}), and a store is used by the one user who owns it; use a store of your own (set HERMIT_HOME to a directory you own), or, if this store should be yours, have root hand it over: `chown -R {me_name}: {root}`", root = root.display(), path = path.display())]
+    NotOwner {
+        root: PathBuf,
+        path: PathBuf,
+        owner: u32,
+        owner_name: String,
+        me: u32,
+        me_name: String,
+    },
+    #[error("{path} is not writable (mode {mode:o}), so the store cannot be used; make it writable by its owner: `chmod u+w {path}`", path = path.display())]
+    NotWritable { path: PathBuf, mode: u32 },
 }
 
 impl StoreError {
@@ -244,8 +255,13 @@ impl Store {
     /// Opens (creating if needed) the store rooted at `root`, and removes
     /// temp sessions left behind by processes that died.
     pub fn open(root: impl AsRef<Path>) -> Result<Store> {
-        let base = root.as_ref().join(format!("v{LAYOUT_VERSION}"));
+        let root = root.as_ref();
+        let base = root.join(format!("v{LAYOUT_VERSION}"));
+        // Someone else's store is refused before anything is written to it.
+        // (`root` itself may be anyone's: a mount point, a shared parent.)
+        check_owned(root, &base, false)?;
         for d in [
+            "blobs",
             "blobs/sha256",
             "trees",
             "unpacked",
@@ -255,7 +271,22 @@ impl Store {
             "tmp",
         ] {
             let p = base.join(d);
+            check_owned(root, &p, false)?;
             fs::create_dir_all(&p).map_err(StoreError::io("creating", &p))?;
+            check_owned(root, &p, true)?;
+        }
+        // The parts other modules create on first use, and the files every
+        // process writes or locks.
+        for d in [
+            "outputs",
+            "images",
+            "rootfs",
+            "failed",
+            "rebuilds",
+            "store.lock",
+            "VERSION",
+        ] {
+            check_owned(root, &base.join(d), false)?;
         }
         let version = base.join("VERSION");
         match fs::read_to_string(&version) {
@@ -650,6 +681,96 @@ impl Store {
     }
 }
 
+/// Refuses `path` (when it exists; always when `must_exist`) unless it is
+/// owned by the user hermit runs as and, if a directory, writable by them.
+/// A store belongs to one user: files another user (root included) made in
+/// it could be neither locked nor removed by its owner.
+fn check_owned(root: &Path, path: &Path, must_exist: bool) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => return Ok(()),
+        Err(e) => return Err(StoreError::io("reading", path)(e)),
+    };
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        let name = |uid: u32| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map_or_else(|| uid.to_string(), |u| u.name)
+        };
+        return Err(StoreError::NotOwner {
+            root: root.to_path_buf(),
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            owner_name: name(meta.uid()),
+            me,
+            me_name: name(me),
+        });
+    }
+    let mode = meta.mode() & 0o7777;
+    if meta.is_dir() && mode & 0o300 != 0o300 {
+        return Err(StoreError::NotWritable {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+/// The one way a directory enters the store (trees, unpacked trees, image
+/// root filesystems, build outputs).
+///
+/// `tmp` must be complete, on the store's filesystem, and read-only below its
+/// top (see [`crate::tree::make_read_only`]). Its top is opened for the
+/// owner (moving a directory to a new parent rewrites its `..`, which needs
+/// write permission on the directory itself, even for its owner), `tmp` is
+/// fsynced and renamed to `dest`, and only then is the top sealed (0555) and
+/// the parent fsynced. A crash before the rename leaves `tmp` in a session
+/// the next `Store::open` removes; a crash after it leaves a complete entry
+/// whose top is still writable, which `store verify` accepts and seals.
+///
+/// Returns `false`, removing `tmp`, when `dest` is already there (another
+/// process installed the same entry first).
+pub fn install_tree(tmp: &Path, dest: &Path) -> Result<bool> {
+    let installed = (|| -> Result<bool> {
+        if fs::symlink_metadata(dest).is_ok() {
+            return Ok(false);
+        }
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o755))
+            .map_err(StoreError::io("opening for the rename", tmp))?;
+        sync_dir(tmp)?;
+        match fs::rename(tmp, dest) {
+            Ok(()) => {}
+            // A non-empty directory is there: someone else won the race.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                return Ok(false)
+            }
+            Err(e) => return Err(StoreError::io("renaming into", dest)(e)),
+        }
+        seal_top(dest).map_err(StoreError::io("making read-only", dest))?;
+        sync_dir(dest)?;
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(true)
+    })();
+    if !matches!(installed, Ok(true)) {
+        let _ = remove_tree(tmp);
+    }
+    installed
+}
+
+/// Seals the top directory of an installed entry (0555) unless it already is.
+pub fn seal_top(dir: &Path) -> io::Result<()> {
+    let mode = fs::symlink_metadata(dir)?.permissions().mode() & 0o7777;
+    if mode != 0o555 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o555))?;
+    }
+    Ok(())
+}
+
 /// Removes a temp file on drop unless disarmed.
 struct TempGuard(Option<PathBuf>);
 
@@ -1016,6 +1137,40 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_tree_renames_then_seals_and_keeps_the_first() -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
+        let store = Store::open(dir.path())?;
+        let make = |content: &[u8]| -> Result<PathBuf> {
+            let tmp = temp_dir(store.tmp_dir())?;
+            fs::write(tmp.join("f"), content).map_err(StoreError::io("writing", &tmp))?;
+            crate::tree::make_read_only(&tmp).map_err(StoreError::io("sealing", &tmp))?;
+            Ok(tmp)
+        };
+        let dest = store.base().join("trees").join("x");
+        let first = make(b"first")?;
+        assert!(install_tree(&first, &dest)?);
+        let mode = |p: &Path| fs::metadata(p).map(|m| m.mode() & 0o7777).unwrap_or(0);
+        assert_eq!(mode(&dest), 0o555);
+        assert_eq!(mode(&dest.join("f")), 0o444);
+        assert!(!first.exists());
+        // A second install of the same entry keeps the first, drops the new.
+        let second = make(b"second")?;
+        assert!(!install_tree(&second, &dest)?);
+        assert!(!second.exists());
+        assert_eq!(
+            fs::read(dest.join("f")).map_err(StoreError::io("reading", &dest))?,
+            b"first"
+        );
+        // An entry left unsealed is sealed again.
+        fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))
+            .map_err(StoreError::io("chmod", &dest))?;
+        seal_top(&dest).map_err(StoreError::io("sealing", &dest))?;
+        assert_eq!(mode(&dest), 0o555);
+        Ok(())
+    }
 
     #[test]
     fn add_and_find() -> Result<()> {

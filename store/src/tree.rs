@@ -265,16 +265,12 @@ pub(crate) fn add_dir(store: &Store, src: &Path) -> Result<Added> {
         let _ = store::remove_tree(&tmp);
         return Err(e);
     }
-    if let Err(e) = fs::rename(&tmp, &dest) {
-        let _ = store::remove_tree(&tmp);
-        return Err(StoreError::io("renaming into", &dest)(e));
-    }
-    store::sync_dir(&store.base().join("trees"))?;
+    let new = store::install_tree(&tmp, &dest)?;
     Ok(Added {
         digest,
         kind: EntryKind::Tree,
         size,
-        new: true,
+        new,
     })
 }
 

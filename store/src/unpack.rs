@@ -397,8 +397,7 @@ fn unpack_inner(store: &Store, archive: &Digest, opts: &UnpackOptions) -> Result
         // the metadata is written first).
         store::remove_tree(&dest).map_err(io_err("removing", &dest))?;
         store::write_small_atomic(store.tmp_dir(), &meta_file, &json)?;
-        fs::rename(&tmp, &dest).map_err(io_err("renaming into", &dest))?;
-        store::sync_dir(&store.base().join("unpacked"))?;
+        store::install_tree(&tmp, &dest)?;
         Ok(())
     })();
     if let Err(e) = done {

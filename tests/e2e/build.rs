@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use crate::common::{both, hermit, run};
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
 use crate::image::busybox_layout;
 
 /// A project directory: an OCI layout of busybox, a spec using it, a local
@@ -44,8 +45,9 @@ script = """
     spec
 }
 
-fn build_json(home: &Path, spec: &Path, extra: &[&str]) -> serde_json::Value {
-    let o = run(hermit(home)
+fn build_json(who: As, home: &Path, spec: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = run(who
+        .hermit_in(home)
         .arg("build")
         .arg(spec)
         .arg("--json")
@@ -54,16 +56,16 @@ fn build_json(home: &Path, spec: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
 }
 
-#[test]
-fn build_stores_output_and_record_then_hits_the_cache() {
-    let t = tempfile::tempdir().unwrap();
+fn build_stores_output_and_record_then_hits_the_cache(who: As) {
+    let t = who.scratch();
     let spec = project(
         t.path(),
         "mkdir -p $out/bin\ncp /sources/src/hello.txt $out/greeting\necho built > $out/bin/note\nchmod 755 $out/bin/note",
         "",
     );
+    who.give(t.path());
     let home = t.path().join("home");
-    let v = build_json(&home, &spec, &[]);
+    let v = build_json(who, &home, &spec, &[]);
     assert_eq!(v["cached"], false);
     let out = PathBuf::from(v["output"].as_str().unwrap());
     assert_eq!(fs::read_to_string(out.join("greeting")).unwrap(), "hello\n");
@@ -85,7 +87,12 @@ fn build_stores_output_and_record_then_hits_the_cache() {
     // Again: a cache hit, no sandbox run, with -o.
     let link = t.path().join("result");
     let start = Instant::now();
-    let o = run(hermit(&home).arg("build").arg(&spec).arg("-o").arg(&link));
+    let o = run(who
+        .hermit_in(&home)
+        .arg("build")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&link));
     let took = start.elapsed();
     assert!(o.status.success(), "{}", both(&o));
     assert!(
@@ -95,7 +102,7 @@ fn build_stores_output_and_record_then_hits_the_cache() {
     );
     assert_eq!(fs::read_link(&link).unwrap(), out);
     assert!(took.as_secs() < 5, "cache hit took {took:?}");
-    let v2 = build_json(&home, &spec, &[]);
+    let v2 = build_json(who, &home, &spec, &[]);
     assert_eq!(v2["cached"], true);
     assert_eq!(v2["output_digest"], v["output_digest"]);
 }
@@ -124,9 +131,8 @@ find /sources/src > $out/listing
 mkdir $out/fresh && echo a > $out/fresh/a && echo b > $out/fresh/b
 touch $out/now"#;
 
-#[test]
-fn same_spec_in_two_stores_from_two_dirs_gives_identical_outputs() {
-    let t = tempfile::tempdir().unwrap();
+fn same_spec_in_two_stores_from_two_dirs_gives_identical_outputs(who: As) {
+    let t = who.scratch();
     let a = t.path().join("first/place");
     let b = t.path().join("second");
     fs::create_dir_all(&a).unwrap();
@@ -140,22 +146,20 @@ fn same_spec_in_two_stores_from_two_dirs_gives_identical_outputs() {
         .args(["-d", "2001-01-01"])
         .arg(b.join("src/sub/data.txt")));
     assert!(o.status.success());
+    who.give(t.path());
 
     let ha = t.path().join("home-a");
-    let va = build_json(&ha, &spec_a, &[]);
+    let va = build_json(who, &ha, &spec_a, &[]);
     let hb = t.path().join("home-b");
-    let o = run(Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "umask 077; cd / && exec {} build {} --json",
-            crate::common::hermit_bin().display(),
-            spec_b.display()
-        ))
-        .env("HERMIT_HOME", &hb)
-        .env("TZ", "Asia/Tokyo")
-        .env("LANG", "de_DE.UTF-8")
-        .env("SOURCE_DATE_EPOCH", "12345")
-        .env("SOME_HOST_VAR", "leak"));
+    let mut b_cmd = who.hermit_in(&hb);
+    b_cmd.arg("build").arg(&spec_b).arg("--json");
+    let o = run(
+        crate::fixtures::wrap(&b_cmd, "umask 077; cd / && exec \"$@\"", "sh".as_ref())
+            .env("TZ", "Asia/Tokyo")
+            .env("LANG", "de_DE.UTF-8")
+            .env("SOURCE_DATE_EPOCH", "12345")
+            .env("SOME_HOST_VAR", "leak"),
+    );
     assert!(o.status.success(), "{}", both(&o));
     let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     if va["output_digest"] != vb["output_digest"] {
@@ -185,16 +189,20 @@ fn same_spec_in_two_stores_from_two_dirs_gives_identical_outputs() {
     assert_eq!(std::os::unix::fs::MetadataExt::mtime(&m), 315532800);
 }
 
-#[test]
-fn failing_build_exits_non_zero_and_keeps_its_log_and_dir() {
-    let t = tempfile::tempdir().unwrap();
+fn failing_build_exits_non_zero_and_keeps_its_log_and_dir(who: As) {
+    let t = who.scratch();
     let spec = project(
         t.path(),
         "echo about to fail\necho partial > partial.txt\nexit 3",
         "",
     );
+    who.give(t.path());
     let home = t.path().join("home");
-    let o = run(hermit(&home).arg("build").arg(&spec).arg("--keep-failed"));
+    let o = run(who
+        .hermit_in(&home)
+        .arg("build")
+        .arg(&spec)
+        .arg("--keep-failed"));
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -218,16 +226,19 @@ fn failing_build_exits_non_zero_and_keeps_its_log_and_dir() {
     );
 }
 
-#[test]
-fn build_timeout_is_enforced() {
-    let t = tempfile::tempdir().unwrap();
+fn build_timeout_is_enforced(who: As) {
+    let t = who.scratch();
     let spec = project(t.path(), "sleep 30", "");
+    who.give(t.path());
     let text = fs::read_to_string(&spec)
         .unwrap()
         .replace("[build]\n", "[build]\ntimeout = 2\n");
     fs::write(&spec, text).unwrap();
     let start = Instant::now();
-    let o = run(hermit(&t.path().join("home")).arg("build").arg(&spec));
+    let o = run(who
+        .hermit_in(&t.path().join("home"))
+        .arg("build")
+        .arg(&spec));
     assert_eq!(o.status.code(), Some(124), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("timed out after 2 s"),
@@ -237,19 +248,19 @@ fn build_timeout_is_enforced() {
     assert!(start.elapsed().as_secs() < 20);
 }
 
-#[test]
-fn stale_lock_is_an_error_naming_the_change() {
-    let t = tempfile::tempdir().unwrap();
+fn stale_lock_is_an_error_naming_the_change(who: As) {
+    let t = who.scratch();
     let spec = project(t.path(), "true", "");
+    who.give(t.path());
     let home = t.path().join("home");
-    build_json(&home, &spec, &[]);
+    build_json(who, &home, &spec, &[]);
     // Point the spec at another image (an oci-archive of the same layout is
     // another path): the lock no longer matches.
     let text = fs::read_to_string(&spec)
         .unwrap()
         .replace("oci = \"image\"", "oci = \"image2\"");
     fs::write(&spec, text).unwrap();
-    let o = run(hermit(&home).arg("build").arg(&spec));
+    let o = run(who.hermit_in(&home).arg("build").arg(&spec));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -258,31 +269,34 @@ fn stale_lock_is_an_error_naming_the_change() {
     );
 }
 
-#[test]
-fn missing_remote_source_names_it_and_every_location() {
-    let t = tempfile::tempdir().unwrap();
+fn missing_remote_source_names_it_and_every_location(who: As) {
+    let t = who.scratch();
     let digest = "0".repeat(64);
     let extra = format!(
         "\n[[source]]\nname = \"gone\"\nurls = [\"file://{}/nope.tar\"]\nsha256 = \"{digest}\"\n",
         t.path().display()
     );
     let spec = project(t.path(), "true", &extra);
-    let o = run(hermit(&t.path().join("home")).arg("build").arg(&spec));
+    who.give(t.path());
+    let o = run(who
+        .hermit_in(&t.path().join("home"))
+        .arg("build")
+        .arg(&spec));
     assert_ne!(o.status.code(), Some(0), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("gone") && err.contains("nope.tar"), "{err}");
 }
 
-#[test]
-fn outputs_are_normalised_and_fifos_refused() {
-    let t = tempfile::tempdir().unwrap();
+fn outputs_are_normalised_and_fifos_refused(who: As) {
+    let t = who.scratch();
     let spec = project(
         t.path(),
         "echo x > $out/f; chmod 600 $out/f; echo y > $out/e; chmod 700 $out/e; ln -s f $out/link",
         "",
     );
+    who.give(t.path());
     let home = t.path().join("home");
-    let v = build_json(&home, &spec, &[]);
+    let v = build_json(who, &home, &spec, &[]);
     let record: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
     let files = record["output"]["files"].as_array().unwrap();
@@ -294,9 +308,13 @@ fn outputs_are_normalised_and_fifos_refused() {
         "f"
     );
 
-    let t2 = tempfile::tempdir().unwrap();
+    let t2 = who.scratch();
     let spec = project(t2.path(), "mkfifo $out/pipe", "");
-    let o = run(hermit(&t2.path().join("home")).arg("build").arg(&spec));
+    who.give(t2.path());
+    let o = run(who
+        .hermit_in(&t2.path().join("home"))
+        .arg("build")
+        .arg(&spec));
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("pipe"),
@@ -305,20 +323,21 @@ fn outputs_are_normalised_and_fifos_refused() {
     );
 }
 
-#[test]
-fn rebuild_from_the_record_alone_offline_from_a_mirror() {
-    let t = tempfile::tempdir().unwrap();
+fn rebuild_from_the_record_alone_offline_from_a_mirror(who: As) {
+    let t = who.scratch();
     let spec = project(
         t.path(),
         "cat /sources/src/hello.txt /sources/src/sub/data.txt > $out/both",
         "",
     );
+    who.give(t.path());
     let home = t.path().join("home");
-    let v = build_json(&home, &spec, &[]);
+    let v = build_json(who, &home, &spec, &[]);
     let record = t.path().join("kept-record.json");
     fs::copy(v["record"].as_str().unwrap(), &record).unwrap();
     let mirror = t.path().join("mirror");
-    let o = run(hermit(&home)
+    let o = run(who
+        .hermit_in(&home)
         .arg("mirror")
         .arg(&record)
         .arg("--to")
@@ -333,7 +352,8 @@ fn rebuild_from_the_record_alone_offline_from_a_mirror() {
         .arg(t.path().join("src"))
         .arg(&spec));
     assert!(o.status.success());
-    let o = run(hermit(&home)
+    let o = run(who
+        .hermit_in(&home)
         .arg("rebuild")
         .arg(&record)
         .arg("--offline")
@@ -345,7 +365,8 @@ fn rebuild_from_the_record_alone_offline_from_a_mirror() {
     assert!(out.contains(v["output_digest"].as_str().unwrap()), "{out}");
 
     // Offline without the mirror: fails first, naming what is missing.
-    let o = run(hermit(&t.path().join("home2"))
+    let o = run(who
+        .hermit_in(&t.path().join("home2"))
         .arg("rebuild")
         .arg(&record)
         .arg("--offline"));
@@ -357,17 +378,18 @@ fn rebuild_from_the_record_alone_offline_from_a_mirror() {
     );
 }
 
-#[test]
-fn rebuild_reports_the_files_that_differ() {
-    let t = tempfile::tempdir().unwrap();
+fn rebuild_reports_the_files_that_differ(who: As) {
+    let t = who.scratch();
     let spec = project(
         t.path(),
         "echo same > $out/same; head -c 16 /dev/urandom > $out/random",
         "",
     );
+    who.give(t.path());
     let home = t.path().join("home");
-    let v = build_json(&home, &spec, &[]);
-    let o = run(hermit(&home)
+    let v = build_json(who, &home, &spec, &[]);
+    let o = run(who
+        .hermit_in(&home)
         .arg("rebuild")
         .arg(v["record"].as_str().unwrap()));
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
@@ -379,13 +401,14 @@ fn rebuild_reports_the_files_that_differ() {
     assert!(out.contains("rebuilt output kept at"), "{out}");
 }
 
-#[test]
-fn provenance_of_a_real_build() {
-    let t = tempfile::tempdir().unwrap();
+fn provenance_of_a_real_build(who: As) {
+    let t = who.scratch();
     let spec = project(t.path(), "echo hi > $out/hi", "");
+    who.give(t.path());
     let home = t.path().join("home");
-    let v = build_json(&home, &spec, &[]);
-    let o = run(hermit(&home)
+    let v = build_json(who, &home, &spec, &[]);
+    let o = run(who
+        .hermit_in(&home)
         .arg("provenance")
         .arg(v["record"].as_str().unwrap()));
     assert!(o.status.success(), "{}", both(&o));
@@ -403,13 +426,14 @@ fn provenance_of_a_real_build() {
     assert!(deps.contains(&tree[7..]), "{deps}");
 }
 
-#[test]
-fn mirror_of_a_spec_lets_a_fresh_store_build_offline() {
-    let t = tempfile::tempdir().unwrap();
+fn mirror_of_a_spec_lets_a_fresh_store_build_offline(who: As) {
+    let t = who.scratch();
     let spec = project(t.path(), "cp -R /sources/src $out/copy", "");
-    let v = build_json(&t.path().join("home"), &spec, &[]);
+    who.give(t.path());
+    let v = build_json(who, &t.path().join("home"), &spec, &[]);
     let mirror = t.path().join("mirror");
-    let o = run(hermit(&t.path().join("home"))
+    let o = run(who
+        .hermit_in(&t.path().join("home"))
         .arg("mirror")
         .arg(&spec)
         .arg("--to")
@@ -418,6 +442,7 @@ fn mirror_of_a_spec_lets_a_fresh_store_build_offline() {
     // The OCI layout is gone: the image must come from the mirror.
     fs::remove_dir_all(t.path().join("image")).unwrap();
     let v2 = build_json(
+        who,
         &t.path().join("fresh"),
         &spec,
         &["--offline", "--mirror", mirror.to_str().unwrap()],
@@ -427,11 +452,14 @@ fn mirror_of_a_spec_lets_a_fresh_store_build_offline() {
 }
 
 /// The README's example: a C program built with a bootstrapped Debian
-/// toolchain, twice in fresh stores from the same lock, and rebuilt from its
-/// record.
+/// toolchain by root, then from the same lock by an ordinary user in a store
+/// of their own — whose bootstrap (mmdebstrap --mode=unshare) must give the
+/// very image root's did (--mode=root), or the lock refuses it — to the same
+/// bytes, and rebuilt by the user from the record.
 #[test]
 fn example_hello_is_reproducible_with_a_debian_toolchain() {
-    let t = tempfile::tempdir().unwrap();
+    crate::fixtures::ensure_subids();
+    let t = As::User.scratch();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
     let dir = t.path().join("hello");
     fs::create_dir(&dir).unwrap();
@@ -440,6 +468,7 @@ fn example_hello_is_reproducible_with_a_debian_toolchain() {
     }
     let spec = dir.join("spec.toml");
     let a = build_json(
+        As::Root,
         &t.path().join("a"),
         &spec,
         &["-o", dir.join("result").to_str().unwrap()],
@@ -451,12 +480,29 @@ fn example_hello_is_reproducible_with_a_debian_toolchain() {
         "Hello, tester, from a hermetic build.\n"
     );
 
-    // A second store bootstraps again from the lock and must get the same image and bytes.
-    let b = build_json(&t.path().join("b"), &spec, &[]);
+    // The quickstart as an ordinary user, in a store of their own.
+    As::User.give(&dir);
+    let user_result = dir.join("user-result");
+    let b = build_json(
+        As::User,
+        &t.path().join("b"),
+        &spec,
+        &["-o", user_result.to_str().unwrap()],
+    );
     assert_eq!(a["output_digest"], b["output_digest"]);
     assert_eq!(a["build_key"], b["build_key"]);
+    let o = run(As::User
+        .hermit_in(&t.path().join("b"))
+        .arg("build")
+        .arg(&spec));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("cached"),
+        "{}",
+        both(&o)
+    );
 
-    let o = run(hermit(&t.path().join("b"))
+    let o = run(As::User
+        .hermit_in(&t.path().join("b"))
         .arg("rebuild")
         .arg(b["record"].as_str().unwrap()));
     assert!(o.status.success(), "{}", both(&o));
@@ -467,10 +513,9 @@ fn example_hello_is_reproducible_with_a_debian_toolchain() {
     );
 }
 
-#[test]
-fn build_over_an_image_pulled_by_digest_from_a_registry() {
+fn build_over_an_image_pulled_by_digest_from_a_registry(who: As) {
     use crate::image::{push_busybox, start_registry};
-    let t = tempfile::tempdir().unwrap();
+    let t = who.scratch();
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let reg = start_registry();
@@ -487,8 +532,9 @@ fn build_over_an_image_pulled_by_digest_from_a_registry() {
         let _ = fs::remove_file(t.path().join("hermit.lock"));
         spec
     };
+    who.give(t.path());
     let spec = write_spec(&digest);
-    let v = build_json(&t.path().join("home"), &spec, &[]);
+    let v = build_json(who, &t.path().join("home"), &spec, &[]);
     let out = PathBuf::from(v["output"].as_str().unwrap());
     assert_eq!(
         fs::read_to_string(out.join("x")).unwrap(),
@@ -501,9 +547,27 @@ fn build_over_an_image_pulled_by_digest_from_a_registry() {
     // A digest the registry does not have: refused, nothing built.
     let wrong = format!("sha256:{}", "3".repeat(64));
     let spec = write_spec(&wrong);
-    let o = run(hermit(&t.path().join("home2")).arg("build").arg(&spec));
+    let o = run(who
+        .hermit_in(&t.path().join("home2"))
+        .arg("build")
+        .arg(&spec));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&wrong) && err.contains("404"), "{err}");
     assert!(!t.path().join("home2/v1/outputs").exists());
 }
+
+both_users!(
+    build_stores_output_and_record_then_hits_the_cache,
+    same_spec_in_two_stores_from_two_dirs_gives_identical_outputs,
+    failing_build_exits_non_zero_and_keeps_its_log_and_dir,
+    build_timeout_is_enforced,
+    stale_lock_is_an_error_naming_the_change,
+    missing_remote_source_names_it_and_every_location,
+    outputs_are_normalised_and_fifos_refused,
+    rebuild_from_the_record_alone_offline_from_a_mirror,
+    rebuild_reports_the_files_that_differ,
+    provenance_of_a_real_build,
+    mirror_of_a_spec_lets_a_fresh_store_build_offline,
+    build_over_an_image_pulled_by_digest_from_a_registry,
+);

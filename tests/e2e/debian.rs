@@ -1,16 +1,19 @@
 //! Debian toolchain images bootstrapped with mmdebstrap from the host's apt
-//! sources: reproducible, and every pinned package checked against apt's
-//! own index and against what the image's dpkg database says is installed.
+//! sources: reproducible — root's bootstrap (`--mode=root`) and an ordinary
+//! user's (`--mode=unshare`) give the same image, bit for bit — and every
+//! pinned package checked against apt's own index and against what the
+//! image's dpkg database says is installed.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::Read;
 use std::process::Command;
 
-use crate::common::{both, hermit, run};
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
 
-fn bootstrap(home: &std::path::Path, include: &str) -> serde_json::Value {
-    let o = run(hermit(home).args([
+fn bootstrap(who: As, home: &std::path::Path, include: &str) -> serde_json::Value {
+    let o = run(who.hermit_in(home).args([
         "image",
         "bootstrap",
         "--suite",
@@ -59,13 +62,15 @@ fn dpkg_status(layer: &std::path::Path) -> BTreeSet<(String, String)> {
 
 #[test]
 fn bootstrap_is_reproducible_and_pins_every_package() {
-    let t = tempfile::tempdir().unwrap();
-    let a = bootstrap(&t.path().join("a"), "make");
-    let b = bootstrap(&t.path().join("b"), "make");
+    crate::fixtures::ensure_subids();
+    let t = As::User.scratch();
+    let a = bootstrap(As::Root, &t.path().join("a"), "make");
+    let b = bootstrap(As::User, &t.path().join("b"), "make");
     assert_eq!(
         a["image"]["manifest"], b["image"]["manifest"],
-        "two bootstraps differ"
+        "root's and the user's bootstraps differ"
     );
+    assert_eq!(a["image"]["layers"], b["image"]["layers"]);
     assert_eq!(a["packages"], b["packages"]);
 
     let packages = a["packages"].as_array().unwrap();
@@ -111,10 +116,11 @@ fn bootstrap_is_reproducible_and_pins_every_package() {
     }
 }
 
-#[test]
-fn unknown_suite_without_mirror_says_how_to_fix_it() {
-    let t = tempfile::tempdir().unwrap();
-    let o = run(hermit(t.path()).args(["image", "bootstrap", "--suite", "no-such-suite"]));
+fn unknown_suite_without_mirror_says_how_to_fix_it(who: As) {
+    let t = who.scratch();
+    let o = run(who
+        .hermit_in(t.path())
+        .args(["image", "bootstrap", "--suite", "no-such-suite"]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -122,3 +128,5 @@ fn unknown_suite_without_mirror_says_how_to_fix_it() {
         "{err}"
     );
 }
+
+both_users!(unknown_suite_without_mirror_says_how_to_fix_it);

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{both, hermit, run};
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
 use crate::http_server::{Behaviour, Server};
 
 fn sha(data: &[u8]) -> String {
@@ -68,8 +69,8 @@ fn write_spec(dir: &Path, file: &str, sources: &[Src]) -> PathBuf {
 }
 
 /// A hermit command isolated from the user's proxy and config.
-fn hermit_cmd(home: &Path) -> Command {
-    let mut c = hermit(home);
+fn hermit_cmd(who: As, home: &Path) -> Command {
+    let mut c = who.hermit_in(home);
     for v in [
         "http_proxy",
         "https_proxy",
@@ -116,15 +117,15 @@ fn mirror_dir_with(dir: &Path, blobs: &[&[u8]]) {
     }
 }
 
-#[test]
-fn fetch_plain_then_present() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_plain_then_present(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(1, 10_000);
     srv.route("/a.bin", Behaviour::File(data.clone()));
     let spec = write_spec(t.path(), "spec.toml", &[src("a", srv.url("/a.bin"), &data)]);
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("fetched 1 ("),
@@ -132,7 +133,7 @@ fn fetch_plain_then_present() {
         both(&o)
     );
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("fetched 0 (0 B), already present 1"),
@@ -142,16 +143,16 @@ fn fetch_plain_then_present() {
     assert_eq!(srv.count("/a.bin"), 1);
 }
 
-#[test]
-fn fetch_wrong_hash_is_refused() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_wrong_hash_is_refused(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let good = b"the real thing".to_vec();
     let evil = b"something else".to_vec(); // same length, other bytes
     srv.route("/x", Behaviour::File(evil.clone()));
     let spec = write_spec(t.path(), "spec.toml", &[src("x", srv.url("/x"), &good)]);
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains(&srv.url("/x")), "{err}");
@@ -166,9 +167,8 @@ fn fetch_wrong_hash_is_refused() {
     assert_eq!(srv.count("/x"), 1);
 }
 
-#[test]
-fn fetch_404_is_not_retried_and_lists_locations() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_404_is_not_retried_and_lists_locations(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     srv.route("/gone", Behaviour::Status(404));
     srv.route("/forbidden", Behaviour::Status(403));
@@ -183,7 +183,8 @@ fn fetch_404_is_not_retried_and_lists_locations() {
         }],
     );
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("could not fetch source \"lost\""), "{err}");
@@ -198,9 +199,8 @@ fn fetch_404_is_not_retried_and_lists_locations() {
     assert_eq!((srv.count("/gone"), srv.count("/forbidden")), (1, 1));
 }
 
-#[test]
-fn fetch_dead_upstream_found_in_mirror_folder() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_dead_upstream_found_in_mirror_folder(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     srv.route("/dead", Behaviour::Status(404));
     let data = bytes(2, 5000);
@@ -209,7 +209,8 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
     let spec = write_spec(t.path(), "spec.toml", &[src("d", srv.url("/dead"), &data)]);
     // Through --mirror.
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home)
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home)
         .arg("fetch")
         .arg(&spec)
         .arg("--mirror")
@@ -225,12 +226,13 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
         format!("mirrors = [{:?}]\n", mirror.display().to_string()),
     )
     .unwrap();
-    let o = run(hermit_cmd(&home2).arg("fetch").arg(&spec));
+    who.give(&home2);
+    let o = run(hermit_cmd(who, &home2).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home2), vec![sha(&data)]);
     // Through $HERMIT_MIRRORS.
     let home3 = t.path().join("home3");
-    let o = run(hermit_cmd(&home3).arg("fetch").arg(&spec).env(
+    let o = run(hermit_cmd(who, &home3).arg("fetch").arg(&spec).env(
         "HERMIT_MIRRORS",
         format!("/nonexistent {}", mirror.display()),
     ));
@@ -240,9 +242,8 @@ fn fetch_dead_upstream_found_in_mirror_folder() {
     assert_eq!(srv.count("/dead"), 0);
 }
 
-#[test]
-fn fetch_from_http_mirror() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_from_http_mirror(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(3, 7000);
     let mirror = t.path().join("mirror");
@@ -251,7 +252,8 @@ fn fetch_from_http_mirror() {
     srv.route("/dead", Behaviour::Status(404));
     let spec = write_spec(t.path(), "spec.toml", &[src("d", srv.url("/dead"), &data)]);
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home)
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home)
         .arg("fetch")
         .arg(&spec)
         .arg("--mirror")
@@ -262,9 +264,8 @@ fn fetch_from_http_mirror() {
     assert_eq!(srv.count("/dead"), 0);
 }
 
-#[test]
-fn fetch_retries_after_500() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_retries_after_500(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(4, 3000);
     srv.route(
@@ -277,7 +278,8 @@ fn fetch_retries_after_500() {
     );
     let spec = write_spec(t.path(), "spec.toml", &[src("f", srv.url("/flaky"), &data)]);
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("retrying"),
@@ -288,9 +290,8 @@ fn fetch_retries_after_500() {
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
 }
 
-#[test]
-fn fetch_retries_after_reset_mid_body() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_retries_after_reset_mid_body(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(5, 200_000);
     srv.route(
@@ -302,15 +303,15 @@ fn fetch_retries_after_reset_mid_body() {
     );
     let spec = write_spec(t.path(), "spec.toml", &[src("r", srv.url("/reset"), &data)]);
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(srv.count("/reset"), 3);
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
 }
 
-#[test]
-fn fetch_slow_body_times_out() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_slow_body_times_out(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(6, 100_000);
     srv.route(
@@ -324,7 +325,8 @@ fn fetch_slow_body_times_out() {
     let spec = write_spec(t.path(), "spec.toml", &[src("s", srv.url("/slow"), &data)]);
     let home = t.path().join("home");
     let start = Instant::now();
-    let o = run(hermit_cmd(&home)
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home)
         .arg("fetch")
         .arg(&spec)
         .env("HERMIT_READ_TIMEOUT", "0.5")
@@ -341,9 +343,8 @@ fn fetch_slow_body_times_out() {
     assert!(checked_blobs(&home).is_empty());
 }
 
-#[test]
-fn offline_with_everything_mirrored_touches_no_server() {
-    let t = tempfile::tempdir().unwrap();
+fn offline_with_everything_mirrored_touches_no_server(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let a = bytes(7, 1000);
     let b = bytes(8, 2000);
@@ -364,7 +365,8 @@ fn offline_with_everything_mirrored_touches_no_server() {
         ],
     );
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home)
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home)
         .arg("fetch")
         .arg("--offline")
         .arg(&spec)
@@ -377,9 +379,8 @@ fn offline_with_everything_mirrored_touches_no_server() {
     assert_eq!(checked_blobs(&home), want);
 }
 
-#[test]
-fn offline_missing_fails_before_fetching() {
-    let t = tempfile::tempdir().unwrap();
+fn offline_missing_fails_before_fetching(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let a = bytes(10, 1000);
     let b = bytes(11, 2000);
@@ -393,7 +394,8 @@ fn offline_missing_fails_before_fetching() {
         &[src("a", srv.url("/a"), &a), src("bee", srv.url("/b"), &b)],
     );
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home)
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home)
         .arg("fetch")
         .arg("--offline")
         .arg(&spec)
@@ -418,9 +420,8 @@ fn offline_missing_fails_before_fetching() {
     assert_eq!(srv.total(), 0);
 }
 
-#[test]
-fn concurrent_fetches_fetch_each_digest_once() {
-    let t = tempfile::tempdir().unwrap();
+fn concurrent_fetches_fetch_each_digest_once(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let datas: Vec<Vec<u8>> = (0..6).map(|i| bytes(100 + i, 50_000)).collect();
     for (i, d) in datas.iter().enumerate() {
@@ -446,10 +447,11 @@ fn concurrent_fetches_fetch_each_digest_once() {
         })
         .collect();
     let home = t.path().join("home");
+    who.give(t.path());
     let children: Vec<_> = specs
         .iter()
         .map(|s| {
-            hermit_cmd(&home)
+            hermit_cmd(who, &home)
                 .arg("fetch")
                 .arg(s)
                 .stdout(Stdio::piped())
@@ -476,9 +478,8 @@ fn concurrent_fetches_fetch_each_digest_once() {
     assert!(leftovers.is_empty(), "temp sessions left: {leftovers:?}");
 }
 
-#[test]
-fn sigkill_mid_download_leaves_no_partial_blob() {
-    let t = tempfile::tempdir().unwrap();
+fn sigkill_mid_download_leaves_no_partial_blob(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(12, 2 << 20);
     srv.route(
@@ -491,8 +492,9 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
     );
     let spec = write_spec(t.path(), "spec.toml", &[src("big", srv.url("/big"), &data)]);
     let home = t.path().join("home");
+    who.give(t.path());
     for (n, ms) in [30u64, 150, 400, 800].into_iter().enumerate() {
-        let mut child = hermit_cmd(&home)
+        let mut child = hermit_cmd(who, &home)
             .arg("fetch")
             .arg(&spec)
             .stdout(Stdio::null())
@@ -512,7 +514,7 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
         srv.count("/big") >= 2,
         "the kills did not interrupt downloads"
     );
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(checked_blobs(&home), vec![sha(&data)]);
     // The killed processes' temp sessions were cleaned up.
@@ -520,9 +522,8 @@ fn sigkill_mid_download_leaves_no_partial_blob() {
     assert!(leftovers.is_empty(), "temp sessions left: {leftovers:?}");
 }
 
-#[test]
-fn mirror_twice_then_serve_it() {
-    let t = tempfile::tempdir().unwrap();
+fn mirror_twice_then_serve_it(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let a = bytes(13, 4000);
     let b = bytes(14, 6000);
@@ -535,7 +536,8 @@ fn mirror_twice_then_serve_it() {
     );
     let home = t.path().join("home");
     let dir = t.path().join("mirror");
-    let o = run(hermit_cmd(&home)
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home)
         .arg("mirror")
         .arg(&spec)
         .arg("--to")
@@ -553,7 +555,7 @@ fn mirror_twice_then_serve_it() {
     for d in [&a, &b] {
         assert_eq!(&std::fs::read(dir.join("sha256").join(sha(d))).unwrap(), d);
     }
-    let o = run(hermit_cmd(&home)
+    let o = run(hermit_cmd(who, &home)
         .arg("mirror")
         .arg(&spec)
         .arg("--to")
@@ -576,7 +578,7 @@ fn mirror_twice_then_serve_it() {
     srv.route("/a", Behaviour::Status(404));
     srv.route("/b", Behaviour::Status(404));
     let home2 = t.path().join("home2");
-    let o = run(hermit_cmd(&home2)
+    let o = run(hermit_cmd(who, &home2)
         .arg("fetch")
         .arg("--offline")
         .arg(&spec)
@@ -586,7 +588,7 @@ fn mirror_twice_then_serve_it() {
     assert_eq!(checked_blobs(&home2).len(), 2);
     srv.serve_dir("/mirror/", &dir);
     let home3 = t.path().join("home3");
-    let o = run(hermit_cmd(&home3)
+    let o = run(hermit_cmd(who, &home3)
         .arg("fetch")
         .arg(&spec)
         .arg("--mirror")
@@ -596,9 +598,8 @@ fn mirror_twice_then_serve_it() {
     assert_eq!((srv.count("/a"), srv.count("/b")), (1, 1));
 }
 
-#[test]
-fn jobs_bound_concurrent_downloads() {
-    let t = tempfile::tempdir().unwrap();
+fn jobs_bound_concurrent_downloads(who: As) {
+    let t = who.scratch();
     let datas: Vec<Vec<u8>> = (0..8).map(|i| bytes(200 + i, 20_000)).collect();
     let mut seen = Vec::new();
     for jobs in ["2", "8"] {
@@ -619,7 +620,11 @@ fn jobs_bound_concurrent_downloads() {
             .collect();
         let spec = write_spec(t.path(), &format!("spec-j{jobs}.toml"), &srcs);
         let home = t.path().join(format!("home-j{jobs}"));
-        let o = run(hermit_cmd(&home).arg("fetch").arg(&spec).args(["-j", jobs]));
+        who.give(t.path());
+        let o = run(hermit_cmd(who, &home)
+            .arg("fetch")
+            .arg(&spec)
+            .args(["-j", jobs]));
         assert!(o.status.success(), "{}", both(&o));
         assert_eq!(checked_blobs(&home).len(), 8);
         seen.push(srv.max_in_flight());
@@ -631,9 +636,8 @@ fn jobs_bound_concurrent_downloads() {
 /// At first at most 6 requests to one server wait for their answer (small
 /// servers drop connections beyond their listen queue); once the server has
 /// shown it keeps connections open, up to `-j` do.
-#[test]
-fn waiting_requests_limited_until_the_server_keeps_alive() {
-    let t = tempfile::tempdir().unwrap();
+fn waiting_requests_limited_until_the_server_keeps_alive(who: As) {
+    let t = who.scratch();
     let datas: Vec<Vec<u8>> = (0..24).map(|i| bytes(300 + i, 2_000)).collect();
     let mut seen = Vec::new();
     for (name, srv) in [
@@ -655,7 +659,11 @@ fn waiting_requests_limited_until_the_server_keeps_alive() {
             .collect();
         let spec = write_spec(t.path(), &format!("spec-{name}.toml"), &srcs);
         let home = t.path().join(format!("home-{name}"));
-        let o = run(hermit_cmd(&home).arg("fetch").arg(&spec).args(["-j", "8"]));
+        who.give(t.path());
+        let o = run(hermit_cmd(who, &home)
+            .arg("fetch")
+            .arg(&spec)
+            .args(["-j", "8"]));
         assert!(o.status.success(), "{}", both(&o));
         assert_eq!(checked_blobs(&home).len(), datas.len());
         seen.push(srv.max_in_flight());
@@ -673,9 +681,8 @@ fn waiting_requests_limited_until_the_server_keeps_alive() {
     assert_eq!(seen[1], 6, "HTTP/1.0 server: {} at once", seen[1]);
 }
 
-#[test]
-fn fetch_longer_than_size_is_refused_early() {
-    let t = tempfile::tempdir().unwrap();
+fn fetch_longer_than_size_is_refused_early(who: As) {
+    let t = who.scratch();
     let srv = Server::start();
     let data = bytes(15, 1000);
     let mut longer = data.clone();
@@ -687,7 +694,8 @@ fn fetch_longer_than_size_is_refused_early() {
         &[src("long", srv.url("/long"), &data)],
     );
     let home = t.path().join("home");
-    let o = run(hermit_cmd(&home).arg("fetch").arg(&spec));
+    who.give(t.path());
+    let o = run(hermit_cmd(who, &home).arg("fetch").arg(&spec));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
@@ -697,3 +705,22 @@ fn fetch_longer_than_size_is_refused_early() {
     assert_eq!(srv.count("/long"), 1);
     assert!(checked_blobs(&home).is_empty());
 }
+
+both_users!(
+    fetch_plain_then_present,
+    fetch_wrong_hash_is_refused,
+    fetch_404_is_not_retried_and_lists_locations,
+    fetch_dead_upstream_found_in_mirror_folder,
+    fetch_from_http_mirror,
+    fetch_retries_after_500,
+    fetch_retries_after_reset_mid_body,
+    fetch_slow_body_times_out,
+    offline_with_everything_mirrored_touches_no_server,
+    offline_missing_fails_before_fetching,
+    concurrent_fetches_fetch_each_digest_once,
+    sigkill_mid_download_leaves_no_partial_blob,
+    mirror_twice_then_serve_it,
+    jobs_bound_concurrent_downloads,
+    waiting_requests_limited_until_the_server_keeps_alive,
+    fetch_longer_than_size_is_refused_early,
+);

@@ -549,4 +549,58 @@ pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
         .output()
         .unwrap();
     assert!(o.status.success(), "chown -R {}: {o:?}", dir.display());
+impl As {
+    /// Both callers, root first: for loops over the two ways to run hermit.
+    pub const BOTH: [As; 2] = [As::Root, As::User];
+
+    /// Like [`As::hermit`] but with HERMIT_HOME at `home` (which this caller
+    /// must be able to create or own).
+    pub fn hermit_in(self, home: &Path) -> Command {
+        let mut c = self.hermit();
+        c.env("HERMIT_HOME", home);
+        c
+    }
+
+    /// Hands `path` and everything below it to this caller (`chown -R`), so
+    /// that files the test prepared as root are the caller's own.
+    pub fn give(self, path: &Path) {
+        let o = Command::new("chown")
+            .arg("-R")
+            .arg(format!("{}:{}", self.uid(), self.gid()))
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "chown -R {}: {o:?}", path.display());
+    }
+
+    /// A short name for messages and directory names.
+    pub fn name(self) -> &'static str {
+        match self {
+            As::Root => "root",
+            As::User => "user",
+        }
+    }
+}
+
+/// Gives [`TEST_USER`] a subordinate uid and gid range (mmdebstrap's
+/// `--mode=unshare` maps its fake root and users there), once.
+pub fn ensure_subids() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        fixture();
+        let has = |file: &str| {
+            fs::read_to_string(file)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with(&format!("{TEST_USER}:")))
+        };
+        if !(has("/etc/subuid") && has("/etc/subgid")) {
+            let o = Command::new("usermod")
+                .args(["--add-subuids", "1300000-1365535"])
+                .args(["--add-subgids", "1300000-1365535", TEST_USER])
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "usermod --add-subuids: {o:?}");
+        }
+    });
 }

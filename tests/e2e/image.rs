@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::common::{both, hermit, run};
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
 
 fn sha(data: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(data)))
@@ -98,14 +99,15 @@ fn field(out: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {out}"))
 }
 
-#[test]
-fn import_layout_checks_the_pin_and_lists_it() {
-    let t = tempfile::tempdir().unwrap();
+fn import_layout_checks_the_pin_and_lists_it(who: As) {
+    let t = who.scratch();
     let layout = t.path().join("layout");
     let manifest = busybox_layout(&layout);
     let home = t.path().join("home");
 
-    let o = run(hermit(&home)
+    who.give(t.path());
+    let o = run(who
+        .hermit_in(&home)
         .args(["image", "import"])
         .arg(&layout)
         .args(["--digest", &manifest]));
@@ -115,7 +117,7 @@ fn import_layout_checks_the_pin_and_lists_it() {
         manifest
     );
 
-    let o = run(hermit(&home).args(["image", "ls", "--json"]));
+    let o = run(who.hermit_in(&home).args(["image", "ls", "--json"]));
     assert!(o.status.success(), "{}", both(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v[0]["manifest"], manifest);
@@ -123,7 +125,8 @@ fn import_layout_checks_the_pin_and_lists_it() {
     assert_eq!(v[0]["path_env"], "/bin");
 
     let wrong = format!("sha256:{}", "1".repeat(64));
-    let o = run(hermit(&t.path().join("home2"))
+    let o = run(who
+        .hermit_in(&t.path().join("home2"))
         .args(["image", "import"])
         .arg(&layout)
         .args(["--digest", &wrong]));
@@ -132,9 +135,8 @@ fn import_layout_checks_the_pin_and_lists_it() {
     assert!(err.contains(&wrong) && err.contains(&manifest), "{err}");
 }
 
-#[test]
-fn import_refuses_a_tampered_layer() {
-    let t = tempfile::tempdir().unwrap();
+fn import_refuses_a_tampered_layer(who: As) {
+    let t = who.scratch();
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     // Corrupt the largest blob (the layer) in place.
@@ -149,7 +151,8 @@ fn import_refuses_a_tampered_layer() {
     bytes[n] ^= 0xff;
     fs::write(&layer, bytes).unwrap();
     let home = t.path().join("home");
-    let o = run(hermit(&home).args(["image", "import"]).arg(&layout));
+    who.give(t.path());
+    let o = run(who.hermit_in(&home).args(["image", "import"]).arg(&layout));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("digest mismatch"), "{err}");
@@ -157,9 +160,8 @@ fn import_refuses_a_tampered_layer() {
     assert!(!home.join("v1/blobs/sha256").join(name).exists());
 }
 
-#[test]
-fn import_skopeo_oci_archive_and_docker_archive() {
-    let t = tempfile::tempdir().unwrap();
+fn import_skopeo_oci_archive_and_docker_archive(who: As) {
+    let t = who.scratch();
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let oci_tar = t.path().join("img.oci.tar");
@@ -186,7 +188,9 @@ fn import_skopeo_oci_archive_and_docker_archive() {
     ]))
     .unwrap();
     let want = inspect["Digest"].as_str().unwrap().to_string();
-    let o = run(hermit(&home)
+    who.give(t.path());
+    let o = run(who
+        .hermit_in(&home)
         .args(["image", "import"])
         .arg(&oci_tar)
         .args(["--digest", &want]));
@@ -201,7 +205,8 @@ fn import_skopeo_oci_archive_and_docker_archive() {
     ]))
     .unwrap();
     let image_id = raw["config"]["digest"].as_str().unwrap().to_string();
-    let o = run(hermit(&home)
+    let o = run(who
+        .hermit_in(&home)
         .args(["image", "import"])
         .arg(&docker_tar)
         .args(["--digest", &image_id]));
@@ -291,16 +296,18 @@ pub fn push_busybox(reg: &Registry, layout: &Path) -> (String, String) {
     (name, inspect["Digest"].as_str().unwrap().to_string())
 }
 
-#[test]
-fn pull_by_digest_from_a_real_registry() {
-    let t = tempfile::tempdir().unwrap();
+fn pull_by_digest_from_a_real_registry(who: As) {
+    let t = who.scratch();
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let reg = start_registry();
     let (name, digest) = push_busybox(&reg, &layout);
 
     let home = t.path().join("home");
-    let o = run(hermit(&home).args(["image", "pull", &format!("{name}@{digest}")]));
+    who.give(t.path());
+    let o = run(who
+        .hermit_in(&home)
+        .args(["image", "pull", &format!("{name}@{digest}")]));
     assert!(o.status.success(), "{}", both(&o));
     assert_eq!(
         field(&String::from_utf8_lossy(&o.stdout), "manifest"),
@@ -315,14 +322,19 @@ fn pull_by_digest_from_a_real_registry() {
 
     // A digest the registry does not have is refused, naming the URL.
     let wrong = format!("sha256:{}", "2".repeat(64));
-    let o =
-        run(hermit(&t.path().join("home2")).args(["image", "pull", &format!("{name}@{wrong}")]));
+    let o = run(who.hermit_in(&t.path().join("home2")).args([
+        "image",
+        "pull",
+        &format!("{name}@{wrong}"),
+    ]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("404") && err.contains(&wrong), "{err}");
 
     // A tag instead of a digest is a user error that says how to pin.
-    let o = run(hermit(&home).args(["image", "pull", &format!("{name}:latest")]));
+    let o = run(who
+        .hermit_in(&home)
+        .args(["image", "pull", &format!("{name}:latest")]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("pinned by digest"),
@@ -440,10 +452,9 @@ fn start_token_gate(upstream: u16, repository: &'static str) -> TokenGate {
     }
 }
 
-#[test]
-fn pull_through_the_anonymous_bearer_token_flow() {
+fn pull_through_the_anonymous_bearer_token_flow(who: As) {
     use std::sync::atomic::Ordering;
-    let t = tempfile::tempdir().unwrap();
+    let t = who.scratch();
     let layout = t.path().join("layout");
     busybox_layout(&layout);
     let reg = start_registry();
@@ -451,7 +462,8 @@ fn pull_through_the_anonymous_bearer_token_flow() {
 
     let gate = start_token_gate(reg.port, "hermit/busybox");
     let home = t.path().join("home");
-    let o = run(hermit(&home).args([
+    who.give(t.path());
+    let o = run(who.hermit_in(&home).args([
         "image",
         "pull",
         &format!("127.0.0.1:{}/hermit/busybox@{digest}", gate.port),
@@ -470,3 +482,11 @@ fn pull_through_the_anonymous_bearer_token_flow() {
         "hermit never asked for a token"
     );
 }
+
+both_users!(
+    import_layout_checks_the_pin_and_lists_it,
+    import_refuses_a_tampered_layer,
+    import_skopeo_oci_archive_and_docker_archive,
+    pull_by_digest_from_a_real_registry,
+    pull_through_the_anonymous_bearer_token_flow,
+);

@@ -12,6 +12,7 @@ mod http_server;
 mod image;
 mod output;
 mod record_trust;
+mod rootless;
 mod sandbox;
 mod sandbox_escape;
 mod store;

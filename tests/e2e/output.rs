@@ -6,7 +6,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::{both, hermit, run};
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -37,40 +38,45 @@ fn make_tree(dir: &Path, umask: &str, reverse: bool, mtime: &str, owner: &str) {
     assert!(o.status.success(), "{}", both(&o));
 }
 
-fn hash(home: &Path, dir: &Path) -> String {
-    let o = run(hermit(home).args(["output", "hash"]).arg(dir));
+fn hash(who: As, home: &Path, dir: &Path) -> String {
+    let o = run(who.hermit_in(home).args(["output", "hash"]).arg(dir));
     assert!(o.status.success(), "{}", both(&o));
     String::from_utf8(o.stdout).unwrap().trim().to_string()
 }
 
-#[test]
-fn output_digest_ignores_umask_order_mtime_and_owner() {
-    let t = tempfile::tempdir().unwrap();
+fn output_digest_ignores_umask_order_mtime_and_owner(who: As) {
+    let t = who.scratch();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     fs::create_dir_all(&a).unwrap();
     fs::create_dir_all(&b).unwrap();
     make_tree(&a, "022", false, "2001-02-03 04:05:06", "0:0");
-    make_tree(&b, "077", true, "2024-12-31 23:59:59", "1234:5678");
-    let (da, db) = (hash(t.path(), &a), hash(t.path(), &b));
+    // Another owner: a stranger for root; the caller itself for a user (who
+    // could not read a stranger's 077 tree).
+    let owner = match who {
+        As::Root => "1234:5678".to_string(),
+        As::User => format!("{}:{}", who.uid(), who.gid()),
+    };
+    make_tree(&b, "077", true, "2024-12-31 23:59:59", &owner);
+    let (da, db) = (hash(who, t.path(), &a), hash(who, t.path(), &b));
     assert!(da.starts_with("sha256:") && da.len() == 71, "{da}");
     assert_eq!(da, db);
     // A content change, an x bit, or a rename each change the digest.
     fs::write(b.join("share/doc/README"), "Doc").unwrap();
-    assert_ne!(hash(t.path(), &b), da);
+    assert_ne!(hash(who, t.path(), &b), da);
     fs::write(b.join("share/doc/README"), "doc").unwrap();
-    assert_eq!(hash(t.path(), &b), da);
+    assert_eq!(hash(who, t.path(), &b), da);
     fs::set_permissions(b.join("lib-x"), fs::Permissions::from_mode(0o744)).unwrap();
-    assert_ne!(hash(t.path(), &b), da);
+    assert_ne!(hash(who, t.path(), &b), da);
 }
 
-#[test]
-fn output_tar_is_gnu_tar_readable_sorted_and_normalised() {
-    let t = tempfile::tempdir().unwrap();
+fn output_tar_is_gnu_tar_readable_sorted_and_normalised(who: As) {
+    let t = who.scratch();
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     make_tree(&src, "002", false, "2010-01-01 00:00:00", "42:43");
     let tar = t.path().join("out.tar");
-    let o = run(hermit(t.path())
+    let o = run(who
+        .hermit_in(t.path())
         .args(["output", "tar", "--source-date-epoch", "1000000000"])
         .arg(&src)
         .arg("-o")
@@ -137,7 +143,8 @@ fn output_tar_is_gnu_tar_readable_sorted_and_normalised() {
         .arg("-C")
         .arg(&back));
     assert!(o.status.success(), "{}", both(&o));
-    let o = run(hermit(t.path())
+    let o = run(who
+        .hermit_in(t.path())
         .args(["output", "hash", "--source-date-epoch", "1000000000"])
         .arg(&back));
     assert_eq!(
@@ -148,7 +155,8 @@ fn output_tar_is_gnu_tar_readable_sorted_and_normalised() {
     );
 
     // `-o -` streams the same bytes.
-    let o = run(hermit(t.path())
+    let o = run(who
+        .hermit_in(t.path())
         .args([
             "output",
             "tar",
@@ -162,13 +170,13 @@ fn output_tar_is_gnu_tar_readable_sorted_and_normalised() {
     assert_eq!(o.stdout, bytes);
 }
 
-#[test]
-fn output_hash_json_lists_every_entry() {
-    let t = tempfile::tempdir().unwrap();
+fn output_hash_json_lists_every_entry(who: As) {
+    let t = who.scratch();
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     make_tree(&src, "022", false, "2010-01-01 00:00:00", "0:0");
-    let o = run(hermit(t.path())
+    let o = run(who
+        .hermit_in(t.path())
         .args(["output", "hash", "--json"])
         .arg(&src));
     assert!(o.status.success(), "{}", both(&o));
@@ -184,14 +192,13 @@ fn output_hash_json_lists_every_entry() {
     assert_eq!(big["size"], 70000);
     let want = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(vec![b'z'; 70000]));
     assert_eq!(big["sha256"], format!("sha256:{want}"));
-    assert_eq!(v["digest"], hash(t.path(), &src));
+    assert_eq!(v["digest"], hash(who, t.path(), &src));
     assert_eq!(v["source_date_epoch"], 315532800);
 }
 
-#[test]
-fn output_golden_digest_of_a_small_tree() {
+fn output_golden_digest_of_a_small_tree(who: As) {
     // The same tree as the unit test `golden_digest_of_a_small_tree`.
-    let t = tempfile::tempdir().unwrap();
+    let t = who.scratch();
     let dir = t.path().join("o");
     fs::create_dir_all(dir.join("bin")).unwrap();
     fs::create_dir_all(dir.join("share/doc")).unwrap();
@@ -200,17 +207,17 @@ fn output_golden_digest_of_a_small_tree() {
     fs::write(dir.join("share/doc/README"), b"hello docs\n").unwrap();
     fs::write(dir.join("a-b"), b"").unwrap();
     symlink("hello", dir.join("bin/hi")).unwrap();
+    who.give(&dir);
     let want = fs::read_to_string(repo().join("tests/data/outputs/small-tree.digest")).unwrap();
-    assert_eq!(hash(t.path(), &dir), want.trim());
+    assert_eq!(hash(who, t.path(), &dir), want.trim());
 }
 
-#[test]
-fn output_refuses_fifo_socket_and_device_naming_them() {
-    let t = tempfile::tempdir().unwrap();
+fn output_refuses_fifo_socket_and_device_naming_them(who: As) {
+    let t = who.scratch();
     let dir = t.path().join("o");
     fs::create_dir_all(dir.join("run")).unwrap();
     nix::unistd::mkfifo(&dir.join("run/fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let o = run(hermit(t.path()).args(["output", "hash"]).arg(&dir));
+    let o = run(who.hermit_in(t.path()).args(["output", "hash"]).arg(&dir));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("\"run/fifo\" is a fifo"),
@@ -220,7 +227,7 @@ fn output_refuses_fifo_socket_and_device_naming_them() {
     fs::remove_file(dir.join("run/fifo")).unwrap();
 
     let _sock = std::os::unix::net::UnixListener::bind(dir.join("run/sock")).unwrap();
-    let o = run(hermit(t.path()).args(["output", "hash"]).arg(&dir));
+    let o = run(who.hermit_in(t.path()).args(["output", "hash"]).arg(&dir));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("\"run/sock\" is a socket"),
         "{}",
@@ -237,7 +244,17 @@ fn output_refuses_fifo_socket_and_device_naming_them() {
         d = dir.display(),
         bin = crate::common::hermit_bin().display()
     );
-    let o = run(Command::new("unshare")
+    let mut unshare = match who {
+        As::Root => Command::new("unshare"),
+        As::User => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={}", who.uid()))
+                .arg(format!("--regid={}", who.gid()))
+                .args(["--clear-groups", "--", "unshare"]);
+            c
+        }
+    };
+    let o = run(unshare
         .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
         .arg(&script));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
@@ -248,30 +265,29 @@ fn output_refuses_fifo_socket_and_device_naming_them() {
     );
 }
 
-#[test]
-fn output_refuses_escaping_symlinks_unless_allowed() {
-    let t = tempfile::tempdir().unwrap();
+fn output_refuses_escaping_symlinks_unless_allowed(who: As) {
+    let t = who.scratch();
     let dir = t.path().join("o");
     fs::create_dir_all(dir.join("lib")).unwrap();
     symlink("../../etc/passwd", dir.join("lib/pw")).unwrap();
-    let o = run(hermit(t.path()).args(["output", "hash"]).arg(&dir));
+    let o = run(who.hermit_in(t.path()).args(["output", "hash"]).arg(&dir));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("\"lib/pw\"") && err.contains("outside the output"),
         "{err}"
     );
-    let o = run(hermit(t.path())
+    let o = run(who
+        .hermit_in(t.path())
         .args(["output", "hash", "--allow-external-symlinks"])
         .arg(&dir));
     assert!(o.status.success(), "{}", both(&o));
 }
 
-#[test]
-fn output_provenance_of_the_golden_record() {
-    let t = tempfile::tempdir().unwrap();
+fn output_provenance_of_the_golden_record(who: As) {
+    let t = who.scratch();
     let rec = repo().join("tests/data/records/record-v1.json");
-    let o = run(hermit(t.path()).arg("provenance").arg(&rec));
+    let o = run(who.hermit_in(t.path()).arg("provenance").arg(&rec));
     assert!(o.status.success(), "{}", both(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let r: serde_json::Value = serde_json::from_str(&fs::read_to_string(&rec).unwrap()).unwrap();
@@ -311,8 +327,18 @@ fn output_provenance_of_the_golden_record() {
         .unwrap()
         .replace("\"record_version\": 1", "\"record_version\": 9");
     fs::write(&future, text).unwrap();
-    let o = run(hermit(t.path()).arg("provenance").arg(&future));
+    let o = run(who.hermit_in(t.path()).arg("provenance").arg(&future));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("future.json has record_version 9"), "{err}");
 }
+
+both_users!(
+    output_digest_ignores_umask_order_mtime_and_owner,
+    output_tar_is_gnu_tar_readable_sorted_and_normalised,
+    output_hash_json_lists_every_entry,
+    output_golden_digest_of_a_small_tree,
+    output_refuses_fifo_socket_and_device_naming_them,
+    output_refuses_escaping_symlinks_unless_allowed,
+    output_provenance_of_the_golden_record,
+);

@@ -10,19 +10,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{both, hermit, run};
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
 
-/// A scratch directory on tmpfs when there is one (fast), else /tmp.
-fn scratch() -> tempfile::TempDir {
+/// A scratch directory on tmpfs when there is one (fast), else /tmp, owned
+/// by `who`.
+fn scratch(who: As) -> tempfile::TempDir {
     let base = if Path::new("/dev/shm").is_dir() {
         "/dev/shm"
     } else {
         "/tmp"
     };
-    tempfile::Builder::new()
+    let d = tempfile::Builder::new()
         .prefix("hermit-e2e-")
         .tempdir_in(base)
-        .unwrap()
+        .unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    who.give(d.path());
+    d
 }
 
 /// Deterministic pseudo-random bytes (xorshift), fast to make.
@@ -55,14 +60,14 @@ fn stderr(o: &std::process::Output) -> String {
 }
 
 /// `hermit store add PATH`, asserting success; returns the digest.
-fn add(home: &Path, path: &Path) -> String {
-    let o = run(hermit(home).args(["store", "add"]).arg(path));
+fn add(who: As, home: &Path, path: &Path) -> String {
+    let o = run(who.hermit_in(home).args(["store", "add"]).arg(path));
     assert!(o.status.success(), "{}", both(&o));
     stdout(&o)
 }
 
-fn verify_ok(home: &Path) {
-    let o = run(hermit(home).args(["store", "verify"]));
+fn verify_ok(who: As, home: &Path) {
+    let o = run(who.hermit_in(home).args(["store", "verify"]));
     assert!(o.status.success(), "verify failed: {}", both(&o));
 }
 
@@ -70,22 +75,21 @@ fn count(dir: &Path) -> usize {
     fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
 }
 
-#[test]
-fn add_file_prints_digest_and_second_add_writes_nothing() {
-    let s = scratch();
+fn add_file_prints_digest_and_second_add_writes_nothing(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let f = s.path().join("data.bin");
     fs::write(&f, noise(3 << 20, 1)).unwrap();
-    let digest = add(&home, &f);
+    let digest = add(who, &home, &f);
     assert_eq!(digest, sha256_of(&f));
-    let o = run(hermit(&home).args(["store", "path", &digest]));
+    let o = run(who.hermit_in(&home).args(["store", "path", &digest]));
     assert!(o.status.success(), "{}", both(&o));
     let p = PathBuf::from(stdout(&o));
     assert_eq!(fs::read(&p).unwrap(), fs::read(&f).unwrap());
     let before = fs::metadata(&p).unwrap();
     assert_eq!(before.mode() & 0o7777, 0o444);
     // Again: the same digest, the same inode, untouched.
-    assert_eq!(add(&home, &f), digest);
+    assert_eq!(add(who, &home, &f), digest);
     let after = fs::metadata(&p).unwrap();
     assert_eq!(
         (
@@ -104,9 +108,8 @@ fn add_file_prints_digest_and_second_add_writes_nothing() {
     assert_eq!(count(&home.join("v1/blobs/sha256")), 1);
 }
 
-#[test]
-fn add_dir_makes_a_deterministic_read_only_tree() {
-    let s = scratch();
+fn add_dir_makes_a_deterministic_read_only_tree(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let make = |root: &Path, reverse: bool| {
         let mut steps: Vec<Box<dyn Fn()>> = vec![
@@ -133,10 +136,11 @@ fn add_dir_makes_a_deterministic_read_only_tree() {
     fs::create_dir(&d2).unwrap();
     make(&d1, false);
     make(&d2, true);
-    let t1 = add(&home, &d1);
-    let t2 = add(&home, &d2);
+    who.give(s.path());
+    let t1 = add(who, &home, &d1);
+    let t2 = add(who, &home, &d2);
     assert_eq!(t1, t2, "same content, other order and mtimes: same tree");
-    let o = run(hermit(&home).args(["store", "path", &t1]));
+    let o = run(who.hermit_in(&home).args(["store", "path", &t1]));
     assert!(o.status.success(), "{}", both(&o));
     let p = PathBuf::from(stdout(&o));
     assert!(p.starts_with(home.join("v1/trees")));
@@ -155,33 +159,32 @@ fn add_dir_makes_a_deterministic_read_only_tree() {
     );
     // One byte different: another tree.
     fs::write(d2.join("src/lib/a.c"), b"int b;\n").unwrap();
-    assert_ne!(add(&home, &d2), t1);
-    verify_ok(&home);
+    assert_ne!(add(who, &home, &d2), t1);
+    verify_ok(who, &home);
 }
 
-#[test]
-fn path_of_malformed_or_absent_digest_is_a_clear_user_error() {
-    let s = scratch();
+fn path_of_malformed_or_absent_digest_is_a_clear_user_error(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
-    let o = run(hermit(&home).args(["store", "path", "sha256:12345"]));
+    let o = run(who.hermit_in(&home).args(["store", "path", "sha256:12345"]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(stderr(&o).contains("sha256:12345"), "{}", both(&o));
     let absent = format!("sha256:{}", "ab".repeat(32));
-    let o = run(hermit(&home).args(["store", "path", &absent]));
+    let o = run(who.hermit_in(&home).args(["store", "path", &absent]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(stderr(&o).contains(&absent), "{}", both(&o));
     assert!(stderr(&o).contains("not in the store"), "{}", both(&o));
 }
 
-#[test]
-fn sigkill_during_add_leaves_a_consistent_store() {
-    let s = scratch();
+fn sigkill_during_add_leaves_a_consistent_store(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let f = s.path().join("big.bin");
     fs::write(&f, noise(48 << 20, 7)).unwrap();
     let mut killed_mid_add = 0;
     for delay_ms in [0u64, 5, 20, 60, 150, 400] {
-        let mut child = hermit(&home)
+        let mut child = who
+            .hermit_in(&home)
             .args(["store", "add"])
             .arg(&f)
             .stdout(Stdio::null())
@@ -197,7 +200,7 @@ fn sigkill_during_add_leaves_a_consistent_store() {
         }
         // Whatever the moment, the store verifies and the next open removes
         // the dead process's temp session.
-        verify_ok(&home);
+        verify_ok(who, &home);
         assert_eq!(
             count(&home.join("v1/tmp")),
             0,
@@ -207,7 +210,7 @@ fn sigkill_during_add_leaves_a_consistent_store() {
         assert!(blobs <= 1);
         if blobs == 1 {
             // If it is there, it is complete: verify has re-hashed it.
-            let o = run(hermit(&home).args(["store", "path", &sha256_of(&f)]));
+            let o = run(who.hermit_in(&home).args(["store", "path", &sha256_of(&f)]));
             assert!(o.status.success(), "{}", both(&o));
         }
     }
@@ -215,21 +218,20 @@ fn sigkill_during_add_leaves_a_consistent_store() {
         killed_mid_add >= 2,
         "the adds finished too fast to be interrupted"
     );
-    assert_eq!(add(&home, &f), sha256_of(&f));
-    verify_ok(&home);
+    assert_eq!(add(who, &home, &f), sha256_of(&f));
+    verify_ok(who, &home);
 }
 
-#[test]
-fn concurrent_adds_of_the_same_content_make_one_entry() {
-    let s = scratch();
+fn concurrent_adds_of_the_same_content_make_one_entry(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let f = s.path().join("same.bin");
     fs::write(&f, noise(6 << 20, 3)).unwrap();
     // Create the store first so all eight race on the add, not on mkdir.
-    verify_ok(&home);
+    verify_ok(who, &home);
     let children: Vec<_> = (0..8)
         .map(|_| {
-            hermit(&home)
+            who.hermit_in(&home)
                 .args(["store", "add"])
                 .arg(&f)
                 .stdout(Stdio::piped())
@@ -246,19 +248,18 @@ fn concurrent_adds_of_the_same_content_make_one_entry() {
     }
     assert_eq!(count(&home.join("v1/blobs/sha256")), 1);
     assert_eq!(count(&home.join("v1/tmp")), 0);
-    verify_ok(&home);
+    verify_ok(who, &home);
 }
 
-#[test]
-fn verify_names_a_corrupt_blob_and_fails() {
-    let s = scratch();
+fn verify_names_a_corrupt_blob_and_fails(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let (good, bad) = (s.path().join("good"), s.path().join("bad"));
     fs::write(&good, b"good content\n").unwrap();
     fs::write(&bad, noise(100_000, 9)).unwrap();
-    add(&home, &good);
-    let d = add(&home, &bad);
-    verify_ok(&home);
+    add(who, &home, &good);
+    let d = add(who, &home, &bad);
+    verify_ok(who, &home);
     let blob = home
         .join("v1/blobs/sha256")
         .join(d.trim_start_matches("sha256:"));
@@ -266,7 +267,7 @@ fn verify_names_a_corrupt_blob_and_fails() {
     let mut bytes = fs::read(&blob).unwrap();
     bytes[5000] ^= 0x01;
     fs::write(&blob, bytes).unwrap();
-    let o = run(hermit(&home).args(["store", "verify"]));
+    let o = run(who.hermit_in(&home).args(["store", "verify"]));
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let err = stderr(&o);
     assert!(err.contains(&blob.display().to_string()), "{err}");
@@ -276,18 +277,17 @@ fn verify_names_a_corrupt_blob_and_fails() {
     );
 }
 
-#[test]
-fn verify_names_a_corrupt_tree() {
-    let s = scratch();
+fn verify_names_a_corrupt_tree(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let dir = s.path().join("d");
     fs::create_dir(&dir).unwrap();
     fs::write(dir.join("f"), b"one").unwrap();
-    let t = add(&home, &dir);
+    let t = add(who, &home, &dir);
     let p = home.join("v1/trees").join(t.trim_start_matches("sha256:"));
     fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(p.join("extra"), b"sneaked in").unwrap();
-    let o = run(hermit(&home).args(["store", "verify"]));
+    let o = run(who.hermit_in(&home).args(["store", "verify"]));
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     assert!(
         stderr(&o).contains(&p.display().to_string()),
@@ -305,13 +305,18 @@ impl Drop for Mount {
     }
 }
 
-#[test]
-fn full_disk_gives_one_clear_message_and_keeps_the_store_clean() {
-    let s = scratch();
+fn full_disk_gives_one_clear_message_and_keeps_the_store_clean(who: As) {
+    let s = scratch(who);
     let mnt = s.path().join("tiny");
     fs::create_dir(&mnt).unwrap();
     let o = run(Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o"])
+        .arg(format!(
+            "size=1m,mode=0755,uid={},gid={}",
+            who.uid(),
+            who.gid()
+        ))
+        .arg("tmpfs")
         .arg(&mnt));
     assert!(
         o.status.success(),
@@ -321,27 +326,30 @@ fn full_disk_gives_one_clear_message_and_keeps_the_store_clean() {
     let _m = Mount(mnt.clone());
     let f = s.path().join("big.bin");
     fs::write(&f, noise(4 << 20, 5)).unwrap();
-    let o = run(hermit(&mnt).args(["store", "add"]).arg(&f));
+    let o = run(who.hermit_in(&mnt).args(["store", "add"]).arg(&f));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = stderr(&o);
     assert_eq!(err.matches("error:").count(), 1, "{err}");
     assert!(err.contains("no space left on device"), "{err}");
     assert!(err.contains(&mnt.join("v1").display().to_string()), "{err}");
     assert_eq!(count(&mnt.join("v1/blobs/sha256")), 0);
-    verify_ok(&mnt);
+    verify_ok(who, &mnt);
     assert_eq!(count(&mnt.join("v1/tmp")), 0);
     // The store still works for what fits.
     let small = s.path().join("small");
     fs::write(&small, b"fits").unwrap();
-    assert_eq!(add(&mnt, &small), sha256_of(&small));
+    assert_eq!(add(who, &mnt, &small), sha256_of(&small));
 }
 
+/// A store root made, used by another user: refused at open, naming the
+/// store, its owner and the fix (see also `rootless.rs`).
 #[test]
 fn unwritable_store_gives_one_clear_message() {
-    let s = scratch();
+    let who = As::Root;
+    let s = scratch(who);
     fs::set_permissions(s.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let home = s.path().join("home");
-    verify_ok(&home); // created by root, not writable by others
+    verify_ok(who, &home); // created by root, not writable by others
     let f = s.path().join("file");
     fs::write(&f, b"some bytes").unwrap();
     fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
@@ -354,27 +362,36 @@ fn unwritable_store_gives_one_clear_message() {
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = stderr(&o);
     assert_eq!(err.matches("error:").count(), 1, "{err}");
-    assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains("belongs to another user") && err.contains("owned by uid 0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("HERMIT_HOME") && err.contains("chown"),
+        "{err}"
+    );
     assert!(
         err.contains(&home.join("v1").display().to_string()),
         "{err}"
     );
-    verify_ok(&home);
+    assert_eq!(count(&home.join("v1/tmp")), 0, "nothing was written");
+    verify_ok(who, &home);
 }
 
-#[test]
-fn gc_keeps_roots_and_records_and_reports_what_it_freed() {
-    let s = scratch();
+fn gc_keeps_roots_and_records_and_reports_what_it_freed(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let mk = |name: &str, len: usize| {
         let p = s.path().join(name);
         fs::write(&p, noise(len, name.len() as u64)).unwrap();
-        add(&home, &p)
+        add(who, &home, &p)
     };
     let pinned = mk("pinned", 1000);
     let recorded = mk("recorded", 2000);
     let garbage = mk("garbage-x", 3000);
-    let o = run(hermit(&home).args(["store", "root", "add", &pinned, "--name", "my-pin"]));
+    let o = run(who
+        .hermit_in(&home)
+        .args(["store", "root", "add", &pinned, "--name", "my-pin"]));
     assert!(o.status.success(), "{}", both(&o));
     let out = home.join("v1/outputs").join("0".repeat(64));
     fs::create_dir_all(&out).unwrap();
@@ -383,35 +400,35 @@ fn gc_keeps_roots_and_records_and_reports_what_it_freed() {
         format!("{{\"sources\":[{{\"sha256\":\"{recorded}\"}}]}}"),
     )
     .unwrap();
-    let o = run(hermit(&home).args(["store", "gc"]));
+    who.give(&home);
+    let o = run(who.hermit_in(&home).args(["store", "gc"]));
     assert!(o.status.success(), "{}", both(&o));
     let text = stdout(&o);
     assert!(text.contains(&format!("removed blob {garbage}")), "{text}");
     assert!(text.contains("freed 3000 bytes in 1 entries"), "{text}");
     for (d, present) in [(&pinned, true), (&recorded, true), (&garbage, false)] {
-        let o = run(hermit(&home).args(["store", "path", d]));
+        let o = run(who.hermit_in(&home).args(["store", "path", d]));
         assert_eq!(o.status.success(), present, "{d}: {}", both(&o));
     }
     assert!(
         out.join("record.json").exists(),
         "outputs are never collected"
     );
-    let o = run(hermit(&home).args(["store", "root", "rm", "my-pin"]));
+    let o = run(who.hermit_in(&home).args(["store", "root", "rm", "my-pin"]));
     assert!(o.status.success(), "{}", both(&o));
-    let o = run(hermit(&home).args(["store", "gc"]));
+    let o = run(who.hermit_in(&home).args(["store", "gc"]));
     assert!(
         stdout(&o).contains("freed 1000 bytes in 1 entries"),
         "{}",
         both(&o)
     );
-    verify_ok(&home);
+    verify_ok(who, &home);
 }
 
-#[test]
-fn gc_waits_for_a_process_holding_the_store_lock() {
-    let s = scratch();
+fn gc_waits_for_a_process_holding_the_store_lock(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
-    verify_ok(&home);
+    verify_ok(who, &home);
     // flock(1) takes the same flock(2) lock an adding hermit holds shared.
     let mut holder = Command::new("flock")
         .args(["-s"])
@@ -433,7 +450,7 @@ fn gc_waits_for_a_process_holding_the_store_lock() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let start = Instant::now();
-    let o = run(hermit(&home).args(["store", "gc"]));
+    let o = run(who.hermit_in(&home).args(["store", "gc"]));
     let waited = start.elapsed();
     let _ = holder.wait();
     assert!(o.status.success(), "{}", both(&o));
@@ -478,20 +495,22 @@ struct Hostile {
 /// Adds a hostile archive and unpacks it; asserts it is refused naming
 /// `entry`, that nothing landed outside the store or in `unpacked/`, and
 /// that no temp files are left.
-fn refuse(entries: &str, entry: &str) -> Hostile {
-    let s = scratch();
+fn refuse(who: As, entries: &str, entry: &str) -> Hostile {
+    let s = scratch(who);
     let home = s.path().join("home");
     let outside = s.path().join("outside");
     fs::create_dir(&outside).unwrap();
     fs::write(outside.join("secret"), b"do not touch").unwrap();
+    // The caller could write there: only hermit's refusal keeps it clean.
+    who.give(&outside);
     let archive = s.path().join("evil.tar");
     python_tar(
         &archive,
         &entries.replace("OUTSIDE", &outside.display().to_string()),
     );
     let entry = entry.replace("OUTSIDE", &outside.display().to_string());
-    let d = add(&home, &archive);
-    let o = run(hermit(&home).args(["store", "unpack", &d]));
+    let d = add(who, &home, &archive);
+    let o = run(who.hermit_in(&home).args(["store", "unpack", &d]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = stderr(&o);
     assert!(
@@ -513,7 +532,7 @@ fn refuse(entries: &str, entry: &str) -> Hostile {
     );
     assert_eq!(fs::read(outside.join("secret")).unwrap(), b"do not touch");
     assert!(!s.path().join("evil").exists());
-    verify_ok(&home);
+    verify_ok(who, &home);
     Hostile {
         _s: s,
         home,
@@ -521,79 +540,83 @@ fn refuse(entries: &str, entry: &str) -> Hostile {
     }
 }
 
-#[test]
-fn unpack_refuses_dotdot() {
+fn unpack_refuses_dotdot(who: As) {
     let h = refuse(
+        who,
         r#"add("ok", data=b"fine"); add("../../../evil", data=b"x")"#,
         "../../../evil",
     );
     assert!(!h.home.join("v1/evil").exists() && !h.home.join("evil").exists());
 }
 
-#[test]
-fn unpack_refuses_absolute_path() {
-    let h = refuse(r#"add("OUTSIDE/evil", data=b"x")"#, "OUTSIDE/evil");
+fn unpack_refuses_absolute_path(who: As) {
+    let h = refuse(who, r#"add("OUTSIDE/evil", data=b"x")"#, "OUTSIDE/evil");
     assert!(!h.outside.join("evil").exists());
 }
 
-#[test]
-fn unpack_refuses_escaping_symlink() {
+fn unpack_refuses_escaping_symlink(who: As) {
     refuse(
+        who,
         r#"add("link", tarfile.SYMTYPE, link="../../../../../../../../OUTSIDE"); add("link/evil", data=b"x")"#,
         "link",
     );
 }
 
-#[test]
-fn unpack_refuses_escaping_hardlink() {
-    refuse(r#"add("h", tarfile.LNKTYPE, link="OUTSIDE/secret")"#, "h");
-    refuse(r#"add("h", tarfile.LNKTYPE, link="../../../secret")"#, "h");
+fn unpack_refuses_escaping_hardlink(who: As) {
+    refuse(
+        who,
+        r#"add("h", tarfile.LNKTYPE, link="OUTSIDE/secret")"#,
+        "h",
+    );
+    refuse(
+        who,
+        r#"add("h", tarfile.LNKTYPE, link="../../../secret")"#,
+        "h",
+    );
 }
 
-#[test]
-fn unpack_refuses_writing_through_a_symlink() {
+fn unpack_refuses_writing_through_a_symlink(who: As) {
     // The brief's case: the link itself already points outside.
     refuse(
+        who,
         r#"add("a", tarfile.SYMTYPE, link="OUTSIDE"); add("a/evil", data=b"x")"#,
         "a",
     );
     // A link that stays inside is still never written through.
     refuse(
+        who,
         r#"add("sub", tarfile.DIRTYPE, mode=0o755); add("a", tarfile.SYMTYPE, link="sub"); add("a/evil", data=b"x")"#,
         "a/evil",
     );
 }
 
-#[test]
-fn unpack_refuses_replacing_a_directory() {
+fn unpack_refuses_replacing_a_directory(who: As) {
     refuse(
+        who,
         r#"add("d", tarfile.DIRTYPE, mode=0o755); add("d/x", data=b"1"); add("d", data=b"a file now")"#,
         "d",
     );
 }
 
-#[test]
-fn unpack_refuses_device_nodes() {
-    refuse(r#"add("dev/null", tarfile.CHRTYPE)"#, "dev/null");
-    refuse(r#"add("dev/sda", tarfile.BLKTYPE)"#, "dev/sda");
+fn unpack_refuses_device_nodes(who: As) {
+    refuse(who, r#"add("dev/null", tarfile.CHRTYPE)"#, "dev/null");
+    refuse(who, r#"add("dev/sda", tarfile.BLKTYPE)"#, "dev/sda");
 }
 
-#[test]
-fn unpack_refuses_fifo() {
-    refuse(r#"add("pipe", tarfile.FIFOTYPE)"#, "pipe");
+fn unpack_refuses_fifo(who: As) {
+    refuse(who, r#"add("pipe", tarfile.FIFOTYPE)"#, "pipe");
 }
 
-#[test]
-fn unpack_drops_setuid_bits() {
-    let s = scratch();
+fn unpack_drops_setuid_bits(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let archive = s.path().join("suid.tar");
     python_tar(
         &archive,
         r#"add("bin/su", data=b"echo su", mode=0o4755); add("bin/sg", data=b"x", mode=0o2644); add("tmp", tarfile.DIRTYPE, mode=0o1777)"#,
     );
-    let d = add(&home, &archive);
-    let o = run(hermit(&home).args(["store", "unpack", &d]));
+    let d = add(who, &home, &archive);
+    let o = run(who.hermit_in(&home).args(["store", "unpack", &d]));
     assert!(o.status.success(), "{}", both(&o));
     let p = PathBuf::from(stdout(&o));
     assert_eq!(
@@ -609,8 +632,8 @@ fn unpack_drops_setuid_bits() {
 
 /// Makes a source tree, packs it with the real tool for `format`, adds and
 /// unpacks it, and compares.
-fn unpack_format(format: &str) {
-    let s = scratch();
+fn unpack_format(who: As, format: &str) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let src = s.path().join("pkg-1.0");
     fs::create_dir_all(src.join("src/deep/er")).unwrap();
@@ -643,8 +666,8 @@ fn unpack_format(format: &str) {
     };
     let o = run(&mut cmd);
     assert!(o.status.success(), "{}", both(&o));
-    let d = add(&home, &archive);
-    let o = run(hermit(&home).args(["store", "unpack", &d]));
+    let d = add(who, &home, &archive);
+    let o = run(who.hermit_in(&home).args(["store", "unpack", &d]));
     assert!(o.status.success(), "{format}: {}", both(&o));
     let p = PathBuf::from(stdout(&o));
     assert!(p.starts_with(home.join("v1/unpacked")));
@@ -673,60 +696,57 @@ fn unpack_format(format: &str) {
     );
     // Once only: the same path, and the tree is not rewritten.
     let ino = fs::metadata(root.join("README")).unwrap().ino();
-    let o = run(hermit(&home).args(["store", "unpack", &d, "--format", format]));
+    let o = run(who
+        .hermit_in(&home)
+        .args(["store", "unpack", &d, "--format", format]));
     assert_eq!(PathBuf::from(stdout(&o)), p, "{}", both(&o));
     assert_eq!(fs::metadata(root.join("README")).unwrap().ino(), ino);
     // Stripping the top directory gives another tree.
-    let o = run(hermit(&home).args(["store", "unpack", &d, "--strip-components", "1"]));
+    let o = run(who
+        .hermit_in(&home)
+        .args(["store", "unpack", &d, "--strip-components", "1"]));
     assert!(o.status.success(), "{}", both(&o));
     let stripped = PathBuf::from(stdout(&o));
     assert_ne!(stripped, p);
     assert_eq!(fs::read(stripped.join("README")).unwrap(), b"hello\n");
-    verify_ok(&home);
+    verify_ok(who, &home);
     assert_eq!(count(&home.join("v1/tmp")), 0);
 }
 
-#[test]
-fn unpack_tar() {
-    unpack_format("tar");
+fn unpack_tar(who: As) {
+    unpack_format(who, "tar");
 }
 
-#[test]
-fn unpack_tar_gz() {
-    unpack_format("tar.gz");
+fn unpack_tar_gz(who: As) {
+    unpack_format(who, "tar.gz");
 }
 
-#[test]
-fn unpack_tar_xz() {
-    unpack_format("tar.xz");
+fn unpack_tar_xz(who: As) {
+    unpack_format(who, "tar.xz");
 }
 
-#[test]
-fn unpack_tar_bz2() {
-    unpack_format("tar.bz2");
+fn unpack_tar_bz2(who: As) {
+    unpack_format(who, "tar.bz2");
 }
 
-#[test]
-fn unpack_tar_zst() {
-    unpack_format("tar.zst");
+fn unpack_tar_zst(who: As) {
+    unpack_format(who, "tar.zst");
 }
 
-#[test]
-fn unpack_zip() {
-    unpack_format("zip");
+fn unpack_zip(who: As) {
+    unpack_format(who, "zip");
 }
 
-#[test]
-fn unpack_of_a_non_archive_says_how_to_fix_it() {
-    let s = scratch();
+fn unpack_of_a_non_archive_says_how_to_fix_it(who: As) {
+    let s = scratch(who);
     let home = s.path().join("home");
     let f = s.path().join("notes.txt");
     fs::File::create(&f)
         .unwrap()
         .write_all(b"just text\n")
         .unwrap();
-    let d = add(&home, &f);
-    let o = run(hermit(&home).args(["store", "unpack", &d]));
+    let d = add(who, &home, &f);
+    let o = run(who.hermit_in(&home).args(["store", "unpack", &d]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(
         stderr(&o).contains("cannot tell the format"),
@@ -734,7 +754,38 @@ fn unpack_of_a_non_archive_says_how_to_fix_it() {
         both(&o)
     );
     assert!(stderr(&o).contains(&d), "{}", both(&o));
-    let o = run(hermit(&home).args(["store", "unpack", &d, "--format", "rar"]));
+    let o = run(who
+        .hermit_in(&home)
+        .args(["store", "unpack", &d, "--format", "rar"]));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(stderr(&o).contains("\"rar\""), "{}", both(&o));
 }
+
+both_users!(
+    add_file_prints_digest_and_second_add_writes_nothing,
+    add_dir_makes_a_deterministic_read_only_tree,
+    path_of_malformed_or_absent_digest_is_a_clear_user_error,
+    sigkill_during_add_leaves_a_consistent_store,
+    concurrent_adds_of_the_same_content_make_one_entry,
+    verify_names_a_corrupt_blob_and_fails,
+    verify_names_a_corrupt_tree,
+    full_disk_gives_one_clear_message_and_keeps_the_store_clean,
+    gc_keeps_roots_and_records_and_reports_what_it_freed,
+    gc_waits_for_a_process_holding_the_store_lock,
+    unpack_refuses_dotdot,
+    unpack_refuses_absolute_path,
+    unpack_refuses_escaping_symlink,
+    unpack_refuses_escaping_hardlink,
+    unpack_refuses_writing_through_a_symlink,
+    unpack_refuses_replacing_a_directory,
+    unpack_refuses_device_nodes,
+    unpack_refuses_fifo,
+    unpack_drops_setuid_bits,
+    unpack_tar,
+    unpack_tar_gz,
+    unpack_tar_xz,
+    unpack_tar_bz2,
+    unpack_tar_zst,
+    unpack_zip,
+    unpack_of_a_non_archive_says_how_to_fix_it,
+);
