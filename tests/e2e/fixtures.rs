@@ -539,16 +539,6 @@ pub fn wrap(cmd: &Command, script: &str, arg0: &OsStr) -> Command {
     c
 }
 
-/// Gives `dir` and everything below it to `uid:gid` (symlinks themselves).
-pub fn chown_tree(dir: &Path, uid: u32, gid: u32) {
-    let o = Command::new("chown")
-        .arg("-R")
-        .arg("-h")
-        .arg(format!("{uid}:{gid}"))
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "chown -R {}: {o:?}", dir.display());
 impl As {
     /// Both callers, root first: for loops over the two ways to run hermit.
     pub const BOTH: [As; 2] = [As::Root, As::User];

@@ -105,7 +105,7 @@ fn build_key(r: &Value) -> String {
 fn built(who: As) -> (tempfile::TempDir, Value) {
     let dir = who.scratch();
     let spec = project(dir.path());
-    crate::fixtures::chown_tree(dir.path(), who.uid(), who.gid());
+    who.give(dir.path());
     let o = output_within(
         who.hermit().arg("build").arg(&spec).arg("--json"),
         std::time::Duration::from_secs(120),
