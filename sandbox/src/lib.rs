@@ -48,7 +48,7 @@ mod sys;
 
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
-pub use run::{run, run_with_helper, RunError};
+pub use run::{run, run_with_helper, run_with_stdin, RunError, Stdin};
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 
 /// The namespaces every sandbox gets, by name (for records).
