@@ -15,8 +15,36 @@ use crate::spec::{Mount, SandboxSpec, SpecError};
 /// Host device nodes bound into the sandbox's `/dev`.
 pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Parts of /proc covered read-only: sysctls, the magic SysRq key, IRQ
-/// affinities, bus devices.
-pub const PROC_COVERED: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
+/// affinities, bus devices, filesystem knobs (as runc and podman do).
+pub const PROC_COVERED: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// Parts of /proc masked where the kernel has them (the masked paths of
+/// runc, youki and podman, and the root-only files a build run by root
+/// could otherwise read): a directory gets an empty read-only tmpfs, a file
+/// `/dev/null`. They hold host-global state — kernel memory, other users'
+/// keys, kernel page and slab maps, timers, the kernel log — and nothing a
+/// build needs.
+pub const PROC_MASKED: [&str; 18] = [
+    "acpi",
+    "asound",
+    "kcore",
+    "keys",
+    "key-users",
+    "latency_stats",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "scsi",
+    "kpageflags",
+    "kpagecount",
+    "kpagecgroup",
+    "slabinfo",
+    "pagetypeinfo",
+    "vmallocinfo",
+    "tty/driver",
+    "kmsg",
+];
+/// The boot id every sandbox shows (the host's changes at every boot).
+pub const BOOT_ID: &str = "00000000-0000-4000-8000-000000000000\n";
 /// Size of the `/dev` tmpfs (it holds only mount points and symlinks).
 pub const DEV_SIZE: u64 = 64 << 10;
 /// Size limit of `/dev/shm`.
@@ -76,6 +104,14 @@ pub enum Op {
     CoverReadOnly {
         dst: PathBuf,
     },
+    /// Hide a host-global /proc entry, if the kernel has it: `contents` (a
+    /// read-only file) over a file when given, else `/dev/null` over a file
+    /// and an empty read-only tmpfs over a directory.
+    Mask {
+        dst: PathBuf,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contents: Option<String>,
+    },
     /// Make the mount at `dst` read-only (it was writable while being filled).
     RemountReadOnly {
         dst: PathBuf,
@@ -110,6 +146,10 @@ impl fmt::Display for Op {
             Op::Hide { dst } => write!(f, "hide {}", dst.display()),
             Op::RemountReadOnly { dst } => write!(f, "remount {} read-only", dst.display()),
             Op::CoverReadOnly { dst } => write!(f, "cover {} read-only", dst.display()),
+            Op::Mask { dst, contents } => match contents {
+                None => write!(f, "mask {}", dst.display()),
+                Some(_) => write!(f, "mask {} with a fixed file", dst.display()),
+            },
             Op::SealRoot => f.write_str("make the root read-only"),
         }
     }
@@ -131,6 +171,14 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
     ops.extend(PROC_COVERED.iter().map(|d| Op::CoverReadOnly {
         dst: Path::new("/proc").join(d),
     }));
+    ops.extend(PROC_MASKED.iter().map(|d| Op::Mask {
+        dst: Path::new("/proc").join(d),
+        contents: None,
+    }));
+    ops.push(Op::Mask {
+        dst: p("/proc/sys/kernel/random/boot_id"),
+        contents: Some(BOOT_ID.to_string()),
+    });
     ops.extend([Op::Tmpfs {
         dst: p("/dev"),
         size: Some(DEV_SIZE),
@@ -264,6 +312,26 @@ mod tests {
                 "cover /proc/sysrq-trigger read-only",
                 "cover /proc/irq read-only",
                 "cover /proc/bus read-only",
+                "cover /proc/fs read-only",
+                "mask /proc/acpi",
+                "mask /proc/asound",
+                "mask /proc/kcore",
+                "mask /proc/keys",
+                "mask /proc/key-users",
+                "mask /proc/latency_stats",
+                "mask /proc/timer_list",
+                "mask /proc/timer_stats",
+                "mask /proc/sched_debug",
+                "mask /proc/scsi",
+                "mask /proc/kpageflags",
+                "mask /proc/kpagecount",
+                "mask /proc/kpagecgroup",
+                "mask /proc/slabinfo",
+                "mask /proc/pagetypeinfo",
+                "mask /proc/vmallocinfo",
+                "mask /proc/tty/driver",
+                "mask /proc/kmsg",
+                "mask /proc/sys/kernel/random/boot_id with a fixed file",
                 "mount tmpfs (size=65536) on /dev",
                 "bind device /dev/null",
                 "bind device /dev/zero",
@@ -329,7 +397,7 @@ mod tests {
             .iter()
             .position(|o| matches!(o, Op::Tmpfs { dst, .. } if dst == Path::new("/etc")))
             .unwrap();
-        assert!(i > 7 && i < ops.len() - 1);
+        assert!(i > 30 && i < ops.len() - 1);
     }
 
     #[test]

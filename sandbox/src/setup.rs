@@ -384,6 +384,7 @@ impl Builder {
                     restrict(&t, true, true)?;
                 }
             }
+            Op::Mask { dst, contents } => self.mask(dst, contents.as_deref())?,
             Op::SealRoot => {
                 for s in &self.skeletons {
                     restrict(&inside(s), true, false)?;
@@ -391,6 +392,36 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// [`Op::Mask`]: one mount over `dst` (a /proc entry), if it exists.
+    fn mask(&mut self, dst: &Path, contents: Option<&str>) -> R<()> {
+        let t = inside(dst);
+        let Ok(meta) = fs::symlink_metadata(&t) else {
+            return Ok(());
+        };
+        if meta.is_dir() {
+            let flags =
+                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+            return mount(
+                Some("tmpfs"),
+                &t,
+                Some("tmpfs"),
+                flags,
+                Some("size=0,mode=555"),
+            )
+            .map_err(fail("mount", &t));
+        }
+        match contents {
+            None => bind(&host(Path::new("/dev/null")), &t, false),
+            Some(text) => {
+                self.files += 1;
+                let f = Path::new(FILES).join(self.files.to_string());
+                fs::write(&f, text).map_err(io_fail("create", &f))?;
+                bind(&f, &t, false)?;
+                restrict(&t, true, false)
+            }
+        }
     }
 
     fn backing(&self, dir: &Path) -> Backing {
