@@ -145,6 +145,22 @@ fn restrict(target: &Path, readonly: bool, recursive: bool) -> R<()> {
     }
 }
 
+/// Makes the bind of a host device node at `target` read-only (the device
+/// itself stays readable and writable: a read-only mount refuses only
+/// changes to the node — `chmod`, `chown`, `utimes` — which a build run by
+/// root could otherwise make to the host's `/dev/null`).
+fn read_only_node(target: &Path) -> R<()> {
+    let c = cpath(target)?;
+    match sys::mount_setattr(&c, sys::MOUNT_ATTR_RDONLY, false) {
+        Err(Errno::ENOSYS) => {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+                .map_err(fail("remount", target))
+        }
+        r => r.map_err(fail("mount_setattr", target)),
+    }
+}
+
 fn bind(src: &Path, dst: &Path, recursive: bool) -> R<()> {
     let mut flags = MsFlags::MS_BIND;
     if recursive {
@@ -320,6 +336,7 @@ impl Builder {
                 let dst = Path::new("/dev").join(name);
                 let t = self.mountpoint(&dst, Kind::File)?;
                 bind(&src, &t, false)?;
+                read_only_node(&t)?;
             }
             Op::Devpts { dst } => {
                 let t = self.mountpoint(dst, Kind::Dir)?;
@@ -413,7 +430,10 @@ impl Builder {
             .map_err(fail("mount", &t));
         }
         match contents {
-            None => bind(&host(Path::new("/dev/null")), &t, false),
+            None => {
+                bind(&host(Path::new("/dev/null")), &t, false)?;
+                read_only_node(&t)
+            }
             Some(text) => {
                 self.files += 1;
                 let f = Path::new(FILES).join(self.files.to_string());
