@@ -89,6 +89,9 @@ pub(crate) fn init_main(
             sys::exit_now(125);
         }
     }
+    drop(fds);
+    // Checked once; from here on PR_SET_PDEATHSIG does the job.
+    drop(lifeline);
 
     if let Some((mut file, path)) = cgroup {
         use std::io::Write;
@@ -146,7 +149,6 @@ pub(crate) fn init_main(
     };
     drop(stack);
     drop(exec);
-    drop(lifeline);
     reap(cmd, status)
 }
 

@@ -13,4 +13,5 @@ mod image;
 mod output;
 mod sandbox;
 mod sandbox_escape;
+mod sandbox_holes;
 mod store;
