@@ -325,36 +325,34 @@ fn socket_families_allowlisted(who: As) {
     assert!(out.contains("ip-works"), "{out}");
 }
 
-fn host_device_nodes_unchangeable(who: As) {
-    let before: Vec<u32> = ["null", "zero", "tty"]
+/// Mode and modification time of the host's /dev/null, /dev/zero, /dev/tty.
+fn device_nodes() -> Vec<(u32, std::time::SystemTime)> {
+    ["null", "zero", "tty"]
         .iter()
         .map(|n| {
-            fs::metadata(Path::new("/dev").join(n))
-                .unwrap()
-                .permissions()
-                .mode()
+            let m = fs::metadata(Path::new("/dev").join(n)).unwrap();
+            (m.permissions().mode(), m.modified().unwrap())
         })
-        .collect();
+        .collect()
+}
+
+fn host_device_nodes_unchangeable(who: As) {
+    let before = device_nodes();
     let o = sh(
         who,
         &[],
         "chmod 600 /dev/null /dev/zero /dev/tty 2>&1; touch -d 2001-01-01 /dev/null 2>&1; \
          echo ok > /dev/null && head -c 3 /dev/zero | wc -c",
     );
-    let after: Vec<u32> = ["null", "zero", "tty"]
-        .iter()
-        .map(|n| {
-            fs::metadata(Path::new("/dev").join(n))
-                .unwrap()
-                .permissions()
-                .mode()
-        })
-        .collect();
+    let after = device_nodes();
     if after != before {
         // Put the host right before failing.
         for n in ["null", "zero", "tty"] {
-            let _ =
-                fs::set_permissions(Path::new("/dev").join(n), fs::Permissions::from_mode(0o666));
+            let p = Path::new("/dev").join(n);
+            let _ = fs::set_permissions(&p, fs::Permissions::from_mode(0o666));
+            if let Ok(f) = fs::OpenOptions::new().write(true).open(&p) {
+                let _ = f.set_modified(std::time::SystemTime::now());
+            }
         }
     }
     assert_eq!(after, before, "{}", both(&o));
