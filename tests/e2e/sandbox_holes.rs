@@ -396,7 +396,23 @@ fn build_output_does_not_depend_on_stdin() {
     fs::write(
         &spec,
         format!(
-            "[package]\nname = \"stdin\"\nversion = \"1.0\"\n\n[toolchain]\noci = \"image\"\ndigest = \"{manifest}\"\n\n[build]\nscript = \"\"\"\nmkdir -p $out\ncat > $out/x || true\nreadlink /proc/self/fd/0 > $out/fd0 || true\n\"\"\"\n"
+            r#"[package]
+name = "stdin"
+version = "1.0"
+
+[toolchain]
+oci = "image"
+digest = "{manifest}"
+
+[build]
+script = '''
+mkdir -p $out
+cat > $out/x || true
+readlink /proc/self/fd/0 > $out/fd0 || true
+tr '\0' ' ' < /proc/1/cmdline > $out/init
+cat /proc/1/environ > $out/environ 2>/dev/null || true
+'''
+"#
         ),
     )
     .unwrap();
@@ -418,5 +434,11 @@ fn build_output_does_not_depend_on_stdin() {
     let out = PathBuf::from(a["output"].as_str().unwrap());
     assert_eq!(fs::read_to_string(out.join("x")).unwrap(), "");
     assert_eq!(fs::read_to_string(out.join("fd0")).unwrap(), "/dev/null\n");
+    // The re-executed helper's init shows nothing of hermit's.
+    assert_eq!(
+        fs::read_to_string(out.join("init")).unwrap(),
+        "hermit-sandbox "
+    );
+    assert_eq!(fs::read_to_string(out.join("environ")).unwrap(), "");
     assert_eq!(a["output_digest"], b["output_digest"]);
 }
