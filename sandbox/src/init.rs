@@ -89,7 +89,6 @@ pub(crate) fn init_main(
             sys::exit_now(125);
         }
     }
-    drop(fds);
     // Checked once; from here on PR_SET_PDEATHSIG does the job.
     drop(lifeline);
 
