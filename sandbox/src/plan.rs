@@ -171,14 +171,6 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
     ops.extend(PROC_COVERED.iter().map(|d| Op::CoverReadOnly {
         dst: Path::new("/proc").join(d),
     }));
-    ops.extend(PROC_MASKED.iter().map(|d| Op::Mask {
-        dst: Path::new("/proc").join(d),
-        contents: None,
-    }));
-    ops.push(Op::Mask {
-        dst: p("/proc/sys/kernel/random/boot_id"),
-        contents: Some(BOOT_ID.to_string()),
-    });
     ops.extend([Op::Tmpfs {
         dst: p("/dev"),
         size: Some(DEV_SIZE),
@@ -209,6 +201,16 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
         });
     }
     ops.push(Op::RemountReadOnly { dst: p("/dev") });
+    // After /dev: a masked file is a bind of the sandbox's read-only
+    // /dev/null, which makes the bind read-only in the same call.
+    ops.extend(PROC_MASKED.iter().map(|d| Op::Mask {
+        dst: Path::new("/proc").join(d),
+        contents: None,
+    }));
+    ops.push(Op::Mask {
+        dst: p("/proc/sys/kernel/random/boot_id"),
+        contents: Some(BOOT_ID.to_string()),
+    });
     for m in &spec.mounts {
         ops.push(match m {
             Mount::Bind { src, dst, writable } => Op::Bind {
@@ -313,6 +315,21 @@ mod tests {
                 "cover /proc/irq read-only",
                 "cover /proc/bus read-only",
                 "cover /proc/fs read-only",
+                "mount tmpfs (size=65536) on /dev",
+                "bind device /dev/null",
+                "bind device /dev/zero",
+                "bind device /dev/full",
+                "bind device /dev/random",
+                "bind device /dev/urandom",
+                "bind device /dev/tty",
+                "mount devpts on /dev/pts",
+                "symlink /dev/ptmx -> pts/ptmx",
+                "mount tmpfs (size=268435456) on /dev/shm",
+                "symlink /dev/fd -> /proc/self/fd",
+                "symlink /dev/stdin -> /proc/self/fd/0",
+                "symlink /dev/stdout -> /proc/self/fd/1",
+                "symlink /dev/stderr -> /proc/self/fd/2",
+                "remount /dev read-only",
                 "mask /proc/acpi",
                 "mask /proc/asound",
                 "mask /proc/kcore",
@@ -332,21 +349,6 @@ mod tests {
                 "mask /proc/tty/driver",
                 "mask /proc/kmsg",
                 "mask /proc/sys/kernel/random/boot_id with a fixed file",
-                "mount tmpfs (size=65536) on /dev",
-                "bind device /dev/null",
-                "bind device /dev/zero",
-                "bind device /dev/full",
-                "bind device /dev/random",
-                "bind device /dev/urandom",
-                "bind device /dev/tty",
-                "mount devpts on /dev/pts",
-                "symlink /dev/ptmx -> pts/ptmx",
-                "mount tmpfs (size=268435456) on /dev/shm",
-                "symlink /dev/fd -> /proc/self/fd",
-                "symlink /dev/stdin -> /proc/self/fd/0",
-                "symlink /dev/stdout -> /proc/self/fd/1",
-                "symlink /dev/stderr -> /proc/self/fd/2",
-                "remount /dev read-only",
                 "mount tmpfs (size=1073741824) on /tmp",
                 "bind /host/src on /build (read-write)",
                 "bind /host/in on /inputs/zlib (read-only)",

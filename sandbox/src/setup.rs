@@ -431,8 +431,16 @@ impl Builder {
         }
         match contents {
             None => {
-                bind(&host(Path::new("/dev/null")), &t, false)?;
-                read_only_node(&t)
+                // The plan masks after /dev is made: the sandbox's /dev/null
+                // is a read-only bind (`Op::DevNode`), and a bind takes the
+                // flags of the mount it is made from.
+                let null = inside(Path::new("/dev/null"));
+                if fs::symlink_metadata(&null).is_ok_and(|m| m.file_type().is_char_device()) {
+                    bind(&null, &t, false)
+                } else {
+                    bind(&host(Path::new("/dev/null")), &t, false)?;
+                    read_only_node(&t)
+                }
             }
             Some(text) => {
                 self.files += 1;
