@@ -23,25 +23,25 @@ pub const PROC_COVERED: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"]
 /// `/dev/null`. They hold host-global state — kernel memory, other users'
 /// keys, kernel page and slab maps, timers, the kernel log — and nothing a
 /// build needs.
-pub const PROC_MASKED: [&str; 18] = [
-    "acpi",
-    "asound",
-    "kcore",
-    "keys",
-    "key-users",
-    "latency_stats",
-    "timer_list",
-    "timer_stats",
-    "sched_debug",
-    "scsi",
-    "kpageflags",
-    "kpagecount",
-    "kpagecgroup",
-    "slabinfo",
-    "pagetypeinfo",
-    "vmallocinfo",
-    "tty/driver",
-    "kmsg",
+pub const PROC_MASKED: [(&str, MaskKind); 18] = [
+    ("acpi", MaskKind::Dir),
+    ("asound", MaskKind::Dir),
+    ("kcore", MaskKind::File),
+    ("keys", MaskKind::File),
+    ("key-users", MaskKind::File),
+    ("latency_stats", MaskKind::File),
+    ("timer_list", MaskKind::File),
+    ("timer_stats", MaskKind::File),
+    ("sched_debug", MaskKind::File),
+    ("scsi", MaskKind::Dir),
+    ("kpageflags", MaskKind::File),
+    ("kpagecount", MaskKind::File),
+    ("kpagecgroup", MaskKind::File),
+    ("slabinfo", MaskKind::File),
+    ("pagetypeinfo", MaskKind::File),
+    ("vmallocinfo", MaskKind::File),
+    ("tty/driver", MaskKind::Dir),
+    ("kmsg", MaskKind::File),
 ];
 /// The boot id every sandbox shows (the host's changes at every boot).
 pub const BOOT_ID: &str = "00000000-0000-4000-8000-000000000000\n";
@@ -49,6 +49,15 @@ pub const BOOT_ID: &str = "00000000-0000-4000-8000-000000000000\n";
 pub const DEV_SIZE: u64 = 64 << 10;
 /// Size limit of `/dev/shm`.
 pub const SHM_SIZE: u64 = 256 << 20;
+
+/// What a masked /proc entry is, on the kernels that have it (so no
+/// `stat` is needed to choose the mount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskKind {
+    File,
+    Dir,
+}
 
 /// One setup step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,11 +113,12 @@ pub enum Op {
     CoverReadOnly {
         dst: PathBuf,
     },
-    /// Hide a host-global /proc entry, if the kernel has it: `contents` (a
-    /// read-only file) over a file when given, else `/dev/null` over a file
-    /// and an empty read-only tmpfs over a directory.
+    /// Hide a host-global /proc entry, if the kernel has it: an empty
+    /// read-only tmpfs over a directory; over a file, `/dev/null`, or
+    /// `contents` as a read-only file when given.
     Mask {
         dst: PathBuf,
+        kind: MaskKind,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         contents: Option<String>,
     },
@@ -146,7 +156,7 @@ impl fmt::Display for Op {
             Op::Hide { dst } => write!(f, "hide {}", dst.display()),
             Op::RemountReadOnly { dst } => write!(f, "remount {} read-only", dst.display()),
             Op::CoverReadOnly { dst } => write!(f, "cover {} read-only", dst.display()),
-            Op::Mask { dst, contents } => match contents {
+            Op::Mask { dst, contents, .. } => match contents {
                 None => write!(f, "mask {}", dst.display()),
                 Some(_) => write!(f, "mask {} with a fixed file", dst.display()),
             },
@@ -203,12 +213,14 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
     ops.push(Op::RemountReadOnly { dst: p("/dev") });
     // After /dev: a masked file is a bind of the sandbox's read-only
     // /dev/null, which makes the bind read-only in the same call.
-    ops.extend(PROC_MASKED.iter().map(|d| Op::Mask {
+    ops.extend(PROC_MASKED.iter().map(|(d, kind)| Op::Mask {
         dst: Path::new("/proc").join(d),
+        kind: *kind,
         contents: None,
     }));
     ops.push(Op::Mask {
         dst: p("/proc/sys/kernel/random/boot_id"),
+        kind: MaskKind::File,
         contents: Some(BOOT_ID.to_string()),
     });
     for m in &spec.mounts {

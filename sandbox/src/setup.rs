@@ -29,7 +29,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{chdir, mkdir, pivot_root};
 
 use crate::outcome::SetupFailure;
-use crate::plan::Op;
+use crate::plan::{MaskKind, Op};
 use crate::sys;
 
 const STAGING: &str = "/tmp";
@@ -401,7 +401,11 @@ impl Builder {
                     restrict(&t, true, true)?;
                 }
             }
-            Op::Mask { dst, contents } => self.mask(dst, contents.as_deref())?,
+            Op::Mask {
+                dst,
+                kind,
+                contents,
+            } => self.mask(dst, *kind, contents.as_deref())?,
             Op::SealRoot => {
                 for s in &self.skeletons {
                     restrict(&inside(s), true, false)?;
@@ -412,43 +416,51 @@ impl Builder {
     }
 
     /// [`Op::Mask`]: one mount over `dst` (a /proc entry), if it exists.
-    fn mask(&mut self, dst: &Path, contents: Option<&str>) -> R<()> {
+    /// The kind comes from the plan; `stat` is called only when the mount
+    /// fails (the entry is missing on this kernel, or of the other kind).
+    fn mask(&mut self, dst: &Path, kind: MaskKind, contents: Option<&str>) -> R<()> {
         let t = inside(dst);
-        let Ok(meta) = fs::symlink_metadata(&t) else {
-            return Ok(());
-        };
-        if meta.is_dir() {
-            let flags =
-                MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-            return mount(
-                Some("tmpfs"),
-                &t,
-                Some("tmpfs"),
-                flags,
-                Some("size=0,mode=555"),
-            )
-            .map_err(fail("mount", &t));
+        if let Some(text) = contents {
+            if fs::symlink_metadata(&t).is_err() {
+                return Ok(());
+            }
+            self.files += 1;
+            let f = Path::new(FILES).join(self.files.to_string());
+            fs::write(&f, text).map_err(io_fail("create", &f))?;
+            bind(&f, &t, false)?;
+            return restrict(&t, true, false);
         }
-        match contents {
-            None => {
-                // The plan masks after /dev is made: the sandbox's /dev/null
-                // is a read-only bind (`Op::DevNode`), and a bind takes the
-                // flags of the mount it is made from.
-                let null = inside(Path::new("/dev/null"));
-                if fs::symlink_metadata(&null).is_ok_and(|m| m.file_type().is_char_device()) {
-                    bind(&null, &t, false)
+        let mount_as = |kind: MaskKind| match kind {
+            MaskKind::Dir => {
+                let flags = MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC;
+                mount(
+                    Some("tmpfs"),
+                    &t,
+                    Some("tmpfs"),
+                    flags,
+                    Some("size=0,mode=555"),
+                )
+                .map_err(fail("mount", &t))
+            }
+            // The plan masks after /dev is made: the sandbox's /dev/null is
+            // a read-only bind (`Op::DevNode`), and a bind takes the flags
+            // of the mount it is made from.
+            MaskKind::File => bind(&inside(Path::new("/dev/null")), &t, false),
+        };
+        match mount_as(kind) {
+            Ok(()) => Ok(()),
+            Err(e) => match fs::symlink_metadata(&t) {
+                Err(_) => Ok(()),
+                Ok(m) if m.is_dir() != (kind == MaskKind::Dir) => mount_as(if m.is_dir() {
+                    MaskKind::Dir
                 } else {
-                    bind(&host(Path::new("/dev/null")), &t, false)?;
-                    read_only_node(&t)
-                }
-            }
-            Some(text) => {
-                self.files += 1;
-                let f = Path::new(FILES).join(self.files.to_string());
-                fs::write(&f, text).map_err(io_fail("create", &f))?;
-                bind(&f, &t, false)?;
-                restrict(&t, true, false)
-            }
+                    MaskKind::File
+                }),
+                Ok(_) => Err(e),
+            },
         }
     }
 
