@@ -2,6 +2,9 @@
 //! process between `fork` and `execve`.
 //!
 //! init, in order:
+//! 0. becomes non-dumpable, shows `hermit-sandbox` as its command line,
+//!    takes the command's descriptors 0–2 from hermit and closes every other
+//!    descriptor it inherited;
 //! 1. arms PR_SET_PDEATHSIG (SIGKILL) and checks its parent, the helper, is
 //!    still there — if the helper dies, init dies, and with init every process
 //!    of the namespace;
