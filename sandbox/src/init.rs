@@ -2,6 +2,9 @@
 //! process between `fork` and `execve`.
 //!
 //! init, in order:
+//! 0. becomes non-dumpable, shows `hermit-sandbox` as its command line,
+//!    takes the command's descriptors 0–2 from hermit and closes every other
+//!    descriptor it inherited;
 //! 1. arms PR_SET_PDEATHSIG (SIGKILL) and checks its parent, the helper, is
 //!    still there — if the helper dies, init dies, and with init every process
 //!    of the namespace;
@@ -55,7 +58,7 @@ fn die(status: &OwnedFd, failure: SetupFailure, code: i32) -> ! {
 
 /// pid 1. Never returns.
 pub(crate) fn init_main(
-    input: HelperInput,
+    mut input: HelperInput,
     status: &OwnedFd,
     lifeline: OwnedFd,
     cgroup: Option<(std::fs::File, std::path::PathBuf)>,
@@ -65,6 +68,13 @@ pub(crate) fn init_main(
     // command becomes dumpable again when it executes.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         let f = SetupFailure::new("protect init", "prctl", None, Some(e));
+        die(status, f, 125);
+    }
+    // /proc/1/cmdline is readable by anyone whatever the dumpable flag: when
+    // init is a clone of `hermit sandbox`, it still shows hermit's command
+    // line (host paths, `--env SECRET=…`).
+    sys::set_cmdline("hermit-sandbox");
+    if let Err(f) = own_descriptors(&mut input, status, &lifeline, cgroup.as_ref()) {
         die(status, f, 125);
     }
     let step = "watch init's parent";
@@ -82,6 +92,8 @@ pub(crate) fn init_main(
             sys::exit_now(125);
         }
     }
+    // Checked once; from here on PR_SET_PDEATHSIG does the job.
+    drop(lifeline);
 
     if let Some((mut file, path)) = cgroup {
         use std::io::Write;
@@ -139,8 +151,35 @@ pub(crate) fn init_main(
     };
     drop(stack);
     drop(exec);
-    drop(lifeline);
     reap(cmd, status)
+}
+
+/// Gives init (and so the command) the descriptors 0–2 chosen by hermit,
+/// and closes every other descriptor init inherited except the ones it uses:
+/// a clone of hermit holds whatever hermit had open (pipes, the pids
+/// cgroup's slot lock, …), and the build can list `/proc/1/fd`.
+fn own_descriptors(
+    input: &mut HelperInput,
+    status: &OwnedFd,
+    lifeline: &OwnedFd,
+    cgroup: Option<&(std::fs::File, std::path::PathBuf)>,
+) -> Result<(), SetupFailure> {
+    use std::os::fd::AsRawFd;
+    let step = "set up the command's standard descriptors";
+    if let Some([fd0, fd1, fd2]) = input.stdio.take() {
+        nix::unistd::dup2_stdin(&fd0)
+            .map_err(|e| SetupFailure::new(step, "dup2", None, Some(e)))?;
+        nix::unistd::dup2_stdout(&fd1)
+            .map_err(|e| SetupFailure::new(step, "dup2", None, Some(e)))?;
+        nix::unistd::dup2_stderr(&fd2)
+            .map_err(|e| SetupFailure::new(step, "dup2", None, Some(e)))?;
+    }
+    let mut keep = vec![0, 1, 2, status.as_raw_fd(), lifeline.as_raw_fd()];
+    if let Some((file, _)) = cgroup {
+        keep.push(file.as_raw_fd());
+    }
+    sys::close_all_except(&keep)
+        .map_err(|e| SetupFailure::new("close inherited descriptors", "close_range", None, Some(e)))
 }
 
 /// init's loop: reap, forward, and leave with the command.

@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
 //! | [`mod@plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
-//! | `run.rs` | hermit (main) | plans; starts init itself (single-threaded caller) or re-executes `/proc/self/exe` as the helper and feeds it the spec over a pipe; reads progress and errors back, enforces the timeout |
+//! | `run.rs` | hermit (main) | plans; starts init itself (single-threaded caller) or re-executes `/proc/self/exe` as the helper and feeds it the spec over a pipe; reads progress and errors back, enforces the timeout; gives the command `/dev/null` (or a pipe) as stdin and relays a terminal on 1/2 through a pipe of its own |
 //! | `intermediate.rs` | init's parent (hermit or the helper) | opens the pids cgroup, clones init into the new namespaces; in the helper, waits for init and passes signals on |
 //! | `init.rs` | init (pid 1) | maps the uid, joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
@@ -48,7 +48,7 @@ mod sys;
 
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
-pub use run::{run, run_with_helper, RunError};
+pub use run::{run, run_with_helper, run_with_stdin, RunError, Stdin};
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 
 /// The namespaces every sandbox gets, by name (for records).

@@ -15,12 +15,49 @@ use crate::spec::{Mount, SandboxSpec, SpecError};
 /// Host device nodes bound into the sandbox's `/dev`.
 pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 /// Parts of /proc covered read-only: sysctls, the magic SysRq key, IRQ
-/// affinities, bus devices.
-pub const PROC_COVERED: [&str; 4] = ["sys", "sysrq-trigger", "irq", "bus"];
+/// affinities, bus devices, filesystem knobs (as runc and podman do).
+pub const PROC_COVERED: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// Parts of /proc masked where the kernel has them (the masked paths of
+/// runc, youki and podman, and the root-only files a build run by root
+/// could otherwise read): a directory gets an empty read-only tmpfs, a file
+/// `/dev/null`. They hold host-global state — kernel memory, other users'
+/// keys, kernel page and slab maps, timers, the kernel log — and nothing a
+/// build needs.
+pub const PROC_MASKED: [(&str, MaskKind); 18] = [
+    ("acpi", MaskKind::Dir),
+    ("asound", MaskKind::Dir),
+    ("kcore", MaskKind::File),
+    ("keys", MaskKind::File),
+    ("key-users", MaskKind::File),
+    ("latency_stats", MaskKind::File),
+    ("timer_list", MaskKind::File),
+    ("timer_stats", MaskKind::File),
+    ("sched_debug", MaskKind::File),
+    ("scsi", MaskKind::Dir),
+    ("kpageflags", MaskKind::File),
+    ("kpagecount", MaskKind::File),
+    ("kpagecgroup", MaskKind::File),
+    ("slabinfo", MaskKind::File),
+    ("pagetypeinfo", MaskKind::File),
+    ("vmallocinfo", MaskKind::File),
+    ("tty/driver", MaskKind::Dir),
+    ("kmsg", MaskKind::File),
+];
+/// The boot id every sandbox shows (the host's changes at every boot).
+pub const BOOT_ID: &str = "00000000-0000-4000-8000-000000000000\n";
 /// Size of the `/dev` tmpfs (it holds only mount points and symlinks).
 pub const DEV_SIZE: u64 = 64 << 10;
 /// Size limit of `/dev/shm`.
 pub const SHM_SIZE: u64 = 256 << 20;
+
+/// What a masked /proc entry is, on the kernels that have it (so no
+/// `stat` is needed to choose the mount).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MaskKind {
+    File,
+    Dir,
+}
 
 /// One setup step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +113,15 @@ pub enum Op {
     CoverReadOnly {
         dst: PathBuf,
     },
+    /// Hide a host-global /proc entry, if the kernel has it: an empty
+    /// read-only tmpfs over a directory; over a file, `/dev/null`, or
+    /// `contents` as a read-only file when given.
+    Mask {
+        dst: PathBuf,
+        kind: MaskKind,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contents: Option<String>,
+    },
     /// Make the mount at `dst` read-only (it was writable while being filled).
     RemountReadOnly {
         dst: PathBuf,
@@ -110,6 +156,10 @@ impl fmt::Display for Op {
             Op::Hide { dst } => write!(f, "hide {}", dst.display()),
             Op::RemountReadOnly { dst } => write!(f, "remount {} read-only", dst.display()),
             Op::CoverReadOnly { dst } => write!(f, "cover {} read-only", dst.display()),
+            Op::Mask { dst, contents, .. } => match contents {
+                None => write!(f, "mask {}", dst.display()),
+                Some(_) => write!(f, "mask {} with a fixed file", dst.display()),
+            },
             Op::SealRoot => f.write_str("make the root read-only"),
         }
     }
@@ -161,6 +211,18 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
         });
     }
     ops.push(Op::RemountReadOnly { dst: p("/dev") });
+    // After /dev: a masked file is a bind of the sandbox's read-only
+    // /dev/null, which makes the bind read-only in the same call.
+    ops.extend(PROC_MASKED.iter().map(|(d, kind)| Op::Mask {
+        dst: Path::new("/proc").join(d),
+        kind: *kind,
+        contents: None,
+    }));
+    ops.push(Op::Mask {
+        dst: p("/proc/sys/kernel/random/boot_id"),
+        kind: MaskKind::File,
+        contents: Some(BOOT_ID.to_string()),
+    });
     for m in &spec.mounts {
         ops.push(match m {
             Mount::Bind { src, dst, writable } => Op::Bind {
@@ -264,6 +326,7 @@ mod tests {
                 "cover /proc/sysrq-trigger read-only",
                 "cover /proc/irq read-only",
                 "cover /proc/bus read-only",
+                "cover /proc/fs read-only",
                 "mount tmpfs (size=65536) on /dev",
                 "bind device /dev/null",
                 "bind device /dev/zero",
@@ -279,6 +342,25 @@ mod tests {
                 "symlink /dev/stdout -> /proc/self/fd/1",
                 "symlink /dev/stderr -> /proc/self/fd/2",
                 "remount /dev read-only",
+                "mask /proc/acpi",
+                "mask /proc/asound",
+                "mask /proc/kcore",
+                "mask /proc/keys",
+                "mask /proc/key-users",
+                "mask /proc/latency_stats",
+                "mask /proc/timer_list",
+                "mask /proc/timer_stats",
+                "mask /proc/sched_debug",
+                "mask /proc/scsi",
+                "mask /proc/kpageflags",
+                "mask /proc/kpagecount",
+                "mask /proc/kpagecgroup",
+                "mask /proc/slabinfo",
+                "mask /proc/pagetypeinfo",
+                "mask /proc/vmallocinfo",
+                "mask /proc/tty/driver",
+                "mask /proc/kmsg",
+                "mask /proc/sys/kernel/random/boot_id with a fixed file",
                 "mount tmpfs (size=1073741824) on /tmp",
                 "bind /host/src on /build (read-write)",
                 "bind /host/in on /inputs/zlib (read-only)",
@@ -329,7 +411,7 @@ mod tests {
             .iter()
             .position(|o| matches!(o, Op::Tmpfs { dst, .. } if dst == Path::new("/etc")))
             .unwrap();
-        assert!(i > 7 && i < ops.len() - 1);
+        assert!(i > 30 && i < ops.len() - 1);
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub(crate) struct HelperInput {
     /// Uid and gid outside (the caller's).
     pub outer_uid: u32,
     pub outer_gid: u32,
+    /// The command's descriptors 0, 1 and 2, when init is a clone of hermit
+    /// itself (a re-executed helper already has them as its own 0–2). Never
+    /// a terminal: see `run.rs`.
+    #[serde(skip)]
+    pub stdio: Option<[OwnedFd; 3]>,
 }
 
 /// Sandbox → parent.

@@ -1,7 +1,7 @@
 //! The parent side: plan, spawn the helper, feed it, watch the clock.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,19 +37,154 @@ pub enum RunError {
     Protocol(String),
     #[error("the sandbox helper ended ({0}) without saying how the command ended")]
     NoReport(String),
+    #[error(
+        "standard input is a terminal; hermit never hands a terminal to the sandbox \
+         (pipe or redirect the input instead, e.g. `cat | hermit …` or `< FILE`)"
+    )]
+    StdinIsTerminal,
+    #[error("preparing the command's standard input and output")]
+    Stdio(#[source] std::io::Error),
+}
+
+/// What the command reads on descriptor 0.
+#[derive(Debug, Default)]
+pub enum Stdin {
+    /// `/dev/null` (what `hermit build` gives every build).
+    #[default]
+    Null,
+    /// This pipe or file. A terminal is refused ([`RunError::StdinIsTerminal`]).
+    From(OwnedFd),
 }
 
 /// Runs `spec.command` in the sandbox and waits for it. Blocks the calling
 /// thread, which must stay alive until this returns (the sandbox is tied to
 /// it by PR_SET_PDEATHSIG). The current executable must call
 /// [`crate::enter_if_requested`] first thing in `main`.
+///
+/// The command's standard input is `/dev/null`; its standard output and
+/// error are hermit's own, except that a terminal is never handed over: when
+/// hermit's descriptor 1 or 2 is a terminal, the command writes into a pipe
+/// hermit owns and hermit copies it to the terminal. So a build can neither
+/// read the caller's keystrokes nor change the caller's terminal (its mode,
+/// echo, `TIOCEXCL`), and its outputs cannot depend on what stdin held.
 pub fn run(spec: &SandboxSpec) -> Result<Outcome, RunError> {
-    run_with_helper(spec, Path::new("/proc/self/exe"))
+    run_with_stdin(spec, Stdin::Null)
+}
+
+/// [`run`] with the command's standard input given.
+pub fn run_with_stdin(spec: &SandboxSpec, stdin: Stdin) -> Result<Outcome, RunError> {
+    run_inner(spec, Path::new("/proc/self/exe"), stdin)
 }
 
 /// [`run`] with another executable as the helper (one whose `main` calls
 /// [`crate::enter_if_requested`]).
 pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, RunError> {
+    run_inner(spec, helper, Stdin::Null)
+}
+
+/// One of hermit's terminals the command writes to through a pipe.
+struct Relay {
+    from: std::fs::File,
+    /// hermit's descriptor (1 or 2) it is copied to.
+    to: i32,
+}
+
+/// The command's descriptors 0–2 (all at 3 or above, close-on-exec), and
+/// the relays hermit runs for those that stand in for a terminal.
+fn command_stdio(stdin: Stdin) -> Result<([OwnedFd; 3], Vec<Relay>), RunError> {
+    let io = RunError::Stdio;
+    let null = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open("/dev/null")
+            .map(OwnedFd::from)
+    };
+    // `try_clone` duplicates to a descriptor >= 3 (F_DUPFD_CLOEXEC, 3).
+    let above_2 = |fd: OwnedFd| -> std::io::Result<OwnedFd> {
+        if fd.as_raw_fd() < 3 {
+            fd.try_clone()
+        } else {
+            Ok(fd)
+        }
+    };
+    let fd0 = match stdin {
+        Stdin::Null => above_2(null(false).map_err(io)?).map_err(io)?,
+        Stdin::From(fd) => {
+            if nix::unistd::isatty(&fd).unwrap_or(false) {
+                return Err(RunError::StdinIsTerminal);
+            }
+            above_2(fd).map_err(io)?
+        }
+    };
+    let out = std::io::stdout();
+    let err = std::io::stderr();
+    let tty1 = nix::unistd::isatty(out.as_fd()).unwrap_or(false);
+    let tty2 = nix::unistd::isatty(err.as_fd()).unwrap_or(false);
+    let mut relays = Vec::new();
+    let mut pipe_to = |to: i32| -> Result<OwnedFd, RunError> {
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
+        relays.push(Relay {
+            from: std::fs::File::from(r),
+            to,
+        });
+        above_2(w).map_err(io)
+    };
+    // hermit's own descriptor, or /dev/null if it has none open.
+    let own = |fd: std::os::fd::BorrowedFd<'_>| match fd.try_clone_to_owned() {
+        Ok(fd) => Ok(fd),
+        Err(e) if e.raw_os_error() == Some(libc::EBADF) => null(true).and_then(above_2),
+        Err(e) => Err(e),
+    };
+    let same_terminal = tty1 && tty2 && {
+        let id = |fd| nix::sys::stat::fstat(fd).map(|s| (s.st_dev, s.st_ino, s.st_rdev));
+        matches!((id(out.as_fd()), id(err.as_fd())), (Ok(a), Ok(b)) if a == b)
+    };
+    let fd1 = if tty1 {
+        pipe_to(1)?
+    } else {
+        own(out.as_fd()).map_err(io)?
+    };
+    let fd2 = if same_terminal {
+        // One pipe for both keeps their order on the terminal.
+        fd1.try_clone().map_err(io)?
+    } else if tty2 {
+        pipe_to(2)?
+    } else {
+        own(err.as_fd()).map_err(io)?
+    };
+    Ok(([fd0, fd1, fd2], relays))
+}
+
+/// Copies what is waiting in `relay` to its terminal; false at end of file.
+fn relay_once(relay: &mut Relay, chunk: &mut [u8]) -> bool {
+    let n = match relay.from.read(chunk) {
+        Ok(0) => return false,
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return true,
+        Err(_) => return false,
+    };
+    let out = std::io::stdout();
+    let err = std::io::stderr();
+    let to = if relay.to == 1 {
+        out.as_fd()
+    } else {
+        err.as_fd()
+    };
+    let mut rest = &chunk[..n];
+    while !rest.is_empty() {
+        match nix::unistd::write(to, rest) {
+            Ok(0) => break,
+            Ok(k) => rest = &rest[k..],
+            Err(Errno::EINTR) => continue,
+            // The terminal is gone: keep draining the pipe, drop the text.
+            Err(_) => break,
+        }
+    }
+    true
+}
+
+fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome, RunError> {
     let ops = plan(spec)?;
     let (spec, ops) = match resolve_sources(spec, ops) {
         Ok(x) => x,
@@ -66,6 +201,7 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         .filter(|_| want_cgroup)
         .and_then(|n| cgroup::create(n.saturating_add(2)).ok());
 
+    let (stdio, mut relays) = command_stdio(stdin)?;
     let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
     let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
     let input = HelperInput {
@@ -75,6 +211,7 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
         outer_uid: nix::unistd::geteuid().as_raw(),
         outer_gid: nix::unistd::getegid().as_raw(),
+        stdio: None,
     };
     let timeout = input.spec.timeout;
     let start = Instant::now();
@@ -86,6 +223,8 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         // no second execution of hermit.
         drop(in_r);
         drop(in_w);
+        let mut input = input;
+        input.stdio = Some(stdio);
         let signals = crate::init::waited_signals();
         let mut old = SigSet::empty();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), Some(&mut old))
@@ -103,7 +242,15 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
         let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
         let mut cmd = Command::new(helper);
         std::os::unix::process::CommandExt::arg0(&mut cmd, "hermit");
-        cmd.arg(HELPER_ARG)
+        let [fd0, fd1, fd2] = stdio;
+        // The helper's (and so init's) 0–2 are the command's; and it needs
+        // none of hermit's environment (which init, pid 1 inside, would
+        // otherwise carry).
+        cmd.stdin(fd0)
+            .stdout(fd1)
+            .stderr(fd2)
+            .env_clear()
+            .arg(HELPER_ARG)
             .arg(in_r.as_raw_fd().to_string())
             .arg(st_w.as_raw_fd().to_string());
         sys::arm_helper(
@@ -116,11 +263,13 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
             source,
         })?;
         drop(in_r);
+        drop(cmd);
         // A write error means the helper died early; its status tells why.
         let _ = std::fs::File::from(in_w).write_all(&payload);
         (Some(Pid::from_raw(child.id() as i32)), false, None)
     };
     drop(st_w);
+    let mut status_open = true;
 
     let deadline = timeout.map(|t| (start + t, t));
     let mut status_pipe = std::fs::File::from(st_r);
@@ -142,12 +291,32 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
             Some(w) => PollTimeout::try_from(w.as_millis().min(i32::MAX as u128) as i32)
                 .unwrap_or(PollTimeout::MAX),
         };
-        let mut fds = [PollFd::new(status_pipe.as_fd(), PollFlags::POLLIN)];
+        if !status_open && relays.is_empty() {
+            break;
+        }
+        let mut fds: Vec<PollFd> = relays
+            .iter()
+            .map(|r| PollFd::new(r.from.as_fd(), PollFlags::POLLIN))
+            .collect();
+        if status_open {
+            fds.push(PollFd::new(status_pipe.as_fd(), PollFlags::POLLIN));
+        }
         let ready = match poll(&mut fds, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
             Err(e) => return Err(RunError::Io(e.into())),
         };
+        let has_input = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        let relay_ready: Vec<bool> = fds[..relays.len()].iter().map(has_input).collect();
+        let status_ready = status_open && fds.last().is_some_and(has_input);
+        drop(fds);
+        if ready > 0 {
+            let mut ready_iter = relay_ready.into_iter();
+            relays.retain_mut(|r| !ready_iter.next().unwrap_or(false) || relay_once(r, &mut chunk));
+            if !status_ready {
+                continue;
+            }
+        }
         if ready == 0 {
             match (timed_out, deadline) {
                 (None, Some((_, t))) => {
@@ -179,7 +348,8 @@ pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, Run
             Err(e) => return Err(RunError::Io(e)),
         };
         if n == 0 {
-            break;
+            status_open = false;
+            continue;
         }
         buf.extend_from_slice(&chunk[..n]);
         messages.extend(take_messages(&mut buf).map_err(RunError::Protocol)?);

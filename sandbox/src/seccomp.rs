@@ -9,6 +9,9 @@
 //! |---|---|---|
 //! | `chmod`, `fchmod`, `fchmodat`, `fchmodat2` with S_ISUID or S_ISGID | EPERM | outputs must never carry setuid/setgid bits (Nix does the same) |
 //! | `open`, `openat`, `creat` creating a file with S_ISUID or S_ISGID | EPERM | the same bits, set at creation |
+//! | `mknod`, `mknodat` with S_ISUID or S_ISGID | EPERM | the same bits, on a regular file made by `mknod` |
+//! | `socket`, `socketpair` of a family other than AF_UNIX, AF_INET, AF_INET6, AF_NETLINK | EAFNOSUPPORT | an allowlist: vsock, packet, Bluetooth, AF_ALG… reach host or kernel parts a build never needs; the errno is the one a kernel without the family gives |
+//! | `socket` AF_NETLINK other than NETLINK_ROUTE | EPROTONOSUPPORT | route is what `getaddrinfo` and `ip` use; audit, uevents, sock_diag, netfilter… are host business |
 //! | `setxattr`, `lsetxattr`, `fsetxattr` | ENOTSUP | extended attributes, ACLs and file capabilities are not part of an output; tools fall back as on a filesystem without xattrs |
 //! | `mount`, `umount2`, `pivot_root`, `chroot`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `move_mount`, `open_tree`, `mount_setattr` | EPERM | the filesystem view is fixed by the sandbox |
 //! | `unshare`, `clone` with CLONE_NEWUSER; `setns` | EPERM | a nested user namespace would hand the build a fresh set of capabilities |
@@ -69,7 +72,19 @@ enum Rule {
         arg: u32,
         values: &'static [u32],
     },
+    /// `socket`/`socketpair`: the address family (`args[0]`) must be one of
+    /// [`SOCKET_FAMILIES`] (else EAFNOSUPPORT), and an AF_NETLINK socket
+    /// must be NETLINK_ROUTE (`args[2]`, else EPROTONOSUPPORT).
+    SocketFamilies { nr: i64 },
 }
+
+/// Address families a build may open sockets of.
+pub const SOCKET_FAMILIES: [u32; 4] = [
+    libc::AF_UNIX as u32,
+    libc::AF_INET as u32,
+    libc::AF_INET6 as u32,
+    libc::AF_NETLINK as u32,
+];
 
 fn rules() -> Vec<Rule> {
     use libc::*;
@@ -95,6 +110,13 @@ fn rules() -> Vec<Rule> {
             flags: 2,
             mode: 3,
         },
+        Rule::DenyMask {
+            nr: SYS_mknodat,
+            arg: 2,
+            mask: SUID_SGID,
+        },
+        Rule::SocketFamilies { nr: SYS_socket },
+        Rule::SocketFamilies { nr: SYS_socketpair },
         Rule::DenyMask {
             nr: SYS_unshare,
             arg: 0,
@@ -152,6 +174,11 @@ fn rules() -> Vec<Rule> {
             nr: SYS_open,
             flags: 1,
             mode: 2,
+        },
+        Rule::DenyMask {
+            nr: SYS_mknod,
+            arg: 1,
+            mask: SUID_SGID,
         },
         eperm(SYS_iopl),
         eperm(SYS_ioperm),
@@ -291,6 +318,23 @@ pub fn filter() -> Vec<sock_filter> {
                     f.push(jump(BPF_JEQ, *v, n - i as u8, 0));
                 }
                 f.extend([ret(eperm), ret(RET_ALLOW)]);
+            }
+            Rule::SocketFamilies { nr } => {
+                let n = SOCKET_FAMILIES.len() as u8;
+                // Not this call: skip the block (n + 8 instructions).
+                f.push(jump(BPF_JEQ, nr as u32, 0, n + 7));
+                f.push(load(off_arg(0)));
+                // AF_NETLINK goes to the protocol check, the other allowed
+                // families straight to ALLOW; anything else is refused.
+                f.push(jump(BPF_JEQ, libc::AF_NETLINK as u32, n + 1, 0));
+                for (i, v) in SOCKET_FAMILIES.iter().enumerate() {
+                    f.push(jump(BPF_JEQ, *v, n - i as u8 + 3, 0));
+                }
+                f.push(ret(errno(libc::EAFNOSUPPORT)));
+                f.push(load(off_arg(2)));
+                f.push(jump(BPF_JEQ, libc::NETLINK_ROUTE as u32, 1, 0));
+                f.push(ret(errno(libc::EPROTONOSUPPORT)));
+                f.push(ret(RET_ALLOW));
             }
         }
     }
@@ -450,6 +494,64 @@ mod tests {
         assert_eq!(p(0x0040000), RET_ALLOW);
         assert_eq!(p(0x0008), EPERM); // PER_LINUX32
         assert_eq!(p(0x0400000), EPERM); // READ_IMPLIES_EXEC
+    }
+
+    #[test]
+    fn setid_mknod_is_refused() {
+        let reg = libc::S_IFREG as u64;
+        assert_eq!(run(libc::SYS_mknodat, [3, 0, reg | 0o6755, 0, 0, 0]), EPERM);
+        assert_eq!(run(libc::SYS_mknodat, [3, 0, reg | 0o2644, 0, 0, 0]), EPERM);
+        assert_eq!(
+            run(libc::SYS_mknodat, [3, 0, reg | 0o755, 0, 0, 0]),
+            RET_ALLOW
+        );
+        assert_eq!(
+            run(
+                libc::SYS_mknodat,
+                [3, 0, libc::S_IFIFO as u64 | 0o644, 0, 0, 0]
+            ),
+            RET_ALLOW
+        );
+        #[cfg(target_arch = "x86_64")]
+        {
+            assert_eq!(run(libc::SYS_mknod, [0, reg | 0o4755, 0, 0, 0, 0]), EPERM);
+            assert_eq!(
+                run(libc::SYS_mknod, [0, reg | 0o644, 0, 0, 0, 0]),
+                RET_ALLOW
+            );
+        }
+    }
+
+    #[test]
+    fn only_allowed_socket_families_open() {
+        let eaf = RET_ERRNO | libc::EAFNOSUPPORT as u32;
+        let eproto = RET_ERRNO | libc::EPROTONOSUPPORT as u32;
+        for nr in [libc::SYS_socket, libc::SYS_socketpair] {
+            let s = |family: i32, proto: i32| {
+                let ty = (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64;
+                run(nr, [family as u64, ty, proto as u64, 0, 0, 0])
+            };
+            for family in [libc::AF_UNIX, libc::AF_INET, libc::AF_INET6] {
+                assert_eq!(s(family, 0), RET_ALLOW, "{nr} family {family}");
+            }
+            assert_eq!(s(libc::AF_NETLINK, libc::NETLINK_ROUTE), RET_ALLOW);
+            assert_eq!(s(libc::AF_NETLINK, libc::NETLINK_AUDIT), eproto);
+            assert_eq!(s(libc::AF_NETLINK, libc::NETLINK_KOBJECT_UEVENT), eproto);
+            for family in [
+                libc::AF_VSOCK,
+                libc::AF_PACKET,
+                libc::AF_ALG,
+                libc::AF_BLUETOOTH,
+                libc::AF_KEY,
+                libc::AF_XDP,
+                libc::AF_UNSPEC,
+                4242,
+            ] {
+                assert_eq!(s(family, 0), eaf, "{nr} family {family}");
+            }
+        }
+        // Other calls are not affected by the block.
+        assert_eq!(run(libc::SYS_connect, [3, 0, 0, 0, 0, 0]), RET_ALLOW);
     }
 
     #[test]

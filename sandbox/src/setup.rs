@@ -29,7 +29,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{chdir, mkdir, pivot_root};
 
 use crate::outcome::SetupFailure;
-use crate::plan::Op;
+use crate::plan::{MaskKind, Op};
 use crate::sys;
 
 const STAGING: &str = "/tmp";
@@ -153,6 +153,22 @@ fn checked(p: &Path) -> R<()> {
 
 /// Binds `src` (a path of the root image or of the staging tmpfs, never of
 /// the host) on `dst`.
+/// Makes the bind of a host device node at `target` read-only (the device
+/// itself stays readable and writable: a read-only mount refuses only
+/// changes to the node — `chmod`, `chown`, `utimes` — which a build run by
+/// root could otherwise make to the host's `/dev/null`).
+fn read_only_node(target: &Path) -> R<()> {
+    let c = cpath(target)?;
+    match sys::mount_setattr(&c, sys::MOUNT_ATTR_RDONLY, false) {
+        Err(Errno::ENOSYS) => {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+                .map_err(fail("remount", target))
+        }
+        r => r.map_err(fail("mount_setattr", target)),
+    }
+}
+
 fn bind(src: &Path, dst: &Path, recursive: bool) -> R<()> {
     checked(src)?;
     checked(dst)?;
@@ -401,6 +417,7 @@ impl Builder {
                 let taken = host_path(&dst)?;
                 let t = self.mountpoint(&dst, Kind::File)?;
                 attach(&taken, &t)?;
+                read_only_node(&t)?;
             }
             Op::Devpts { dst } => {
                 let t = self.mountpoint(dst, Kind::Dir)?;
@@ -465,6 +482,11 @@ impl Builder {
                     restrict(&t, true, true)?;
                 }
             }
+            Op::Mask {
+                dst,
+                kind,
+                contents,
+            } => self.mask(dst, *kind, contents.as_deref())?,
             Op::SealRoot => {
                 for s in &self.skeletons {
                     restrict(&inside(s), true, false)?;
@@ -472,6 +494,55 @@ impl Builder {
             }
         }
         Ok(())
+    }
+
+    /// [`Op::Mask`]: one mount over `dst` (a /proc entry), if it exists.
+    /// The kind comes from the plan; `stat` is called only when the mount
+    /// fails (the entry is missing on this kernel, or of the other kind).
+    fn mask(&mut self, dst: &Path, kind: MaskKind, contents: Option<&str>) -> R<()> {
+        let t = inside(dst);
+        if let Some(text) = contents {
+            if fs::symlink_metadata(&t).is_err() {
+                return Ok(());
+            }
+            self.files += 1;
+            let f = Path::new(FILES).join(self.files.to_string());
+            fs::write(&f, text).map_err(io_fail("create", &f))?;
+            bind(&f, &t, false)?;
+            return restrict(&t, true, false);
+        }
+        let mount_as = |kind: MaskKind| match kind {
+            MaskKind::Dir => {
+                let flags = MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV
+                    | MsFlags::MS_NOEXEC;
+                mount(
+                    Some("tmpfs"),
+                    &t,
+                    Some("tmpfs"),
+                    flags,
+                    Some("size=0,mode=555"),
+                )
+                .map_err(fail("mount", &t))
+            }
+            // The plan masks after /dev is made: the sandbox's /dev/null is
+            // a read-only bind (`Op::DevNode`), and a bind takes the flags
+            // of the mount it is made from.
+            MaskKind::File => bind(&inside(Path::new("/dev/null")), &t, false),
+        };
+        match mount_as(kind) {
+            Ok(()) => Ok(()),
+            Err(e) => match fs::symlink_metadata(&t) {
+                Err(_) => Ok(()),
+                Ok(m) if m.is_dir() != (kind == MaskKind::Dir) => mount_as(if m.is_dir() {
+                    MaskKind::Dir
+                } else {
+                    MaskKind::File
+                }),
+                Ok(_) => Err(e),
+            },
+        }
     }
 
     fn backing(&self, dir: &Path) -> Backing {

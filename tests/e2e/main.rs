@@ -15,4 +15,5 @@ mod record_trust;
 mod rootless;
 mod sandbox;
 mod sandbox_escape;
+mod sandbox_holes;
 mod store;

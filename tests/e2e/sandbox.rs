@@ -264,8 +264,9 @@ fn env_flag_adds_variables(who: As) {
 }
 
 fn stdio_passthrough(who: As) {
+    // Standard input only with --stdin (otherwise /dev/null: sandbox_holes).
     let mut c = who.sandbox(
-        Vec::<&str>::new(),
+        ["--stdin"],
         ["/bin/sh", "-c", "tr a-z A-Z; echo to-stderr >&2"],
     );
     c.stdin(std::process::Stdio::piped())

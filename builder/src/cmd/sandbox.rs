@@ -2,13 +2,14 @@
 //! directory. Plumbing for debugging and for tests; `hermit build` plans its
 //! sandbox from the spec and profile instead.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use hermit_sandbox::{Mount, Outcome, RunError, SandboxSpec};
+use hermit_sandbox::{Mount, Outcome, RunError, SandboxSpec, Stdin};
 
 use crate::exit::{self, Exit};
 
@@ -80,6 +81,10 @@ pub struct SandboxArgs {
     /// Size limit of /tmp, in bytes
     #[arg(long, value_name = "BYTES", default_value_t = hermit_sandbox::spec::DEFAULT_TMP_SIZE)]
     tmp_size: u64,
+    /// Pass hermit's standard input (a pipe or file, never a terminal) to
+    /// the command; without it the command reads /dev/null
+    #[arg(long)]
+    stdin: bool,
     /// Print the setup plan as JSON instead of running
     #[arg(long)]
     print_plan: bool,
@@ -181,6 +186,7 @@ fn seconds(d: Duration) -> String {
 
 pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let print_plan = args.print_plan;
+    let pass_stdin = args.stdin;
     let spec = build_spec(args)?;
     if print_plan {
         let ops = hermit_sandbox::plan(&spec).map_err(|e| Exit::user(format!("{e}")))?;
@@ -188,8 +194,18 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
         println!("{json}");
         return Ok(ExitCode::SUCCESS);
     }
-    let outcome = hermit_sandbox::run(&spec).map_err(|e| match e {
+    let stdin = if pass_stdin {
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("--stdin: duplicating standard input")?;
+        Stdin::From(fd)
+    } else {
+        Stdin::Null
+    };
+    let outcome = hermit_sandbox::run_with_stdin(&spec, stdin).map_err(|e| match e {
         RunError::Spec(e) => anyhow::Error::new(Exit::user(format!("invalid sandbox: {e}"))),
+        e @ RunError::StdinIsTerminal => anyhow::Error::new(Exit::user(format!("--stdin: {e}"))),
         e @ RunError::Spawn { .. } | e @ RunError::Pipe(_) => anyhow::Error::new(e).context(
             Exit::with_code(exit::SANDBOX_SETUP, "the sandbox could not be started"),
         ),
