@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
