@@ -287,7 +287,12 @@ fn plan_from_spec(
             jobs,
             extra: &spec.env,
         },
-        spec.build.timeout,
+        &record::SpecLimits {
+            timeout_secs: spec.build.timeout,
+            memory_mib: spec.build.memory_mib,
+            disk_mib: spec.build.disk_mib,
+            log_mib: spec.build.log_mib,
+        },
     )
     .map_err(|e| Exit::user(format!("{}: {e}", spec_path.display())))?;
 
