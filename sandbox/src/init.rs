@@ -58,7 +58,7 @@ pub(crate) fn init_main(
     input: HelperInput,
     status: &OwnedFd,
     lifeline: OwnedFd,
-    cgroup: Option<(std::fs::File, std::path::PathBuf)>,
+    cgroups: Vec<(&str, std::fs::File, std::path::PathBuf)>,
 ) -> ! {
     // Not dumpable: the build (same uid) must not read init's environment
     // (hermit's, from the host), memory, cwd or root through /proc/1. The
@@ -83,13 +83,16 @@ pub(crate) fn init_main(
         }
     }
 
-    if let Some((mut file, path)) = cgroup {
+    for (step, file, path) in &cgroups {
         use std::io::Write;
+        let mut file: &std::fs::File = file;
         if let Err(e) = file.write_all(b"0") {
             let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            let f = SetupFailure::new("join the pids cgroup", "write", Some(path), Some(errno));
+            let f = SetupFailure::new(*step, "write", Some(path.clone()), Some(errno));
             die(status, f, 125);
         }
+    }
+    if !cgroups.is_empty() {
         // A cgroup namespace rooted at the slot: the build sees `/`, not
         // which slot it got.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
@@ -295,6 +298,9 @@ fn prepare_command(spec: &SandboxSpec, exec: &Exec) -> Result<(), SetupFailure> 
     }
     if let Some(n) = limits.max_file_size {
         set("limit file size", Resource::RLIMIT_FSIZE, n)?;
+    }
+    if let Some(n) = limits.max_data {
+        set("limit memory (data segment)", Resource::RLIMIT_DATA, n)?;
     }
     set("disable core dumps", Resource::RLIMIT_CORE, 0)?;
 
