@@ -64,7 +64,7 @@ fn import_fails(who: As, tag: &str, layout: &Path, layer_hex: &str, want: &[&str
     let (mut cmd, home) = fresh_home(who, tag);
     cmd.args(["image", "import"]).arg(layout);
     let start = Instant::now();
-    let o = output_within(&mut cmd, Duration::from_secs(30));
+    let o = output_within(&mut cmd, Duration::from_secs(15));
     let took = start.elapsed();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
