@@ -48,9 +48,8 @@ pub struct Guard {
     dirs: Vec<PathBuf>,
     log_over: Arc<AtomicBool>,
     disk_over: Option<u64>,
-    /// Disk walks are skipped while the last one took more than a fifth of
-    /// the time since: a huge tree is measured less often, never stalls the
-    /// build's watch.
+    /// After a walk that took t, the next waits 9t: a huge tree is measured
+    /// less often and the watch never takes more than a tenth of a core.
     next_walk: Instant,
 }
 
@@ -96,7 +95,7 @@ impl Guard {
         }
         let used = disk_usage(&self.dirs).allocated;
         let took = now.elapsed();
-        self.next_walk = Instant::now() + took * 4;
+        self.next_walk = Instant::now() + took * 9;
         if used > limit {
             self.disk_over = Some(used);
             return true;
@@ -265,4 +264,58 @@ pub fn disk_usage(dirs: &[PathBuf]) -> Usage {
         }
     }
     usage
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_is_cut_at_its_limit_with_one_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = fs::File::create(&path).unwrap();
+        let over = Arc::new(AtomicBool::new(false));
+        let mut cap = LogCap {
+            limit: Some(10),
+            written: 0,
+            over: Arc::clone(&over),
+            note: Some("\nlimit\n".into()),
+        };
+        assert!(cap.write(&mut log, b"123456").unwrap());
+        assert!(!over.load(Ordering::Relaxed));
+        assert!(!cap.write(&mut log, b"7890abc").unwrap());
+        assert!(over.load(Ordering::Relaxed));
+        assert!(!cap.write(&mut log, b"more").unwrap());
+        assert_eq!(fs::read(&path).unwrap(), b"1234567890\nlimit\n");
+    }
+
+    #[test]
+    fn disk_usage_counts_hard_links_once_and_finds_the_largest_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        fs::create_dir(&a).unwrap();
+        fs::write(a.join("f"), vec![1u8; 64 << 10]).unwrap();
+        fs::hard_link(a.join("f"), a.join("g")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", a.join("z")).unwrap();
+        let u = disk_usage(&[dir.path().to_path_buf()]);
+        assert_eq!(u.largest, 64 << 10);
+        assert!(u.allocated >= 64 << 10 && u.allocated < 128 << 10, "{u:?}");
+    }
+
+    /// v2 states what the sandbox sets; this keeps the two from drifting.
+    #[test]
+    fn profile_v2_states_what_the_sandbox_sets() {
+        let p = hermit_profiles::Profile::get("v2").unwrap();
+        assert_eq!(
+            p.limits.shm_size_mib.map(|m| m << 20),
+            Some(hermit_sandbox::plan::SHM_SIZE)
+        );
+        assert_eq!(
+            p.limits.max_open_files,
+            Some(hermit_sandbox::spec::DEFAULT_MAX_OPEN_FILES)
+        );
+        assert_eq!(p.system.domainname, "(none)");
+        assert_eq!(p.limits.core_dumps, Some(false));
+    }
 }
