@@ -61,6 +61,10 @@ pub fn pids_parent() -> Option<PathBuf> {
 pub(crate) fn create(max: u32) -> Result<PidsCgroup, String> {
     let parent = pids_parent().ok_or("no pids controller for this process")?;
     let (path, lock) = claim(&parent)?;
+    // Under cgroup v2 a slot may carry an earlier sandbox's memory limit.
+    if path.join("memory.max").exists() {
+        let _ = fs::write(path.join("memory.max"), "max");
+    }
     fs::write(path.join("pids.max"), max.to_string())
         .map_err(|e| format!("writing {}/pids.max: {e}", path.display()))?;
     Ok(PidsCgroup { path, _lock: lock })
@@ -178,6 +182,10 @@ pub(crate) fn create_memory(bytes: u64, pids: Option<&PidsCgroup>) -> Result<Mem
             Some(p) => (p.path.clone(), None, None),
             None => {
                 let (path, lock) = claim(&parent)?;
+                // An earlier sandbox's pids limit does not apply to this one.
+                if path.join("pids.max").exists() {
+                    let _ = fs::write(path.join("pids.max"), "max");
+                }
                 (path.clone(), Some(lock), Some(path))
             }
         };
