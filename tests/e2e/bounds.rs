@@ -337,7 +337,45 @@ fn registry_streaming_a_blob_past_its_size(who: As) {
     );
 }
 
+/// `file://` sources and mirrors are read only when they are regular files,
+/// and never past their size: a fifo (which would block) and a symlink to
+/// /dev/zero (which never ends) are refused at once.
+fn file_source_that_never_ends(who: As) {
+    let scratch = who.scratch();
+    let fifo = scratch.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let zero = scratch.path().join("zero");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    for (tag, path) in [("fifo", &fifo), ("zero", &zero)] {
+        let spec = scratch.path().join(format!("{tag}.toml"));
+        fs::write(
+            &spec,
+            format!(
+                "[package]\nname = \"t\"\nversion = \"1\"\n\n[toolchain]\nimage = \"registry.example.org/x@sha256:{}\"\n\n[build]\nscript = \"true\"\n\n[[source]]\nname = \"s\"\nurls = [\"file://{}\"]\nsha256 = \"{}\"\n",
+                "1".repeat(64),
+                path.display(),
+                "2".repeat(64)
+            ),
+        )
+        .unwrap();
+        let (mut cmd, home) = fresh_home(who, &format!("file-{tag}"));
+        cmd.arg("fetch").arg(&spec);
+        let start = Instant::now();
+        let o = output_within(&mut cmd, Duration::from_secs(15));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {err}");
+        assert!(err.contains("not a regular file"), "{tag}: {err}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{tag}: {err}");
+        let big: Vec<_> = files_under(&home)
+            .into_iter()
+            .filter(|(_, n)| *n > 1 << 20)
+            .collect();
+        assert!(big.is_empty(), "large files left in the store: {big:?}");
+    }
+}
+
 both_users!(
+    file_source_that_never_ends,
     layout_blob_symlink_to_dev_zero,
     layout_blob_larger_than_its_descriptor,
     layout_blob_that_is_a_fifo,
