@@ -174,7 +174,7 @@ fn plan_from_spec(
     opts: &BuildOptions,
 ) -> anyhow::Result<Plan> {
     let spec = Spec::load(spec_path).map_err(|e| Exit::user(e.to_string()))?;
-    let spec_text = fs::read_to_string(spec_path)
+    let spec_text = limits::read_text(spec_path, limits::MAX_SPEC)
         .with_context(|| format!("reading {}", spec_path.display()))?;
     let spec_dir = spec_path
         .parent()
@@ -966,7 +966,7 @@ pub fn rebuild(
     net: &NetArgs,
     opts: &BuildOptions,
 ) -> anyhow::Result<(Record, Record, Option<PathBuf>)> {
-    let text = fs::read_to_string(record_path)
+    let text = limits::read_text(record_path, limits::MAX_RECORD)
         .with_context(|| format!("reading {}", record_path.display()))?;
     let rec = Record::parse(&text, &record_path.display().to_string())
         .map_err(|e| Exit::user(e.to_string()))?;
@@ -1169,7 +1169,7 @@ fn image_blobs(image: &Image) -> Vec<MirrorBlob> {
 
 /// Every blob a record's rebuild needs: sources, local trees, the image.
 pub fn mirror_blobs_for_record(record_path: &Path) -> anyhow::Result<Vec<MirrorBlob>> {
-    let text = fs::read_to_string(record_path)
+    let text = limits::read_text(record_path, limits::MAX_RECORD)
         .with_context(|| format!("reading {}", record_path.display()))?;
     let rec = Record::parse(&text, &record_path.display().to_string())
         .map_err(|e| Exit::user(e.to_string()))?;

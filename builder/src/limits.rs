@@ -230,6 +230,39 @@ impl LogCap {
     }
 }
 
+/// Largest spec or lock hermit reads.
+pub const MAX_SPEC: u64 = 16 << 20;
+/// Largest record hermit reads (a record lists every output file).
+pub const MAX_RECORD: u64 = 256 << 20;
+
+/// Reads a text file the user names (a spec, a lock, a record) with a
+/// bound: it must be a regular file after following symlinks (a fifo would
+/// block, `/dev/zero` never ends; both are refused at once) and at most
+/// `limit` bytes, which is checked while reading too.
+pub fn read_text(path: &Path, limit: u64) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    let mut text = String::new();
+    f.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {limit} bytes; refusing to read it"),
+        ));
+    }
+    Ok(text)
+}
+
 /// What a set of directories holds on disk.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Usage {
@@ -301,6 +334,24 @@ mod tests {
         let u = disk_usage(&[dir.path().to_path_buf()]);
         assert_eq!(u.largest, 64 << 10);
         assert!(u.allocated >= 64 << 10 && u.allocated < 128 << 10, "{u:?}");
+    }
+
+    #[test]
+    fn text_files_are_bounded_and_regular() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t");
+        fs::write(&p, "0123456789").unwrap();
+        assert_eq!(read_text(&p, 10).unwrap(), "0123456789");
+        let e = read_text(&p, 9).unwrap_err().to_string();
+        assert!(e.contains("larger than 9 bytes"), "{e}");
+        let e = read_text(Path::new("/dev/zero"), 9)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let e = read_text(&fifo, 9).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 
     /// v2 states what the sandbox sets; this keeps the two from drifting.

@@ -282,9 +282,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl Spec {
     /// Reads and checks the spec at `path`.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
+        let text = crate::limits::read_text(path, crate::limits::MAX_SPEC).map_err(|source| {
+            SpecError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         Spec::parse(path, &text)
     }

@@ -374,7 +374,38 @@ fn file_source_that_never_ends(who: As) {
     }
 }
 
+/// A spec, lock or record that is a fifo or a link to /dev/zero is refused
+/// at once, instead of hanging hermit or filling its memory. (The fifos
+/// come first: without the bound they hang and the guard ends the test
+/// before /dev/zero is read.)
+fn spec_and_record_that_never_end(who: As) {
+    let scratch = who.scratch();
+    let fifo = scratch.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let zero = scratch.path().join("zero.json");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let cases: [(&str, &Path); 4] = [
+        ("build", &fifo),
+        ("provenance", &fifo),
+        ("rebuild", &zero),
+        ("provenance", &zero),
+    ];
+    for (command, path) in cases {
+        let (mut cmd, _home) = fresh_home(who, &format!("text-{command}"));
+        cmd.arg(command).arg(path);
+        let start = Instant::now();
+        let o = output_within(&mut cmd, Duration::from_secs(15));
+        let err = String::from_utf8_lossy(&o.stderr);
+        let what = format!("hermit {command} {}", path.display());
+        assert_eq!(o.status.code(), Some(2), "{what}: {err}");
+        assert!(err.contains("not a regular file"), "{what}: {err}");
+        assert!(err.contains(&path.display().to_string()), "{what}: {err}");
+        assert!(start.elapsed() < Duration::from_secs(10), "{what}: {err}");
+    }
+}
+
 both_users!(
+    spec_and_record_that_never_end,
     file_source_that_never_ends,
     layout_blob_symlink_to_dev_zero,
     layout_blob_larger_than_its_descriptor,
