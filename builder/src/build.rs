@@ -500,9 +500,9 @@ fn fetch_image_from_mirrors(
         net,
         blobs
             .into_iter()
-            .map(|d| Want {
+            .map(|(d, size)| Want {
                 digest: d,
-                size: None,
+                size: Some(size),
                 urls: vec![],
                 label: format!("toolchain image blob {d}"),
             })

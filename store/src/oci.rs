@@ -897,13 +897,17 @@ pub fn load_from_store(
     Ok(image)
 }
 
-/// The digests of the config and layers a manifest in the store names.
-pub fn manifest_blobs(store: &Store, manifest: &Digest) -> Result<Vec<Digest>, OciError> {
+/// The digests and sizes of the config and layers a manifest in the store
+/// names (a fetch of each stops at its size).
+pub fn manifest_blobs(store: &Store, manifest: &Digest) -> Result<Vec<(Digest, u64)>, OciError> {
     let what = format!("manifest {manifest}");
     let m: ImageManifest = parse_json(&what, "OCI image manifest", &read_blob(store, manifest)?)?;
-    let mut out = vec![parse_digest(&what, m.config().digest().as_ref())?];
+    let mut out = vec![(
+        parse_digest(&what, m.config().digest().as_ref())?,
+        m.config().size(),
+    )];
     for l in m.layers() {
-        out.push(parse_digest(&what, l.digest().as_ref())?);
+        out.push((parse_digest(&what, l.digest().as_ref())?, l.size()));
     }
     Ok(out)
 }

@@ -239,7 +239,60 @@ fn record_states_the_limits(who: As) {
     );
 }
 
+/// Image blobs fetched from a mirror stop at their descriptor's size: a
+/// layer that grew in the mirror is refused before it is read, by size.
+fn mirrored_layer_larger_than_its_descriptor(who: As) {
+    let scratch = who.scratch();
+    let spec = project(scratch.path(), "echo hi > \"$out/hi\"", "");
+    let (o, _, home) = build(who, "mirror", &spec, &["--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let record = PathBuf::from(v["record"].as_str().unwrap());
+    let record_json: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
+    let mirror = scratch.path().join("mirror");
+    let mut c = who.hermit();
+    c.env("HERMIT_HOME", &home)
+        .arg("mirror")
+        .arg(&record)
+        .arg("--to")
+        .arg(&mirror);
+    let o = output_within(&mut c, Duration::from_secs(60));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let layer = record_json["image"]["layers"][0]["digest"]
+        .as_str()
+        .or_else(|| record_json["image"]["layers"][0].as_str())
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_string();
+    // The layer grows to 4 GiB (sparse: no disk used): read whole, it
+    // would take many seconds and as much space in the store's temp files.
+    let blob = mirror.join("sha256").join(&layer);
+    let bytes = fs::read(&blob).unwrap();
+    fs::remove_file(&blob).unwrap();
+    fs::write(&blob, &bytes).unwrap();
+    let f = fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    f.set_len(4 << 30).unwrap();
+    drop(f);
+    let (mut c, home2) = fresh_home(who, "mirror2");
+    c.arg("rebuild")
+        .arg(&record)
+        .arg("--offline")
+        .arg("--mirror")
+        .arg(&mirror);
+    let start = Instant::now();
+    let o = output_within(&mut c, Duration::from_secs(120));
+    let took = start.elapsed();
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("is not in the store or any mirror"), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}: {err}");
+    assert!(!home2.join("v1/blobs/sha256").join(&layer).exists());
+    no_big_files(&home2);
+}
+
 both_users!(
+    mirrored_layer_larger_than_its_descriptor,
     memory_limit_stops_a_build_that_touches_more,
     disk_limit_stops_a_build_that_fills_build,
     log_limit_stops_a_build_and_keeps_one_copy,
