@@ -41,6 +41,7 @@ use hermit_store::{Digest, Store};
 use crate::cmd::fetch::NetArgs;
 use crate::debian::{self, DebianRequest};
 use crate::exit::{self, Exit};
+use crate::limits;
 use crate::lock::{Lock, ToolchainRequest};
 use crate::output::{self, Normalized};
 use crate::record::{
@@ -168,7 +169,7 @@ fn plan_from_spec(
     opts: &BuildOptions,
 ) -> anyhow::Result<Plan> {
     let spec = Spec::load(spec_path).map_err(|e| Exit::user(e.to_string()))?;
-    let spec_text = fs::read_to_string(spec_path)
+    let spec_text = limits::read_text(spec_path, limits::MAX_SPEC)
         .with_context(|| format!("reading {}", spec_path.display()))?;
     let spec_dir = spec_path
         .parent()
@@ -282,7 +283,7 @@ fn plan_from_spec(
             jobs,
             extra: &spec.env,
         },
-        spec.build.timeout,
+        &spec_limits(&spec),
     )
     .map_err(|e| Exit::user(format!("{}: {e}", spec_path.display())))?;
 
@@ -301,6 +302,16 @@ fn plan_from_spec(
         environment,
         script: spec.build.script.clone(),
     })
+}
+
+/// What a spec's `[build]` asks of the profile's limits.
+pub(crate) fn spec_limits(spec: &Spec) -> record::SpecLimits {
+    record::SpecLimits {
+        timeout_secs: spec.build.timeout,
+        memory_mib: spec.build.memory_mib,
+        disk_mib: spec.build.disk_mib,
+        log_mib: spec.build.log_mib,
+    }
 }
 
 fn host_cpus() -> u32 {
@@ -489,9 +500,9 @@ fn fetch_image_from_mirrors(
         net,
         blobs
             .into_iter()
-            .map(|d| Want {
+            .map(|(d, size)| Want {
                 digest: d,
-                size: None,
+                size: Some(size),
                 urls: vec![],
                 label: format!("toolchain image blob {d}"),
             })
@@ -716,6 +727,9 @@ pub fn execute(
     spec.umask = p.system.umask;
     spec.timeout = Some(Duration::from_secs(env.limits.timeout_secs));
     spec.limits.max_processes = Some(env.limits.max_pids.min(u64::from(u32::MAX)) as u32);
+    spec.limits.max_memory = env.limits.memory_mib.map(|m| m << 20);
+    // One file can never be larger than all of /build and /out together.
+    spec.limits.max_file_size = env.limits.disk_mib.map(|m| m << 20);
     let mut mounts = vec![
         Mount::Tmpfs {
             dst: PathBuf::from(&env.tmp_path),
@@ -742,7 +756,10 @@ pub fn execute(
     spec.mounts = mounts;
 
     let log_path = staging.join("build.log");
-    let outcome = run_logged(&spec, &log_path, opts.quiet)?;
+    let mut guard = limits::Guard::new(&env.limits, p, vec![build_dir.clone(), out_dir.clone()]);
+    let report = run_logged(&spec, &log_path, opts.quiet, &mut guard)?;
+    let limit_hit = guard.hit(&report, &log_path);
+    let outcome = report.outcome.clone();
     let mut log_file =
         fs::File::open(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     let log_size = log_file
@@ -769,7 +786,18 @@ pub fn execute(
             ),
             Outcome::SetupFailed(f) => format!("the build sandbox could not be set up: {f}"),
         };
+        match &limit_hit {
+            Some(why) => msg = format!("build of {} failed: {why}", plan.package.name),
+            None => {
+                if let Some(note) = guard.memory_note(&report) {
+                    msg.push_str(&format!("\n  {note}"));
+                }
+            }
+        }
         msg.push_str(&format!("\n  log: {}", log_blob.display()));
+        // The log is in the store now: the kept directory does not get a
+        // second copy of it.
+        let _ = fs::remove_file(&log_path);
         if opts.keep_failed {
             let failed = store.base().join("failed").join(key.hex());
             fs::create_dir_all(store.base().join("failed"))
@@ -857,7 +885,12 @@ pub fn execute(
 
 /// Runs the sandbox with its stdout and stderr going through a pipe that is
 /// copied to the log file and (unless quiet) to hermit's stderr.
-fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Result<Outcome> {
+fn run_logged(
+    spec: &SandboxSpec,
+    log_path: &Path,
+    quiet: bool,
+    guard: &mut limits::Guard,
+) -> anyhow::Result<hermit_sandbox::RunReport> {
     use nix::unistd::{dup, dup2_stderr, dup2_stdout, pipe};
     let log =
         fs::File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?;
@@ -865,11 +898,13 @@ fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Resul
     let saved_out = dup(std::io::stdout()).context("saving stdout")?;
     let saved_err = dup(std::io::stderr()).context("saving stderr")?;
     let terminal = fs::File::from(dup(&saved_err).context("duplicating stderr")?);
+    let mut cap = guard.log_cap();
     let tee = std::thread::spawn(move || -> std::io::Result<()> {
         let mut r = fs::File::from(r);
         let mut log = log;
         let mut terminal = terminal;
         let mut buf = vec![0u8; 64 << 10];
+        let mut echo = !quiet;
         loop {
             let n = match r.read(&mut buf) {
                 Ok(0) => break,
@@ -877,9 +912,15 @@ fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Resul
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            log.write_all(&buf[..n])?;
-            if !quiet {
+            // Past the log limit the output is drained (the build is
+            // being stopped) but neither logged nor echoed.
+            let logging = cap.write(&mut log, &buf[..n])?;
+            if echo {
                 let _ = terminal.write_all(&buf[..n]);
+                if !logging {
+                    let _ = terminal.write_all(cap.note().as_bytes());
+                    echo = false;
+                }
             }
         }
         log.sync_all()
@@ -888,7 +929,7 @@ fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Resul
     let redirected = dup2_stdout(&w).and_then(|_| dup2_stderr(&w));
     drop(w);
     let result = match redirected {
-        Ok(()) => Ok(hermit_sandbox::run(spec)),
+        Ok(()) => Ok(run_guarded(spec, guard)),
         Err(e) => Err(e),
     };
     // Restore hermit's own stdout/stderr (also after a failed redirect); this
@@ -910,7 +951,7 @@ fn run_logged(spec: &SandboxSpec, log_path: &Path, quiet: bool) -> anyhow::Resul
 /// package), so that nothing but its pinned profile, spec and lock decides
 /// what hermit fetches or how the sandbox is set up.
 pub fn read_record(record_path: &Path) -> anyhow::Result<(Record, Spec)> {
-    let text = fs::read_to_string(record_path)
+    let text = limits::read_text(record_path, limits::MAX_RECORD)
         .with_context(|| format!("reading {}", record_path.display()))?;
     let origin = record_path.display().to_string();
     let rec = Record::parse(&text, &origin).map_err(|e| Exit::user(e.to_string()))?;
@@ -918,6 +959,22 @@ pub fn read_record(record_path: &Path) -> anyhow::Result<(Record, Spec)> {
         .map_err(|e| Exit::user(format!("{origin}: the recorded spec: {e}")))?;
     crate::derive::check_static(&rec, &spec, &origin).map_err(|e| Exit::user(e.to_string()))?;
     Ok((rec, spec))
+}
+
+/// Runs the sandbox under the guard's watch (log and disk limits).
+fn run_guarded(
+    spec: &SandboxSpec,
+    guard: &mut limits::Guard,
+) -> Result<hermit_sandbox::RunReport, hermit_sandbox::RunError> {
+    let mut check = || guard.check();
+    hermit_sandbox::run_watched(
+        spec,
+        Path::new("/proc/self/exe"),
+        Some(hermit_sandbox::Watch {
+            every: limits::WATCH_EVERY,
+            check: &mut check,
+        }),
+    )
 }
 
 /// Rebuilds a record: restore everything it names by digest, run the build

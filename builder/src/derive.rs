@@ -26,7 +26,7 @@ use serde_json::Value;
 use hermit_profiles::{EnvInputs, Profile};
 use hermit_store::oci::Image;
 
-use crate::build::{image_reference, toolchain_request};
+use crate::build::{image_reference, spec_limits, toolchain_request};
 use crate::lock::Lock;
 use crate::record::{Environment, Record, SourceRecord};
 use crate::spec::{SourceKind, Spec};
@@ -254,7 +254,7 @@ pub fn environment(
                 jobs,
                 extra: &spec.env,
             },
-            spec.build.timeout,
+            &spec_limits(spec),
         )
         .map_err(|e| mismatch(origin, "spec.text", e.to_string()))
     };

@@ -262,7 +262,7 @@ impl Lock {
 
     /// Reads the lock at `path`, if there is one.
     pub fn read(path: &Path) -> anyhow::Result<Option<Lock>> {
-        match std::fs::read_to_string(path) {
+        match crate::limits::read_text(path, crate::limits::MAX_SPEC) {
             Ok(text) => Ok(Some(Lock::parse(&path.display().to_string(), &text)?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),

@@ -80,6 +80,13 @@ pub enum RecordError {
     },
     #[error("[env] may not set {0:?}: the profile sets it; remove it from the spec")]
     ReservedEnv(String),
+    #[error("[build] {field} = {value} is above profile {profile}'s limit of {limit} MiB; a spec may lower the profile's limits, never raise them (write at most {field} = {limit}, or leave it out)")]
+    LimitRaised {
+        field: &'static str,
+        value: u64,
+        profile: String,
+        limit: u64,
+    },
     #[error("serialising the record failed")]
     Serialise(#[source] serde_json::Error),
 }
@@ -286,16 +293,61 @@ pub struct Limits {
     pub timeout_secs: u64,
     pub tmp_size_mib: u64,
     pub max_pids: u64,
+    /// Memory of the whole build, MiB (profile v2 on; absent in v1 records,
+    /// so that their JSON and build keys stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// What `/build` and `/out` may hold on disk, MiB (profile v2 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Size of the build log, MiB (profile v2 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_mib: Option<u64>,
+}
+
+/// The limits a spec's `[build]` asks for. Each may lower the profile's
+/// limit, never raise it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecLimits {
+    pub timeout_secs: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_mib: Option<u64>,
+    pub log_mib: Option<u64>,
+}
+
+/// `spec`'s value of limit `field` under a profile whose value is `profile`:
+/// the lower of the two, and an error when the spec asks for more.
+fn lowered(
+    profile_name: &str,
+    field: &'static str,
+    profile: Option<u64>,
+    spec: Option<u64>,
+) -> Result<Option<u64>, RecordError> {
+    match (profile, spec) {
+        (Some(p), Some(s)) if s > p => Err(RecordError::LimitRaised {
+            field,
+            value: s,
+            profile: profile_name.to_string(),
+            limit: p,
+        }),
+        (p, s) => Ok(s.or(p)),
+    }
 }
 
 impl Environment {
     /// The environment `profile` gives a build with these inputs;
-    /// `timeout_secs` is the spec's override of the profile's limit.
+    /// `spec` holds the spec's limits: its timeout replaces the profile's,
+    /// its memory, disk and log limits may only lower the profile's.
     pub fn from_profile(
         profile: &Profile,
         inputs: &EnvInputs<'_>,
-        timeout_secs: Option<u64>,
+        spec: &SpecLimits,
     ) -> Result<Environment, RecordError> {
+        let name = &profile.name;
+        let pl = &profile.limits;
+        let memory_mib = lowered(name, "memory_mib", pl.memory_mib, spec.memory_mib)?;
+        let disk_mib = lowered(name, "disk_mib", pl.disk_mib, spec.disk_mib)?;
+        let log_mib = lowered(name, "log_mib", pl.log_mib, spec.log_mib)?;
         let env = profile
             .environment(inputs)
             .map_err(RecordError::ReservedEnv)?;
@@ -325,9 +377,12 @@ impl Environment {
             aslr: profile.system.aslr,
             jobs: inputs.jobs,
             limits: Limits {
-                timeout_secs: timeout_secs.unwrap_or(profile.limits.timeout_secs),
-                tmp_size_mib: profile.limits.tmp_size_mib,
-                max_pids: profile.limits.max_pids,
+                timeout_secs: spec.timeout_secs.unwrap_or(pl.timeout_secs),
+                tmp_size_mib: pl.tmp_size_mib,
+                max_pids: pl.max_pids,
+                memory_mib,
+                disk_mib,
+                log_mib,
             },
             env,
         })
@@ -724,7 +779,12 @@ pub(crate) mod tests {
 
     /// A record with fixed contents, for golden tests here and in provenance.
     pub(crate) fn sample() -> Record {
-        let profile = Profile::get("v1").unwrap();
+        sample_with("v1")
+    }
+
+    /// [`sample`] under another profile.
+    pub(crate) fn sample_with(profile_name: &'static str) -> Record {
+        let profile = Profile::get(profile_name).unwrap();
         let mut extra = BTreeMap::new();
         extra.insert("CFLAGS".to_string(), "-O2".to_string());
         let environment = Environment::from_profile(
@@ -735,7 +795,7 @@ pub(crate) mod tests {
                 jobs: 2,
                 extra: &extra,
             },
-            None,
+            &SpecLimits::default(),
         )
         .unwrap();
         let output = Normalized {
@@ -818,7 +878,7 @@ pub(crate) mod tests {
                 output: d("zlib-out"),
                 build_key: d("zlib-key"),
             }],
-            profile_name: "v1",
+            profile_name,
             environment,
             output: &output,
             log: LogRecord {
@@ -845,6 +905,67 @@ pub(crate) mod tests {
         assert_eq!(
             json, golden,
             "record-v1.json changed; rerun with HERMIT_BLESS=1 if intended"
+        );
+    }
+
+    /// A v2 record states the memory, disk and log limits; v1 records
+    /// (above) do not, and keep their bytes and build keys.
+    #[test]
+    fn golden_v2_record() {
+        let r = sample_with("v2");
+        let json = r.to_json().unwrap();
+        let path = golden_path().with_file_name("record-v2.json");
+        if std::env::var_os("HERMIT_BLESS").is_some() {
+            std::fs::write(&path, &json).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            json, golden,
+            "record-v2.json changed; rerun with HERMIT_BLESS=1 if intended"
+        );
+        let back = Record::parse(&golden, "record-v2.json").unwrap();
+        assert_eq!(back, r);
+        let l = &back.environment.limits;
+        assert_eq!(
+            (l.memory_mib, l.disk_mib, l.log_mib),
+            (Some(8192), Some(20480), Some(64))
+        );
+        assert_ne!(back.build_key, sample().build_key);
+        let v1 = sample();
+        let l = &v1.environment.limits;
+        assert_eq!((l.memory_mib, l.disk_mib, l.log_mib), (None, None, None));
+    }
+
+    #[test]
+    fn spec_limits_may_lower_never_raise() {
+        let profile = Profile::get("v2").unwrap();
+        let extra = BTreeMap::new();
+        let inputs = EnvInputs {
+            image_path: None,
+            source_date_epoch: None,
+            jobs: 1,
+            extra: &extra,
+        };
+        let low = SpecLimits {
+            memory_mib: Some(64),
+            disk_mib: Some(8),
+            log_mib: Some(1),
+            timeout_secs: None,
+        };
+        let env = Environment::from_profile(&profile, &inputs, &low).unwrap();
+        assert_eq!(env.limits.memory_mib, Some(64));
+        assert_eq!(env.limits.disk_mib, Some(8));
+        assert_eq!(env.limits.log_mib, Some(1));
+        let high = SpecLimits {
+            memory_mib: Some(1 << 20),
+            ..SpecLimits::default()
+        };
+        let e = Environment::from_profile(&profile, &inputs, &high)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("memory_mib = 1048576 is above profile v2's limit of 8192 MiB"),
+            "{e}"
         );
     }
 

@@ -136,6 +136,15 @@ pub struct Build {
     pub script: String,
     /// Wall-clock limit in seconds.
     pub timeout: Option<u64>,
+    /// Lowers the profile's memory limit (MiB); never raises it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// Lowers the profile's limit on what /build and /out hold (MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Lowers the profile's build log limit (MiB).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_mib: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -205,12 +214,34 @@ struct RawSource {
 struct RawBuild {
     script: Spanned<String>,
     timeout: Option<Spanned<u64>>,
+    memory_mib: Option<Spanned<u64>>,
+    disk_mib: Option<Spanned<u64>>,
+    log_mib: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawInput {
     spec: Spanned<String>,
+}
+
+/// A `[build]` limit in MiB: positive when given.
+fn positive_mib(
+    cx: &Ctx<'_>,
+    field: &str,
+    v: &Option<Spanned<u64>>,
+) -> Result<Option<u64>, SpecError> {
+    match v {
+        Some(m) if *m.get_ref() == 0 => Err(cx.err(
+            m.span(),
+            format!("build {field} must be a positive number of MiB"),
+            Some(format!(
+                "write e.g. `{field} = 512` to lower the profile's limit, or leave it out"
+            )),
+        )),
+        Some(m) => Ok(Some(*m.get_ref())),
+        None => Ok(None),
+    }
 }
 
 /// The expected form of a source digest, shown in errors.
@@ -255,9 +286,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl Spec {
     /// Reads and checks the spec at `path`.
     pub fn load(path: &Path) -> Result<Spec, SpecError> {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
-            path: path.to_path_buf(),
-            source,
+        let text = crate::limits::read_text(path, crate::limits::MAX_SPEC).map_err(|source| {
+            SpecError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         Spec::parse(path, &text)
     }
@@ -335,6 +368,9 @@ impl Spec {
                 Some(t) => Some(*t.get_ref()),
                 None => None,
             },
+            memory_mib: positive_mib(&cx, "memory_mib", &raw.build.memory_mib)?,
+            disk_mib: positive_mib(&cx, "disk_mib", &raw.build.disk_mib)?,
+            log_mib: positive_mib(&cx, "log_mib", &raw.build.log_mib)?,
         };
         if build.script.trim().is_empty() {
             return Err(cx.err(
@@ -933,6 +969,21 @@ script = "make"
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn build_limits_are_positive() {
+        let s = Spec::parse(
+            Path::new("spec.toml"),
+            &base("memory_mib = 64\nlog_mib = 1\n"),
+        )
+        .unwrap();
+        assert_eq!((s.build.memory_mib, s.build.log_mib), (Some(64), Some(1)));
+        let e = err(&base("disk_mib = 0\n"));
+        assert!(
+            e.contains("build disk_mib must be a positive number of MiB"),
+            "{e}"
+        );
     }
 
     #[test]

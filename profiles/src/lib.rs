@@ -15,13 +15,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The profile new builds use.
-pub const DEFAULT: &str = "v1";
+pub const DEFAULT: &str = "v2";
 
 /// The profile format this crate understands.
 pub const FORMAT: u32 = 1;
 
 /// Every released profile: (name, exact TOML text).
-const PROFILES: &[(&str, &str)] = &[("v1", include_str!("../defs/v1.toml"))];
+const PROFILES: &[(&str, &str)] = &[
+    ("v1", include_str!("../defs/v1.toml")),
+    ("v2", include_str!("../defs/v2.toml")),
+];
 
 /// Errors finding or reading a profile.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +122,25 @@ pub struct Limits {
     pub timeout_secs: u64,
     pub tmp_size_mib: u64,
     pub max_pids: u64,
+    /// Size of the `/dev/shm` tmpfs (stated from v2 on; v1's sandbox used
+    /// 256 MiB too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shm_size_mib: Option<u64>,
+    /// RLIMIT_NOFILE (stated from v2 on; v1's sandbox set 4096 too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_files: Option<u64>,
+    /// Whether core dumps are allowed (stated from v2 on; never were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core_dumps: Option<bool>,
+    /// Memory of the whole build, in MiB (from v2 on; v1 has no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u64>,
+    /// What `/build` and `/out` may hold on disk, in MiB (from v2 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u64>,
+    /// Size of the build log, in MiB (from v2 on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_mib: Option<u64>,
 }
 
 /// What the profile's policies need from the caller to produce the build's
@@ -323,6 +345,28 @@ mod tests {
             });
             assert_eq!(r, Err(bad.to_string()));
         }
+    }
+
+    #[test]
+    fn v2_states_the_limits_and_v1_does_not() {
+        let v1 = Profile::get("v1").unwrap();
+        assert_eq!(v1.limits.memory_mib, None);
+        assert_eq!(v1.limits.disk_mib, None);
+        assert_eq!(v1.limits.log_mib, None);
+        let v2 = Profile::get("v2").unwrap();
+        assert_eq!(DEFAULT, "v2");
+        assert_eq!(v2.limits.memory_mib, Some(8192));
+        assert_eq!(v2.limits.disk_mib, Some(20480));
+        assert_eq!(v2.limits.log_mib, Some(64));
+        assert_eq!(v2.limits.shm_size_mib, Some(256));
+        assert_eq!(v2.limits.max_open_files, Some(4096));
+        assert_eq!(v2.limits.core_dumps, Some(false));
+        // Apart from the limits (and name, description), v2 is v1.
+        let mut same = v2.clone();
+        same.name = v1.name.clone();
+        same.description = v1.description.clone();
+        same.limits = v1.limits.clone();
+        assert_eq!(same, v1);
     }
 
     #[test]

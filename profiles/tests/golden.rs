@@ -1,6 +1,6 @@
 //! Released profiles are immutable: their bytes (and so their digests) and
-//! their parsed form are pinned here. A change to `defs/v1.toml` fails this
-//! test — add a new profile instead.
+//! their parsed form are pinned here. A change to `defs/v1.toml` or `defs/v2.toml`
+//! fails this test — add a new profile instead.
 
 #![allow(clippy::unwrap_used)]
 
@@ -8,7 +8,10 @@ use std::path::Path;
 
 #[test]
 fn released_profile_digests_are_pinned() {
-    let pinned = [("v1", include_str!("golden/v1.digest").trim().to_string())];
+    let pinned = [
+        ("v1", include_str!("golden/v1.digest").trim().to_string()),
+        ("v2", include_str!("golden/v2.digest").trim().to_string()),
+    ];
     for (name, want) in pinned {
         assert_eq!(
             hermit_profiles::digest(name).unwrap(),

@@ -61,7 +61,7 @@ pub(crate) fn init_main(
     mut input: HelperInput,
     status: &OwnedFd,
     lifeline: OwnedFd,
-    cgroup: Option<(std::fs::File, std::path::PathBuf)>,
+    cgroups: Vec<(&str, std::fs::File, std::path::PathBuf)>,
 ) -> ! {
     // Not dumpable: the build (same uid) must not read init's environment
     // (hermit's, from the host), memory, cwd or root through /proc/1. The
@@ -74,7 +74,7 @@ pub(crate) fn init_main(
     // init is a clone of `hermit sandbox`, it still shows hermit's command
     // line (host paths, `--env SECRET=…`).
     sys::set_cmdline("hermit-sandbox");
-    if let Err(f) = own_descriptors(&mut input, status, &lifeline, cgroup.as_ref()) {
+    if let Err(f) = own_descriptors(&mut input, status, &lifeline, &cgroups) {
         die(status, f, 125);
     }
     let step = "watch init's parent";
@@ -95,13 +95,16 @@ pub(crate) fn init_main(
     // Checked once; from here on PR_SET_PDEATHSIG does the job.
     drop(lifeline);
 
-    if let Some((mut file, path)) = cgroup {
+    for (step, file, path) in &cgroups {
         use std::io::Write;
+        let mut file: &std::fs::File = file;
         if let Err(e) = file.write_all(b"0") {
             let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            let f = SetupFailure::new("join the pids cgroup", "write", Some(path), Some(errno));
+            let f = SetupFailure::new(*step, "write", Some(path.clone()), Some(errno));
             die(status, f, 125);
         }
+    }
+    if !cgroups.is_empty() {
         // A cgroup namespace rooted at the slot: the build sees `/`, not
         // which slot it got.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
@@ -162,7 +165,7 @@ fn own_descriptors(
     input: &mut HelperInput,
     status: &OwnedFd,
     lifeline: &OwnedFd,
-    cgroup: Option<&(std::fs::File, std::path::PathBuf)>,
+    cgroups: &[(&str, std::fs::File, std::path::PathBuf)],
 ) -> Result<(), SetupFailure> {
     use std::os::fd::AsRawFd;
     let step = "set up the command's standard descriptors";
@@ -175,9 +178,7 @@ fn own_descriptors(
             .map_err(|e| SetupFailure::new(step, "dup2", None, Some(e)))?;
     }
     let mut keep = vec![0, 1, 2, status.as_raw_fd(), lifeline.as_raw_fd()];
-    if let Some((file, _)) = cgroup {
-        keep.push(file.as_raw_fd());
-    }
+    keep.extend(cgroups.iter().map(|(_, file, _)| file.as_raw_fd()));
     sys::close_all_except(&keep)
         .map_err(|e| SetupFailure::new("close inherited descriptors", "close_range", None, Some(e)))
 }
@@ -334,6 +335,9 @@ fn prepare_command(spec: &SandboxSpec, exec: &Exec) -> Result<(), SetupFailure> 
     }
     if let Some(n) = limits.max_file_size {
         set("limit file size", Resource::RLIMIT_FSIZE, n)?;
+    }
+    if let Some(n) = limits.max_data {
+        set("limit memory (data segment)", Resource::RLIMIT_DATA, n)?;
     }
     set("disable core dumps", Resource::RLIMIT_CORE, 0)?;
 

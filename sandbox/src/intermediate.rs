@@ -133,29 +133,32 @@ pub(crate) fn start_init(input: HelperInput, status: &OwnedFd) -> Result<Started
     // taking the global threadgroup lock, which would cost an RCU grace
     // period (milliseconds) — moving a whole process through `cgroup.procs`
     // does. The file is opened now, from the host's view of /sys.
-    let cgroup_file = match &input.cgroup {
-        None => None,
-        Some(cg) => {
-            let tasks = cg.join("tasks");
-            let file = if tasks.exists() {
-                tasks
-            } else {
-                cg.join("cgroup.procs")
-            };
-            match std::fs::OpenOptions::new().write(true).open(&file) {
-                Ok(f) => Some((f, file)),
-                Err(e) => {
-                    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-                    return Err(fail(SetupFailure::new(
-                        "join the pids cgroup",
-                        "open",
-                        Some(file),
-                        Some(errno),
-                    )));
-                }
+    let mut cgroup_files = Vec::new();
+    let cgroups = [
+        ("join the pids cgroup", &input.cgroup),
+        ("join the memory cgroup", &input.memory_cgroup),
+    ];
+    for (step, cg) in cgroups {
+        let Some(cg) = cg else { continue };
+        let tasks = cg.join("tasks");
+        let file = if tasks.exists() {
+            tasks
+        } else {
+            cg.join("cgroup.procs")
+        };
+        match std::fs::OpenOptions::new().write(true).open(&file) {
+            Ok(f) => cgroup_files.push((step, f, file)),
+            Err(e) => {
+                let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+                return Err(fail(SetupFailure::new(
+                    step,
+                    "open",
+                    Some(file),
+                    Some(errno),
+                )));
             }
         }
-    };
+    }
     // Root's supplementary groups would show up inside as `nogroup`: init
     // starts without them. The caller gets its own back right after.
     let saved_groups = if nix::unistd::geteuid().is_root() {
@@ -192,7 +195,7 @@ pub(crate) fn start_init(input: HelperInput, status: &OwnedFd) -> Result<Started
                 send(status, &Message::Failed(f));
                 sys::exit_now(125);
             }
-            init::init_main(input, status, lifeline_r, cgroup_file)
+            init::init_main(input, status, lifeline_r, cgroup_files)
         }
         Ok(ForkResult::Parent { child }) => Ok(StartedInit {
             pid: child,

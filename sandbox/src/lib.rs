@@ -13,7 +13,7 @@
 //! | `init.rs` | init (pid 1) | maps the uid, joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
-//! | `cgroup.rs` | hermit | the per-sandbox pids cgroup, where allowed |
+//! | `cgroup.rs` | hermit | the per-sandbox pids and memory cgroups, where allowed |
 //! | [`probe`] | `hermit doctor` | can this machine run the sandbox, and the fix if not |
 //! | `sys.rs` | all | the only `unsafe`: raw system calls, each with a `// SAFETY:` line |
 //!
@@ -48,7 +48,10 @@ mod sys;
 
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
-pub use run::{run, run_with_helper, run_with_stdin, RunError, Stdin};
+pub use run::{
+    run, run_watched, run_with_helper, run_with_stdin, MemoryLimit, RunError, RunReport, Stdin,
+    Watch,
+};
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 
 /// The namespaces every sandbox gets, by name (for records).

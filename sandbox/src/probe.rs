@@ -139,6 +139,7 @@ pub fn checks() -> Vec<Check> {
     });
 
     out.push(cgroups());
+    out.push(memory_cgroups());
     let newuidmap = ["/usr/bin/newuidmap", "/bin/newuidmap"]
         .iter()
         .find(|p| Path::new(p).exists());
@@ -339,4 +340,18 @@ fn probe(name: &str) -> P {
         }
         _ => Err(("unknown probe", Errno::EINVAL)),
     }
+}
+
+/// Whether builds get a memory cgroup here, or RLIMIT_DATA per process.
+fn memory_cgroups() -> Check {
+    let detail = match crate::cgroup::create_memory(64 << 20, None) {
+        Ok(cg) => format!(
+            "cgroup v{}: each build's memory limit bounds the whole build",
+            cg.version()
+        ),
+        Err(why) => format!(
+            "{why}: each build's memory limit is RLIMIT_DATA per process (as root, or with the memory controller delegated, it bounds the whole build)"
+        ),
+    };
+    ok("cgroups (memory)", &detail)
 }

@@ -23,6 +23,10 @@ pub(crate) struct HelperInput {
     pub parent: i32,
     /// The pids cgroup to join, when the parent could create one.
     pub cgroup: Option<PathBuf>,
+    /// The memory cgroup to join, when the parent could create one (and it
+    /// is not the pids cgroup).
+    #[serde(default)]
+    pub memory_cgroup: Option<PathBuf>,
     /// Uid and gid outside (the caller's).
     pub outer_uid: u32,
     pub outer_gid: u32,

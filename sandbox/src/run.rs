@@ -73,13 +73,13 @@ pub fn run(spec: &SandboxSpec) -> Result<Outcome, RunError> {
 
 /// [`run`] with the command's standard input given.
 pub fn run_with_stdin(spec: &SandboxSpec, stdin: Stdin) -> Result<Outcome, RunError> {
-    run_inner(spec, Path::new("/proc/self/exe"), stdin)
+    run_inner(spec, Path::new("/proc/self/exe"), stdin, None).map(|r| r.outcome)
 }
 
 /// [`run`] with another executable as the helper (one whose `main` calls
 /// [`crate::enter_if_requested`]).
 pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, RunError> {
-    run_inner(spec, helper, Stdin::Null)
+    run_inner(spec, helper, Stdin::Null, None).map(|r| r.outcome)
 }
 
 /// One of hermit's terminals the command writes to through a pipe.
@@ -184,11 +184,71 @@ fn relay_once(relay: &mut Relay, chunk: &mut [u8]) -> bool {
     true
 }
 
-fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome, RunError> {
+/// How [`crate::Limits::max_memory`] was enforced in a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryLimit {
+    /// No memory limit was asked for.
+    None,
+    /// A memory cgroup of this version bounded the whole sandbox;
+    /// `oom_kills` processes were killed by the kernel for exceeding it.
+    Cgroup { version: u8, oom_kills: u64 },
+    /// No memory cgroup could be had: every process had RLIMIT_DATA of the
+    /// limit instead (a process over it sees allocations fail).
+    PerProcess,
+}
+
+/// A run's outcome, with what the limits did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunReport {
+    pub outcome: Outcome,
+    pub memory: MemoryLimit,
+    /// The caller's watch asked for the sandbox to be stopped; every
+    /// process in it was killed.
+    pub stopped: bool,
+}
+
+/// Something the caller checks while the sandbox runs: called every
+/// `every`; when `check` returns true, every process in the sandbox is
+/// killed and [`RunReport::stopped`] is set.
+pub struct Watch<'a> {
+    pub every: Duration,
+    pub check: &'a mut dyn FnMut() -> bool,
+}
+
+/// The earlier of two instants, either of which may be missing.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// [`run_with_helper`], with the caller's [`Watch`] and a full report; the
+/// command reads `/dev/null`.
+pub fn run_watched(
+    spec: &SandboxSpec,
+    helper: &Path,
+    watch: Option<Watch<'_>>,
+) -> Result<RunReport, RunError> {
+    run_inner(spec, helper, Stdin::Null, watch)
+}
+
+fn run_inner(
+    spec: &SandboxSpec,
+    helper: &Path,
+    stdin: Stdin,
+    mut watch: Option<Watch<'_>>,
+) -> Result<RunReport, RunError> {
     let ops = plan(spec)?;
-    let (spec, ops) = match resolve_sources(spec, ops) {
+    let (mut spec, ops) = match resolve_sources(spec, ops) {
         Ok(x) => x,
-        Err(f) => return Ok(Outcome::SetupFailed(f)),
+        Err(f) => {
+            return Ok(RunReport {
+                outcome: Outcome::SetupFailed(f),
+                memory: MemoryLimit::None,
+                stopped: false,
+            })
+        }
     };
     // RLIMIT_NPROC never binds host root (the kernel exempts uid 0 whatever
     // the namespace), nor is it per user namespace before Linux 5.14.
@@ -200,6 +260,16 @@ fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome,
         .max_processes
         .filter(|_| want_cgroup)
         .and_then(|n| cgroup::create(n.saturating_add(2)).ok());
+    // Memory: a cgroup for the whole sandbox where one can be had, else
+    // RLIMIT_DATA for every process.
+    let memory_cgroup = spec
+        .limits
+        .max_memory
+        .and_then(|m| cgroup::create_memory(m, cgroup.as_ref()).ok());
+    let max_memory = spec.limits.max_memory;
+    if memory_cgroup.is_none() {
+        spec.limits.max_data = max_memory.or(spec.limits.max_data);
+    }
 
     let (stdio, mut relays) = command_stdio(stdin)?;
     let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
@@ -209,6 +279,7 @@ fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome,
         ops,
         parent: std::process::id() as i32,
         cgroup: cgroup.as_ref().map(|c| c.path.clone()),
+        memory_cgroup: memory_cgroup.as_ref().and_then(|m| m.join.clone()),
         outer_uid: nix::unistd::geteuid().as_raw(),
         outer_gid: nix::unistd::getegid().as_raw(),
         stdio: None,
@@ -276,20 +347,27 @@ fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome,
     let mut buf = Vec::new();
     let mut messages = Vec::new();
     let mut timed_out = None;
+    let mut stopped = false;
     let mut killed_at: Option<Instant> = None;
+    let mut next_watch = watch.as_ref().map(|w| start + w.every);
     let mut chunk = [0u8; 4096];
     loop {
-        let wait = match (timed_out, deadline, killed_at) {
-            // After SIGTERM the helper kills init at once; give it 5 s
-            // before killing the helper itself.
-            (Some(_), _, Some(k)) => Some(Duration::from_secs(5).saturating_sub(k.elapsed())),
-            (None, Some((d, _)), _) => Some(d.saturating_duration_since(Instant::now())),
-            _ => None,
+        // After SIGTERM the helper kills init at once; give it 5 s before
+        // killing the helper itself. Before that: the deadline, the watch.
+        let wake = match killed_at {
+            Some(k) => Some(k + Duration::from_secs(5)),
+            None if timed_out.is_none() && !stopped => {
+                earliest(deadline.map(|(d, _)| d), next_watch)
+            }
+            None => None,
         };
-        let timeout = match wait {
+        let timeout = match wake {
             None => PollTimeout::NONE,
-            Some(w) => PollTimeout::try_from(w.as_millis().min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX),
+            Some(w) => {
+                let w = w.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(w.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
         };
         if !status_open && relays.is_empty() {
             break;
@@ -318,26 +396,41 @@ fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome,
             }
         }
         if ready == 0 {
-            match (timed_out, deadline) {
-                (None, Some((_, t))) => {
-                    timed_out = Some(t);
-                    if let Some(pid) = child {
-                        if direct {
-                            // init's death takes every process of its
-                            // namespace with it.
-                            let _ = kill(pid, Signal::SIGKILL);
-                        } else {
-                            // The helper kills init and then leaves.
-                            killed_at = Some(Instant::now());
-                            let _ = kill(pid, Signal::SIGTERM);
-                        }
-                    }
-                }
-                _ => {
+            let now = Instant::now();
+            if let Some(k) = killed_at {
+                if now >= k + Duration::from_secs(5) {
                     if let Some(pid) = child {
                         let _ = kill(pid, Signal::SIGKILL);
                     }
                     killed_at = None;
+                }
+                continue;
+            }
+            if timed_out.is_some() || stopped {
+                continue;
+            }
+            let timed = deadline.filter(|(d, _)| now >= *d).map(|(_, t)| t);
+            let watched = match (next_watch, watch.as_mut()) {
+                (Some(n), Some(w)) if timed.is_none() && now >= n => {
+                    next_watch = Some(now + w.every);
+                    (w.check)()
+                }
+                _ => false,
+            };
+            if timed.is_none() && !watched {
+                continue;
+            }
+            timed_out = timed;
+            stopped = watched;
+            if let Some(pid) = child {
+                if direct {
+                    // init's death takes every process of its namespace
+                    // with it.
+                    let _ = kill(pid, Signal::SIGKILL);
+                } else {
+                    // The helper kills init and then leaves.
+                    killed_at = Some(now);
+                    let _ = kill(pid, Signal::SIGTERM);
                 }
             }
             continue;
@@ -364,21 +457,40 @@ fn run_inner(spec: &SandboxSpec, helper: &Path, stdin: Stdin) -> Result<Outcome,
             }
         },
     };
+    let memory = match (&memory_cgroup, max_memory) {
+        (Some(m), _) => MemoryLimit::Cgroup {
+            version: m.version(),
+            oom_kills: m.oom_kills(),
+        },
+        (None, Some(_)) => MemoryLimit::PerProcess,
+        (None, None) => MemoryLimit::None,
+    };
+    drop(memory_cgroup);
     drop(cgroup);
+    let report = |outcome| RunReport {
+        outcome,
+        memory,
+        stopped,
+    };
 
     if let Some(t) = timed_out {
-        return Ok(Outcome::TimedOut(t));
+        return Ok(report(Outcome::TimedOut(t)));
     }
     let mut end = None;
     for m in messages {
         match m {
-            Message::Failed(f) => return Ok(Outcome::SetupFailed(f)),
+            Message::Failed(f) => return Ok(report(Outcome::SetupFailed(f))),
             Message::Exited(c) => end = Some(Outcome::Exited(c)),
             Message::Signaled(s) => end = Some(Outcome::Signaled(s)),
             Message::Ready => {}
         }
     }
-    end.ok_or_else(|| RunError::NoReport(format!("{status:?}")))
+    if stopped {
+        // The helper killed init without a word: the command was killed.
+        return Ok(report(end.unwrap_or(Outcome::Signaled(libc::SIGKILL))));
+    }
+    end.map(report)
+        .ok_or_else(|| RunError::NoReport(format!("{status:?}")))
 }
 
 /// Makes every host path absolute and free of symlinks (the sandbox reaches

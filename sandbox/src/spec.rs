@@ -96,6 +96,17 @@ pub struct Limits {
     /// RLIMIT_NPROC counts all of the caller's processes.
     #[serde(default)]
     pub pids_cgroup: bool,
+    /// Memory of the whole sandbox, in bytes: a memory cgroup (v1
+    /// `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes`, v2
+    /// `memory.max` and `memory.swap.max`) where hermit can create one;
+    /// otherwise RLIMIT_DATA of this size for every process (see
+    /// [`crate::RunReport::memory`]).
+    #[serde(default)]
+    pub max_memory: Option<u64>,
+    /// RLIMIT_DATA of every process. Set by the sandbox itself when
+    /// `max_memory` cannot have a cgroup.
+    #[serde(default)]
+    pub max_data: Option<u64>,
 }
 
 impl Default for Limits {
@@ -105,6 +116,8 @@ impl Default for Limits {
             max_open_files: Some(DEFAULT_MAX_OPEN_FILES),
             max_file_size: None,
             pids_cgroup: false,
+            max_memory: None,
+            max_data: None,
         }
     }
 }

@@ -28,7 +28,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -756,17 +755,31 @@ fn copy_file(
     want: &Want,
     path: &Path,
 ) -> Result<u64, TryError> {
-    let mut f = match File::open(path) {
+    // O_NONBLOCK: opening a fifo must not wait for a writer.
+    let opened = std::os::unix::fs::OpenOptionsExt::custom_flags(
+        std::fs::OpenOptions::new().read(true),
+        libc::O_NONBLOCK | libc::O_CLOEXEC,
+    )
+    .open(path);
+    let f = match opened {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(TryError::Permanent("not found".to_string()))
         }
         Err(e) => return Err(TryError::Permanent(format!("cannot open: {e}"))),
     };
-    let len = f
+    let meta = f
         .metadata()
-        .map_err(|e| TryError::Permanent(format!("cannot stat: {e}")))?
-        .len();
+        .map_err(|e| TryError::Permanent(format!("cannot stat: {e}")))?;
+    // A mirror entry that is a device or fifo (a symlink to /dev/zero, say)
+    // would never end: only regular files are read, and never past their size.
+    if !meta.is_file() {
+        return Err(TryError::Permanent(
+            "not a regular file; nothing was stored".to_string(),
+        ));
+    }
+    let len = meta.len();
+    let mut f = f.take(len + 1);
     if let Some(size) = want.size {
         if len != size {
             return Err(TryError::Permanent(format!(

@@ -34,6 +34,9 @@ use crate::store::{Store, StoreError};
 /// Largest JSON document (index, manifest, config) hermit will read.
 const MAX_JSON: u64 = 16 << 20;
 
+/// Largest token-service answer hermit will read (tokens are a few KiB).
+const MAX_TOKEN: u64 = 1 << 20;
+
 /// Media type strings hermit accepts for manifests and indexes.
 const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -54,8 +57,16 @@ pub enum OciError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("{what} is larger than {MAX_JSON} bytes; refusing to read it")]
-    TooLarge { what: String },
+    #[error("{what} is larger than {limit} bytes; refusing to read it")]
+    TooLarge { what: String, limit: u64 },
+    #[error("{url}: the server announces {announced} bytes, more than the {limit} bytes hermit reads for it; refusing to read it")]
+    AnnouncedTooLarge {
+        url: String,
+        announced: u64,
+        limit: u64,
+    },
+    #[error("{path}: is a {kind}; the files of an image layout must be regular files (replace it with the file itself)", path = path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
     #[error("{what}: blob {digest} is missing from the image")]
     MissingBlob { what: String, digest: String },
     #[error("{what}: unsupported digest {digest:?} (only sha256 is supported)")]
@@ -238,8 +249,15 @@ trait Source {
     fn name(&self) -> String;
     /// A small file by its path inside the layout (index.json, manifest.json).
     fn small(&mut self, path: &str) -> Result<Option<Vec<u8>>, OciError>;
-    /// Makes sure the blob at `path` is in the store with digest `expected`.
-    fn blob(&mut self, store: &Store, path: &str, expected: &Digest) -> Result<(), OciError>;
+    /// Makes sure the blob at `path` is in the store with digest `expected`
+    /// (and `size` bytes, as its descriptor says, when given).
+    fn blob(
+        &mut self,
+        store: &Store,
+        path: &str,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<(), OciError>;
     /// The digest of the file at `path` (docker archives name layers by path).
     fn digest_of(&mut self, store: &Store, path: &str) -> Result<Digest, OciError>;
 }
@@ -255,32 +273,50 @@ impl Source for DirSource {
     }
     fn small(&mut self, path: &str) -> Result<Option<Vec<u8>>, OciError> {
         let p = self.root.join(safe_rel(&self.name(), path)?);
-        match File::open(&p) {
-            Ok(f) => read_capped(f, &p.display().to_string()).map(Some),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&p)(e)),
+        match open_regular(&p)? {
+            Some((f, _)) => read_capped(f, &p.display().to_string()).map(Some),
+            None => Ok(None),
         }
     }
-    fn blob(&mut self, store: &Store, path: &str, expected: &Digest) -> Result<(), OciError> {
+    fn blob(
+        &mut self,
+        store: &Store,
+        path: &str,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<(), OciError> {
         if store.blob(expected).is_some() {
             return Ok(());
         }
         let p = self.root.join(safe_rel(&self.name(), path)?);
-        let mut f = File::open(&p).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => OciError::MissingBlob {
-                what: self.name(),
-                digest: expected.to_string(),
-            },
-            _ => io_err(&p)(e),
+        let what = p.display().to_string();
+        let (f, len) = open_regular(&p)?.ok_or_else(|| OciError::MissingBlob {
+            what: self.name(),
+            digest: expected.to_string(),
         })?;
+        // Checked before a byte is copied, and again while copying: the copy
+        // stops one byte past the size, whatever the file does meanwhile.
+        let size = size.unwrap_or(len);
+        if len != size {
+            return Err(StoreError::SizeMismatch {
+                what: format!("{what} (its descriptor says {size} bytes)"),
+                expected: size,
+                actual: len,
+            }
+            .into());
+        }
         let _lock = store.lock(expected)?;
-        store.add_reader(&mut f, &p.display().to_string(), Some(expected), None)?;
+        store.add_reader(&mut f.take(size + 1), &what, Some(expected), Some(size))?;
         Ok(())
     }
     fn digest_of(&mut self, store: &Store, path: &str) -> Result<Digest, OciError> {
         let p = self.root.join(safe_rel(&self.name(), path)?);
-        let mut f = File::open(&p).map_err(io_err(&p))?;
-        Ok(store.add_reader(&mut f, &p.display().to_string(), None, None)?)
+        let what = p.display().to_string();
+        let (f, len) = open_regular(&p)?.ok_or_else(|| OciError::MissingBlob {
+            what: self.name(),
+            digest: path.to_string(),
+        })?;
+        Ok(store.add_reader(&mut f.take(len + 1), &what, None, Some(len))?)
     }
 }
 
@@ -333,15 +369,34 @@ impl Source for TarSource {
         }
         Ok(None)
     }
-    fn blob(&mut self, store: &Store, path: &str, expected: &Digest) -> Result<(), OciError> {
+    fn blob(
+        &mut self,
+        store: &Store,
+        path: &str,
+        expected: &Digest,
+        size: Option<u64>,
+    ) -> Result<(), OciError> {
         let p = normalise(&self.name(), path)?;
         if let Some(bytes) = self.small.get(&p) {
-            let d = store.add_reader(&mut &bytes[..], &p, Some(expected), None)?;
+            let d = store.add_reader(&mut &bytes[..], &p, Some(expected), size)?;
             self.files.insert(p, d);
             return Ok(());
         }
         match self.files.get(&p) {
-            Some(d) if d == expected => Ok(()),
+            Some(d) if d == expected => {
+                let Some(size) = size else { return Ok(()) };
+                let blob = store.blob_path(d);
+                let len = fs::metadata(&blob).map_err(io_err(&blob))?.len();
+                if len != size {
+                    return Err(StoreError::SizeMismatch {
+                        what: format!("{}:{p} (its descriptor says {size} bytes)", self.name()),
+                        expected: size,
+                        actual: len,
+                    }
+                    .into());
+                }
+                Ok(())
+            }
             Some(d) => Err(StoreError::Mismatch {
                 what: format!("{}:{p}", self.name()),
                 expected: *expected,
@@ -377,9 +432,56 @@ fn read_capped(r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
     if buf.len() as u64 > MAX_JSON {
         return Err(OciError::TooLarge {
             what: what.to_string(),
+            limit: MAX_JSON,
         });
     }
     Ok(buf)
+}
+
+/// Opens a file of an image layout for reading without following a symlink
+/// (`O_NOFOLLOW`) and without blocking on a fifo (`O_NONBLOCK`), and makes
+/// sure it is a regular file; returns it with its size, or `None` when it
+/// does not exist. A symlink to `/dev/zero` or a fifo in a layout is refused
+/// with its path before a byte is read.
+fn open_regular(p: &Path) -> Result<Option<(File, u64)>, OciError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(p);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(OciError::NotRegular {
+                path: p.to_path_buf(),
+                kind: "symbolic link",
+            })
+        }
+        Err(e) => return Err(io_err(p)(e)),
+    };
+    let meta = f.metadata().map_err(io_err(p))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let kind = if ft.is_fifo() {
+            "fifo"
+        } else if ft.is_char_device() {
+            "character device"
+        } else if ft.is_block_device() {
+            "block device"
+        } else if ft.is_socket() {
+            "socket"
+        } else if ft.is_dir() {
+            "directory"
+        } else {
+            "special file"
+        };
+        return Err(OciError::NotRegular {
+            path: p.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(Some((f, meta.len())))
 }
 
 /// A relative path inside an archive, without `.` components; refuses
@@ -448,23 +550,28 @@ fn import_oci(
     // descriptors (and nested indexes) down to this platform's manifest.
     let mut via_index = None;
     let mut descs = index.manifests().clone();
-    let manifest_digest = loop {
+    let (manifest_digest, manifest_size) = loop {
         let chosen = choose_manifest(&what, &descs, pin)?;
         let d = parse_digest(&what, chosen.digest().as_ref())?;
         let is_index = chosen.media_type().to_string().contains("index")
             || chosen.media_type().to_string().contains("manifest.list");
         if !is_index {
-            break d;
+            break (d, chosen.size());
         }
-        src.blob(store, &blob_rel(&d), &d)?;
+        src.blob(store, &blob_rel(&d), &d, Some(chosen.size()))?;
         let bytes = read_blob(store, &d)?;
         let nested: ImageIndex = parse_json(&format!("{source}: {d}"), "OCI image index", &bytes)?;
         via_index = Some(d);
         descs = nested.manifests().clone();
     };
-    src.blob(store, &blob_rel(&manifest_digest), &manifest_digest)?;
-    let image = finish_manifest(store, source, via_index, manifest_digest, &mut |d| {
-        src.blob(store, &blob_rel(d), d)
+    src.blob(
+        store,
+        &blob_rel(&manifest_digest),
+        &manifest_digest,
+        Some(manifest_size),
+    )?;
+    let image = finish_manifest(store, source, via_index, manifest_digest, &mut |d, size| {
+        src.blob(store, &blob_rel(d), d, Some(size))
     })?;
     check_pin(source, pin, &image, false)?;
     Ok(image)
@@ -523,7 +630,7 @@ fn finish_manifest(
     source: &str,
     index: Option<Digest>,
     manifest_digest: Digest,
-    ensure: &mut dyn FnMut(&Digest) -> Result<(), OciError>,
+    ensure: &mut dyn FnMut(&Digest, u64) -> Result<(), OciError>,
 ) -> Result<Image, OciError> {
     let what = format!("{source}: manifest {manifest_digest}");
     let manifest: ImageManifest = parse_json(
@@ -532,7 +639,7 @@ fn finish_manifest(
         &read_blob(store, &manifest_digest)?,
     )?;
     let config = parse_digest(&what, manifest.config().digest().as_ref())?;
-    ensure(&config)?;
+    ensure(&config, manifest.config().size())?;
     let config_json: ImageConfiguration = parse_json(
         &format!("{source}: config {config}"),
         "OCI image config",
@@ -541,7 +648,7 @@ fn finish_manifest(
     let mut layers = Vec::new();
     for l in manifest.layers() {
         let d = parse_digest(&what, l.digest().as_ref())?;
-        ensure(&d)?;
+        ensure(&d, l.size())?;
         layers.push(Layer {
             digest: d,
             media_type: l.media_type().to_string(),
@@ -778,7 +885,7 @@ pub fn load_from_store(
         source,
         index,
         *manifest,
-        &mut |d| match store.blob(d) {
+        &mut |d, _| match store.blob(d) {
             Some(_) => Ok(()),
             None => Err(OciError::MissingBlob {
                 what: source.to_string(),
@@ -790,13 +897,17 @@ pub fn load_from_store(
     Ok(image)
 }
 
-/// The digests of the config and layers a manifest in the store names.
-pub fn manifest_blobs(store: &Store, manifest: &Digest) -> Result<Vec<Digest>, OciError> {
+/// The digests and sizes of the config and layers a manifest in the store
+/// names (a fetch of each stops at its size).
+pub fn manifest_blobs(store: &Store, manifest: &Digest) -> Result<Vec<(Digest, u64)>, OciError> {
     let what = format!("manifest {manifest}");
     let m: ImageManifest = parse_json(&what, "OCI image manifest", &read_blob(store, manifest)?)?;
-    let mut out = vec![parse_digest(&what, m.config().digest().as_ref())?];
+    let mut out = vec![(
+        parse_digest(&what, m.config().digest().as_ref())?,
+        m.config().size(),
+    )];
     for l in m.layers() {
-        out.push(parse_digest(&what, l.digest().as_ref())?);
+        out.push((parse_digest(&what, l.digest().as_ref())?, l.size()));
     }
     Ok(out)
 }
@@ -1012,11 +1123,14 @@ pub async fn pull(
         "OCI image manifest",
         &read_blob(store, &manifest_digest)?,
     )?;
-    let mut wanted = vec![parse_digest(&source, manifest.config().digest().as_ref())?];
+    let mut wanted = vec![(
+        parse_digest(&source, manifest.config().digest().as_ref())?,
+        manifest.config().size(),
+    )];
     for l in manifest.layers() {
-        wanted.push(parse_digest(&source, l.digest().as_ref())?);
+        wanted.push((parse_digest(&source, l.digest().as_ref())?, l.size()));
     }
-    for d in &wanted {
+    for (d, size) in &wanted {
         if store.blob(d).is_some() {
             continue;
         }
@@ -1025,7 +1139,7 @@ pub async fn pull(
             continue;
         }
         session
-            .get_blob(store, &format!("{base}/blobs/{d}"), d)
+            .get_blob(store, &format!("{base}/blobs/{d}"), d, *size)
             .await?;
     }
     let image = finish_manifest(
@@ -1033,7 +1147,7 @@ pub async fn pull(
         &source,
         index,
         manifest_digest,
-        &mut |d| match store.blob(d) {
+        &mut |d, _| match store.blob(d) {
             Some(_) => Ok(()),
             None => Err(OciError::MissingBlob {
                 what: source.clone(),
@@ -1146,10 +1260,7 @@ impl RegistrySession {
             token: Option<String>,
             access_token: Option<String>,
         }
-        let bytes = resp.bytes().await.map_err(|e| OciError::Http {
-            url: realm.clone(),
-            source: e,
-        })?;
+        let bytes = read_body(resp, &realm, MAX_TOKEN).await?;
         let t: Token = parse_json(&realm, "token response", &bytes)?;
         t.token
             .or(t.access_token)
@@ -1167,15 +1278,7 @@ impl RegistrySession {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let bytes = resp.bytes().await.map_err(|e| OciError::Http {
-            url: url.to_string(),
-            source: e,
-        })?;
-        if bytes.len() as u64 > MAX_JSON {
-            return Err(OciError::TooLarge {
-                what: url.to_string(),
-            });
-        }
+        let bytes = read_body(resp, url, MAX_JSON).await?;
         // Some registries answer with a generic content type; look inside.
         let media_type = if media_type.contains("json") && !media_type.contains("vnd.") {
             serde_json::from_slice::<serde_json::Value>(&bytes)
@@ -1189,28 +1292,86 @@ impl RegistrySession {
         } else {
             media_type
         };
-        Ok((bytes.to_vec(), media_type))
+        Ok((bytes, media_type))
     }
 
+    /// Streams a blob into the store: refused at once when the server
+    /// announces another size than the descriptor's, cut off as soon as it
+    /// sends more, committed only with the right size and digest.
     async fn get_blob(
         &mut self,
         store: &Store,
         url: &str,
         expected: &Digest,
+        size: u64,
     ) -> Result<(), OciError> {
         use std::io::Write;
         let mut resp = self.send(url, None).await?;
+        if let Some(announced) = resp.content_length() {
+            if announced != size {
+                return Err(OciError::Registry {
+                    url: url.to_string(),
+                    message: format!(
+                        "the registry announces {announced} bytes but the manifest says {size}; nothing was stored"
+                    ),
+                });
+            }
+        }
         let mut w = store.blob_writer()?;
         while let Some(chunk) = resp.chunk().await.map_err(|e| OciError::Http {
             url: url.to_string(),
             source: e,
         })? {
+            if w.size() + chunk.len() as u64 > size {
+                return Err(StoreError::SizeMismatch {
+                    what: format!(
+                        "{url} (the manifest says {size} bytes; the registry sent more, cut off)"
+                    ),
+                    expected: size,
+                    actual: w.size() + chunk.len() as u64,
+                }
+                .into());
+            }
             w.write_all(&chunk)
                 .map_err(StoreError::io("writing blob from", url))?;
         }
-        w.commit(url, Some(expected), None)?;
+        w.commit(url, Some(expected), Some(size))?;
         Ok(())
     }
+}
+
+/// Reads a whole answer of at most `limit` bytes: refused at once when its
+/// `Content-Length` says more, and cut off one chunk past the limit whatever
+/// the server sends (chunked, or with a lying length), so hermit never holds
+/// more than the limit plus one chunk.
+async fn read_body(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, OciError> {
+    if let Some(announced) = resp.content_length() {
+        if announced > limit {
+            return Err(OciError::AnnouncedTooLarge {
+                url: url.to_string(),
+                announced,
+                limit,
+            });
+        }
+    }
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| OciError::Http {
+        url: url.to_string(),
+        source: e,
+    })? {
+        if buf.len() as u64 + chunk.len() as u64 > limit {
+            return Err(OciError::TooLarge {
+                what: url.to_string(),
+                limit,
+            });
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
 }
 
 /// Parses `Bearer realm="…",service="…",scope="…"`.

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod bounds;
 mod build;
 mod common;
 mod debian;
@@ -10,6 +11,7 @@ mod fetch;
 mod fixtures;
 mod http_server;
 mod image;
+mod limits;
 mod output;
 mod record_trust;
 mod rootless;

@@ -17,7 +17,7 @@ pub struct ProvenanceArgs {
 
 pub fn run(args: ProvenanceArgs) -> anyhow::Result<ExitCode> {
     let path = &args.record;
-    let text = std::fs::read_to_string(path)
+    let text = crate::limits::read_text(path, crate::limits::MAX_RECORD)
         .with_context(|| format!("reading record {}", path.display()))?;
     let record = Record::parse(&text, &path.display().to_string())?;
     let statement = provenance::statement(&record);
