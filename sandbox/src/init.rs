@@ -95,16 +95,19 @@ pub(crate) fn init_main(
     // Checked once; from here on PR_SET_PDEATHSIG does the job.
     drop(lifeline);
 
-    for (step, file, path) in &cgroups {
+    let in_cgroups = !cgroups.is_empty();
+    // Each file is closed once init has joined its cgroup: the build never
+    // sees it among init's descriptors.
+    for (step, file, path) in cgroups {
         use std::io::Write;
-        let mut file: &std::fs::File = file;
+        let mut file: &std::fs::File = &file;
         if let Err(e) = file.write_all(b"0") {
             let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            let f = SetupFailure::new(*step, "write", Some(path.clone()), Some(errno));
+            let f = SetupFailure::new(step, "write", Some(path.clone()), Some(errno));
             die(status, f, 125);
         }
     }
-    if !cgroups.is_empty() {
+    if in_cgroups {
         // A cgroup namespace rooted at the slot: the build sees `/`, not
         // which slot it got.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP) {
