@@ -47,7 +47,7 @@ use crate::record::{
     self, Environment, ImageRecord, Informational, LogRecord, ProfileRecord, Record, RecordParts,
     SourceRecord, UnpackRecord,
 };
-use crate::spec::{SourceKind, Spec, Toolchain};
+use crate::spec::{Source, SourceKind, Spec, Toolchain};
 
 /// Everything a build depends on, resolved.
 pub struct Plan {
@@ -260,7 +260,7 @@ fn plan_from_spec(
                 include,
                 exclude,
             } => {
-                let root = spec_dir.join(path);
+                let root = local_source_root(&spec, s, &spec_dir)?;
                 let tree = local_tree_blob(store, &root, include, exclude, sde)
                     .with_context(|| format!("source {:?}: hashing {}", s.name, root.display()))?;
                 let rec = SourceRecord::Local {
@@ -550,6 +550,58 @@ fn source_path(store: &Store, rec: &SourceRecord) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The directory a local source is read from: the spec's directory joined
+/// with its `path`, every symlink resolved. It must lie inside the project —
+/// the spec's directory and below — so a `path` that is (or passes through)
+/// a symlink leading elsewhere is refused, naming the spec's line.
+fn local_source_root(spec: &Spec, source: &Source, spec_dir: &Path) -> anyhow::Result<PathBuf> {
+    let SourceKind::Local { path, .. } = &source.kind else {
+        bail!("internal error: source {:?} is not local", source.name);
+    };
+    let project = fs::canonicalize(spec_dir)
+        .with_context(|| format!("resolving the spec's directory {}", spec_dir.display()))?;
+    let given = spec_dir.join(path);
+    let user_error = |message: String, help: &str| -> anyhow::Error {
+        Exit::user(
+            spec.error_at(source.at, message, Some(help.to_string()))
+                .to_string(),
+        )
+        .into()
+    };
+    let real = fs::canonicalize(&given).map_err(|e| {
+        user_error(
+            format!(
+                "local source {:?}: cannot read {}: {e}",
+                source.name,
+                given.display()
+            ),
+            "create the directory, or correct `path` (relative to the spec's directory)",
+        )
+    })?;
+    if !real.starts_with(&project) {
+        return Err(user_error(
+            format!(
+                "local source {:?}: path {path:?} leads to {}, outside the project {} (through a symlink)",
+                source.name,
+                real.display(),
+                project.display()
+            ),
+            "hermit reads local sources only from the spec's directory and below; replace the symlink with the files themselves",
+        ));
+    }
+    if !real.is_dir() {
+        return Err(user_error(
+            format!(
+                "local source {:?}: {} is not a directory",
+                source.name,
+                given.display()
+            ),
+            "point `path` at a directory (e.g. \".\" for the spec's own)",
+        ));
+    }
+    Ok(real)
+}
+
 /// Names always left out of a local source unless `include` names them.
 const DEFAULT_EXCLUDES: &[&str] = &[".git", "result", "hermit.lock"];
 
@@ -630,14 +682,72 @@ fn copy_selected(
             if t.is_symlink() {
                 let target = fs::read_link(e.path())
                     .with_context(|| format!("reading link {}", e.path().display()))?;
+                check_local_symlink(&path, &target)?;
                 std::os::unix::fs::symlink(&target, &to)
                     .with_context(|| format!("creating {}", to.display()))?;
             } else {
-                fs::copy(e.path(), &to)
-                    .with_context(|| format!("copying {}", e.path().display()))?;
+                copy_no_follow(&e.path(), &to)?;
             }
         }
     }
+    Ok(())
+}
+
+/// A symlink in a local source is kept as a symlink, never followed; one
+/// whose target is absolute or climbs above the source's root is refused
+/// here by name (the build would see it point into its own root filesystem).
+/// Chains through the tree's own symlinks are checked when it is serialised.
+fn check_local_symlink(rel: &str, target: &Path) -> anyhow::Result<()> {
+    let t = target.to_string_lossy();
+    let mut depth = rel.matches('/').count() as i64;
+    let mut outside = t.starts_with('/');
+    for c in t.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            outside = true;
+        }
+    }
+    if outside {
+        return Err(Exit::user(format!(
+            "{rel} is a symlink to {t}, which leads outside the source's directory; \
+             hermit keeps symlinks as they are and never follows them, so the build could not see those files; \
+             replace it with the files themselves, or leave it out with `exclude = [\"{rel}\"]`"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Copies a regular file, refusing to follow a symlink put in its place
+/// after the directory was listed.
+fn copy_no_follow(from: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut src = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
+        .with_context(|| format!("opening {}", from.display()))?;
+    let meta = src
+        .metadata()
+        .with_context(|| format!("reading {}", from.display()))?;
+    if !meta.is_file() {
+        return Err(Exit::user(format!(
+            "{} is not a regular file; local sources hold files, directories and symlinks only",
+            from.display()
+        ))
+        .into());
+    }
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(meta.permissions().mode() & 0o777)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {}", from.display()))?;
     Ok(())
 }
 
@@ -1079,12 +1189,10 @@ pub fn mirror_blobs_for_spec(store: &Store, spec_path: &Path) -> anyhow::Result<
     let profile = Profile::default_profile()?;
     for s in &spec.sources {
         if let SourceKind::Local {
-            path,
-            include,
-            exclude,
+            include, exclude, ..
         } = &s.kind
         {
-            let root = dir.join(path);
+            let root = local_source_root(&spec, s, dir)?;
             let digest = local_tree_blob(
                 store,
                 &root,

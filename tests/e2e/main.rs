@@ -14,3 +14,4 @@ mod output;
 mod sandbox;
 mod sandbox_escape;
 mod store;
+mod verify;
