@@ -123,19 +123,40 @@ pub fn build(spec_path: &Path, net: &NetArgs, opts: &BuildOptions) -> anyhow::Re
     let key = plan.build_key()?;
     let dir = outputs_dir(&store).join(key.hex());
     let record_path = dir.join("record.json");
-    if record_path.is_file() {
-        let text = fs::read_to_string(&record_path)
-            .with_context(|| format!("reading {}", record_path.display()))?;
-        let record = Record::parse(&text, &record_path.display().to_string())?;
-        return Ok(Built {
-            output: dir.join("out"),
-            record_path,
-            record,
-            cached: true,
-        });
+    let stored = fs::symlink_metadata(&dir).is_ok();
+    if stored {
+        // Served only after it is checked against its record.
+        match crate::integrity::check_output(&dir) {
+            Ok(record) => {
+                return Ok(Built {
+                    output: dir.join("out"),
+                    record_path,
+                    record,
+                    cached: true,
+                })
+            }
+            Err(why) => eprintln!(
+                "hermit: the stored output of build key {key} is corrupt: {why}; rebuilding"
+            ),
+        }
     }
     let staged = execute(&store, &plan, key, opts)?;
+    if stored && fs::symlink_metadata(&dir).is_ok() {
+        return replace_corrupt(&store, staged, key);
+    }
     install(&store, staged, key)
+}
+
+/// Installs a fresh build in place of a corrupt stored output of `key`.
+fn replace_corrupt(store: &Store, staged: Staged, key: Digest) -> anyhow::Result<Built> {
+    let dest = outputs_dir(store).join(key.hex());
+    crate::integrity::replace_output(store, &staged.dir, &dest)?;
+    Ok(Built {
+        output: dest.join("out"),
+        record_path: dest.join("record.json"),
+        record: staged.record,
+        cached: false,
+    })
 }
 
 /// A finished build waiting to be installed or compared.

@@ -25,6 +25,7 @@ mod cmd;
 mod config;
 mod debian;
 mod exit;
+mod integrity;
 mod lock;
 mod output;
 mod provenance;

@@ -234,17 +234,29 @@ fn cache_hit_rebuilds_a_tampered_output(who: As) {
         assert_eq!(v3["cached"], true, "{what}");
     }
 
-    // A record moved under another build key is not served either.
+    // Another build's record moved under this build key is not served either.
+    let spec2 = project(who, &s.path().join("q"), "src", "echo other > $out/other");
+    let v2 = build(who, &home, &spec2);
     let rec = PathBuf::from(v["record"].as_str().unwrap());
     let text = fs::read_to_string(&rec).unwrap();
     unseal(rec.parent().unwrap());
-    fs::set_permissions(&rec, fs::Permissions::from_mode(0o644)).unwrap();
-    let other = text.replace("\"name\": \"demo\"", "\"name\": \"demo2\"");
-    fs::write(&rec, other).unwrap();
+    let _ = fs::set_permissions(&rec, fs::Permissions::from_mode(0o644));
+    fs::remove_file(&rec).unwrap();
+    fs::copy(v2["record"].as_str().unwrap(), &rec).unwrap();
     let o = hermit(who, &home, &["build", spec.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", both(&o));
-    assert!(stderr(&o).contains("is corrupt"), "{}", both(&o));
-    assert_eq!(fs::read_to_string(&rec).unwrap(), text);
+    assert!(
+        stderr(&o).contains(&format!(
+            "is corrupt: its record is the record of build key {}",
+            v2["build_key"].as_str().unwrap()
+        )),
+        "{}",
+        both(&o)
+    );
+    let now: serde_json::Value = serde_json::from_str(&fs::read_to_string(&rec).unwrap()).unwrap();
+    let before: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(now["build_key"], before["build_key"]);
+    assert_eq!(now["output"], before["output"]);
 }
 
 fn verify_names_tampered_outputs_and_rootfs_and_repairs_them(who: As) {
