@@ -807,6 +807,26 @@ fn component_match(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// The toolchain's root filesystem, checked before use: a tampered one is
+/// named and extracted again, never used (see `hermit_store::integrity`).
+fn checked_rootfs(store: &Store, image: &Image, quiet: bool) -> anyhow::Result<PathBuf> {
+    use hermit_store::integrity::Replaced;
+    let (rootfs, replaced) = hermit_store::integrity::checked_rootfs(store, image)
+        .context("unpacking the toolchain image")?;
+    match replaced {
+        Some(Replaced::Corrupt(why)) => eprintln!(
+            "hermit: the toolchain root filesystem {} is corrupt: {why}; unpacking it again",
+            rootfs.display()
+        ),
+        Some(Replaced::Unrecorded) if !quiet => eprintln!(
+            "hermit: the toolchain root filesystem {} was made by an older hermit and cannot be checked; unpacking it again",
+            rootfs.display()
+        ),
+        _ => {}
+    }
+    Ok(rootfs)
+}
+
 /// Runs the plan in the sandbox and stages the normalised output with its
 /// record (not yet installed).
 pub fn execute(
@@ -817,7 +837,7 @@ pub fn execute(
 ) -> anyhow::Result<Staged> {
     let started = SystemTime::now();
     let t0 = Instant::now();
-    let rootfs = oci::rootfs(store, &plan.image).context("unpacking the toolchain image")?;
+    let rootfs = checked_rootfs(store, &plan.image, opts.quiet)?;
     let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
     let build_dir = staging.join("build");
     let out_dir = staging.join("out");

@@ -173,6 +173,10 @@ pub enum EntryKind {
     Tree,
     Unpacked,
     Output,
+    /// An image's root filesystem, `rootfs/<manifest-hex>/`.
+    Rootfs,
+    /// An image record, `images/<manifest-hex>.json`.
+    Image,
 }
 
 impl EntryKind {
@@ -182,6 +186,8 @@ impl EntryKind {
             EntryKind::Tree => "tree",
             EntryKind::Unpacked => "unpacked tree",
             EntryKind::Output => "output",
+            EntryKind::Rootfs => "rootfs",
+            EntryKind::Image => "image record",
         }
     }
 }
