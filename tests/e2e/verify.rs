@@ -178,6 +178,28 @@ fn rebuild_reads_local_sources_from_the_store_only(who: As) {
         "{}",
         both(&o)
     );
+    // A record whose local source path leads out of its project (the path
+    // is not part of the build key) is refused, not rebuilt.
+    let text = fs::read_to_string(v["record"].as_str().unwrap()).unwrap();
+    assert!(text.contains("\"path\": \"src\""), "{text}");
+    let edited = s.path().join("edited.json");
+    fs::write(
+        &edited,
+        text.replace(
+            "\"path\": \"src\"",
+            &format!("\"path\": {:?}", decoy.display().to_string()),
+        ),
+    )
+    .unwrap();
+    chown(&edited, who.uid(), who.gid());
+    let o = hermit(who, &home, &["rebuild", edited.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(
+        stderr(&o).contains("local source \"src\" has the path")
+            && stderr(&o).contains("leaves the spec's project"),
+        "{}",
+        both(&o)
+    );
 }
 
 fn cache_hit_rebuilds_a_tampered_output(who: As) {
