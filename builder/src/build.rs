@@ -635,13 +635,30 @@ pub fn local_tree_blob(
     exclude: &[String],
     sde: u64,
 ) -> anyhow::Result<Digest> {
-    if !root.is_dir() {
-        return Err(Exit::user(format!("{} is not a directory", root.display())).into());
+    // Opened once, without following a symlink in its place; everything
+    // below is reached through this descriptor (see `copy_selected`).
+    let dir = open_dir_no_follow(root).map_err(|e| {
+        Exit::user(format!(
+            "{} cannot be read as a directory: {e}",
+            root.display()
+        ))
+    })?;
+    // `root` was resolved and checked to lie in the project; what was
+    // opened must still be that directory.
+    let opened =
+        fs::read_link(fd_path(&dir)).with_context(|| format!("resolving {}", root.display()))?;
+    if root.is_absolute() && opened != root {
+        return Err(Exit::user(format!(
+            "{} changed while hermit read it (it now leads to {}); build again",
+            root.display(),
+            opened.display()
+        ))
+        .into());
     }
     let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
     let copy = staging.join("tree");
     fs::create_dir(&copy).with_context(|| format!("creating {}", copy.display()))?;
-    copy_selected(root, &copy, "", include, exclude)?;
+    copy_selected(&dir, root, &copy, "", include, exclude)?;
     let mut writer = store.blob_writer()?;
     output::normalize(&copy, &output::Options::new(sde), Some(&mut writer))
         .with_context(|| format!("serialising {}", root.display()))?;
@@ -651,31 +668,55 @@ pub fn local_tree_blob(
     Ok(digest)
 }
 
+/// Opens a directory, refusing a symlink in its place.
+fn open_dir_no_follow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// The `/proc/self/fd/N` path of an open directory: names below it are
+/// looked up in that very directory, whatever happens to its path.
+fn fd_path(dir: &fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// Copies the selected entries of the open directory `src` (shown as
+/// `shown` in messages) into `dst`. Directories and files are opened
+/// through their parent's descriptor without following symlinks, so an
+/// entry swapped for a symlink while the tree is read is refused, never
+/// followed out of the project.
 fn copy_selected(
-    src: &Path,
+    src: &fs::File,
+    shown: &Path,
     dst: &Path,
     rel: &str,
     include: &[String],
     exclude: &[String],
 ) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(src)
-        .with_context(|| format!("listing {}", src.display()))?
+    let here = fd_path(src);
+    let mut entries: Vec<_> = fs::read_dir(&here)
+        .with_context(|| format!("listing {}", shown.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("listing {}", src.display()))?;
+        .with_context(|| format!("listing {}", shown.display()))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name();
         let Some(name) = name.to_str() else {
-            bail!("{}: file names must be UTF-8", e.path().display());
+            bail!("{}: file names must be UTF-8", shown.join(&name).display());
         };
         let path = if rel.is_empty() {
             name.to_string()
         } else {
             format!("{rel}/{name}")
         };
+        let shown_e = shown.join(name);
         let t = e
             .file_type()
-            .with_context(|| format!("reading {}", e.path().display()))?;
+            .with_context(|| format!("reading {}", shown_e.display()))?;
         let included = include.is_empty() || include.iter().any(|g| glob_match(g, &path));
         let excluded = exclude.iter().any(|g| glob_match(g, &path))
             || (include.is_empty() && DEFAULT_EXCLUDES.contains(&path.as_str()));
@@ -691,7 +732,9 @@ fn copy_selected(
             } else {
                 include
             };
-            copy_selected(&e.path(), &to, &path, sub, exclude)?;
+            let child = open_dir_no_follow(&here.join(name))
+                .with_context(|| format!("opening {}", shown_e.display()))?;
+            copy_selected(&child, &shown_e, &to, &path, sub, exclude)?;
             let empty = fs::read_dir(&to)
                 .with_context(|| format!("listing {}", to.display()))?
                 .next()
@@ -701,13 +744,13 @@ fn copy_selected(
             }
         } else if included {
             if t.is_symlink() {
-                let target = fs::read_link(e.path())
-                    .with_context(|| format!("reading link {}", e.path().display()))?;
+                let target = fs::read_link(here.join(name))
+                    .with_context(|| format!("reading link {}", shown_e.display()))?;
                 check_local_symlink(&path, &target)?;
                 std::os::unix::fs::symlink(&target, &to)
                     .with_context(|| format!("creating {}", to.display()))?;
             } else {
-                copy_no_follow(&e.path(), &to)?;
+                copy_no_follow(&here.join(name), &shown_e, &to)?;
             }
         }
     }
@@ -745,20 +788,20 @@ fn check_local_symlink(rel: &str, target: &Path) -> anyhow::Result<()> {
 
 /// Copies a regular file, refusing to follow a symlink put in its place
 /// after the directory was listed.
-fn copy_no_follow(from: &Path, to: &Path) -> anyhow::Result<()> {
+fn copy_no_follow(from: &Path, shown: &Path, to: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut src = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(from)
-        .with_context(|| format!("opening {}", from.display()))?;
+        .with_context(|| format!("opening {}", shown.display()))?;
     let meta = src
         .metadata()
-        .with_context(|| format!("reading {}", from.display()))?;
+        .with_context(|| format!("reading {}", shown.display()))?;
     if !meta.is_file() {
         return Err(Exit::user(format!(
             "{} is not a regular file; local sources hold files, directories and symlinks only",
-            from.display()
+            shown.display()
         ))
         .into());
     }
@@ -768,7 +811,7 @@ fn copy_no_follow(from: &Path, to: &Path) -> anyhow::Result<()> {
         .mode(meta.permissions().mode() & 0o777)
         .open(to)
         .with_context(|| format!("creating {}", to.display()))?;
-    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {}", from.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {}", shown.display()))?;
     Ok(())
 }
 
