@@ -379,4 +379,20 @@ fn tampered_rootfs_is_not_used_by_a_build(who: As) {
         fs::read_to_string(Path::new(v["output"].as_str().unwrap()).join("bin-listing")).unwrap();
     assert!(!listing.contains("evil"), "{listing}");
     assert!(!rootfs.join("bin/evil").exists());
+
+    // A rootfs with nothing recorded (as an older hermit made them) cannot
+    // be checked: it is extracted again before use.
+    fs::remove_file(rootfs.with_extension("json")).unwrap();
+    unseal(&rootfs.join("bin"));
+    fs::write(rootfs.join("bin/evil"), "planted\n").unwrap();
+    let spec3 = project(who, &s.path().join("r"), "src", "ls /bin > $out/again");
+    let o = hermit(who, &home, &["build", spec3.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(
+        stderr(&o)
+            .contains("was made by an older hermit and cannot be checked; unpacking it again"),
+        "{}",
+        both(&o)
+    );
+    assert!(!rootfs.join("bin/evil").exists() && rootfs.with_extension("json").is_file());
 }
