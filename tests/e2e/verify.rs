@@ -303,6 +303,15 @@ fn verify_names_tampered_outputs_and_rootfs_and_repairs_them(who: As) {
         .unwrap();
     unseal(&rootfs.join("bin"));
     fs::write(rootfs.join("bin/evil"), "#!/bin/sh\n").unwrap();
+    // And with the image record: its layer replaced by its config.
+    let image = rootfs.with_extension("json");
+    let image = home.join("v1/images").join(image.file_name().unwrap());
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&image).unwrap()).unwrap();
+    let layer = rec["layers"][0]["digest"].as_str().unwrap();
+    let config = rec["config"].as_str().unwrap();
+    let text = fs::read_to_string(&image).unwrap().replace(layer, config);
+    fs::write(&image, text).unwrap();
 
     let o = hermit(who, &home, &["store", "verify"]);
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
@@ -318,6 +327,11 @@ fn verify_names_tampered_outputs_and_rootfs_and_repairs_them(who: As) {
         err.contains(&format!("corrupt rootfs: {}", rootfs.display())) && err.contains("bin/evil"),
         "{err}"
     );
+    assert!(
+        err.contains(&format!("corrupt image record: {}", image.display()))
+            && err.contains("not the ones its manifest"),
+        "{err}"
+    );
     assert!(err.contains("hermit store verify --repair"), "{err}");
 
     let o = hermit(who, &home, &["store", "verify", "--repair"]);
@@ -331,7 +345,7 @@ fn verify_names_tampered_outputs_and_rootfs_and_repairs_them(who: As) {
         "{}",
         both(&o)
     );
-    assert!(!out.exists() && !rootfs.exists());
+    assert!(!out.exists() && !rootfs.exists() && !image.exists());
     let o = hermit(who, &home, &["store", "verify"]);
     assert!(o.status.success(), "{}", both(&o));
 
