@@ -241,9 +241,21 @@ impl Store {
     /// built is made again when next needed.
     pub fn repair(&self, outputs: &OutputCheck) -> Result<VerifyReport> {
         let _lock = self.exclusive_lock()?;
-        let report = self.verify_unlocked(outputs)?;
+        let mut report = self.verify_unlocked(outputs)?;
         for c in &report.corrupt {
             crate::integrity::remove_entry(self, c.kind, &c.path)?;
+        }
+        // An image record that named a blob just removed is broken now.
+        if report.corrupt.iter().any(|c| c.kind == EntryKind::Blob) {
+            for (kind, path) in crate::integrity::jobs(self)? {
+                if kind != EntryKind::Image {
+                    continue;
+                }
+                if let Some(reason) = crate::integrity::check_image(self, &path) {
+                    crate::integrity::remove_entry(self, kind, &path)?;
+                    report.corrupt.push(Corrupt { kind, path, reason });
+                }
+            }
         }
         Ok(report)
     }

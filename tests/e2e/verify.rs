@@ -74,6 +74,7 @@ both_users!(
     cache_hit_rebuilds_a_tampered_output,
     verify_names_tampered_outputs_and_rootfs_and_repairs_them,
     tampered_rootfs_is_not_used_by_a_build,
+    repair_of_a_layer_blob_drops_its_image,
 );
 
 fn local_source_outside_the_project_is_refused(who: As) {
@@ -409,4 +410,45 @@ fn tampered_rootfs_is_not_used_by_a_build(who: As) {
         both(&o)
     );
     assert!(!rootfs.join("bin/evil").exists() && rootfs.with_extension("json").is_file());
+}
+
+fn repair_of_a_layer_blob_drops_its_image(who: As) {
+    let s = who.scratch();
+    let home = s.path().join("home");
+    let spec = project(who, &s.path().join("p"), "src", COPY);
+    let v = build(who, &home, &spec);
+    let images = home.join("v1/images");
+    let image = fs::read_dir(&images)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&image).unwrap()).unwrap();
+    let layer = rec["layers"][0]["digest"].as_str().unwrap();
+    let blob = home.join("v1/blobs/sha256").join(&layer[7..]);
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(&blob).unwrap();
+    bytes[100] ^= 1;
+    fs::write(&blob, bytes).unwrap();
+
+    let o = hermit(who, &home, &["store", "verify", "--repair"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        text.contains(&format!("removed blob {}", blob.display()))
+            && text.contains(&format!("removed image record {}", image.display())),
+        "{}",
+        both(&o)
+    );
+    let o = hermit(who, &home, &["store", "verify"]);
+    assert!(o.status.success(), "{}", both(&o));
+    // The image comes back from the project's layout; the output is intact.
+    let v2 = build(who, &home, &spec);
+    assert_eq!(v2["cached"], true);
+    assert_eq!(v2["output_digest"], v["output_digest"]);
+    let spec2 = project(who, &s.path().join("q"), "src", "echo again > $out/x");
+    build(who, &home, &spec2);
+    assert!(image.is_file() && blob.is_file());
 }
