@@ -48,7 +48,7 @@ use crate::record::{
     self, Environment, ImageRecord, Informational, LogRecord, ProfileRecord, Record, RecordParts,
     SourceRecord, UnpackRecord,
 };
-use crate::spec::{SourceKind, Spec, Toolchain};
+use crate::spec::{Source, SourceKind, Spec, Toolchain};
 
 /// Everything a build depends on, resolved.
 pub struct Plan {
@@ -124,19 +124,40 @@ pub fn build(spec_path: &Path, net: &NetArgs, opts: &BuildOptions) -> anyhow::Re
     let key = plan.build_key()?;
     let dir = outputs_dir(&store).join(key.hex());
     let record_path = dir.join("record.json");
-    if record_path.is_file() {
-        let text = fs::read_to_string(&record_path)
-            .with_context(|| format!("reading {}", record_path.display()))?;
-        let record = Record::parse(&text, &record_path.display().to_string())?;
-        return Ok(Built {
-            output: dir.join("out"),
-            record_path,
-            record,
-            cached: true,
-        });
+    let stored = fs::symlink_metadata(&dir).is_ok();
+    if stored {
+        // Served only after it is checked against its record.
+        match crate::integrity::check_output(&dir) {
+            Ok(record) => {
+                return Ok(Built {
+                    output: dir.join("out"),
+                    record_path,
+                    record,
+                    cached: true,
+                })
+            }
+            Err(why) => eprintln!(
+                "hermit: the stored output of build key {key} is corrupt: {why}; rebuilding"
+            ),
+        }
     }
     let staged = execute(&store, &plan, key, opts)?;
+    if stored && fs::symlink_metadata(&dir).is_ok() {
+        return replace_corrupt(&store, staged, key);
+    }
     install(&store, staged, key)
+}
+
+/// Installs a fresh build in place of a corrupt stored output of `key`.
+fn replace_corrupt(store: &Store, staged: Staged, key: Digest) -> anyhow::Result<Built> {
+    let dest = outputs_dir(store).join(key.hex());
+    crate::integrity::replace_output(store, &staged.dir, &dest)?;
+    Ok(Built {
+        output: dest.join("out"),
+        record_path: dest.join("record.json"),
+        record: staged.record,
+        cached: false,
+    })
 }
 
 /// A finished build waiting to be installed or compared.
@@ -256,7 +277,7 @@ fn plan_from_spec(
                 include,
                 exclude,
             } => {
-                let root = spec_dir.join(path);
+                let root = local_source_root(&spec, s, &spec_dir)?;
                 let tree = local_tree_blob(store, &root, include, exclude, sde)
                     .with_context(|| format!("source {:?}: hashing {}", s.name, root.display()))?;
                 let rec = SourceRecord::Local {
@@ -556,6 +577,58 @@ fn source_path(store: &Store, rec: &SourceRecord) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// The directory a local source is read from: the spec's directory joined
+/// with its `path`, every symlink resolved. It must lie inside the project —
+/// the spec's directory and below — so a `path` that is (or passes through)
+/// a symlink leading elsewhere is refused, naming the spec's line.
+fn local_source_root(spec: &Spec, source: &Source, spec_dir: &Path) -> anyhow::Result<PathBuf> {
+    let SourceKind::Local { path, .. } = &source.kind else {
+        bail!("internal error: source {:?} is not local", source.name);
+    };
+    let project = fs::canonicalize(spec_dir)
+        .with_context(|| format!("resolving the spec's directory {}", spec_dir.display()))?;
+    let given = spec_dir.join(path);
+    let user_error = |message: String, help: &str| -> anyhow::Error {
+        Exit::user(
+            spec.error_at(source.at, message, Some(help.to_string()))
+                .to_string(),
+        )
+        .into()
+    };
+    let real = fs::canonicalize(&given).map_err(|e| {
+        user_error(
+            format!(
+                "local source {:?}: cannot read {}: {e}",
+                source.name,
+                given.display()
+            ),
+            "create the directory, or correct `path` (relative to the spec's directory)",
+        )
+    })?;
+    if !real.starts_with(&project) {
+        return Err(user_error(
+            format!(
+                "local source {:?}: path {path:?} leads to {}, outside the project {} (through a symlink)",
+                source.name,
+                real.display(),
+                project.display()
+            ),
+            "hermit reads local sources only from the spec's directory and below; replace the symlink with the files themselves",
+        ));
+    }
+    if !real.is_dir() {
+        return Err(user_error(
+            format!(
+                "local source {:?}: {} is not a directory",
+                source.name,
+                given.display()
+            ),
+            "point `path` at a directory (e.g. \".\" for the spec's own)",
+        ));
+    }
+    Ok(real)
+}
+
 /// Names always left out of a local source unless `include` names them.
 const DEFAULT_EXCLUDES: &[&str] = &[".git", "result", "hermit.lock"];
 
@@ -568,13 +641,30 @@ pub fn local_tree_blob(
     exclude: &[String],
     sde: u64,
 ) -> anyhow::Result<Digest> {
-    if !root.is_dir() {
-        return Err(Exit::user(format!("{} is not a directory", root.display())).into());
+    // Opened once, without following a symlink in its place; everything
+    // below is reached through this descriptor (see `copy_selected`).
+    let dir = open_dir_no_follow(root).map_err(|e| {
+        Exit::user(format!(
+            "{} cannot be read as a directory: {e}",
+            root.display()
+        ))
+    })?;
+    // `root` was resolved and checked to lie in the project; what was
+    // opened must still be that directory.
+    let opened =
+        fs::read_link(fd_path(&dir)).with_context(|| format!("resolving {}", root.display()))?;
+    if root.is_absolute() && opened != root {
+        return Err(Exit::user(format!(
+            "{} changed while hermit read it (it now leads to {}); build again",
+            root.display(),
+            opened.display()
+        ))
+        .into());
     }
     let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
     let copy = staging.join("tree");
     fs::create_dir(&copy).with_context(|| format!("creating {}", copy.display()))?;
-    copy_selected(root, &copy, "", include, exclude)?;
+    copy_selected(&dir, root, &copy, "", include, exclude)?;
     let mut writer = store.blob_writer()?;
     output::normalize(&copy, &output::Options::new(sde), Some(&mut writer))
         .with_context(|| format!("serialising {}", root.display()))?;
@@ -584,31 +674,55 @@ pub fn local_tree_blob(
     Ok(digest)
 }
 
+/// Opens a directory, refusing a symlink in its place.
+fn open_dir_no_follow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// The `/proc/self/fd/N` path of an open directory: names below it are
+/// looked up in that very directory, whatever happens to its path.
+fn fd_path(dir: &fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// Copies the selected entries of the open directory `src` (shown as
+/// `shown` in messages) into `dst`. Directories and files are opened
+/// through their parent's descriptor without following symlinks, so an
+/// entry swapped for a symlink while the tree is read is refused, never
+/// followed out of the project.
 fn copy_selected(
-    src: &Path,
+    src: &fs::File,
+    shown: &Path,
     dst: &Path,
     rel: &str,
     include: &[String],
     exclude: &[String],
 ) -> anyhow::Result<()> {
-    let mut entries: Vec<_> = fs::read_dir(src)
-        .with_context(|| format!("listing {}", src.display()))?
+    let here = fd_path(src);
+    let mut entries: Vec<_> = fs::read_dir(&here)
+        .with_context(|| format!("listing {}", shown.display()))?
         .collect::<Result<_, _>>()
-        .with_context(|| format!("listing {}", src.display()))?;
+        .with_context(|| format!("listing {}", shown.display()))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name();
         let Some(name) = name.to_str() else {
-            bail!("{}: file names must be UTF-8", e.path().display());
+            bail!("{}: file names must be UTF-8", shown.join(&name).display());
         };
         let path = if rel.is_empty() {
             name.to_string()
         } else {
             format!("{rel}/{name}")
         };
+        let shown_e = shown.join(name);
         let t = e
             .file_type()
-            .with_context(|| format!("reading {}", e.path().display()))?;
+            .with_context(|| format!("reading {}", shown_e.display()))?;
         let included = include.is_empty() || include.iter().any(|g| glob_match(g, &path));
         let excluded = exclude.iter().any(|g| glob_match(g, &path))
             || (include.is_empty() && DEFAULT_EXCLUDES.contains(&path.as_str()));
@@ -624,7 +738,9 @@ fn copy_selected(
             } else {
                 include
             };
-            copy_selected(&e.path(), &to, &path, sub, exclude)?;
+            let child = open_dir_no_follow(&here.join(name))
+                .with_context(|| format!("opening {}", shown_e.display()))?;
+            copy_selected(&child, &shown_e, &to, &path, sub, exclude)?;
             let empty = fs::read_dir(&to)
                 .with_context(|| format!("listing {}", to.display()))?
                 .next()
@@ -634,16 +750,74 @@ fn copy_selected(
             }
         } else if included {
             if t.is_symlink() {
-                let target = fs::read_link(e.path())
-                    .with_context(|| format!("reading link {}", e.path().display()))?;
+                let target = fs::read_link(here.join(name))
+                    .with_context(|| format!("reading link {}", shown_e.display()))?;
+                check_local_symlink(&path, &target)?;
                 std::os::unix::fs::symlink(&target, &to)
                     .with_context(|| format!("creating {}", to.display()))?;
             } else {
-                fs::copy(e.path(), &to)
-                    .with_context(|| format!("copying {}", e.path().display()))?;
+                copy_no_follow(&here.join(name), &shown_e, &to)?;
             }
         }
     }
+    Ok(())
+}
+
+/// A symlink in a local source is kept as a symlink, never followed; one
+/// whose target is absolute or climbs above the source's root is refused
+/// here by name (the build would see it point into its own root filesystem).
+/// Chains through the tree's own symlinks are checked when it is serialised.
+fn check_local_symlink(rel: &str, target: &Path) -> anyhow::Result<()> {
+    let t = target.to_string_lossy();
+    let mut depth = rel.matches('/').count() as i64;
+    let mut outside = t.starts_with('/');
+    for c in t.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+        if depth < 0 {
+            outside = true;
+        }
+    }
+    if outside {
+        return Err(Exit::user(format!(
+            "{rel} is a symlink to {t}, which leads outside the source's directory; \
+             hermit keeps symlinks as they are and never follows them, so the build could not see those files; \
+             replace it with the files themselves, or leave it out with `exclude = [\"{rel}\"]`"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Copies a regular file, refusing to follow a symlink put in its place
+/// after the directory was listed.
+fn copy_no_follow(from: &Path, shown: &Path, to: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut src = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(from)
+        .with_context(|| format!("opening {}", shown.display()))?;
+    let meta = src
+        .metadata()
+        .with_context(|| format!("reading {}", shown.display()))?;
+    if !meta.is_file() {
+        return Err(Exit::user(format!(
+            "{} is not a regular file; local sources hold files, directories and symlinks only",
+            shown.display()
+        ))
+        .into());
+    }
+    let mut dst = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(meta.permissions().mode() & 0o777)
+        .open(to)
+        .with_context(|| format!("creating {}", to.display()))?;
+    std::io::copy(&mut src, &mut dst).with_context(|| format!("copying {}", shown.display()))?;
     Ok(())
 }
 
@@ -682,6 +856,26 @@ fn component_match(p: &[u8], s: &[u8]) -> bool {
     }
 }
 
+/// The toolchain's root filesystem, checked before use: a tampered one is
+/// named and extracted again, never used (see `hermit_store::integrity`).
+fn checked_rootfs(store: &Store, image: &Image, quiet: bool) -> anyhow::Result<PathBuf> {
+    use hermit_store::integrity::Replaced;
+    let (rootfs, replaced) = hermit_store::integrity::checked_rootfs(store, image)
+        .context("unpacking the toolchain image")?;
+    match replaced {
+        Some(Replaced::Corrupt(why)) => eprintln!(
+            "hermit: the toolchain root filesystem {} is corrupt: {why}; unpacking it again",
+            rootfs.display()
+        ),
+        Some(Replaced::Unrecorded) if !quiet => eprintln!(
+            "hermit: the toolchain root filesystem {} was made by an older hermit and cannot be checked; unpacking it again",
+            rootfs.display()
+        ),
+        _ => {}
+    }
+    Ok(rootfs)
+}
+
 /// Runs the plan in the sandbox and stages the normalised output with its
 /// record (not yet installed).
 pub fn execute(
@@ -692,7 +886,7 @@ pub fn execute(
 ) -> anyhow::Result<Staged> {
     let started = SystemTime::now();
     let t0 = Instant::now();
-    let rootfs = oci::rootfs(store, &plan.image).context("unpacking the toolchain image")?;
+    let rootfs = checked_rootfs(store, &plan.image, opts.quiet)?;
     let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
     let build_dir = staging.join("build");
     let out_dir = staging.join("out");
@@ -1148,12 +1342,10 @@ pub fn mirror_blobs_for_spec(store: &Store, spec_path: &Path) -> anyhow::Result<
     let profile = Profile::default_profile()?;
     for s in &spec.sources {
         if let SourceKind::Local {
-            path,
-            include,
-            exclude,
+            include, exclude, ..
         } = &s.kind
         {
-            let root = dir.join(path);
+            let root = local_source_root(&spec, s, dir)?;
             let digest = local_tree_blob(
                 store,
                 &root,

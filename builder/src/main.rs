@@ -26,6 +26,7 @@ mod config;
 mod debian;
 mod derive;
 mod exit;
+mod integrity;
 mod limits;
 mod lock;
 mod output;

@@ -756,6 +756,18 @@ impl Record {
                 ));
             }
         }
+        for s in &self.sources {
+            // Never read from the disk (rebuilds restore the tree by digest),
+            // but a record naming a path outside its project is not one
+            // hermit wrote.
+            if let SourceRecord::Local { name, path, .. } = s {
+                if path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                    return bad(format!(
+                        "local source {name:?} has the path {path:?}, which leaves the spec's project"
+                    ));
+                }
+            }
+        }
         for w in self.sources.windows(2) {
             if w[0].name() >= w[1].name() {
                 return bad(format!(
@@ -892,6 +904,22 @@ pub(crate) mod tests {
 
     fn golden_path() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/records/record-v1.json")
+    }
+
+    #[test]
+    fn local_source_paths_outside_the_project_are_refused() {
+        for path in ["/home/x/.ssh", "../x", "a/../../x"] {
+            let mut r = sample();
+            for s in &mut r.sources {
+                if let SourceRecord::Local { path: p, .. } = s {
+                    *p = path.to_string();
+                }
+            }
+            r.build_key = r.key_inputs().build_key();
+            let e = r.validate("r.json").unwrap_err().to_string();
+            assert!(e.contains("leaves the spec's project"), "{path}: {e}");
+        }
+        sample().validate("r.json").unwrap();
     }
 
     #[test]

@@ -104,6 +104,17 @@ pub struct Source {
     pub name: String,
     #[serde(flatten)]
     pub kind: SourceKind,
+    /// Where the source's `path` (or, for a download, its table) was
+    /// written, for errors found after parsing (see [`Spec::error_at`]).
+    #[serde(skip)]
+    pub at: Position,
+}
+
+/// A 1-based line and column in the spec file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -273,6 +284,32 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    fn pos(&self, span: Range<usize>) -> Position {
+        let (line, column) = line_col(self.text, span.start);
+        Position { line, column }
+    }
+}
+
+/// A local source's `path` stays inside the project: the spec's directory
+/// and below. Absolute paths and `..` components are refused here; symlinks
+/// leading out are refused when the tree is read (`hermit build`).
+fn check_local_path(cx: &Ctx, v: &Spanned<String>, name: &str) -> Result<(), SpecError> {
+    let p = v.get_ref();
+    let why = if p.starts_with('/') {
+        "is an absolute path"
+    } else if p.split('/').any(|c| c == "..") {
+        "has a `..` component"
+    } else {
+        return Ok(());
+    };
+    Err(cx.err(
+        v.span(),
+        format!("local source {name:?}: path {p:?} {why}; local sources must lie inside the project (the spec's directory and below)"),
+        Some("write a path relative to the spec's directory without `..` (e.g. \"src\" or \".\"); move or copy files from elsewhere into the project, or publish them as a download with `urls` and `sha256`".to_string()),
+    ))
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -425,6 +462,18 @@ impl Spec {
             env,
             inputs,
         })
+    }
+
+    /// An error about something written at `at` in this spec, found after
+    /// parsing (e.g. a local source's path leading outside the project).
+    pub fn error_at(&self, at: Position, message: String, help: Option<String>) -> SpecError {
+        SpecError::Invalid {
+            file: self.file.display().to_string(),
+            line: at.line,
+            column: at.column,
+            message,
+            help,
+        }
     }
 
     // Used by the golden tests now and by the record later.
@@ -678,6 +727,7 @@ fn parse_source(cx: &Ctx, s: &Spanned<RawSource>) -> Result<Source, SpecError> {
             };
             Ok(Source {
                 name,
+                at: cx.pos(s.span()),
                 kind: SourceKind::Remote {
                     urls: list,
                     sha256,
@@ -704,6 +754,7 @@ fn parse_source(cx: &Ctx, s: &Spanned<RawSource>) -> Result<Source, SpecError> {
                 }
             }
             let p = nonempty(cx, path, "source path")?;
+            check_local_path(cx, path, &name)?;
             let pattern = |v: &Option<Spanned<Vec<String>>>, field: &str| -> Result<Vec<String>, SpecError> {
                 let Some(v) = v else { return Ok(Vec::new()) };
                 if let Some(bad) = v.get_ref().iter().find(|p| p.is_empty() || p.starts_with('/')) {
@@ -717,6 +768,7 @@ fn parse_source(cx: &Ctx, s: &Spanned<RawSource>) -> Result<Source, SpecError> {
             };
             Ok(Source {
                 name,
+                at: cx.pos(path.span()),
                 kind: SourceKind::Local {
                     path: p,
                     include: pattern(&r.include, "include")?,
@@ -922,6 +974,40 @@ script = "make"
             "\n[[source]]\nname = \"a\"\nurls = [\"https://x/a\"]\nsha256 = \"{HEX}\"\nexclude = [\"x\"]\n"
         )));
         assert!(e.contains("`exclude` only applies to local sources"), "{e}");
+    }
+
+    #[test]
+    fn local_source_paths_stay_in_the_project() {
+        for (path, why) in [
+            ("/home/x/.ssh", "is an absolute path"),
+            ("..", "has a `..` component"),
+            ("src/../../x", "has a `..` component"),
+        ] {
+            let e = err(&base(&format!(
+                "\n[[source]]\nname = \"a\"\npath = \"{path}\"\n"
+            )));
+            assert!(
+                e.starts_with(&format!(
+                    "dir/spec.toml:13:8: local source \"a\": path {path:?} {why}"
+                )),
+                "{e}"
+            );
+            assert!(e.contains("help: write a path relative"), "{e}");
+        }
+        for ok in [".", "src", "./src/sub", "a..b"] {
+            let s = Spec::parse(
+                Path::new("s"),
+                &base(&format!("\n[[source]]\nname = \"a\"\npath = \"{ok}\"\n")),
+            )
+            .unwrap();
+            assert_eq!(
+                s.sources[0].at,
+                Position {
+                    line: 13,
+                    column: 8
+                }
+            );
+        }
     }
 
     #[test]

@@ -221,8 +221,46 @@ impl Store {
 
     /// Re-hashes every blob, tree and unpacked tree and reports each one
     /// whose content no longer matches its name. Uses up to two threads.
+    /// Outputs are not checked (see [`Store::verify_with`]).
     pub fn verify(&self) -> Result<VerifyReport> {
+        self.verify_with(&|_| None)
+    }
+
+    /// [`Store::verify`], plus every rootfs and image record (see
+    /// [`crate::integrity`]) and every output directory, which `outputs`
+    /// checks (the store does not know how outputs are hashed): it returns
+    /// why one is corrupt, or `None`.
+    pub fn verify_with(&self, outputs: &OutputCheck) -> Result<VerifyReport> {
         let _lock = self.shared_lock()?;
+        self.verify_unlocked(outputs)
+    }
+
+    /// Verifies with the store-wide lock held exclusively (nothing is in
+    /// use), then removes every corrupt entry with
+    /// [`crate::integrity::remove_entry`]: what was fetched, unpacked or
+    /// built is made again when next needed.
+    pub fn repair(&self, outputs: &OutputCheck) -> Result<VerifyReport> {
+        let _lock = self.exclusive_lock()?;
+        let mut report = self.verify_unlocked(outputs)?;
+        for c in &report.corrupt {
+            crate::integrity::remove_entry(self, c.kind, &c.path)?;
+        }
+        // An image record that named a blob just removed is broken now.
+        if report.corrupt.iter().any(|c| c.kind == EntryKind::Blob) {
+            for (kind, path) in crate::integrity::jobs(self)? {
+                if kind != EntryKind::Image {
+                    continue;
+                }
+                if let Some(reason) = crate::integrity::check_image(self, &path) {
+                    crate::integrity::remove_entry(self, kind, &path)?;
+                    report.corrupt.push(Corrupt { kind, path, reason });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn verify_unlocked(&self, outputs: &OutputCheck) -> Result<VerifyReport> {
         let mut jobs: Vec<(EntryKind, PathBuf)> = Vec::new();
         for (kind, dir) in [
             (EntryKind::Blob, self.base().join("blobs/sha256")),
@@ -236,6 +274,16 @@ impl Store {
         for u in list_unpacked(self)? {
             if u.dir.exists() {
                 jobs.push((EntryKind::Unpacked, u.dir));
+            }
+        }
+        jobs.extend(crate::integrity::jobs(self)?);
+        let out_dir = self.base().join("outputs");
+        if let Ok(entries) = fs::read_dir(&out_dir) {
+            for e in entries {
+                jobs.push((
+                    EntryKind::Output,
+                    e.map_err(StoreError::io("listing", &out_dir))?.path(),
+                ));
             }
         }
         // Big blobs first, so the two threads finish together.
@@ -254,7 +302,7 @@ impl Store {
                     let Some((kind, path)) = jobs.get(i) else {
                         break;
                     };
-                    if let Some(problem) = check_entry(self, *kind, path) {
+                    if let Some(problem) = check_entry(self, *kind, path, outputs) {
                         if let Ok(mut c) = corrupt.lock() {
                             c.push(problem);
                         }
@@ -271,7 +319,15 @@ impl Store {
     }
 }
 
-fn check_entry(store: &Store, kind: EntryKind, path: &Path) -> Option<Corrupt> {
+/// Checks one output directory: `Some(reason)` when it is corrupt.
+pub type OutputCheck = dyn Fn(&Path) -> Option<String> + Sync;
+
+fn check_entry(
+    store: &Store,
+    kind: EntryKind,
+    path: &Path,
+    outputs: &OutputCheck,
+) -> Option<Corrupt> {
     let bad = |reason: String| {
         Some(Corrupt {
             kind,
@@ -279,6 +335,23 @@ fn check_entry(store: &Store, kind: EntryKind, path: &Path) -> Option<Corrupt> {
             reason,
         })
     };
+    match kind {
+        EntryKind::Output => return outputs(path).and_then(bad),
+        EntryKind::Image => return crate::integrity::check_image(store, path).and_then(bad),
+        EntryKind::Rootfs => {
+            use crate::integrity::{check_rootfs, RootfsState};
+            return match check_rootfs(store, path, false) {
+                Ok(RootfsState::Intact) => None,
+                Ok(RootfsState::Corrupt(why)) => bad(why),
+                Ok(RootfsState::Unrecorded) => bad(
+                    "nothing was recorded when it was made (an older hermit), so it cannot be checked"
+                        .into(),
+                ),
+                Err(e) => bad(format!("cannot be read: {e}")),
+            };
+        }
+        _ => {}
+    }
     let name = path.file_name()?.to_string_lossy().into_owned();
     let Ok(expected) = Digest::from_hex(&name) else {
         return bad("its name is not a sha256 digest".into());
@@ -322,7 +395,7 @@ fn check_entry(store: &Store, kind: EntryKind, path: &Path) -> Option<Corrupt> {
                 Err(e) => bad(format!("cannot be read: {e}")),
             }
         }
-        EntryKind::Output => None,
+        EntryKind::Output | EntryKind::Rootfs | EntryKind::Image => None,
     }
 }
 

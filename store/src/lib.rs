@@ -6,6 +6,7 @@
 //!   adding files.
 //! - [`tree`]: directories as store entries, and the tree digest.
 //! - [`gc`]: gc roots, garbage collection and `verify`.
+//! - [`integrity`]: checking rootfs and image entries, removing corrupt entries.
 //! - [`unpack`]: archives (tar, tar.gz/xz/bz2/zst, zip) into read-only
 //!   trees, refusing hostile entries; the tar extractor OCI layers reuse.
 //!   write path (temp → fsync → rename), per-digest locks.
@@ -19,6 +20,7 @@
 pub mod digest;
 pub mod fetch;
 pub mod gc;
+pub mod integrity;
 pub mod mirror;
 pub mod oci;
 pub mod store;

@@ -23,6 +23,8 @@
 //!     │                              `sha256:<hex>` in any `record.json` below is a gc root
 //!     ├── images/<manifest>.json     a resolved toolchain image (see [`crate::oci`]); a gc root
 //!     ├── rootfs/<manifest>/         that image's layers applied, read-only, shared by builds
+//!     ├── rootfs/<manifest>.json     its tree digest and stat fingerprint, recorded when made,
+//!     ├── rootfs/<manifest>.tree     and its tree manifest (see [`crate::integrity`])
 //!     ├── failed/<key>/              a failed build's /build and /out (`--keep-failed`)
 //!     ├── rebuilds/<key>/            a rebuild whose output differed from its record
 //!     ├── images/<hex>.json          imported toolchain images (the OCI module); every digest
@@ -184,6 +186,10 @@ pub enum EntryKind {
     Tree,
     Unpacked,
     Output,
+    /// An image's root filesystem, `rootfs/<manifest-hex>/`.
+    Rootfs,
+    /// An image record, `images/<manifest-hex>.json`.
+    Image,
 }
 
 impl EntryKind {
@@ -193,6 +199,8 @@ impl EntryKind {
             EntryKind::Tree => "tree",
             EntryKind::Unpacked => "unpacked tree",
             EntryKind::Output => "output",
+            EntryKind::Rootfs => "rootfs",
+            EntryKind::Image => "image record",
         }
     }
 }

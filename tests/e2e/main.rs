@@ -19,3 +19,4 @@ mod sandbox;
 mod sandbox_escape;
 mod sandbox_holes;
 mod store;
+mod verify;

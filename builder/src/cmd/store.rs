@@ -15,8 +15,9 @@ pub enum StoreCommand {
     Add(AddArgs),
     /// Print where the entry with this digest lives; fails if it is absent
     Path(PathArgs),
-    /// Re-hash every blob and tree; name each corrupt one and fail if any
-    Verify,
+    /// Check every entry (blobs, trees, unpacked trees, rootfs, images,
+    /// outputs); name each corrupt one and fail if any
+    Verify(VerifyArgs),
     /// Remove every entry no gc root keeps; print what was freed
     Gc,
     /// Pin entries so gc keeps them
@@ -31,6 +32,14 @@ pub struct AddArgs {
     /// Files or directories to add
     #[arg(required = true)]
     paths: Vec<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Remove every corrupt entry (holding the store exclusively, like gc);
+    /// it is fetched, unpacked or built again when next needed
+    #[arg(long)]
+    repair: bool,
 }
 
 #[derive(Args)]
@@ -80,7 +89,7 @@ pub fn run(cmd: StoreCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         StoreCommand::Add(a) => add(a),
         StoreCommand::Path(a) => path(a),
-        StoreCommand::Verify => verify(),
+        StoreCommand::Verify(a) => verify(a),
         StoreCommand::Gc => gc(),
         StoreCommand::Root(r) => root(r),
         StoreCommand::Unpack(a) => unpack(a),
@@ -114,9 +123,17 @@ fn path(args: PathArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn verify() -> anyhow::Result<ExitCode> {
+fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let store = open()?;
-    let report = store.verify().context("verifying the store")?;
+    let check = |dir: &std::path::Path| crate::integrity::check_output(dir).err();
+    let report = if args.repair {
+        if store.try_exclusive_lock()?.is_none() {
+            eprintln!("waiting for other hermit processes using the store to finish…");
+        }
+        store.repair(&check).context("repairing the store")?
+    } else {
+        store.verify_with(&check).context("verifying the store")?
+    };
     for c in &report.corrupt {
         eprintln!(
             "corrupt {}: {}: {}",
@@ -125,12 +142,25 @@ fn verify() -> anyhow::Result<ExitCode> {
             c.reason
         );
     }
+    if args.repair {
+        for c in &report.corrupt {
+            println!("removed {} {}", c.kind.as_str(), c.path.display());
+        }
+        println!(
+            "{} entries verified, {} corrupt removed; they are fetched, unpacked or built again when next needed",
+            report.checked,
+            report.corrupt.len()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     if report.corrupt.is_empty() {
         println!("{} entries verified, none corrupt", report.checked);
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "{} of {} entries corrupt; remove them (`chmod -R u+w` first) and add or fetch them again",
+            "{} of {} entries corrupt; run `hermit store verify --repair` to remove them: \
+             sources, images and outputs are then fetched, unpacked or built again when next needed \
+             (a blob or tree added by hand must be added again)",
             report.corrupt.len(),
             report.checked
         );
