@@ -1270,8 +1270,24 @@ pub fn rebuild(
     let staged = execute(&store, &plan, key, opts)?;
     let new = staged.record.clone();
     let kept = if new.output.digest == rec.output.digest {
-        // Identical: install it if the store lacks this output.
-        let _ = install(&store, staged, key)?;
+        // Identical: install it if the store lacks this output, and in
+        // place of a stored one that is corrupt.
+        let dir = outputs_dir(&store).join(key.hex());
+        match fs::symlink_metadata(&dir) {
+            Ok(_) => {
+                if let Err(why) = crate::integrity::check_output(&dir) {
+                    eprintln!(
+                        "hermit: the stored output of build key {key} is corrupt: {why}; replacing it with the rebuilt one"
+                    );
+                    let _ = replace_corrupt(&store, staged, key)?;
+                } else {
+                    let _ = hermit_store::store::remove_tree(&staged.dir);
+                }
+            }
+            Err(_) => {
+                let _ = install(&store, staged, key)?;
+            }
+        }
         None
     } else {
         let dir = store.base().join("rebuilds").join(key.hex());

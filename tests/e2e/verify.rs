@@ -280,6 +280,26 @@ fn cache_hit_rebuilds_a_tampered_output(who: As) {
     let before: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(now["build_key"], before["build_key"]);
     assert_eq!(now["output"], before["output"]);
+
+    // `hermit rebuild` that comes out identical puts its output in place of
+    // a corrupt stored one, rather than keeping the corrupt one.
+    let kept = s.path().join("kept-record.json");
+    fs::copy(&rec, &kept).unwrap();
+    chown(&kept, who.uid(), who.gid());
+    let f = out.join("greeting");
+    unseal(&f);
+    fs::write(&f, "hellO\n").unwrap();
+    let o = hermit(who, &home, &["rebuild", kept.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(
+        stderr(&o).contains("is corrupt")
+            && stderr(&o).contains("replacing it with the rebuilt one"),
+        "{}",
+        both(&o)
+    );
+    assert_eq!(fs::read_to_string(out.join("greeting")).unwrap(), "hello\n");
+    let o = hermit(who, &home, &["store", "verify"]);
+    assert!(o.status.success(), "{}", both(&o));
 }
 
 fn verify_names_tampered_outputs_and_rootfs_and_repairs_them(who: As) {
