@@ -12,7 +12,7 @@ use crate::image::busybox_layout;
 
 /// A project directory: an OCI layout of busybox, a spec using it, a local
 /// source directory. Returns the spec path.
-fn project(dir: &Path, script: &str, extra: &str) -> PathBuf {
+pub(crate) fn project(dir: &Path, script: &str, extra: &str) -> PathBuf {
     let layout = dir.join("image");
     let manifest = busybox_layout(&layout);
     fs::create_dir_all(dir.join("src/sub")).unwrap();

@@ -5,47 +5,13 @@
 //! naming the field — before anything runs. As root and as an ordinary user.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::common::both;
 use crate::fixtures::{both_users, output_within, As};
-use crate::image::busybox_layout;
-
-/// A project in a directory the caller owns: a busybox OCI layout, a local
-/// source, a spec. Returns the spec path.
-fn project(dir: &Path) -> PathBuf {
-    let manifest = busybox_layout(&dir.join("image"));
-    fs::create_dir_all(dir.join("src")).unwrap();
-    fs::write(dir.join("src/hello.txt"), "hello\n").unwrap();
-    let spec = dir.join("spec.toml");
-    fs::write(
-        &spec,
-        format!(
-            r#"[package]
-name = "trust"
-version = "1.0"
-
-[toolchain]
-oci = "image"
-digest = "{manifest}"
-
-[[source]]
-name = "src"
-path = "src"
-
-[build]
-script = """
-cat /sources/src/hello.txt > $out/hello
-"""
-"#
-        ),
-    )
-    .unwrap();
-    spec
-}
 
 /// The build key of a record, computed as docs/record.md describes it: the
 /// sha256 of the compact, key-sorted JSON of everything that goes into the
@@ -104,7 +70,7 @@ fn build_key(r: &Value) -> String {
 /// directory it was built in (kept alive by the returned TempDir).
 fn built(who: As) -> (tempfile::TempDir, Value) {
     let dir = who.scratch();
-    let spec = project(dir.path());
+    let spec = crate::build::project(dir.path(), "cat /sources/src/hello.txt > $out/hello", "");
     who.give(dir.path());
     let o = output_within(
         who.hermit().arg("build").arg(&spec).arg("--json"),

@@ -480,7 +480,8 @@ fn tiocsti_refused(who: As) {
     );
 }
 
-fn openpty() -> (fs::File, fs::File) {
+/// A new pty pair (master, slave), both close-on-exec.
+pub(crate) fn openpty() -> (fs::File, fs::File) {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     let pty = nix::pty::openpty(None, None).expect("openpty");
     for fd in [&pty.master, &pty.slave] {
@@ -490,7 +491,7 @@ fn openpty() -> (fs::File, fs::File) {
 }
 
 /// Reads whatever is pending on a tty descriptor without blocking.
-fn drain(f: &fs::File) -> Vec<u8> {
+pub(crate) fn drain(f: &fs::File) -> Vec<u8> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL).unwrap());
     fcntl(f, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();

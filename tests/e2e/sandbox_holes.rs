@@ -17,6 +17,7 @@ use crate::common::both;
 use crate::fixtures::{
     both_users, busybox_root, ok_stdout, output_within, stdout, wait_within, with_fd7, As,
 };
+use crate::sandbox_escape::{drain, openpty};
 
 both_users!(
     stdin_is_dev_null,
@@ -358,31 +359,6 @@ fn host_device_nodes_unchangeable(who: As) {
     assert_eq!(after, before, "{}", both(&o));
     // The devices still work.
     assert!(stdout(&o).ends_with("3\n"), "{}", both(&o));
-}
-
-fn openpty() -> (fs::File, fs::File) {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    let pty = nix::pty::openpty(None, None).expect("openpty");
-    for fd in [&pty.master, &pty.slave] {
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
-    }
-    (fs::File::from(pty.master), fs::File::from(pty.slave))
-}
-
-/// Reads whatever is pending on a pty master without blocking.
-fn drain(f: &fs::File) -> Vec<u8> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(f, FcntlArg::F_GETFL).unwrap());
-    fcntl(f, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK)).unwrap();
-    let mut v = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = nix::unistd::read(f, &mut buf) {
-        if n == 0 {
-            break;
-        }
-        v.extend_from_slice(&buf[..n]);
-    }
-    v
 }
 
 /// `echo A | hermit build` and `echo B | hermit build` (in two stores):
