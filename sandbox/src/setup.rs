@@ -151,8 +151,6 @@ fn checked(p: &Path) -> R<()> {
     sys::check_no_symlinks(&cpath(p)?).map_err(fail("resolve without symlinks", p))
 }
 
-/// Binds `src` (a path of the root image or of the staging tmpfs, never of
-/// the host) on `dst`.
 /// Makes the bind of a host device node at `target` read-only (the device
 /// itself stays readable and writable: a read-only mount refuses only
 /// changes to the node — `chmod`, `chown`, `utimes` — which a build run by
@@ -169,9 +167,10 @@ fn read_only_node(target: &Path) -> R<()> {
     }
 }
 
+/// Binds `src` (a path of the root image or of the staging tmpfs, never of
+/// the host: it is detached by then) on `dst`. Callers pass paths walked
+/// without symlinks (`mountpoint`) or read from a directory listing.
 fn bind(src: &Path, dst: &Path, recursive: bool) -> R<()> {
-    checked(src)?;
-    checked(dst)?;
     let mut flags = MsFlags::MS_BIND;
     if recursive {
         flags |= MsFlags::MS_REC;
@@ -180,9 +179,6 @@ fn bind(src: &Path, dst: &Path, recursive: bool) -> R<()> {
 }
 
 fn tmpfs(dst: &Path, mode: u32, size: Option<u64>) -> R<()> {
-    if dst.starts_with(NEWROOT) {
-        checked(dst)?;
-    }
     let mut data = format!("mode={mode:o}");
     if let Some(s) = size {
         data.push_str(&format!(",size={s}"));
