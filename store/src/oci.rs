@@ -905,19 +905,27 @@ impl std::str::FromStr for Reference {
                 "the part before the first / must be a registry host (with a dot or a port); hermit has no default registry",
             ));
         }
+        if !valid_registry(registry) {
+            return Err(err(
+                "the registry must be HOST or HOST:PORT, the host a DNS name, an IPv4 address or [IPv6], the port 1 to 65535",
+            ));
+        }
         // `NAME:TAG@sha256:…`: the digest pins the image; the tag is only a
         // reminder for people and is not used.
         let repository = match repository.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => name,
+            Some((name, tag)) if !tag.contains('/') => {
+                if !valid_tag(tag) {
+                    return Err(err(
+                        "a tag is 1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -",
+                    ));
+                }
+                name
+            }
             _ => repository,
         };
-        if repository.is_empty()
-            || !repository
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
-        {
+        if !valid_repository(repository) {
             return Err(err(
-                "repository names are lowercase letters, digits and . _ - /",
+                "repository names are /-separated components of lowercase letters and digits, joined inside a component by one . or _, two _, or dashes",
             ));
         }
         Ok(Reference {
@@ -926,6 +934,86 @@ impl std::str::FromStr for Reference {
             digest,
         })
     }
+}
+
+/// `HOST[:PORT]`: a DNS name, an IPv4 address or a bracketed IPv6
+/// address, and a port from 1 to 65535. Anything else (spaces, `@`, `#`,
+/// `?`, `\\`) would make the URL hermit builds point somewhere else.
+fn valid_registry(registry: &str) -> bool {
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            p => match p.strip_prefix(':') {
+                Some(p) => ("", Some(p)),
+                None => return false,
+            },
+        }
+    } else {
+        match registry.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (registry, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let host_ok = registry.starts_with('[')
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    port_ok && host_ok
+}
+
+/// A repository name as the OCI distribution spec defines it:
+/// `/`-separated components of `[a-z0-9]+` joined by `.`, `_`, `__` or
+/// dashes. No empty component, no `..`, nothing that could leave `/v2/`.
+fn valid_repository(repository: &str) -> bool {
+    !repository.is_empty()
+        && repository.len() <= 255
+        && repository.split('/').all(|c| {
+            let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+            let b = c.as_bytes();
+            if b.first().is_none_or(|x| !alnum(x)) || b.last().is_none_or(|x| !alnum(x)) {
+                return false;
+            }
+            // Between runs of [a-z0-9]: ".", "_", "__" or one or more "-".
+            c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+                .all(|sep| {
+                    sep.is_empty()
+                        || sep == "."
+                        || sep == "_"
+                        || sep == "__"
+                        || sep.bytes().all(|x| x == b'-')
+                })
+        })
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    tag.len() <= 128
+        && tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl std::fmt::Display for Reference {
@@ -1250,6 +1338,37 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("64 hex"), "{e}");
+    }
+
+    /// Found by the fuzz target `reference`: a registry with a space, an
+    /// `@`, a `#`, or a repository with `..` or empty components was
+    /// accepted, and the URL pulled from was not the one named.
+    #[test]
+    fn references_cannot_leave_the_registry() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for bad in [
+            format!(" 27.0.0.1:5000/x@{d}"),
+            format!("user@registry.example/x@{d}"),
+            format!("registry.example#/x@{d}"),
+            format!("registry.example?/x@{d}"),
+            format!("localhost:65600/x@{d}"),
+            format!("localhost:/x@{d}"),
+            format!("registry.example/../../x@{d}"),
+            format!("registry.example/a//b@{d}"),
+            format!("registry.example/a/@{d}"),
+            format!("registry.example/-a@{d}"),
+            format!("registry.example/x:b@d:{d}"),
+            format!("registry.example/x: @{d}"),
+        ] {
+            let e = bad.parse::<Reference>().expect_err(&bad).to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        for good in [
+            format!("[::1]:5000/a/b-c__d.e@{d}"),
+            format!("registry.example:443/a--b/c_d:v1.2-x@{d}"),
+        ] {
+            assert!(good.parse::<Reference>().is_ok(), "{good}");
+        }
     }
 
     #[test]
