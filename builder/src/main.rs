@@ -25,6 +25,8 @@ mod cmd;
 mod config;
 mod debian;
 mod exit;
+#[cfg(test)]
+mod fuzz;
 mod lock;
 mod output;
 mod provenance;

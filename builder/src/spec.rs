@@ -147,7 +147,10 @@ pub struct Input {
 struct RawSpec {
     hermit: Option<Spanned<i64>>,
     package: RawPackage,
-    toolchain: Spanned<RawToolchain>,
+    // Not `Spanned` (nor is `debian` below): toml 0.8 cannot give the span
+    // of a table written with dotted keys or only through a sub-table
+    // header (`[toolchain.debian]`), and refuses such a spec instead.
+    toolchain: RawToolchain,
     #[serde(default)]
     source: Vec<Spanned<RawSource>>,
     build: RawBuild,
@@ -170,7 +173,7 @@ struct RawToolchain {
     image: Option<Spanned<String>>,
     oci: Option<Spanned<String>>,
     digest: Option<Spanned<String>>,
-    debian: Option<Spanned<RawDebian>>,
+    debian: Option<RawDebian>,
 }
 
 #[derive(Deserialize)]
@@ -445,14 +448,29 @@ fn check_url(cx: &Ctx, v: &Spanned<String>) -> Result<String, SpecError> {
     Ok(s.clone())
 }
 
-fn parse_toolchain(cx: &Ctx, t: &Spanned<RawToolchain>) -> Result<Toolchain, SpecError> {
-    let r = t.get_ref();
+/// Where the toolchain table is written (`[toolchain`, or a line starting
+/// with `toolchain`), for errors about the table as a whole.
+fn toolchain_span(text: &str) -> Range<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("[toolchain") || t.starts_with("toolchain") {
+            let at = offset + (line.len() - t.len());
+            return at..at;
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
+fn parse_toolchain(cx: &Ctx, r: &RawToolchain) -> Result<Toolchain, SpecError> {
+    let span = toolchain_span(cx.text);
     let kinds = [r.image.is_some(), r.oci.is_some(), r.debian.is_some()];
     let n = kinds.iter().filter(|k| **k).count();
     let one_of = "write exactly one of `image = \"HOST/NAME@sha256:<64 hex>\"`, `oci = \"PATH\"` with `digest = \"sha256:<64 hex>\"`, or `debian = { suite = \"bookworm\", include = [...] }`";
     if n != 1 {
         return Err(cx.err(
-            t.span(),
+            span.clone(),
             if n == 0 {
                 "[toolchain] names no toolchain".to_string()
             } else {
@@ -525,12 +543,12 @@ fn parse_toolchain(cx: &Ctx, t: &Spanned<RawToolchain>) -> Result<Toolchain, Spe
     }
     let Some(deb) = &r.debian else {
         return Err(cx.err(
-            t.span(),
+            span,
             "[toolchain] names no toolchain",
             Some(one_of.to_string()),
         ));
     };
-    let d = deb.get_ref();
+    let d = deb;
     let suite = nonempty(cx, &d.suite, "debian suite")?;
     let mut include = Vec::new();
     for p in &d.include {
