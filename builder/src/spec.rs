@@ -269,6 +269,15 @@ impl Spec {
         };
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
             let message = e.message().trim_end().to_string();
+            // toml gives no message at all for some syntax errors, such as
+            // a `key =` with nothing after it.
+            if message.is_empty() {
+                return cx.err(
+                    e.span().unwrap_or(0..0),
+                    "invalid TOML: a value is missing or malformed here",
+                    Some("write a value after `=`: a \"string\", a number, true or false, [an array] or { a table }".to_string()),
+                );
+            }
             let help = if message.starts_with("unknown field") {
                 Some("remove it, or use one of the fields listed (see docs/spec.md)".to_string())
             } else {
