@@ -6,6 +6,7 @@
 //! per target; `HERMIT_FUZZ_CASES=N` raises it (scripts/fuzz.sh does).
 #![allow(clippy::unwrap_used)] // tests may unwrap
 
+mod archives;
 mod common;
 mod digest;
 mod oci;

@@ -174,7 +174,7 @@ enum Shape {
 
 #[derive(Debug, Clone)]
 struct Case {
-    layer: Vec<crate::unpack::Entry>,
+    layer: Vec<crate::archives::Entry>,
     gzip: bool,
     config: Damage,
     manifest: Damage,
@@ -190,7 +190,7 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
-        prop::collection::vec(crate::unpack::entry(), 0..6),
+        prop::collection::vec(crate::archives::entry(), 0..6),
         any::<bool>(),
         damage(),
         damage(),
@@ -221,10 +221,10 @@ fn sha(b: &[u8]) -> Digest {
 
 /// Writes the image; returns its path and the digest that pins it.
 fn write_image(c: &Case, dir: &Path, out_dir: &Path) -> (std::path::PathBuf, Digest) {
-    let tar = crate::unpack::tar_bytes(&c.layer, out_dir);
+    let tar = crate::archives::tar_bytes(&c.layer, out_dir);
     let (layer, media) = if c.gzip && !matches!(c.shape, Shape::Docker) {
         (
-            crate::unpack::compress(&tar, hermit_store::unpack::Compression::Gzip),
+            crate::archives::compress(&tar, hermit_store::unpack::Compression::Gzip),
             "application/vnd.oci.image.layer.v1.tar+gzip",
         )
     } else {
