@@ -848,3 +848,35 @@ fn spec_syntax_errors_always_say_something() {
         assert!(e.contains("help: write a value"), "{e}");
     }
 }
+
+/// Deep nesting (arrays, inline tables, dotted keys, table headers, JSON
+/// arrays and objects) is refused with an error, never a stack overflow.
+#[test]
+fn fuzz_deep_nesting() {
+    let strategy = (1usize..50_000, 0usize..7, any::<bool>());
+    run("deep_nesting", file!(), 16, strategy, |(n, form, close)| {
+        let toml = match form {
+            0 => format!("a = {}", "[".repeat(n)),
+            1 => format!("a = {}1{}", "[".repeat(n), "]".repeat(n)),
+            2 => format!(
+                "a = {}1{}",
+                "{b=".repeat(n),
+                "}".repeat(if close { n } else { 0 })
+            ),
+            3 => format!("{} = 1", vec!["a"; n].join(".")),
+            _ => format!("[{}]", vec!["a"; n].join(".")),
+        };
+        check_spec_text(&toml)?;
+        check_lock_text(&toml)?;
+        let json = match form % 2 {
+            0 => format!("{}{}", "[".repeat(n), "]".repeat(if close { n } else { 0 })),
+            _ => format!(
+                "{}{}",
+                "{\"a\":".repeat(n),
+                "}".repeat(if close { n } else { 0 })
+            ),
+        };
+        check_record_text(&json)?;
+        Ok(())
+    });
+}
