@@ -1035,11 +1035,18 @@ fn is_loopback_host(registry: &str) -> bool {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => registry,
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    // IPv6 only in brackets, as a URL needs it; anything else is not a host.
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => {
+            host == "localhost"
+                || host
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
 }
 
 /// Pulls an image from a registry by digest (anonymous bearer-token flow),
@@ -1378,6 +1385,18 @@ mod tests {
         assert!(is_loopback_host("[::1]:5000"));
         assert!(!is_loopback_host("registry.example.org"));
         assert!(!is_loopback_host("10.0.0.1:5000"));
+        // Found by `fuzz_loopback_host`: these were taken for loopback
+        // (brackets trimmed one by one, bare IPv6), though no URL names them.
+        for odd in [
+            "localhost]",
+            "[localhost",
+            "[localhost]",
+            "::1",
+            "::1:5000",
+            "[127.0.0.1]",
+        ] {
+            assert!(!is_loopback_host(odd), "{odd}");
+        }
     }
 
     #[test]
@@ -1390,6 +1409,62 @@ mod tests {
         assert_eq!(c["service"], "registry.example");
         assert_eq!(c["scope"], "repository:lib/x:pull");
         assert!(parse_challenge("Basic realm=\"x\"").is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("HERMIT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+            ..Default::default()
+        })]
+
+        /// A registry's `WWW-Authenticate` answer: any text is parsed
+        /// without panicking; a well-formed challenge gives its parameters.
+        #[test]
+        fn fuzz_bearer_challenge(
+            params in proptest::collection::btree_map("[a-z]{1,8}", "[^\"]{0,16}", 0..4),
+            sep in "(,|, |,  )",
+            junk in proptest::prelude::any::<String>(),
+        ) {
+            let _ = parse_challenge(&junk);
+            let _ = parse_challenge(&format!("Bearer {junk}"));
+            let mut all = params.clone();
+            all.insert("realm".into(), "https://auth.example/token".into());
+            let h = all
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect::<Vec<_>>()
+                .join(&sep);
+            proptest::prop_assert_eq!(parse_challenge(&format!("Bearer {h}")), Some(all));
+        }
+
+        /// Plain http is only ever used for a name whose URL really is a
+        /// loopback host.
+        #[test]
+        fn fuzz_loopback_host(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "localhost", "127.0.0.1", "127.1", "[::1]", "::1", "evil.example", "@", ":5000",
+                    ":", "[", "]", ".", "0", "%2e", "#", "/",
+                ]),
+                1..5,
+            ),
+        ) {
+            let host = pieces.concat();
+            if is_loopback_host(&host) {
+                let url = crate::Url::parse(&format!("http://{host}/v2/"));
+                let ok = url.as_ref().is_ok_and(|u| {
+                    u.host_str().is_some_and(|h| {
+                        h == "localhost"
+                            || h
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    })
+                });
+                proptest::prop_assert!(ok, "{:?} counted as loopback: {:?}", host, url);
+            }
+        }
     }
 
     #[test]
