@@ -170,3 +170,40 @@ fn fuzz_reference() {
         Ok(())
     });
 }
+
+/// Mirrors as users write them: folders, `file://`, `http(s)://` URLs.
+#[test]
+fn fuzz_mirror() {
+    let strategy = prop_oneof![
+        "(http|https|file|ftp|HTTP)://[a-z0-9.:@\\[\\]%/?#-]{0,24}",
+        "[a-z0-9./ -]{0,16}",
+        any::<String>(),
+    ];
+    run("mirror", file!(), 512, strategy, |s| {
+        let base = std::path::Path::new("/base");
+        match hermit_store::Mirror::parse(&s, base) {
+            Ok(hermit_store::Mirror::Http(u)) => {
+                prop_assert!(matches!(u.scheme(), "http" | "https"), "{}", u);
+                prop_assert!(u.path().ends_with('/'), "{}", u);
+                prop_assert!(u.host_str().is_some_and(|h| !h.is_empty()), "{}", u);
+            }
+            Ok(hermit_store::Mirror::Dir(p)) => {
+                if s.contains("://") {
+                    prop_assert!(
+                        s.starts_with("file://") && p.is_absolute(),
+                        "{} -> {:?}",
+                        s,
+                        p
+                    );
+                } else {
+                    prop_assert_eq!(p, base.join(&s));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                prop_assert!(msg.contains(&format!("{s:?}")), "{}", msg);
+            }
+        }
+        Ok(())
+    });
+}
