@@ -977,7 +977,13 @@ fn valid_registry(registry: &str) -> bool {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             }));
-    port_ok && host_ok
+    // A URL reads a host whose last label is a number as an IPv4 address
+    // (`127.0.0.105000` is not a name): then it must be one.
+    let numeric = host.rsplit('.').next().is_some_and(|l| {
+        l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x") || l.starts_with("0X")
+    });
+    let ip_ok = registry.starts_with('[') || !numeric || host.parse::<std::net::Ipv4Addr>().is_ok();
+    port_ok && host_ok && ip_ok
 }
 
 /// A repository name as the OCI distribution spec defines it:
@@ -1366,6 +1372,9 @@ mod tests {
             format!("registry.example/-a@{d}"),
             format!("registry.example/x:b@d:{d}"),
             format!("registry.example/x: @{d}"),
+            format!("127.0.0.105000/x@{d}"),
+            format!("10.0.0.256/x@{d}"),
+            format!("a.0x10/x@{d}"),
         ] {
             let e = bad.parse::<Reference>().expect_err(&bad).to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
