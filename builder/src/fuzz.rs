@@ -108,7 +108,7 @@ fn url() -> impl Strategy<Value = String> {
 fn tool_model() -> impl Strategy<Value = ToolModel> {
     prop_oneof![
         (
-            "[a-z0-9]{1,8}\\.[a-z]{2,4}(:[1-9][0-9]{0,3})?/[a-z0-9]{1,8}(/[a-z0-9]{1,8})?(:[a-z0-9.]{1,6})?",
+            "[a-z0-9]{1,8}\\.[a-z]{2,4}(:[1-9][0-9]{0,3})?/[a-z0-9]{1,8}(/[a-z0-9]{1,8})?(:[a-z0-9][a-z0-9.]{0,5})?",
             digest()
         )
             .prop_map(|(reference, digest)| ToolModel::Image { reference, digest }),
@@ -359,6 +359,18 @@ fn toml_leaf() -> impl Strategy<Value = toml::Value> {
         text().prop_map(toml::Value::from),
         Just(toml::Value::from("../etc")),
         Just(toml::Value::from("ftp://x/y")),
+        Just(toml::Value::from(format!(
+            "user@reg.example/x@sha256:{}",
+            "0".repeat(64)
+        ))),
+        Just(toml::Value::from(format!(
+            "reg.example/../x@sha256:{}",
+            "0".repeat(64)
+        ))),
+        Just(toml::Value::from(format!(
+            "reg.example/X@sha256:{}",
+            "0".repeat(64)
+        ))),
         Just(toml::Value::from(format!("sha256:{}", "0".repeat(64)))),
         Just(toml::Value::from("0".repeat(64))),
         Just(toml::Value::Array(vec![])),
@@ -435,6 +447,11 @@ fn check_spec_text(text: &str) -> Result<Option<Spec>, TestCaseError> {
             let again = Spec::parse(Path::new("dir/spec.toml"), text).unwrap();
             prop_assert_eq!(&a, &again.canonical_json().unwrap());
             serde_json::from_str::<Value>(&a).unwrap();
+            // An image the spec accepts is one `hermit image pull` accepts.
+            if let Toolchain::Image { reference, .. } = &s.toolchain {
+                let r = reference.parse::<hermit_store::oci::Reference>();
+                prop_assert!(r.is_ok(), "spec accepted {:?}: {:?}", reference, r);
+            }
             Ok(Some(s))
         }
         Err(e) => {
@@ -879,4 +896,23 @@ fn fuzz_deep_nesting() {
         check_record_text(&json)?;
         Ok(())
     });
+}
+
+/// Found by the fuzz target `spec`: the spec accepted image references that
+/// `hermit image pull` then refused (a registry with `user@`, `..` in the
+/// name), so the error came late and without the spec's line and column.
+#[test]
+fn spec_image_is_checked_like_a_pull() {
+    let d = format!("sha256:{}", "0".repeat(64));
+    for bad in [
+        format!("user@reg.example/x@{d}"),
+        format!("reg.example/../x@{d}"),
+        format!("reg.example/X@{d}"),
+    ] {
+        let text = format!(
+            "[package]\nname = \"a\"\nversion = \"1\"\n[build]\nscript = \"x\"\n[toolchain]\nimage = \"{bad}\"\n"
+        );
+        let e = Spec::parse(Path::new("s"), &text).unwrap_err().to_string();
+        assert!(e.starts_with("s:7:9: image reference"), "{bad}: {e}");
+    }
 }

@@ -530,6 +530,11 @@ fn parse_toolchain(cx: &Ctx, r: &RawToolchain) -> Result<Toolchain, SpecError> {
                 help,
             ));
         }
+        // What `hermit image pull` will accept: a real registry host and an
+        // OCI repository name.
+        if let Err(e) = s.parse::<hermit_store::oci::Reference>() {
+            return Err(cx.err(img.span(), e.to_string(), help));
+        }
         return Ok(Toolchain::Image {
             reference: s.clone(),
             repository: repository.to_string(),
