@@ -15,8 +15,10 @@ minutes=${1:-20}
 cases=${2:-2000}
 cd "$(dirname "$0")/.."
 
-out=target/fuzz
+out=${CARGO_TARGET_DIR:-target}/fuzz
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
+# absolute: each test binary runs in its own crate's folder
 stats="$out/stats"
 : >"$stats"
 
