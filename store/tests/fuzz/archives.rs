@@ -89,14 +89,14 @@ pub fn mode() -> impl Strategy<Value = u32> {
 }
 
 pub fn kind() -> impl Strategy<Value = Kind> {
+    // Specials, unknown types and huge sizes end most extractions at once,
+    // so they are rarer than the entries that build up a tree.
     prop_oneof![
-        6 => prop::collection::vec(any::<u8>(), 0..48).prop_map(Kind::File),
-        3 => Just(Kind::Dir),
-        4 => path().prop_map(Kind::Symlink),
-        2 => path().prop_map(Kind::Hardlink),
-        1 => Just(Kind::Char),
-        1 => Just(Kind::Block),
-        1 => Just(Kind::Fifo),
+        10 => prop::collection::vec(any::<u8>(), 0..48).prop_map(Kind::File),
+        4 => Just(Kind::Dir),
+        5 => path().prop_map(Kind::Symlink),
+        3 => path().prop_map(Kind::Hardlink),
+        1 => prop_oneof![Just(Kind::Char), Just(Kind::Block), Just(Kind::Fifo)],
         1 => any::<u8>().prop_map(Kind::Other),
         1 => prop_oneof![Just(1u64 << 33), Just(u64::MAX >> 1), 512u64..1 << 20].prop_map(Kind::Huge),
     ]
@@ -117,7 +117,32 @@ pub fn entry() -> impl Strategy<Value = Entry> {
 }
 
 pub fn entries() -> impl Strategy<Value = Vec<Entry>> {
-    prop::collection::vec(entry(), 1..10)
+    let plain = prop::collection::vec(entry(), 1..10);
+    // A symlink, then an entry below it: written through the link?
+    let through = (
+        prop::collection::vec(entry(), 0..6),
+        any::<prop::sample::Index>(),
+        path(),
+        prop::sample::select(vec!["lnk", "a/lnk", "d"]),
+        component(),
+        entry(),
+    )
+        .prop_map(|(mut es, at, target, link, below, mut e)| {
+            let i = at.index(es.len() + 1);
+            e.path = format!("{link}/{below}");
+            es.insert(
+                i,
+                Entry {
+                    path: link.to_string(),
+                    kind: Kind::Symlink(target),
+                    mode: 0o777,
+                    enc: NameEnc::Plain,
+                },
+            );
+            es.insert(i + 1, e);
+            es
+        });
+    prop_oneof![3 => plain, 1 => through]
 }
 
 // ---- writing archives byte by byte (the tar crate refuses hostile names) ----
