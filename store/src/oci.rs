@@ -983,7 +983,19 @@ fn valid_registry(registry: &str) -> bool {
         l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x") || l.starts_with("0X")
     });
     let ip_ok = registry.starts_with('[') || !numeric || host.parse::<std::net::Ipv4Addr>().is_ok();
-    port_ok && host_ok && ip_ok
+    // Last, the URL parser `pull` uses must read the same host (it also
+    // checks IDNA labels such as `xn--…`).
+    let url_ok = crate::Url::parse(&format!("http://{registry}/")).is_ok_and(|u| {
+        u.host_str().is_some_and(|h| {
+            let want = registry.rsplit_once(':').filter(|(_, p)| !p.contains(']'));
+            let want = match want {
+                Some((h, _)) if !registry.starts_with('[') || h.ends_with(']') => h,
+                _ => registry,
+            };
+            h.eq_ignore_ascii_case(want)
+        })
+    });
+    port_ok && host_ok && ip_ok && url_ok
 }
 
 /// A repository name as the OCI distribution spec defines it:
@@ -1375,6 +1387,7 @@ mod tests {
             format!("127.0.0.105000/x@{d}"),
             format!("10.0.0.256/x@{d}"),
             format!("a.0x10/x@{d}"),
+            format!("a.xn--0/x@{d}"),
         ] {
             let e = bad.parse::<Reference>().expect_err(&bad).to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");

@@ -60,7 +60,7 @@ fn registry() -> impl Strategy<Value = String> {
         Just("localhost".to_string()),
         Just("127.0.0.1:5000".to_string()),
         Just("[::1]:5000".to_string()),
-        "[a-z]([a-z0-9-]{0,6}[a-z0-9])?(\\.[a-z]([a-z0-9-]{0,6}[a-z0-9])?){1,3}(:[1-9][0-9]{0,3})?",
+        "[a-z]([a-z0-9]{0,3}-?[a-z0-9]{1,3})?(\\.[a-z]([a-z0-9]{0,3}-?[a-z0-9]{1,3})?){1,3}(:[1-9][0-9]{0,3})?",
         (1u16..).prop_map(|p| format!("localhost:{p}")),
     ]
 }
