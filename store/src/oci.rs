@@ -255,7 +255,7 @@ impl Source for DirSource {
     }
     fn small(&mut self, path: &str) -> Result<Option<Vec<u8>>, OciError> {
         let p = self.root.join(safe_rel(&self.name(), path)?);
-        match File::open(&p) {
+        match open_regular(&p) {
             Ok(f) => read_capped(f, &p.display().to_string()).map(Some),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&p)(e)),
@@ -266,7 +266,7 @@ impl Source for DirSource {
             return Ok(());
         }
         let p = self.root.join(safe_rel(&self.name(), path)?);
-        let mut f = File::open(&p).map_err(|e| match e.kind() {
+        let mut f = open_regular(&p).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => OciError::MissingBlob {
                 what: self.name(),
                 digest: expected.to_string(),
@@ -279,7 +279,7 @@ impl Source for DirSource {
     }
     fn digest_of(&mut self, store: &Store, path: &str) -> Result<Digest, OciError> {
         let p = self.root.join(safe_rel(&self.name(), path)?);
-        let mut f = File::open(&p).map_err(io_err(&p))?;
+        let mut f = open_regular(&p).map_err(io_err(&p))?;
         Ok(store.add_reader(&mut f, &p.display().to_string(), None, None)?)
     }
 }
@@ -294,7 +294,7 @@ struct TarSource {
 
 impl TarSource {
     fn read(store: &Store, path: &Path) -> Result<TarSource, OciError> {
-        let f = File::open(path).map_err(io_err(path))?;
+        let f = open_regular(path).map_err(io_err(path))?;
         let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, f));
         let mut files = BTreeMap::new();
         let mut small = BTreeMap::new();
@@ -367,6 +367,24 @@ impl Source for TarSource {
                 digest: p.clone(),
             })
     }
+}
+
+/// Opens a file of an image for reading, refusing anything but a regular
+/// file (after symlinks): a fifo would block the import forever, a device
+/// such as /dev/zero would stream into the store without end.
+fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file; an image is made of regular files and folders",
+        ));
+    }
+    Ok(f)
 }
 
 fn read_capped(r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {

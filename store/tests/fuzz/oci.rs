@@ -478,3 +478,63 @@ fn fuzz_oci_raw_json() {
         },
     );
 }
+
+/// Runs an import on another thread; `None` if it did not finish in time.
+fn import_within(
+    store: Store,
+    path: std::path::PathBuf,
+    secs: u64,
+) -> Option<Result<oci::Image, String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = oci::import(&store, &path, None).map_err(|e| chain(&e));
+        let _ = tx.send(r);
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).ok()
+}
+
+/// Found while fuzzing layouts: a fifo (or a device) where a layout has a
+/// file made the import block forever, or stream without end into the
+/// store. Only regular files are read; anything else is refused naming it.
+#[test]
+fn oci_layout_special_files_are_refused() {
+    let c = Case {
+        layer: vec![],
+        gzip: false,
+        config: Damage::default(),
+        manifest: Damage::default(),
+        index: Damage::default(),
+        nested: false,
+        shape: Shape::Dir,
+        pin: 0,
+        drop_blob: None,
+    };
+    for victim in ["index.json", "layer", "zero"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let out = tmp.path().join("out");
+        fs::create_dir(&out).unwrap();
+        let (path, _) = write_image(&c, tmp.path(), &out);
+        let file = if victim == "index.json" {
+            path.join("index.json")
+        } else {
+            let tar = crate::archives::tar_bytes(&[], &out);
+            path.join("blobs/sha256").join(sha(&tar).hex())
+        };
+        fs::remove_file(&file).unwrap();
+        if victim == "zero" {
+            std::os::unix::fs::symlink("/dev/zero", &file).unwrap();
+        } else {
+            nix::unistd::mkfifo(&file, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        }
+        let r = import_within(store, path.clone(), 20);
+        let Some(r) = r else {
+            panic!("importing a layout with a special file as {victim} hung");
+        };
+        let e = r.expect_err("a special file was imported");
+        assert!(
+            e.contains("not a regular file") && e.contains(&file.display().to_string()),
+            "{e}"
+        );
+    }
+}
