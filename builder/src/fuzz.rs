@@ -645,6 +645,8 @@ fn json_leaf() -> impl Strategy<Value = Value> {
         text().prop_map(Value::from),
         digest().prop_map(|d| json!(d.to_string())),
         Just(json!("file")),
+        Just(json!("../../etc")),
+        Just(json!("a/b")),
         Just(json!("symlink")),
         Just(json!("directory")),
         Just(json!([])),
@@ -735,6 +737,23 @@ fn check_record_text(text: &str) -> Result<(), TestCaseError> {
     match r {
         Ok(rec) => {
             prop_assert!(rec.validate("x").is_ok());
+            // Names become paths (/sources/<name>, /inputs/<name>): they
+            // follow the spec's rule for names.
+            let safe = |n: &str| {
+                !n.is_empty()
+                    && !n.starts_with('.')
+                    && n.len() <= 128
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+            };
+            for n in rec
+                .sources
+                .iter()
+                .map(|s| s.name())
+                .chain(rec.inputs.iter().map(|i| i.name.as_str()))
+            {
+                prop_assert!(safe(n), "the record names a source or input {:?}", n);
+            }
             let canon = rec.to_json().unwrap();
             let back = Record::parse(&canon, "again").unwrap();
             prop_assert_eq!(&back, &rec);
@@ -914,5 +933,28 @@ fn spec_image_is_checked_like_a_pull() {
         );
         let e = Spec::parse(Path::new("s"), &text).unwrap_err().to_string();
         assert!(e.starts_with("s:7:9: image reference"), "{bad}: {e}");
+    }
+}
+
+/// Found by the fuzz target `record`: a record could name a source or an
+/// input `../../etc` or `a/b` (with a build key to match), which the spec
+/// parser refuses; the names become mount points in the sandbox.
+#[test]
+fn record_names_are_path_components() {
+    for bad in ["../../etc", "a/b", "", ".hidden", "["] {
+        let mut rec = crate::record::tests::sample();
+        match rec.sources.first_mut() {
+            Some(crate::record::SourceRecord::Remote { name, .. })
+            | Some(crate::record::SourceRecord::Local { name, .. }) => *name = bad.to_string(),
+            None => panic!("the sample has sources"),
+        }
+        rec.build_key = rec.key_inputs().build_key();
+        let e = Record::parse(&rec.to_json().unwrap(), "r.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("r.json") && e.contains("is not allowed"),
+            "{bad:?}: {e}"
+        );
     }
 }

@@ -417,15 +417,20 @@ fn nonempty(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<String, SpecErr
     Ok(v.get_ref().clone())
 }
 
-/// A name that becomes a path component (`/sources/<name>`, `/inputs/<name>`).
-fn check_name(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<String, SpecError> {
-    let s = v.get_ref();
-    let ok = !s.is_empty()
+/// 1 to 128 of A-Z a-z 0-9 . _ - +, not starting with `.`: the rule for
+/// names that become path components (package, sources, inputs).
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if !ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+}
+
+/// A name that becomes a path component (`/sources/<name>`, `/inputs/<name>`).
+fn check_name(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<String, SpecError> {
+    let s = v.get_ref();
+    if !is_valid_name(s) {
         return Err(cx.err(
             v.span(),
             format!("{what} {s:?} is not allowed"),
