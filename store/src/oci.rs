@@ -955,35 +955,40 @@ impl std::str::FromStr for Reference {
 }
 
 /// `HOST[:PORT]`: a DNS name, an IPv4 address or a bracketed IPv6
-/// address, and a port from 1 to 65535. Anything else (spaces, `@`, `#`,
-/// `?`, `\\`) would make the URL hermit builds point somewhere else.
+/// address, and a port from 1 to 65535, which the URL parser `pull` uses
+/// reads back unchanged. Anything else (spaces, `@`, `#`, `?`, `\\`,
+/// `127.0.0.105000`, invalid IDNA labels) would make the URL hermit builds
+/// point somewhere else, or nowhere.
 fn valid_registry(registry: &str) -> bool {
-    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
-        let Some((v6, after)) = rest.split_once(']') else {
-            return false;
-        };
-        if v6.parse::<std::net::Ipv6Addr>().is_err() {
-            return false;
+    // The host as a URL spells it (IPv6 with its brackets), and the port.
+    let (host, port) = match registry.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return false;
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return false;
+            }
+            let port = match after {
+                "" => None,
+                p => match p.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return false,
+                },
+            };
+            (&registry[..v6.len() + 2], port)
         }
-        match after {
-            "" => return true,
-            p => match p.strip_prefix(':') {
-                Some(p) => ("", Some(p)),
-                None => return false,
-            },
-        }
-    } else {
-        match registry.split_once(':') {
+        None => match registry.split_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (registry, None),
-        }
+        },
     };
     let port_ok = port.is_none_or(|p| {
         !p.is_empty()
             && p.bytes().all(|b| b.is_ascii_digit())
             && p.parse::<u16>().is_ok_and(|n| n > 0)
     });
-    let host_ok = registry.starts_with('[')
+    let name_ok = host.starts_with('[')
         || (!host.is_empty()
             && host.len() <= 253
             && host.split('.').all(|label| {
@@ -997,23 +1002,18 @@ fn valid_registry(registry: &str) -> bool {
             }));
     // A URL reads a host whose last label is a number as an IPv4 address
     // (`127.0.0.105000` is not a name): then it must be one.
-    let numeric = host.rsplit('.').next().is_some_and(|l| {
-        l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x") || l.starts_with("0X")
-    });
-    let ip_ok = registry.starts_with('[') || !numeric || host.parse::<std::net::Ipv4Addr>().is_ok();
-    // Last, the URL parser `pull` uses must read the same host (it also
-    // checks IDNA labels such as `xn--…`).
-    let url_ok = crate::Url::parse(&format!("http://{registry}/")).is_ok_and(|u| {
-        u.host_str().is_some_and(|h| {
-            let want = registry.rsplit_once(':').filter(|(_, p)| !p.contains(']'));
-            let want = match want {
-                Some((h, _)) if !registry.starts_with('[') || h.ends_with(']') => h,
-                _ => registry,
-            };
-            h.eq_ignore_ascii_case(want)
-        })
-    });
-    port_ok && host_ok && ip_ok && url_ok
+    let numeric = !host.starts_with('[')
+        && host.rsplit('.').next().is_some_and(|l| {
+            l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x") || l.starts_with("0X")
+        });
+    let ip_ok = !numeric || host.parse::<std::net::Ipv4Addr>().is_ok();
+    // Last, the URL parser must read the same host back (it also checks
+    // IDNA labels such as `xn--…`).
+    port_ok
+        && name_ok
+        && ip_ok
+        && crate::Url::parse(&format!("http://{registry}/"))
+            .is_ok_and(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
 }
 
 /// A repository name as the OCI distribution spec defines it:
