@@ -26,6 +26,8 @@ mod config;
 mod debian;
 mod derive;
 mod exit;
+#[cfg(test)]
+mod fuzz;
 mod integrity;
 mod limits;
 mod lock;

@@ -768,6 +768,19 @@ impl Record {
                 }
             }
         }
+        // Names become paths in the sandbox (/sources/<name>, /inputs/<name>).
+        for name in self
+            .sources
+            .iter()
+            .map(SourceRecord::name)
+            .chain(self.inputs.iter().map(|i| i.name.as_str()))
+        {
+            if !crate::spec::is_valid_name(name) {
+                return bad(format!(
+                    "source or input name {name:?} is not allowed (1 to 128 of A-Z a-z 0-9 . _ - +, not starting with `.`)"
+                ));
+            }
+        }
         for w in self.sources.windows(2) {
             if w[0].name() >= w[1].name() {
                 return bad(format!(

@@ -171,7 +171,10 @@ pub struct Input {
 struct RawSpec {
     hermit: Option<Spanned<i64>>,
     package: RawPackage,
-    toolchain: Spanned<RawToolchain>,
+    // Not `Spanned` (nor is `debian` below): toml 0.8 cannot give the span
+    // of a table written with dotted keys or only through a sub-table
+    // header (`[toolchain.debian]`), and refuses such a spec instead.
+    toolchain: RawToolchain,
     #[serde(default)]
     source: Vec<Spanned<RawSource>>,
     build: RawBuild,
@@ -194,7 +197,7 @@ struct RawToolchain {
     image: Option<Spanned<String>>,
     oci: Option<Spanned<String>>,
     digest: Option<Spanned<String>>,
-    debian: Option<Spanned<RawDebian>>,
+    debian: Option<RawDebian>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +343,15 @@ impl Spec {
         };
         let raw: RawSpec = toml::from_str(text).map_err(|e| {
             let message = e.message().trim_end().to_string();
+            // toml gives no message at all for some syntax errors, such as
+            // a `key =` with nothing after it.
+            if message.is_empty() {
+                return cx.err(
+                    e.span().unwrap_or(0..0),
+                    "invalid TOML: a value is missing or malformed here",
+                    Some("write a value after `=`: a \"string\", a number, true or false, [an array] or { a table }".to_string()),
+                );
+            }
             let help = if message.starts_with("unknown field") {
                 Some("remove it, or use one of the fields listed (see docs/spec.md)".to_string())
             } else {
@@ -496,15 +508,20 @@ fn nonempty(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<String, SpecErr
     Ok(v.get_ref().clone())
 }
 
-/// A name that becomes a path component (`/sources/<name>`, `/inputs/<name>`).
-fn check_name(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<String, SpecError> {
-    let s = v.get_ref();
-    let ok = !s.is_empty()
+/// 1 to 128 of A-Z a-z 0-9 . _ - +, not starting with `.`: the rule for
+/// names that become path components (package, sources, inputs).
+pub fn is_valid_name(s: &str) -> bool {
+    !s.is_empty()
         && !s.starts_with('.')
         && s.len() <= 128
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'));
-    if !ok {
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+'))
+}
+
+/// A name that becomes a path component (`/sources/<name>`, `/inputs/<name>`).
+fn check_name(cx: &Ctx, v: &Spanned<String>, what: &str) -> Result<String, SpecError> {
+    let s = v.get_ref();
+    if !is_valid_name(s) {
         return Err(cx.err(
             v.span(),
             format!("{what} {s:?} is not allowed"),
@@ -536,14 +553,29 @@ fn check_url(cx: &Ctx, v: &Spanned<String>) -> Result<String, SpecError> {
     Ok(s.clone())
 }
 
-fn parse_toolchain(cx: &Ctx, t: &Spanned<RawToolchain>) -> Result<Toolchain, SpecError> {
-    let r = t.get_ref();
+/// Where the toolchain table is written (`[toolchain`, or a line starting
+/// with `toolchain`), for errors about the table as a whole.
+fn toolchain_span(text: &str) -> Range<usize> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.starts_with("[toolchain") || t.starts_with("toolchain") {
+            let at = offset + (line.len() - t.len());
+            return at..at;
+        }
+        offset += line.len();
+    }
+    0..0
+}
+
+fn parse_toolchain(cx: &Ctx, r: &RawToolchain) -> Result<Toolchain, SpecError> {
+    let span = toolchain_span(cx.text);
     let kinds = [r.image.is_some(), r.oci.is_some(), r.debian.is_some()];
     let n = kinds.iter().filter(|k| **k).count();
     let one_of = "write exactly one of `image = \"HOST/NAME@sha256:<64 hex>\"`, `oci = \"PATH\"` with `digest = \"sha256:<64 hex>\"`, or `debian = { suite = \"bookworm\", include = [...] }`";
     if n != 1 {
         return Err(cx.err(
-            t.span(),
+            span.clone(),
             if n == 0 {
                 "[toolchain] names no toolchain".to_string()
             } else {
@@ -594,6 +626,11 @@ fn parse_toolchain(cx: &Ctx, t: &Spanned<RawToolchain>) -> Result<Toolchain, Spe
                 help,
             ));
         }
+        // What `hermit image pull` will accept: a real registry host and an
+        // OCI repository name.
+        if let Err(e) = s.parse::<hermit_store::oci::Reference>() {
+            return Err(cx.err(img.span(), e.to_string(), help));
+        }
         return Ok(Toolchain::Image {
             reference: s.clone(),
             repository: repository.to_string(),
@@ -616,12 +653,12 @@ fn parse_toolchain(cx: &Ctx, t: &Spanned<RawToolchain>) -> Result<Toolchain, Spe
     }
     let Some(deb) = &r.debian else {
         return Err(cx.err(
-            t.span(),
+            span,
             "[toolchain] names no toolchain",
             Some(one_of.to_string()),
         ));
     };
-    let d = deb.get_ref();
+    let d = deb;
     let suite = nonempty(cx, &d.suite, "debian suite")?;
     let mut include = Vec::new();
     for p in &d.include {

@@ -163,7 +163,11 @@ pub const RESERVED_ENV: &[&str] = &["HERMIT_JOBS", "SOURCE_DATE_EPOCH", "out", "
 impl Profile {
     /// The profile called `name`.
     pub fn get(name: &str) -> Result<Profile, ProfileError> {
-        let text = text(name)?;
+        Profile::parse(name, text(name)?)
+    }
+
+    /// Reads a profile's TOML `text`; `name` names it in errors.
+    pub fn parse(name: &str, text: &str) -> Result<Profile, ProfileError> {
         let profile: Profile = toml::from_str(text).map_err(|e| ProfileError::Malformed {
             name: name.to_string(),
             source: Box::new(e),
@@ -377,3 +381,6 @@ mod tests {
         assert_eq!(p.jobs(Some(1000), 2), 64);
     }
 }
+
+#[cfg(test)]
+mod fuzz;

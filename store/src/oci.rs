@@ -330,7 +330,7 @@ struct TarSource {
 
 impl TarSource {
     fn read(store: &Store, path: &Path) -> Result<TarSource, OciError> {
-        let f = File::open(path).map_err(io_err(path))?;
+        let f = open_archive(path).map_err(io_err(path))?;
         let mut archive = tar::Archive::new(io::BufReader::with_capacity(1 << 20, f));
         let mut files = BTreeMap::new();
         let mut small = BTreeMap::new();
@@ -422,6 +422,24 @@ impl Source for TarSource {
                 digest: p.clone(),
             })
     }
+}
+
+/// Opens an image archive the caller named (a symlink to it is fine),
+/// refusing anything but a regular file: a fifo would block the import
+/// forever, a device such as /dev/zero would stream into the store without end.
+fn open_archive(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file; an image archive is a regular file",
+        ));
+    }
+    Ok(f)
 }
 
 fn read_capped(r: impl Read, what: &str) -> Result<Vec<u8>, OciError> {
@@ -1015,19 +1033,27 @@ impl std::str::FromStr for Reference {
                 "the part before the first / must be a registry host (with a dot or a port); hermit has no default registry",
             ));
         }
+        if !valid_registry(registry) {
+            return Err(err(
+                "the registry must be HOST or HOST:PORT, the host a DNS name, an IPv4 address or [IPv6], the port 1 to 65535",
+            ));
+        }
         // `NAME:TAG@sha256:…`: the digest pins the image; the tag is only a
         // reminder for people and is not used.
         let repository = match repository.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => name,
+            Some((name, tag)) if !tag.contains('/') => {
+                if !valid_tag(tag) {
+                    return Err(err(
+                        "a tag is 1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -",
+                    ));
+                }
+                name
+            }
             _ => repository,
         };
-        if repository.is_empty()
-            || !repository
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/".contains(&b))
-        {
+        if !valid_repository(repository) {
             return Err(err(
-                "repository names are lowercase letters, digits and . _ - /",
+                "repository names are /-separated components of lowercase letters and digits, joined inside a component by one . or _, two _, or dashes",
             ));
         }
         Ok(Reference {
@@ -1036,6 +1062,104 @@ impl std::str::FromStr for Reference {
             digest,
         })
     }
+}
+
+/// `HOST[:PORT]`: a DNS name, an IPv4 address or a bracketed IPv6
+/// address, and a port from 1 to 65535, which the URL parser `pull` uses
+/// reads back unchanged. Anything else (spaces, `@`, `#`, `?`, `\\`,
+/// `127.0.0.105000`, invalid IDNA labels) would make the URL hermit builds
+/// point somewhere else, or nowhere.
+fn valid_registry(registry: &str) -> bool {
+    // The host as a URL spells it (IPv6 with its brackets), and the port.
+    let (host, port) = match registry.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return false;
+            };
+            if v6.parse::<std::net::Ipv6Addr>().is_err() {
+                return false;
+            }
+            let port = match after {
+                "" => None,
+                p => match p.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return false,
+                },
+            };
+            (&registry[..v6.len() + 2], port)
+        }
+        None => match registry.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (registry, None),
+        },
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    let name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            }));
+    // A URL reads a host whose last label is a number as an IPv4 address
+    // (`127.0.0.105000` is not a name): then it must be one.
+    let numeric = !host.starts_with('[')
+        && host.rsplit('.').next().is_some_and(|l| {
+            l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x") || l.starts_with("0X")
+        });
+    let ip_ok = !numeric || host.parse::<std::net::Ipv4Addr>().is_ok();
+    // Last, the URL parser must read the same host back (it also checks
+    // IDNA labels such as `xn--…`).
+    port_ok
+        && name_ok
+        && ip_ok
+        && crate::Url::parse(&format!("http://{registry}/"))
+            .is_ok_and(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+}
+
+/// A repository name as the OCI distribution spec defines it:
+/// `/`-separated components of `[a-z0-9]+` joined by `.`, `_`, `__` or
+/// dashes. No empty component, no `..`, nothing that could leave `/v2/`.
+fn valid_repository(repository: &str) -> bool {
+    !repository.is_empty()
+        && repository.len() <= 255
+        && repository.split('/').all(|c| {
+            let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+            let b = c.as_bytes();
+            if b.first().is_none_or(|x| !alnum(x)) || b.last().is_none_or(|x| !alnum(x)) {
+                return false;
+            }
+            // Between runs of [a-z0-9]: ".", "_", "__" or one or more "-".
+            c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+                .all(|sep| {
+                    sep.is_empty()
+                        || sep == "."
+                        || sep == "_"
+                        || sep == "__"
+                        || sep.bytes().all(|x| x == b'-')
+                })
+        })
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn valid_tag(tag: &str) -> bool {
+    tag.len() <= 128
+        && tag
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl std::fmt::Display for Reference {
@@ -1057,11 +1181,18 @@ fn is_loopback_host(registry: &str) -> bool {
         Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => registry,
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    host == "localhost"
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    // IPv6 only in brackets, as a URL needs it; anything else is not a host.
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => {
+            host == "localhost"
+                || host
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+    }
 }
 
 /// Pulls an image from a registry by digest (anonymous bearer-token flow),
@@ -1412,6 +1543,41 @@ mod tests {
         assert!(e.contains("64 hex"), "{e}");
     }
 
+    /// Found by the fuzz target `reference`: a registry with a space, an
+    /// `@`, a `#`, or a repository with `..` or empty components was
+    /// accepted, and the URL pulled from was not the one named.
+    #[test]
+    fn references_cannot_leave_the_registry() {
+        let d = format!("sha256:{}", "a".repeat(64));
+        for bad in [
+            format!(" 27.0.0.1:5000/x@{d}"),
+            format!("user@registry.example/x@{d}"),
+            format!("registry.example#/x@{d}"),
+            format!("registry.example?/x@{d}"),
+            format!("localhost:65600/x@{d}"),
+            format!("localhost:/x@{d}"),
+            format!("registry.example/../../x@{d}"),
+            format!("registry.example/a//b@{d}"),
+            format!("registry.example/a/@{d}"),
+            format!("registry.example/-a@{d}"),
+            format!("registry.example/x:b@d:{d}"),
+            format!("registry.example/x: @{d}"),
+            format!("127.0.0.105000/x@{d}"),
+            format!("10.0.0.256/x@{d}"),
+            format!("a.0x10/x@{d}"),
+            format!("a.xn--0/x@{d}"),
+        ] {
+            let e = bad.parse::<Reference>().expect_err(&bad).to_string();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+        for good in [
+            format!("[::1]:5000/a/b-c__d.e@{d}"),
+            format!("registry.example:443/a--b/c_d:v1.2-x@{d}"),
+        ] {
+            assert!(good.parse::<Reference>().is_ok(), "{good}");
+        }
+    }
+
     #[test]
     fn loopback_registries_use_http() {
         assert!(is_loopback_host("127.0.0.1:5000"));
@@ -1419,6 +1585,18 @@ mod tests {
         assert!(is_loopback_host("[::1]:5000"));
         assert!(!is_loopback_host("registry.example.org"));
         assert!(!is_loopback_host("10.0.0.1:5000"));
+        // Found by `fuzz_loopback_host`: these were taken for loopback
+        // (brackets trimmed one by one, bare IPv6), though no URL names them.
+        for odd in [
+            "localhost]",
+            "[localhost",
+            "[localhost]",
+            "::1",
+            "::1:5000",
+            "[127.0.0.1]",
+        ] {
+            assert!(!is_loopback_host(odd), "{odd}");
+        }
     }
 
     #[test]
@@ -1431,6 +1609,62 @@ mod tests {
         assert_eq!(c["service"], "registry.example");
         assert_eq!(c["scope"], "repository:lib/x:pull");
         assert!(parse_challenge("Basic realm=\"x\"").is_none());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: std::env::var("HERMIT_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256),
+            ..Default::default()
+        })]
+
+        /// A registry's `WWW-Authenticate` answer: any text is parsed
+        /// without panicking; a well-formed challenge gives its parameters.
+        #[test]
+        fn fuzz_bearer_challenge(
+            params in proptest::collection::btree_map("[a-z]{1,8}", "[^\"]{0,16}", 0..4),
+            sep in "(,|, |,  )",
+            junk in proptest::prelude::any::<String>(),
+        ) {
+            let _ = parse_challenge(&junk);
+            let _ = parse_challenge(&format!("Bearer {junk}"));
+            let mut all = params.clone();
+            all.insert("realm".into(), "https://auth.example/token".into());
+            let h = all
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect::<Vec<_>>()
+                .join(&sep);
+            proptest::prop_assert_eq!(parse_challenge(&format!("Bearer {h}")), Some(all));
+        }
+
+        /// Plain http is only ever used for a name whose URL really is a
+        /// loopback host.
+        #[test]
+        fn fuzz_loopback_host(
+            pieces in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "localhost", "127.0.0.1", "127.1", "[::1]", "::1", "evil.example", "@", ":5000",
+                    ":", "[", "]", ".", "0", "%2e", "#", "/",
+                ]),
+                1..5,
+            ),
+        ) {
+            let host = pieces.concat();
+            if is_loopback_host(&host) {
+                let url = crate::Url::parse(&format!("http://{host}/v2/"));
+                let ok = url.as_ref().is_ok_and(|u| {
+                    u.host_str().is_some_and(|h| {
+                        h == "localhost"
+                            || h
+                                .trim_start_matches('[')
+                                .trim_end_matches(']')
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    })
+                });
+                proptest::prop_assert!(ok, "{:?} counted as loopback: {:?}", host, url);
+            }
+        }
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod common;
 mod debian;
 mod fetch;
 mod fixtures;
+mod fuzz_unpack;
 mod http_server;
 mod image;
 mod limits;
