@@ -133,7 +133,10 @@ fn source_model() -> impl Strategy<Value = SourceModel> {
                 strip,
             }),
         (
-            nonblank(),
+            // Local sources stay inside the project: no absolute path, no `..`.
+            nonblank().prop_filter("inside the project", |p| {
+                !p.starts_with('/') && !p.split('/').any(|c| c == "..")
+            }),
             prop::collection::vec("[a-z*][a-z*/.]{0,8}", 0..3)
         )
             .prop_map(|(path, include)| SourceModel::Local { path, include }),
@@ -152,7 +155,7 @@ fn spec_model() -> impl Strategy<Value = SpecModel> {
             0..4,
         ),
         nonblank(),
-        prop::option::of(1u64..1 << 40),
+        prop::option::of(1u64..=crate::spec::MAX_TIMEOUT_SECS),
         prop::collection::btree_map("[A-Z_][A-Z0-9_]{0,8}", text(), 0..3).prop_map(|mut m| {
             for k in ["HERMIT_JOBS", "SOURCE_DATE_EPOCH"] {
                 m.remove(k);
