@@ -923,12 +923,17 @@ impl Session {
             .tempdir_in(tmp)
             .map_err(StoreError::io("creating temp session in", tmp))?
             .keep();
+        // The lock file appears under its name only once it is locked: a
+        // concurrent hermit cleaning stale sessions must never find it free
+        // (it would remove this live session's directory).
         let lock_path = dir.join(".lock");
-        let f = File::create(&lock_path).map_err(StoreError::io("creating", &lock_path))?;
+        let new_path = dir.join(".lock-new");
+        let f = File::create(&new_path).map_err(StoreError::io("creating", &new_path))?;
         let lock =
             nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| {
-                StoreError::io("locking", &lock_path)(io::Error::from_raw_os_error(e as i32))
+                StoreError::io("locking", &new_path)(io::Error::from_raw_os_error(e as i32))
             })?;
+        fs::rename(&new_path, &lock_path).map_err(StoreError::io("renaming", &new_path))?;
         Ok(Session { dir, _lock: lock })
     }
 }
