@@ -398,30 +398,6 @@ pub fn remove_entry(store: &Store, kind: EntryKind, path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    /// `HERMIT_MEASURE_DIR=/usr cargo test --release -p hermit-store
-    /// measure_rootfs_checks -- --ignored --nocapture`: what the check at
-    /// use (fingerprint) and `verify` (tree hash) cost on a directory.
-    #[test]
-    #[ignore]
-    fn measure_rootfs_checks() {
-        let dir = std::env::var_os("HERMIT_MEASURE_DIR").unwrap();
-        let dir = Path::new(&dir);
-        for _ in 0..2 {
-            let t = std::time::Instant::now();
-            fingerprint(dir).unwrap();
-            let fp = t.elapsed();
-            let t = std::time::Instant::now();
-            let m = tree::scan(dir).unwrap();
-            eprintln!(
-                "{}: {} entries, {} MB: fingerprint {fp:?}, tree hash {:?}",
-                dir.display(),
-                m.entries.len(),
-                m.content_size() >> 20,
-                t.elapsed()
-            );
-        }
-    }
-
     #[test]
     fn manifest_round_trips() {
         let d = tempfile::tempdir().unwrap();
