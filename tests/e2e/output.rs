@@ -242,7 +242,8 @@ fn output_refuses_fifo_socket_and_device_naming_them(who: As) {
     let script = format!(
         "mount --bind /dev/null '{d}/run/null' && exec '{bin}' output hash '{d}'",
         d = dir.display(),
-        bin = crate::common::hermit_bin().display()
+        // the fixture's copy: any user can run it, wherever the checkout is
+        bin = crate::fixtures::fixture().hermit.display()
     );
     let mut unshare = match who {
         As::Root => Command::new("unshare"),
@@ -286,7 +287,9 @@ fn output_refuses_escaping_symlinks_unless_allowed(who: As) {
 
 fn output_provenance_of_the_golden_record(who: As) {
     let t = who.scratch();
-    let rec = repo().join("tests/data/records/record-v1.json");
+    // A copy the caller can read, wherever the checkout is.
+    let rec = t.path().join("record-v1.json");
+    fs::copy(repo().join("tests/data/records/record-v1.json"), &rec).unwrap();
     let o = run(who.hermit_in(t.path()).arg("provenance").arg(&rec));
     assert!(o.status.success(), "{}", both(&o));
     let s: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

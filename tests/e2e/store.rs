@@ -355,7 +355,7 @@ fn unwritable_store_gives_one_clear_message() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
     let o = run(Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(crate::common::hermit_bin())
+        .arg(&crate::fixtures::fixture().hermit)
         .args(["store", "add"])
         .arg(&f)
         .env("HERMIT_HOME", &home));
