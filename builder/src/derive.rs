@@ -26,10 +26,11 @@ use serde_json::Value;
 use hermit_profiles::{EnvInputs, Profile};
 use hermit_store::oci::Image;
 
-use crate::build::{image_reference, spec_limits, toolchain_request};
+use crate::build::spec_limits;
 use crate::lock::Lock;
 use crate::record::{Environment, Record, SourceRecord};
 use crate::spec::{SourceKind, Spec};
+use crate::toolchain::{image_reference, toolchain_request};
 
 /// Why a record does not match what its profile, spec and lock say.
 #[derive(Debug, thiserror::Error)]

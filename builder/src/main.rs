@@ -30,11 +30,14 @@ mod exit;
 mod fuzz;
 mod integrity;
 mod limits;
+mod localtree;
 mod lock;
+mod net;
 mod output;
 mod provenance;
 mod record;
 mod spec;
+mod toolchain;
 
 use std::process::ExitCode;
 

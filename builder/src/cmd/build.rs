@@ -163,9 +163,10 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<ExitCode> {
         .to_path_buf();
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let net = NetArgs::defaults(args.mirrors.clone(), false, false);
-    let request = build::toolchain_request(&spec, &dir);
+    let request = crate::toolchain::toolchain_request(&spec, &dir);
     let profile = hermit_profiles::Profile::default_profile()?;
-    let (image, packages) = build::resolve_toolchain_fresh(&store, &request, &dir, &net, &profile)?;
+    let (image, packages) =
+        crate::toolchain::resolve_toolchain_fresh(&store, &request, &dir, &net, &profile)?;
     let lock = Lock::new(&request, &image, packages);
     let path = dir.join("hermit.lock");
     let old = Lock::read(&path).ok().flatten();

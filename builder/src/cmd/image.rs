@@ -66,7 +66,7 @@ pub fn run(cmd: ImageCommand) -> anyhow::Result<ExitCode> {
             insecure,
         } => {
             let r: Reference = reference.parse()?;
-            let rt = crate::cmd::fetch::runtime()?;
+            let rt = crate::net::runtime()?;
             let opts = PullOptions {
                 insecure_registries: insecure,
             };

@@ -1,0 +1,220 @@
+//! The toolchain: what a spec's `[toolchain]` asks for, the image its
+//! `hermit.lock` pins (from the store, mirrors, a registry or a Debian
+//! bootstrap), and the image's checked root filesystem.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use hermit_profiles::Profile;
+use hermit_store::fetch::Want;
+use hermit_store::oci::{self, Image};
+use hermit_store::{Digest, Store};
+
+use crate::debian::{self, DebianRequest};
+use crate::exit::Exit;
+use crate::lock::{Lock, ToolchainRequest};
+use crate::net::{self, NetArgs};
+use crate::spec::{Spec, Toolchain};
+
+pub fn toolchain_request(spec: &Spec, _spec_dir: &Path) -> ToolchainRequest {
+    match &spec.toolchain {
+        Toolchain::Image { reference, .. } => ToolchainRequest::Image {
+            reference: reference.clone(),
+        },
+        Toolchain::Oci { path, digest } => ToolchainRequest::Oci {
+            path: path.clone(),
+            digest: *digest,
+        },
+        Toolchain::Debian {
+            suite,
+            include,
+            mirror,
+        } => ToolchainRequest::Debian(DebianRequest::new(suite, include, mirror.as_deref())),
+    }
+}
+
+pub fn image_reference(req: &ToolchainRequest) -> String {
+    match req {
+        ToolchainRequest::Image { reference } => reference.clone(),
+        ToolchainRequest::Oci { path, digest } => format!("oci:{path}@{digest}"),
+        ToolchainRequest::Debian(d) => {
+            format!("debian:{} include={}", d.suite, d.include.join(","))
+        }
+    }
+}
+
+/// Resolves a toolchain afresh, ignoring images already in the store for a
+/// Debian request (whose package set may have moved on): `hermit lock`.
+pub fn resolve_toolchain_fresh(
+    store: &Arc<Store>,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<(Image, Vec<debian::Package>)> {
+    resolve_toolchain(store, req, spec_dir, net, profile)
+}
+
+/// Resolves a toolchain that has no lock yet.
+pub fn resolve_toolchain(
+    store: &Arc<Store>,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<(Image, Vec<debian::Package>)> {
+    match req {
+        ToolchainRequest::Image { reference } => {
+            let r: oci::Reference = reference.parse()?;
+            if let Some(img) = oci::find(store, &r.digest)? {
+                return Ok((img, vec![]));
+            }
+            if fetch_image_from_mirrors(store, net, &r.digest).is_ok() {
+                return Ok((
+                    oci::load_from_store(store, &r.digest, None, reference)?,
+                    vec![],
+                ));
+            }
+            if net.offline {
+                return Err(Exit::user(format!(
+                    "--offline: image {reference} is neither in the store nor in a mirror; missing {}",
+                    r.digest
+                ))
+                .into());
+            }
+            let rt = net::runtime()?;
+            let img = rt
+                .block_on(oci::pull(store, &r, &oci::PullOptions::default()))
+                .with_context(|| format!("pulling {reference}"))?;
+            Ok((img, vec![]))
+        }
+        ToolchainRequest::Oci { path, digest } => {
+            if let Some(img) = oci::find(store, digest)? {
+                return Ok((img, vec![]));
+            }
+            let p = spec_dir.join(path);
+            let img = oci::import(store, &p, Some(digest))
+                .with_context(|| format!("importing the toolchain image {}", p.display()))?;
+            Ok((img, vec![]))
+        }
+        ToolchainRequest::Debian(d) => {
+            if net.offline {
+                return Err(Exit::user(
+                    "--offline: a Debian toolchain without hermit.lock must be bootstrapped, which needs the network; run `hermit lock SPEC` online first",
+                )
+                .into());
+            }
+            if !net.quiet {
+                eprintln!(
+                    "hermit: bootstrapping debian {} with {} (mmdebstrap)",
+                    d.suite,
+                    d.include.join(", ")
+                );
+            }
+            let b = debian::bootstrap(store, d, profile.source_date_epoch.default)?;
+            Ok((b.image, b.packages))
+        }
+    }
+}
+
+/// The image a lock pins: from the store, else from mirrors by digest,
+/// else resolved again and checked against the lock.
+pub fn locked_image(
+    store: &Arc<Store>,
+    lock: &Lock,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<Image> {
+    let want = lock.toolchain.manifest;
+    if let Some(img) = oci::find(store, &want)? {
+        return Ok(img);
+    }
+    if fetch_image_from_mirrors(store, net, &want).is_ok() {
+        return Ok(oci::load_from_store(
+            store,
+            &want,
+            None,
+            &image_reference(req),
+        )?);
+    }
+    if net.offline {
+        return Err(Exit::user(format!(
+            "--offline: the toolchain image {want} pinned by hermit.lock is neither in the store nor in a mirror (--mirror)"
+        ))
+        .into());
+    }
+    let (img, _) = resolve_toolchain(store, req, spec_dir, net, profile)?;
+    if img.manifest != want && img.index != Some(want) {
+        return Err(Exit::user(format!(
+            "hermit.lock pins the toolchain image {want}, but resolving {req} now gives {}; \
+             fetch the pinned image from a mirror (--mirror) or accept the new one with `hermit lock SPEC`",
+            img.manifest
+        ))
+        .into());
+    }
+    Ok(img)
+}
+
+/// Fetches an image's manifest, then its config and layers, from the
+/// configured mirrors only.
+pub fn fetch_image_from_mirrors(
+    store: &Arc<Store>,
+    net: &NetArgs,
+    manifest: &Digest,
+) -> anyhow::Result<()> {
+    let mirrors = crate::config::mirrors(&net.mirrors)?;
+    if mirrors.is_empty() {
+        bail!("no mirrors configured");
+    }
+    let quiet = NetArgs {
+        quiet: true,
+        ..net.clone()
+    };
+    net::fetch(
+        store,
+        &quiet,
+        vec![Want {
+            digest: *manifest,
+            size: None,
+            urls: vec![],
+            label: format!("toolchain image manifest {manifest}"),
+        }],
+    )?;
+    let blobs = oci::manifest_blobs(store, manifest)?;
+    net::fetch(
+        store,
+        net,
+        blobs
+            .into_iter()
+            .map(|(d, size)| Want {
+                digest: d,
+                size: Some(size),
+                urls: vec![],
+                label: format!("toolchain image blob {d}"),
+            })
+            .collect(),
+    )
+}
+
+/// The toolchain's root filesystem, checked before use: a tampered one is
+/// named and extracted again, never used (see `hermit_store::integrity`).
+pub fn checked_rootfs(store: &Store, image: &Image, quiet: bool) -> anyhow::Result<PathBuf> {
+    use hermit_store::integrity::Replaced;
+    let (rootfs, replaced) = hermit_store::integrity::checked_rootfs(store, image)
+        .context("unpacking the toolchain image")?;
+    match replaced {
+        Some(Replaced::Corrupt(why)) => eprintln!(
+            "hermit: the toolchain root filesystem {} is corrupt: {why}; unpacking it again",
+            rootfs.display()
+        ),
+        Some(Replaced::Unrecorded) if !quiet => eprintln!(
+            "hermit: the toolchain root filesystem {} was made by an older hermit and cannot be checked; unpacking it again",
+            rootfs.display()
+        ),
+        _ => {}
+    }
+    Ok(rootfs)
+}
