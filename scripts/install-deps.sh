@@ -15,3 +15,42 @@ apt-get install -y -q --no-install-recommends \
 if ! command -v cargo >/dev/null 2>&1; then
   apt-get install -y -q --no-install-recommends rustc-web cargo-web
 fi
+
+# Upstream release tarballs for the tests that build real projects (offline,
+# served from loopback): the `*.orig.tar.*` of Debian source packages, kept in
+# HERMIT_TEST_TARBALLS (default /var/cache/hermit-tests/orig). The deb-src
+# twins of the host's own Debian apt sources are used through a private apt
+# state, so the host's apt configuration is not changed.
+fetch_orig_tarballs() {
+  dest=${HERMIT_TEST_TARBALLS:-/var/cache/hermit-tests/orig}
+  state=$(dirname "$dest")/apt
+  mkdir -p "$dest" "$state/lists/partial"
+  # `apt-cache policy` lists every index with its origin: keep Debian's
+  # release suites (an update suite's pool lacks the unchanged tarballs).
+  apt-cache policy | awk '
+    /^ *[0-9]+ [a-z]+:\/\// { uri = $2; split($3, sc, "/"); next }
+    / release / && /o=Debian,/ && uri != "" && sc[1] !~ /-/ {
+      line = "deb-src " uri " " sc[1] " " sc[2]
+      if (!(line in seen)) { seen[line] = 1; print line }
+      uri = ""
+    }' >"$state/sources.list"
+  [ -s "$state/sources.list" ] || { echo "no Debian apt sources found" >&2; return 1; }
+  set -- -o Dir::Etc::SourceList="$state/sources.list" -o Dir::Etc::SourceParts=/dev/null \
+    -o Dir::State::Lists="$state/lists" -o APT::Sandbox::User=root "$@"
+  apt-get "$@" update -q
+  for pkg in $ORIG_TARBALLS; do
+    if ls "$dest/${pkg}_"*.orig.tar.?z* >/dev/null 2>&1; then continue; fi
+    tmp=$(mktemp -d "$dest/.fetch.XXXXXX")
+    if (cd "$tmp" && apt-get "$@" source -q --download-only "$pkg"); then
+      mv "$tmp/${pkg}_"*.orig.tar.?z* "$dest/"
+    else
+      rm -rf "$tmp"
+      return 1
+    fi
+    rm -rf "$tmp"
+  done
+  chmod -R a+rX "$dest"
+}
+# GNU hello (autotools), and zlib and libpng for a library graph.
+ORIG_TARBALLS="hello zlib libpng1.6"
+fetch_orig_tarballs
