@@ -461,6 +461,10 @@ pub fn execute(
     let report = run_logged(&spec, &log_path, opts.quiet, &mut guard)?;
     let limit_hit = guard.hit(&report, &log_path);
     let outcome = report.outcome.clone();
+    let rewritten = match outcome {
+        Outcome::Exited(0) => relativise_links(&out_dir, &env.out_path, &log_path, opts.quiet)?,
+        _ => vec![],
+    };
     let mut log_file =
         fs::File::open(&log_path).with_context(|| format!("reading {}", log_path.display()))?;
     let log_size = log_file
@@ -546,7 +550,7 @@ pub fn execute(
     let finished = SystemTime::now();
     let mut info = Informational::collect(Some(started), Some(finished));
     info.duration_ms = Some(t0.elapsed().as_millis() as u64);
-    let record = Record::assemble(RecordParts {
+    let mut record = Record::assemble(RecordParts {
         package: plan.package.clone(),
         spec_file: &plan.spec_file,
         spec_text: plan.spec_text.clone(),
@@ -563,6 +567,7 @@ pub fn execute(
         },
         informational: info,
     })?;
+    record.output.rewritten_links = rewritten;
     if record.build_key != key {
         bail!(
             "internal error: the record's build key {} differs from the planned {key}; please report this",
@@ -582,6 +587,34 @@ pub fn execute(
         dir: staging,
         record,
     })
+}
+
+/// Makes the absolute symlinks into `$out` relative and says so at the end
+/// of the build's log (and on stderr unless quiet).
+fn relativise_links(
+    out_dir: &Path,
+    out_path: &str,
+    log_path: &Path,
+    quiet: bool,
+) -> anyhow::Result<Vec<output::RewrittenLink>> {
+    let done = output::relativise_links(out_dir, out_path).map_err(|e| {
+        Exit::with_code(
+            exit::BUILD_FAILED,
+            format!("the build's $out cannot be stored: {e}"),
+        )
+    })?;
+    let note = output::rewritten_links_note(&done, out_path);
+    if !note.is_empty() {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(log_path)
+            .and_then(|mut f| f.write_all(note.as_bytes()))
+            .with_context(|| format!("writing {}", log_path.display()))?;
+        if !quiet {
+            eprint!("{note}");
+        }
+    }
+    Ok(done)
 }
 
 /// Runs the sandbox with its stdout and stderr going through a pipe that is

@@ -19,7 +19,8 @@
 //!
 //! Left to the record, because nothing else can say them: the digests of
 //! local source trees (checked by digest when fetched) and of the output.
-//! `environment.jobs` is informational and replaced by this host's count.
+//! `environment.jobs` is informational and replaced by `-j N` or this
+//! host's count.
 
 use serde_json::Value;
 

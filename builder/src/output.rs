@@ -71,7 +71,7 @@ pub enum OutputError {
     Special { path: String, kind: &'static str },
     #[error("output entry {0} has a name that is not UTF-8; rename it")]
     NotUtf8(PathBuf),
-    #[error("output symlink {path:?} points to {target:?}, {why}; make it relative and inside the output (e.g. `ln -sr`), or allow external symlinks")]
+    #[error("output symlink {path:?} points to {target:?}, {why}; make it point inside the output, relative (e.g. `ln -sr`) or absolute into $out (a build's absolute links into $out are made relative), or allow external symlinks (`hermit output --allow-external-symlinks`)")]
     Symlink {
         path: String,
         target: String,
@@ -273,6 +273,122 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<Node>) -> Result<(), OutputError> 
     Ok(())
 }
 
+/// An absolute symlink inside the output that [`relativise_links`] made
+/// relative: where it is and the target the build gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewrittenLink {
+    /// Relative to the output root, like [`FileEntry::path`].
+    pub path: String,
+    /// The absolute target the build wrote.
+    pub target: String,
+}
+
+/// Rewrites every symlink below `root` whose target is an absolute path
+/// inside `out_path` (the output's path in the sandbox, e.g. `/out`) into
+/// the relative target that resolves to the same entry from the link's own
+/// directory (`usr/bin/bzcmp -> /out/usr/bin/bzdiff` becomes `bzdiff`), and
+/// returns what it rewrote, sorted by path. The rewrite depends only on the
+/// link's path and target. Other targets are left alone ([`normalize`]
+/// judges them); so are entries [`normalize`] refuses.
+pub fn relativise_links(root: &Path, out_path: &str) -> Result<Vec<RewrittenLink>, OutputError> {
+    let prefix: Vec<&str> = components(out_path).collect();
+    let mut done = Vec::new();
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir = root.join(&rel);
+        let entries = fs::read_dir(&dir).map_err(io_err("reading directory", &dir))?;
+        for entry in entries {
+            let entry = entry.map_err(io_err("reading directory", &dir))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let path = if rel.is_empty() {
+                name
+            } else {
+                format!("{rel}/{name}")
+            };
+            let full = entry.path();
+            let ft = entry.file_type().map_err(io_err("lstat", &full))?;
+            if ft.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            if !ft.is_symlink() {
+                continue;
+            }
+            let target = fs::read_link(&full).map_err(io_err("readlink", &full))?;
+            let Some(target) = target.to_str() else {
+                continue;
+            };
+            let Some(relative) = relative_target(&path, target, &prefix) else {
+                continue;
+            };
+            fs::remove_file(&full).map_err(io_err("removing", &full))?;
+            std::os::unix::fs::symlink(&relative, &full)
+                .map_err(io_err("creating symlink", &full))?;
+            done.push(RewrittenLink {
+                path,
+                target: target.to_string(),
+            });
+        }
+    }
+    done.sort_unstable_by(|a, b| a.path.as_bytes().cmp(b.path.as_bytes()));
+    Ok(done)
+}
+
+/// The lines hermit appends to a build's log about the links
+/// [`relativise_links`] rewrote (empty when none).
+pub fn rewritten_links_note(done: &[RewrittenLink], out_path: &str) -> String {
+    let mut s = String::new();
+    if done.is_empty() {
+        return s;
+    }
+    s.push_str(&format!(
+        "hermit: made {} absolute symlink(s) into {out_path} relative (recorded in output.rewritten_links):\n",
+        done.len()
+    ));
+    for l in done {
+        s.push_str(&format!("hermit:   {} -> {}\n", l.path, l.target));
+    }
+    s
+}
+
+/// The non-empty components of a path other than `.`.
+fn components(p: &str) -> impl Iterator<Item = &str> {
+    p.split('/').filter(|c| !c.is_empty() && *c != ".")
+}
+
+/// The relative form of `target` (absolute, under `prefix`) for a link at
+/// `link` (relative to the output root), or `None` when `target` is not an
+/// absolute path below `prefix`. The link's own directories are real
+/// directories (the walk found the link through them), so a shared leading
+/// part of the link's directory and the target can be dropped.
+fn relative_target(link: &str, target: &str, prefix: &[&str]) -> Option<String> {
+    if !target.starts_with('/') {
+        return None;
+    }
+    let comps: Vec<&str> = components(target).collect();
+    if comps.len() < prefix.len() || comps[..prefix.len()] != *prefix {
+        return None;
+    }
+    let rest = &comps[prefix.len()..];
+    let mut dir: Vec<&str> = link.split('/').collect();
+    dir.pop();
+    let shared = dir
+        .iter()
+        .zip(rest)
+        .take_while(|(a, b)| a == b && **b != "..")
+        .count();
+    let mut parts: Vec<&str> = vec![".."; dir.len() - shared];
+    parts.extend(&rest[shared..]);
+    Some(if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    })
+}
+
 /// Refuses absolute symlink targets and targets that, resolved inside the
 /// tree the way the kernel would (following the tree's own symlinks),
 /// climb above the root.
@@ -289,7 +405,7 @@ fn check_symlinks(nodes: &[Node]) -> Result<(), OutputError> {
             return Err(refuse("an empty target"));
         }
         if target.starts_with('/') {
-            return Err(refuse("an absolute path"));
+            return Err(refuse("an absolute path outside the output"));
         }
         let mut stack: Vec<&str> = n.path.split('/').collect();
         stack.pop();
@@ -739,7 +855,7 @@ mod tests {
             "{e}"
         );
         let e = check("/usr/bin/cc", &none).unwrap_err().to_string();
-        assert!(e.contains("an absolute path"), "{e}");
+        assert!(e.contains("an absolute path outside the output"), "{e}");
         // Lexically inside, but `up` resolves to the root first.
         let up = |p: &Path| symlink("../..", p.join("a/b/up")).unwrap();
         assert!(check("up/..", &up).is_err());
@@ -750,6 +866,73 @@ mod tests {
         o.symlinks = SymlinkPolicy::Verbatim;
         let n = normalize(t.path(), &o, None).unwrap();
         assert_eq!(n.files[0].target.as_deref(), Some("/etc/passwd"));
+    }
+
+    #[test]
+    fn absolute_links_inside_the_output_become_relative() {
+        let rel = |link: &str, target: &str| relative_target(link, target, &["out"]);
+        assert_eq!(
+            rel("usr/bin/bzcmp", "/out/usr/bin/bzdiff").as_deref(),
+            Some("bzdiff")
+        );
+        assert_eq!(
+            rel("usr/lib/libz.so", "/out/usr/lib64/libz.so.1").as_deref(),
+            Some("../lib64/libz.so.1")
+        );
+        assert_eq!(rel("top", "/out/a/b").as_deref(), Some("a/b"));
+        assert_eq!(rel("a/b/root", "/out").as_deref(), Some("../.."));
+        assert_eq!(rel("root", "//out/./").as_deref(), Some("."));
+        assert_eq!(rel("a/x", "/out/a/../etc").as_deref(), Some("../etc"));
+        assert_eq!(rel("a/x", "/outside/a"), None);
+        assert_eq!(rel("a/x", "/etc/passwd"), None);
+        assert_eq!(rel("a/x", "out/a"), None);
+        assert_eq!(rel("a/x", "/x/../out/a"), None);
+
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join("usr/bin")).unwrap();
+        fs::write(t.path().join("usr/bin/bzdiff"), b"#!/bin/sh\n").unwrap();
+        symlink("/out/usr/bin/bzdiff", t.path().join("usr/bin/bzcmp")).unwrap();
+        symlink("bzdiff", t.path().join("usr/bin/bzless")).unwrap();
+        symlink("/out/usr/bin", t.path().join("bin")).unwrap();
+        let done = relativise_links(t.path(), "/out").unwrap();
+        assert_eq!(
+            done,
+            [
+                RewrittenLink {
+                    path: "bin".into(),
+                    target: "/out/usr/bin".into()
+                },
+                RewrittenLink {
+                    path: "usr/bin/bzcmp".into(),
+                    target: "/out/usr/bin/bzdiff".into()
+                },
+            ]
+        );
+        assert_eq!(
+            fs::read_link(t.path().join("usr/bin/bzcmp")).unwrap(),
+            Path::new("bzdiff")
+        );
+        assert_eq!(
+            fs::read_link(t.path().join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
+        // The same tree built with relative links has the same digest.
+        let rewritten = normalize(t.path(), &opts(), None).unwrap();
+        let u = tempfile::tempdir().unwrap();
+        fs::create_dir_all(u.path().join("usr/bin")).unwrap();
+        fs::write(u.path().join("usr/bin/bzdiff"), b"#!/bin/sh\n").unwrap();
+        symlink("bzdiff", u.path().join("usr/bin/bzcmp")).unwrap();
+        symlink("bzdiff", u.path().join("usr/bin/bzless")).unwrap();
+        symlink("usr/bin", u.path().join("bin")).unwrap();
+        assert_eq!(normalize(u.path(), &opts(), None).unwrap(), rewritten);
+        // Links leaving the output are left for normalize to refuse.
+        symlink("/etc/passwd", t.path().join("usr/passwd")).unwrap();
+        assert!(relativise_links(t.path(), "/out").unwrap().is_empty());
+        let e = normalize(t.path(), &opts(), None).unwrap_err().to_string();
+        assert!(
+            e.contains("\"usr/passwd\"") && e.contains("outside the output"),
+            "{e}"
+        );
     }
 
     #[test]

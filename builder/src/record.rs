@@ -398,6 +398,11 @@ pub struct OutputRecord {
     pub digest: Digest,
     pub tar_size: u64,
     pub files: Vec<FileEntry>,
+    /// Absolute symlinks into `$out` that hermit made relative, with the
+    /// target the build gave them; absent when there were none. Not part of
+    /// the build key (the output digest covers the rewritten links).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewritten_links: Vec<output::RewrittenLink>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -641,6 +646,7 @@ impl Record {
                 digest: parts.output.digest,
                 tar_size: parts.output.tar_size,
                 files: parts.output.files.clone(),
+                rewritten_links: Vec::new(),
             },
             log: parts.log,
             informational: parts.informational,
@@ -753,6 +759,28 @@ impl Record {
                 return bad(format!(
                     "output.files entry {:?} has the wrong fields for its type",
                     f.path
+                ));
+            }
+        }
+        for w in self.output.rewritten_links.windows(2) {
+            if w[0].path.as_bytes() >= w[1].path.as_bytes() {
+                return bad(format!(
+                    "output.rewritten_links is not sorted by unique path at {:?}",
+                    w[1].path
+                ));
+            }
+        }
+        for l in &self.output.rewritten_links {
+            let listed = self
+                .output
+                .files
+                .binary_search_by(|f| f.path.as_bytes().cmp(l.path.as_bytes()))
+                .ok()
+                .map(|i| &self.output.files[i]);
+            if !matches!(listed, Some(f) if f.kind == Kind::Symlink) || !l.target.starts_with('/') {
+                return bad(format!(
+                    "output.rewritten_links names {:?} (target {:?}), which is not an absolute link the output holds as a symlink",
+                    l.path, l.target
                 ));
             }
         }
@@ -1101,6 +1129,31 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("no \"record_version\""), "{e}");
+    }
+
+    #[test]
+    fn rewritten_links_round_trip_outside_the_key_and_are_checked() {
+        let plain = sample();
+        let mut r = sample();
+        r.output.rewritten_links = vec![output::RewrittenLink {
+            path: "bin/hi".into(),
+            target: "/out/bin/hello".into(),
+        }];
+        assert_eq!(r.key_inputs().build_key(), plain.build_key);
+        let json = r.to_json().unwrap();
+        assert!(json.contains("\"rewritten_links\""), "{json}");
+        assert_eq!(Record::parse(&json, "r.json").unwrap(), r);
+        assert!(!plain.to_json().unwrap().contains("rewritten_links"));
+        for (path, target) in [("bin/hello", "/out/bin/hello"), ("bin/hi", "hello")] {
+            r.output.rewritten_links[0] = output::RewrittenLink {
+                path: path.into(),
+                target: target.into(),
+            };
+            let e = Record::parse(&r.to_json().unwrap(), "r.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("r.json") && e.contains("rewritten_links"), "{e}");
+        }
     }
 
     #[test]

@@ -20,4 +20,5 @@ mod sandbox;
 mod sandbox_escape;
 mod sandbox_holes;
 mod store;
+mod upstream;
 mod verify;

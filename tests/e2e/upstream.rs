@@ -1,0 +1,142 @@
+//! What real upstream builds need: absolute symlinks inside `$out`
+//! rewritten, `/build` as a writable view of a source (a real GNU autotools
+//! build from its release tarball), `--json` on failure, `rebuild -j`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::build::project;
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
+
+fn build_json(who: As, home: &Path, spec: &Path, extra: &[&str]) -> serde_json::Value {
+    let o = run(who
+        .hermit_in(home)
+        .arg("build")
+        .arg(spec)
+        .arg("--json")
+        .args(extra));
+    assert!(o.status.success(), "{}", both(&o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)))
+}
+
+fn read_json(p: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// `rebuild -j N` gives the build HERMIT_JOBS=N and records N.
+fn rebuild_honours_jobs(who: As) {
+    let t = who.scratch();
+    let spec = project(t.path(), "echo \"$HERMIT_JOBS\" > $out/jobs", "");
+    who.give(t.path());
+    let home = t.path().join("home");
+    let v = build_json(who, &home, &spec, &["-j", "2"]);
+    let out = PathBuf::from(v["output"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(out.join("jobs")).unwrap(), "2\n");
+    assert_eq!(
+        read_json(Path::new(v["record"].as_str().unwrap()))["environment"]["jobs"],
+        2
+    );
+    let o = run(who
+        .hermit_in(&home)
+        .arg("rebuild")
+        .arg(v["record"].as_str().unwrap())
+        .args(["-j", "3", "--json"]));
+    // The output holds the job count, so it differs; the rebuild is kept.
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r["differences"][0], "changed  jobs", "{r}");
+    let kept = PathBuf::from(r["rebuilt_output"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(kept.join("jobs")).unwrap(), "3\n");
+    let rec = read_json(&kept.parent().unwrap().join("record.json"));
+    assert_eq!(rec["environment"]["jobs"], 3);
+    assert_eq!(rec["environment"]["env"]["HERMIT_JOBS"], "3");
+    assert_eq!(
+        rec["build_key"], v["build_key"],
+        "the job count is not keyed"
+    );
+}
+
+/// bzip2's `make install` makes `bzcmp -> /out/usr/bin/bzdiff`: stored as
+/// the relative `bzdiff`, recorded, noted in the log; the output is the one
+/// a relative link gives. Links leaving the output are still refused.
+fn absolute_links_into_out_are_made_relative(who: As) {
+    let t = who.scratch();
+    let script = "mkdir -p $out/usr/bin\necho '#!/bin/sh' > $out/usr/bin/bzdiff\n";
+    let spec = project(
+        &t.path().join("abs"),
+        &format!("{script}ln -s $out/usr/bin/bzdiff $out/usr/bin/bzcmp\nln -s /out $out/usr/top"),
+        "",
+    );
+    let plain = project(
+        &t.path().join("rel"),
+        &format!("{script}ln -s bzdiff $out/usr/bin/bzcmp\nln -s .. $out/usr/top"),
+        "",
+    );
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = run(who.hermit_in(&home).arg("build").arg(&spec).arg("--json"));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("usr/bin/bzcmp -> /out/usr/bin/bzdiff"),
+        "the rewrite is shown: {err}"
+    );
+    let out = PathBuf::from(v["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_link(out.join("usr/bin/bzcmp")).unwrap(),
+        Path::new("bzdiff")
+    );
+    assert_eq!(fs::read_link(out.join("usr/top")).unwrap(), Path::new(".."));
+    let record = read_json(Path::new(v["record"].as_str().unwrap()));
+    assert_eq!(
+        record["output"]["rewritten_links"],
+        serde_json::json!([
+            {"path": "usr/bin/bzcmp", "target": "/out/usr/bin/bzdiff"},
+            {"path": "usr/top", "target": "/out"},
+        ])
+    );
+    let log = record["log"]["digest"].as_str().unwrap();
+    let log = fs::read_to_string(home.join("v1/blobs/sha256").join(&log[7..])).unwrap();
+    assert!(log.contains("hermit:   usr/top -> /out\n"), "{log}");
+    // The same output as relative links give; that record lists nothing.
+    let w = build_json(who, &home, &plain, &[]);
+    assert_eq!(w["output_digest"], v["output_digest"]);
+    let r = read_json(Path::new(w["record"].as_str().unwrap()));
+    assert!(r["output"].get("rewritten_links").is_none(), "{r}");
+    // The record is accepted as it is: it rebuilds identically.
+    let o = run(who
+        .hermit_in(&home)
+        .arg("rebuild")
+        .arg(v["record"].as_str().unwrap()));
+    assert!(o.status.success(), "{}", both(&o));
+
+    // Links that leave the output: refused, naming the link and the fix.
+    for (i, (link, target)) in [("etc", "/etc/passwd"), ("up", "../../x")]
+        .iter()
+        .enumerate()
+    {
+        let dir = t.path().join(format!("bad{i}"));
+        let spec = project(
+            &dir,
+            &format!("mkdir $out/d\nln -s {target} $out/d/{link}"),
+            "",
+        );
+        who.give(&dir);
+        let o = run(who.hermit_in(&home).arg("build").arg(&spec));
+        assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(&format!("\"d/{link}\" points to \"{target}\""))
+                && err.contains("outside the output")
+                && err.contains("ln -sr"),
+            "{err}"
+        );
+    }
+}
+
+both_users!(
+    rebuild_honours_jobs,
+    absolute_links_into_out_are_made_relative
+);
