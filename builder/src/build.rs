@@ -67,6 +67,8 @@ pub struct Plan {
     pub profile: Profile,
     pub environment: Environment,
     pub script: String,
+    /// `[build] workdir`: `/build` as a writable view of a source.
+    pub workdir: Option<crate::spec::Workdir>,
 }
 
 impl Plan {
@@ -326,6 +328,7 @@ fn plan_from_spec(
         profile,
         environment,
         script: spec.build.script.clone(),
+        workdir: spec.build.workdir.clone(),
     })
 }
 
@@ -436,11 +439,12 @@ pub fn execute(
             dst: PathBuf::from(&env.tmp_path),
             size: Some(env.limits.tmp_size_mib << 20),
         },
-        Mount::Bind {
-            src: build_dir.clone(),
-            dst: PathBuf::from(&env.build_path),
-            writable: true,
-        },
+        crate::workdir::build_mount(
+            plan.workdir.as_ref(),
+            &plan.sources,
+            &build_dir,
+            Path::new(&env.build_path),
+        )?,
         Mount::Bind {
             src: out_dir.clone(),
             dst: PathBuf::from(&env.out_path),
@@ -544,6 +548,7 @@ pub fn execute(
         )
     })?;
     let _ = hermit_store::store::remove_tree(&build_dir);
+    let _ = hermit_store::store::remove_tree(&crate::workdir::work_dir(&build_dir));
     let _ = fs::remove_file(&log_path);
     hermit_store::tree::make_read_only(&out_dir)
         .with_context(|| format!("making {} read-only", out_dir.display()))?;
@@ -799,6 +804,7 @@ pub fn rebuild(
         profile,
         environment,
         script: spec.build.script.clone(),
+        workdir: spec.build.workdir.clone(),
     };
     let key = plan.build_key()?;
     if key != rec.build_key {

@@ -38,6 +38,7 @@ mod provenance;
 mod record;
 mod spec;
 mod toolchain;
+mod workdir;
 
 use std::process::ExitCode;
 

@@ -156,6 +156,20 @@ pub struct Build {
     /// Lowers the profile's build log limit (MiB).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_mib: Option<u64>,
+    /// `/build` starts as a writable view of this directory of a source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<Workdir>,
+}
+
+/// `[build] workdir = "NAME[/SUBDIR]"`: `/build` is a writable overlay of
+/// `/sources/NAME[/SUBDIR]` (see `docs/spec.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workdir {
+    /// A `[[source]]` name (an unpacked archive or a local tree).
+    pub source: String,
+    /// Relative path inside it, `/`-separated; empty for its top.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub subdir: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -231,6 +245,7 @@ struct RawBuild {
     memory_mib: Option<Spanned<u64>>,
     disk_mib: Option<Spanned<u64>>,
     log_mib: Option<Spanned<u64>>,
+    workdir: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -256,6 +271,55 @@ fn positive_mib(
         Some(m) => Ok(Some(*m.get_ref())),
         None => Ok(None),
     }
+}
+
+/// `[build] workdir`: a source that is a directory in the sandbox, then an
+/// optional plain relative path inside it.
+fn parse_workdir(
+    cx: &Ctx<'_>,
+    w: &Spanned<String>,
+    sources: &[Source],
+) -> Result<Workdir, SpecError> {
+    let text = w.get_ref();
+    let (name, subdir) = text.split_once('/').unwrap_or((text, ""));
+    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    let Some(src) = sources.iter().find(|s| s.name == name) else {
+        return Err(cx.err(
+            w.span(),
+            format!("workdir {text:?} names no [[source]] {name:?}"),
+            Some(format!(
+                "write `workdir = \"NAME\"` or `\"NAME/SUBDIR\"` with NAME one of: {}",
+                if names.is_empty() {
+                    "(the spec has no [[source]])".to_string()
+                } else {
+                    names.join(", ")
+                }
+            )),
+        ));
+    };
+    if let SourceKind::Remote { unpack: None, .. } = src.kind {
+        return Err(cx.err(
+            w.span(),
+            format!("workdir {text:?}: source {name:?} is a single file (it is not unpacked)"),
+            Some(format!("add `unpack = true` to source {name:?}")),
+        ));
+    }
+    if !subdir.is_empty()
+        && (subdir.contains('\0')
+            || subdir
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == ".."))
+    {
+        return Err(cx.err(
+            w.span(),
+            format!("workdir {text:?}: the path inside the source must be plain: no empty, `.` or `..` components"),
+            Some(format!("write e.g. `workdir = \"{name}/hello-2.10\"`")),
+        ));
+    }
+    Ok(Workdir {
+        source: name.to_string(),
+        subdir: subdir.to_string(),
+    })
 }
 
 /// The expected form of a source digest, shown in errors.
@@ -420,6 +484,10 @@ impl Spec {
             memory_mib: positive_mib(&cx, "memory_mib", &raw.build.memory_mib)?,
             disk_mib: positive_mib(&cx, "disk_mib", &raw.build.disk_mib)?,
             log_mib: positive_mib(&cx, "log_mib", &raw.build.log_mib)?,
+            workdir: match &raw.build.workdir {
+                Some(w) => Some(parse_workdir(&cx, w, &sources)?),
+                None => None,
+            },
         };
         if build.script.trim().is_empty() {
             return Err(cx.err(

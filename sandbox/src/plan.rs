@@ -97,6 +97,14 @@ pub enum Op {
         dst: PathBuf,
         writable: bool,
     },
+    /// A writable overlayfs of the host directories `lower` (read-only) and
+    /// `upper` (receives the changes), `nosuid,nodev`.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+        dst: PathBuf,
+    },
     /// A synthesised file, mounted read-only over (or in place of) the image's.
     File {
         dst: PathBuf,
@@ -151,6 +159,15 @@ impl fmt::Display for Op {
                 src.display(),
                 dst.display(),
                 if *writable { "read-write" } else { "read-only" }
+            ),
+            Op::Overlay {
+                lower, upper, dst, ..
+            } => write!(
+                f,
+                "mount overlay of {} under {} on {}",
+                lower.display(),
+                upper.display(),
+                dst.display()
             ),
             Op::File { dst, .. } => write!(f, "write {}", dst.display()),
             Op::Hide { dst } => write!(f, "hide {}", dst.display()),
@@ -234,6 +251,17 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
                 dst: dst.clone(),
                 size: *size,
                 mode: 0o1777,
+            },
+            Mount::Overlay {
+                lower,
+                upper,
+                work,
+                dst,
+            } => Op::Overlay {
+                lower: lower.clone(),
+                upper: upper.clone(),
+                work: work.clone(),
+                dst: dst.clone(),
             },
         });
     }

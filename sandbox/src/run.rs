@@ -512,13 +512,28 @@ fn resolve_sources(
         let step = op.to_string();
         match op {
             Op::RootImage { src } | Op::Bind { src, .. } => *src = canon(step, src)?,
+            Op::Overlay {
+                lower, upper, work, ..
+            } => {
+                *lower = canon(step.clone(), lower)?;
+                *upper = canon(step.clone(), upper)?;
+                *work = canon(step, work)?;
+            }
             _ => {}
         }
     }
     spec.root = canon("root image".into(), &spec.root)?;
     for m in &mut spec.mounts {
-        if let Mount::Bind { src, .. } = m {
-            *src = canon("bind".into(), src)?;
+        match m {
+            Mount::Bind { src, .. } => *src = canon("bind".into(), src)?,
+            Mount::Overlay {
+                lower, upper, work, ..
+            } => {
+                *lower = canon("overlay".into(), lower)?;
+                *upper = canon("overlay".into(), upper)?;
+                *work = canon("overlay".into(), work)?;
+            }
+            Mount::Tmpfs { .. } => {}
         }
     }
     Ok((spec, ops))

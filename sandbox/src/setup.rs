@@ -294,6 +294,9 @@ fn take_host_path(op: &Op) -> R<Option<Taken>> {
             .map_err(fail("mount", t))?;
             return Ok(None);
         }
+        Op::Overlay {
+            lower, upper, work, ..
+        } => return take_overlay(lower, upper, work).map(Some),
         _ => return Ok(None),
     };
     let h = host(&src);
@@ -301,6 +304,40 @@ fn take_host_path(op: &Op) -> R<Option<Taken>> {
     let meta = nix::sys::stat::fstat(&tree).map_err(fail("stat", &h))?;
     let is_dir = meta.st_mode & libc::S_IFMT == libc::S_IFDIR;
     Ok(Some(Taken { tree, is_dir }))
+}
+
+/// Mounts an overlayfs of host directories while the host is still
+/// reachable (at a fresh directory of the staging root), and takes it as a
+/// detached mount like a bind's source. `userxattr`: overlayfs keeps its
+/// whiteouts and markers in `user.overlay.*` attributes, which a user
+/// namespace may write.
+fn take_overlay(lower: &Path, upper: &Path, work: &Path) -> R<Taken> {
+    let mut n = 0u32;
+    let at = loop {
+        let at = PathBuf::from(format!("/overlay{n}"));
+        match mkdir(&at, Mode::from_bits_truncate(0o755)) {
+            Ok(()) => break at,
+            Err(Errno::EEXIST) => n += 1,
+            Err(e) => return Err(fail("mkdir", &at)(e)),
+        }
+    };
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        host(lower).display(),
+        host(upper).display(),
+        host(work).display()
+    );
+    mount(
+        Some("overlay"),
+        &at,
+        Some("overlay"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .map_err(fail("mount overlay", &host(upper)))?;
+    let tree = sys::open_tree_clone(&cpath(&at)?, false).map_err(fail("open_tree", &at))?;
+    umount2(&at, MntFlags::MNT_DETACH).map_err(fail("umount2", &at))?;
+    Ok(Taken { tree, is_dir: true })
 }
 
 /// Attaches a taken host path at `dst` (a path of the new root, checked to
@@ -342,6 +379,7 @@ impl Builder {
                 }
                 Op::File { dst, .. } => destinations.push((dst.clone(), Some(Kind::File))),
                 Op::Bind { dst, .. } => destinations.push((dst.clone(), None)),
+                Op::Overlay { dst, .. } => destinations.push((dst.clone(), Some(Kind::Dir))),
                 Op::DevNode { name } => {
                     destinations.push((Path::new("/dev").join(name), Some(Kind::File)))
                 }
@@ -440,6 +478,13 @@ impl Builder {
                 let t = self.mountpoint(dst, kind)?;
                 attach(&taken, &t)?;
                 restrict(&t, !writable, true)?;
+                self.mounts.push((dst.clone(), Backing::Foreign));
+            }
+            Op::Overlay { upper, dst, .. } => {
+                let taken = host_path(upper)?;
+                let t = self.mountpoint(dst, Kind::Dir)?;
+                attach(&taken, &t)?;
+                restrict(&t, false, true)?;
                 self.mounts.push((dst.clone(), Backing::Foreign));
             }
             Op::File {

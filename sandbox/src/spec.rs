@@ -67,12 +67,24 @@ pub enum Mount {
     },
     /// A fresh, empty, writable tmpfs (`nosuid,nodev`, mode 1777).
     Tmpfs { dst: PathBuf, size: Option<u64> },
+    /// A writable overlayfs (`nosuid,nodev`): the host directory `lower`,
+    /// never changed, under the host directory `upper`, which receives every
+    /// change. `work` is overlayfs's work directory: empty, on `upper`'s
+    /// filesystem. The overlay takes a merged directory's owner, mode and
+    /// times from `upper` when `upper` has that directory. Mounted inside the
+    /// sandbox's user namespace (Linux ≥ 5.11) with `userxattr`.
+    Overlay {
+        lower: PathBuf,
+        upper: PathBuf,
+        work: PathBuf,
+        dst: PathBuf,
+    },
 }
 
 impl Mount {
     pub fn dst(&self) -> &Path {
         match self {
-            Mount::Bind { dst, .. } | Mount::Tmpfs { dst, .. } => dst,
+            Mount::Bind { dst, .. } | Mount::Tmpfs { dst, .. } | Mount::Overlay { dst, .. } => dst,
         }
     }
 }
@@ -147,6 +159,8 @@ pub enum SpecError {
     BadUmask(u32),
     #[error("uid/gid 0 inside the sandbox is not supported (the build runs unprivileged)")]
     RootUid,
+    #[error("{what} {path:?} holds `,`, `:` or `\\`, which overlayfs's mount options cannot carry; use a store path without them (HERMIT_HOME)")]
+    OverlayPath { what: &'static str, path: PathBuf },
 }
 
 impl SandboxSpec {
@@ -198,6 +212,26 @@ impl SandboxSpec {
         for m in &self.mounts {
             if let Mount::Bind { src, .. } = m {
                 check_abs("bind source", src)?;
+            }
+            if let Mount::Overlay {
+                lower, upper, work, ..
+            } = m
+            {
+                for (what, p) in [
+                    ("overlay lower directory", lower),
+                    ("overlay upper directory", upper),
+                    ("overlay work directory", work),
+                ] {
+                    check_abs(what, p)?;
+                    // They travel in overlayfs's comma- and colon-separated
+                    // mount options.
+                    if p.to_string_lossy().contains([',', ':', '\\']) {
+                        return Err(SpecError::OverlayPath {
+                            what,
+                            path: p.clone(),
+                        });
+                    }
+                }
             }
             let dst = m.dst();
             check_abs("mount destination", dst)?;
@@ -323,6 +357,14 @@ mod tests {
             s.validate(),
             Err(SpecError::ReservedDestination(_))
         ));
+        let mut s = spec();
+        s.mounts.push(Mount::Overlay {
+            lower: "/a,b".into(),
+            upper: "/u".into(),
+            work: "/w".into(),
+            dst: "/build".into(),
+        });
+        assert!(matches!(s.validate(), Err(SpecError::OverlayPath { .. })));
         let mut s = spec();
         s.env.push(("A=B".into(), "x".into()));
         assert!(matches!(s.validate(), Err(SpecError::BadEnvName(_))));

@@ -136,7 +136,79 @@ fn absolute_links_into_out_are_made_relative(who: As) {
     }
 }
 
+/// A spec over the busybox image with a local source `src` and `[build]`
+/// lines `build`.
+fn workdir_project(dir: &Path, build: &str) -> PathBuf {
+    let spec = project(dir, "true", "");
+    let text = fs::read_to_string(&spec).unwrap();
+    let at = text.find("[build]").unwrap();
+    fs::write(&spec, format!("{}[build]\n{build}\n", &text[..at])).unwrap();
+    spec
+}
+
+/// `workdir = "src"`: /build is the source, writable everywhere, with fixed
+/// modes and owner; the source itself is untouched.
+fn workdir_is_a_writable_view_of_the_source(who: As) {
+    let t = who.scratch();
+    let script = r#"script = """
+pwd > $out/pwd
+ls -ln . sub | sed 's/  */ /g' > $out/listing
+echo made > sub/new
+mv sub/data.txt sub/moved.txt
+rm hello.txt
+mkdir -p deep/er
+touch deep/er/x
+chmod u+w sub/moved.txt
+echo more >> sub/moved.txt
+cat sub/moved.txt > $out/moved
+ls . sub > $out/after
+cat /sources/src/hello.txt > $out/source-kept
+ls /sources/src/sub > $out/source-listing
+"""
+workdir = "src""#;
+    let spec = workdir_project(t.path(), script);
+    who.give(t.path());
+    let home = t.path().join("home");
+    let v = build_json(who, &home, &spec, &[]);
+    let out = PathBuf::from(v["output"].as_str().unwrap());
+    let read = |f: &str| fs::read_to_string(out.join(f)).unwrap();
+    assert_eq!(read("pwd"), "/build\n");
+    // Directories 0755, files read-only, all the build user's (uid 1000).
+    let listing = read("listing");
+    assert!(listing.contains("-r--r--r-- 1 1000 1000 6 "), "{listing}");
+    assert!(listing.contains("drwxr-xr-x 1 1000 1000 "), "{listing}");
+    // The source's times (SOURCE_DATE_EPOCH for a local tree), not now.
+    assert!(listing.contains(" Jan 1 1980 sub\n"), "{listing}");
+    assert!(!listing.contains("dr-x"), "{listing}");
+    assert_eq!(read("moved"), "data\nmore\n");
+    assert_eq!(read("after"), ".:\ndeep\nsub\n\nsub:\nmoved.txt\nnew\n");
+    assert_eq!(read("source-kept"), "hello\n");
+    assert_eq!(read("source-listing"), "data.txt\n");
+    // Nothing of the view is left beside the stored output.
+    let mut stored: Vec<_> = fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ["out", "record.json"]);
+
+    // A workdir naming a missing directory: one clear error.
+    let bad = workdir_project(
+        &t.path().join("bad"),
+        "script = \"true\"\nworkdir = \"src/nope\"",
+    );
+    who.give(t.path());
+    let o = run(who.hermit_in(&home).arg("build").arg(&bad));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("/sources/src/nope does not exist") && err.contains("directories there: sub"),
+        "{err}"
+    );
+}
+
 both_users!(
     rebuild_honours_jobs,
-    absolute_links_into_out_are_made_relative
+    absolute_links_into_out_are_made_relative,
+    workdir_is_a_writable_view_of_the_source,
 );
