@@ -504,6 +504,7 @@ pub fn execute(
             }
         }
         msg.push_str(&format!("\n  log: {}", log_blob.display()));
+        let mut kept = None;
         // The log is in the store now: the kept directory does not get a
         // second copy of it.
         let _ = fs::remove_file(&log_path);
@@ -519,6 +520,7 @@ pub fn execute(
                 failed.join("build").display(),
                 failed.join("out").display()
             ));
+            kept = Some(failed);
         } else {
             let _ = hermit_store::store::remove_tree(&staging);
             msg.push_str("\n  (rerun with --keep-failed to keep /build and /out)");
@@ -528,7 +530,11 @@ pub fn execute(
             Outcome::SetupFailed(_) => exit::SANDBOX_SETUP,
             _ => exit::BUILD_FAILED,
         };
-        return Err(Exit::with_code(code, msg).into());
+        let mut exit = Exit::with_code(code, msg).detail("log", log_blob.display().to_string());
+        if let Some(k) = kept {
+            exit = exit.detail("build_dir", k.display().to_string());
+        }
+        return Err(exit.into());
     }
 
     // Normalise $out and stage it with its record.

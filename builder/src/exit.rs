@@ -27,20 +27,26 @@ pub const SANDBOX_SETUP: u8 = 125;
 pub struct Exit {
     pub code: u8,
     pub message: String,
+    /// Facts for `--json` failure reports (e.g. `log`: the build log's path),
+    /// already part of `message` for people.
+    pub details: Vec<(&'static str, String)>,
 }
 
 impl Exit {
     pub fn user(message: impl Into<String>) -> Exit {
-        Exit {
-            code: USER_ERROR,
-            message: message.into(),
-        }
+        Exit::with_code(USER_ERROR, message)
     }
     pub fn with_code(code: u8, message: impl Into<String>) -> Exit {
         Exit {
             code,
             message: message.into(),
+            details: Vec::new(),
         }
+    }
+    /// Adds a fact for `--json` failure reports.
+    pub fn detail(mut self, key: &'static str, value: impl Into<String>) -> Exit {
+        self.details.push((key, value.into()));
+        self
     }
 }
 
@@ -60,9 +66,60 @@ pub fn report(err: &anyhow::Error) -> ExitCode {
     for cause in err.chain().skip(1) {
         eprintln!("  caused by: {cause}");
     }
-    let code = err
-        .chain()
+    ExitCode::from(code_of(err))
+}
+
+fn code_of(err: &anyhow::Error) -> u8 {
+    err.chain()
         .find_map(|e| e.downcast_ref::<Exit>().map(|x| x.code))
-        .unwrap_or(USER_ERROR);
-    ExitCode::from(code)
+        .unwrap_or(USER_ERROR)
+}
+
+/// [`report`] for a command run with `--json`: the same text on stderr, and
+/// on stdout one JSON object (sorted keys) in place of the one success
+/// prints: `error` (the message), `causes` (the chain below it, outermost
+/// first), `exit_code`, and the failure's details (`log`, `build_dir`).
+pub fn report_json(err: &anyhow::Error) -> ExitCode {
+    let code = report(err);
+    println!("{}", failure_json(err));
+    code
+}
+
+fn failure_json(err: &anyhow::Error) -> String {
+    let mut v = serde_json::Map::new();
+    v.insert("error".into(), err.to_string().into());
+    let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+    v.insert("causes".into(), causes.into());
+    v.insert("exit_code".into(), code_of(err).into());
+    if let Some(x) = err.chain().find_map(|e| e.downcast_ref::<Exit>()) {
+        for (k, val) in &x.details {
+            v.insert((*k).into(), val.clone().into());
+        }
+    }
+    serde_json::to_string_pretty(&serde_json::Value::Object(v))
+        .unwrap_or_else(|_| "{\"error\": \"(unprintable)\"}".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn failure_json_has_the_message_code_and_details() {
+        let err = Err::<(), _>(
+            Exit::with_code(BUILD_FAILED, "build of x failed").detail("log", "/s/log"),
+        )
+        .context("building x")
+        .unwrap_err();
+        let v: serde_json::Value = serde_json::from_str(&failure_json(&err)).unwrap();
+        assert_eq!(v["error"], "building x");
+        assert_eq!(v["causes"][0], "build of x failed");
+        assert_eq!(v["exit_code"], 1);
+        assert_eq!(v["log"], "/s/log");
+        let plain = anyhow::anyhow!("no such file");
+        let v: serde_json::Value = serde_json::from_str(&failure_json(&plain)).unwrap();
+        assert_eq!(v["exit_code"], 2);
+        assert_eq!(v["causes"], serde_json::json!([]));
+    }
 }

@@ -100,6 +100,7 @@ fn main() -> ExitCode {
         };
     }
     let cli = Cli::parse();
+    let json = cli.command.json();
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
         Command::Rebuild(a) => cmd::build::run_rebuild(a),
@@ -115,7 +116,23 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        Err(err) if json => exit::report_json(&err),
         Err(err) => exit::report(&err),
+    }
+}
+
+impl Command {
+    /// Whether the command was asked for `--json` (then a failure is also
+    /// reported as a JSON object on stdout).
+    fn json(&self) -> bool {
+        match self {
+            Command::Build(a) => a.common.json,
+            Command::Rebuild(a) => a.common.json,
+            Command::Image(cmd::image::ImageCommand::Bootstrap { json, .. })
+            | Command::Image(cmd::image::ImageCommand::Ls { json })
+            | Command::Output(cmd::output::OutputCommand::Hash { json, .. }) => *json,
+            _ => false,
+        }
     }
 }
 

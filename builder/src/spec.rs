@@ -304,7 +304,7 @@ fn parse_workdir(
             Some(format!("add `unpack = true` to source {name:?}")),
         ));
     }
-    if !subdir.is_empty()
+    if text.contains('/')
         && (subdir.contains('\0')
             || subdir
                 .split('/')
@@ -1054,6 +1054,50 @@ script = "make"
             e.contains("is not pinned by digest") && e.contains("HOST/NAME@sha256:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn workdir_names_a_directory_source() {
+        let src = format!(
+            "\n[[source]]\nname = \"src\"\nurls = [\"https://x/a.tar.gz\"]\nsha256 = \"{HEX}\"\nunpack = true\n\n[[source]]\nname = \"file\"\nurls = [\"https://x/f\"]\nsha256 = \"{HEX}\"\n"
+        );
+        let ok = |w: &str| {
+            Spec::parse(
+                Path::new("s.toml"),
+                &base(&format!("workdir = \"{w}\"\n{src}")),
+            )
+            .unwrap()
+            .build
+            .workdir
+            .unwrap()
+        };
+        assert_eq!(
+            ok("src"),
+            Workdir {
+                source: "src".into(),
+                subdir: String::new()
+            }
+        );
+        assert_eq!(ok("src/hello-2.10/x").subdir, "hello-2.10/x");
+        let e = err(&base(&format!("workdir = \"nope\"\n{src}")));
+        assert!(
+            e.contains("dir/spec.toml:10:11:")
+                && e.contains("names no [[source]] \"nope\"")
+                && e.contains("src, file"),
+            "{e}"
+        );
+        let e = err(&base(&format!("workdir = \"file\"\n{src}")));
+        assert!(
+            e.contains("is a single file") && e.contains("unpack = true"),
+            "{e}"
+        );
+        for bad in ["src/../x", "src/", "src//a", "src/./a"] {
+            let e = err(&base(&format!("workdir = \"{bad}\"\n{src}")));
+            assert!(e.contains("must be plain"), "{bad}: {e}");
+        }
+        // Absent: nothing in the spec's canonical form.
+        let plain = Spec::parse(Path::new("s.toml"), &base(&src)).unwrap();
+        assert!(!plain.canonical_json().unwrap().contains("workdir"));
     }
 
     #[test]

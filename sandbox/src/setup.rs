@@ -10,7 +10,10 @@
 //!    entries. A mount point the read-only image lacks (`/build`, `/etc/passwd`
 //!    in an image without one) is made by turning the directory that should
 //!    hold it into a skeleton too;
-//! 4. carry out the plan's operations against `/newroot`;
+//! 4. carry out the plan's operations against `/newroot` (host paths were
+//!    taken before step 3 as detached mounts: binds with `open_tree`, and
+//!    overlays mounted over their host directories at a staging directory,
+//!    then taken the same way);
 //! 5. seal the skeletons read-only, detach `/oldroot`, `pivot_root` into
 //!    `/newroot` and detach the staging tmpfs.
 //!

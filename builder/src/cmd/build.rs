@@ -29,7 +29,8 @@ pub struct CommonArgs {
     /// Keep a failed build's /build and /out in the store and print where
     #[arg(long)]
     pub keep_failed: bool,
-    /// Print one JSON object on stdout instead of text
+    /// Print one JSON object on stdout instead of text (on failure too:
+    /// `error`, `exit_code`, …); progress stays on stderr
     #[arg(long)]
     pub json: bool,
     /// Do not stream the build log to the terminal (it is kept in the store)
@@ -39,7 +40,8 @@ pub struct CommonArgs {
 
 impl CommonArgs {
     fn net(&self) -> NetArgs {
-        NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet || self.json)
+        // --json changes stdout only: progress stays on stderr.
+        NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet)
     }
     fn opts(&self) -> BuildOptions {
         BuildOptions {
