@@ -313,7 +313,9 @@ fn take_host_path(op: &Op) -> R<Option<Taken>> {
 /// reachable (at a fresh directory of the staging root), and takes it as a
 /// detached mount like a bind's source. `userxattr`: overlayfs keeps its
 /// whiteouts and markers in `user.overlay.*` attributes, which a user
-/// namespace may write.
+/// namespace may write. `volatile`: no sync of the upper filesystem (on
+/// every `fsync` and at unmount, which costs a whole-filesystem `syncfs`);
+/// the upper layer is a build directory, thrown away or kept as is.
 fn take_overlay(lower: &Path, upper: &Path, work: &Path) -> R<Taken> {
     let mut n = 0u32;
     let at = loop {
@@ -325,7 +327,7 @@ fn take_overlay(lower: &Path, upper: &Path, work: &Path) -> R<Taken> {
         }
     };
     let options = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
+        "lowerdir={},upperdir={},workdir={},userxattr,volatile",
         host(lower).display(),
         host(upper).display(),
         host(work).display()

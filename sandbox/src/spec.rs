@@ -72,7 +72,8 @@ pub enum Mount {
     /// change. `work` is overlayfs's work directory: empty, on `upper`'s
     /// filesystem. The overlay takes a merged directory's owner, mode and
     /// times from `upper` when `upper` has that directory. Mounted inside the
-    /// sandbox's user namespace (Linux ≥ 5.11) with `userxattr`.
+    /// sandbox's user namespace (Linux ≥ 5.11) with `userxattr` and
+    /// `volatile` (`upper` is scratch space: nothing is synced to disk).
     Overlay {
         lower: PathBuf,
         upper: PathBuf,
