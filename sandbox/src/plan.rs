@@ -443,6 +443,27 @@ mod tests {
     }
 
     #[test]
+    fn an_overlay_is_planned_in_its_place_and_named() {
+        let mut s = spec();
+        s.mounts.push(Mount::Overlay {
+            lower: "/store/src".into(),
+            upper: "/staging/build".into(),
+            work: "/staging/build.work".into(),
+            dst: "/build".into(),
+        });
+        let ops = plan(&s).unwrap();
+        let i = ops
+            .iter()
+            .position(|o| matches!(o, Op::Overlay { dst, .. } if dst == Path::new("/build")))
+            .unwrap();
+        assert!(i > 30 && i < ops.len() - 1);
+        assert_eq!(
+            ops[i].to_string(),
+            "mount overlay of /store/src under /staging/build on /build"
+        );
+    }
+
+    #[test]
     fn invalid_specs_are_not_planned() {
         let mut s = spec();
         s.mounts.push(Mount::Bind {
