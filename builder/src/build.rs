@@ -444,7 +444,10 @@ pub fn execute(
             &plan.sources,
             &build_dir,
             Path::new(&env.build_path),
-        )?,
+        )
+        .inspect_err(|_| {
+            let _ = hermit_store::store::remove_tree(&staging);
+        })?,
         Mount::Bind {
             src: out_dir.clone(),
             dst: PathBuf::from(&env.out_path),
