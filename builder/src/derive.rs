@@ -26,8 +26,8 @@ use serde_json::Value;
 use hermit_profiles::{EnvInputs, Profile};
 use hermit_store::oci::Image;
 
-use crate::build::spec_limits;
 use crate::lock::Lock;
+use crate::pipeline::resolve::spec_limits;
 use crate::record::{Environment, Record, SourceRecord};
 use crate::spec::{SourceKind, Spec};
 use crate::toolchain::{image_reference, toolchain_request};

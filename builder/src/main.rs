@@ -20,7 +20,6 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
-mod build;
 mod cmd;
 mod config;
 mod debian;
@@ -28,12 +27,15 @@ mod derive;
 mod exit;
 #[cfg(test)]
 mod fuzz;
+mod graph;
 mod integrity;
 mod limits;
 mod localtree;
 mod lock;
+mod mirror;
 mod net;
 mod output;
+mod pipeline;
 mod provenance;
 mod record;
 mod spec;
@@ -57,10 +59,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a spec in the sandbox; store the output with its record
+    /// Build specs (and the specs their [inputs] name) in the sandbox; store each output with its record
     Build(cmd::build::BuildArgs),
     /// Build a record again from the record alone and say whether the output is identical
     Rebuild(cmd::build::RebuildArgs),
+    /// Print the closure of specs through their [inputs], in build order
+    Graph(cmd::build::GraphArgs),
     /// Resolve the spec's toolchain and write hermit.lock beside it
     Lock(cmd::build::LockArgs),
     /// Inspect and maintain the content-addressed store
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
         Command::Rebuild(a) => cmd::build::run_rebuild(a),
+        Command::Graph(a) => cmd::build::run_graph(a),
         Command::Lock(a) => cmd::build::run_lock(a),
         Command::Store(c) => cmd::store::run(c),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),

@@ -162,6 +162,9 @@ pub struct Build {
 pub struct Input {
     /// Path of the dependency's spec, relative to this spec.
     pub spec: String,
+    /// Where its `spec` is written.
+    #[serde(skip)]
+    pub at: Position,
 }
 
 // ---- raw, as serde reads it ----
@@ -461,7 +464,8 @@ impl Spec {
         for (k, v) in &raw.inputs {
             let name = check_name(&cx, k, "input name")?;
             let spec = nonempty(&cx, &v.spec, "input spec path")?;
-            inputs.insert(name, Input { spec });
+            let at = cx.pos(v.spec.span());
+            inputs.insert(name, Input { spec, at });
         }
 
         Ok(Spec {

@@ -154,10 +154,10 @@ pub fn run_mirror(args: MirrorArgs) -> anyhow::Result<ExitCode> {
     let (store, _summary) = fetch_plan(&args.net, &plan)?;
     let mut extra = Vec::new();
     for s in &specs {
-        extra.extend(crate::build::mirror_blobs_for_spec(&store, s)?);
+        extra.extend(crate::mirror::mirror_blobs_for_spec(&store, s)?);
     }
     for r in &records {
-        extra.extend(crate::build::mirror_blobs_for_record(r)?);
+        extra.extend(crate::mirror::mirror_blobs_for_record(r)?);
     }
     let missing: Vec<String> = extra
         .iter()
