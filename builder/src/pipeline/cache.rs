@@ -21,7 +21,7 @@ use super::{outputs_dir, Built};
 /// What the store holds under a build key.
 pub enum Stored {
     Absent,
-    Good(Built),
+    Good(Box<Built>),
     /// There, but not what its record says (or the record is damaged).
     Corrupt(String),
 }
@@ -33,12 +33,12 @@ pub fn check(store: &Store, key: &Digest) -> Stored {
         return Stored::Absent;
     }
     match crate::integrity::check_output(&dir) {
-        Ok(record) => Stored::Good(Built {
+        Ok(record) => Stored::Good(Box::new(Built {
             output: dir.join("out"),
             record_path: dir.join("record.json"),
             record,
             cached: true,
-        }),
+        })),
         Err(why) => Stored::Corrupt(why),
     }
 }
@@ -47,7 +47,7 @@ pub fn check(store: &Store, key: &Digest) -> Stored {
 /// corrupt (then said on stderr, and the caller builds it again).
 pub fn lookup(store: &Store, key: &Digest) -> Option<Built> {
     match check(store, key) {
-        Stored::Good(b) => Some(b),
+        Stored::Good(b) => Some(*b),
         Stored::Absent => None,
         Stored::Corrupt(why) => {
             eprintln!("hermit: the stored output of build key {key} is corrupt: {why}; rebuilding");
