@@ -14,7 +14,10 @@ use crate::image::busybox_layout;
 
 /// A project of several specs over one busybox image: `nodes` are
 /// `(dir name, script, inputs as (name, dir))`. Returns each spec's path.
-pub(crate) fn graph_project(dir: &Path, nodes: &[(&str, &str, &[(&str, &str)])]) -> Vec<PathBuf> {
+/// `(dir name, script, inputs as (name, dir))`.
+pub(crate) type NodeDef<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+pub(crate) fn graph_project(dir: &Path, nodes: &[NodeDef<'_>]) -> Vec<PathBuf> {
     let manifest = busybox_layout(&dir.join("image"));
     nodes
         .iter()
