@@ -428,7 +428,125 @@ fn hermit_graph_prints_the_closure(who: As) {
     assert!(!home.join("v1/outputs").exists());
 }
 
+fn deep_rebuild_of_a_graph_offline_from_a_mirror(who: As) {
+    let t = who.scratch();
+    let specs = graph_project(
+        t.path(),
+        &[
+            ("leaf1", "echo one > $out/one", &[]),
+            ("noisy", "head -c 16 /dev/urandom > $out/random", &[]),
+            (
+                "mid",
+                "cat /inputs/lib/one > $out/mid\necho mid >> $out/mid",
+                &[("lib", "leaf1")],
+            ),
+            (
+                "app",
+                "cat /inputs/m/mid > $out/app\nwc -c < /inputs/n/random >> $out/app",
+                &[("m", "mid"), ("n", "noisy")],
+            ),
+        ],
+    );
+    who.give(t.path());
+    let home = t.path().join("home");
+    let app = specs[3].to_str().unwrap();
+    let v = json(&hermit(who, &home, &["build", app, "--json"]));
+    let record = v["record"].as_str().unwrap().to_string();
+    let mirror = t.path().join("mirror");
+    let o = hermit(
+        who,
+        &home,
+        &["mirror", &record, "--to", mirror.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    for n in nodes(&v) {
+        let key = n.1["build_key"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("sha256:")
+            .to_string();
+        assert!(
+            mirror.join("records").join(format!("{key}.json")).is_file(),
+            "the mirror lacks the record of {}",
+            n.0
+        );
+    }
+    // The spec's closure too: every node's toolchain image.
+    let specs_mirror = t.path().join("specs-mirror");
+    let o = hermit(
+        who,
+        &home,
+        &["mirror", app, "--to", specs_mirror.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+
+    // An empty store, no network: the record's inputs come from the mirror.
+    let empty = t.path().join("empty");
+    let m = mirror.to_str().unwrap();
+    let o = hermit(
+        who,
+        &empty,
+        &["rebuild", &record, "--offline", "--mirror", m, "--json"],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(json(&o)["identical"], true);
+
+    // --deep: every input rebuilt from its own record; the noisy one differs.
+    let deeper = t.path().join("deeper");
+    let o = hermit(
+        who,
+        &deeper,
+        &[
+            "rebuild",
+            "--deep",
+            &record,
+            "--offline",
+            "--mirror",
+            m,
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let d = json(&o);
+    let ns = d["nodes"].as_array().unwrap();
+    assert_eq!(ns.len(), 4, "{d}");
+    assert_eq!(ns[3]["name"], "app", "the record itself comes last: {d}");
+    for n in ns {
+        let noisy = n["name"] == "noisy";
+        assert_eq!(n["identical"], !noisy, "{n}");
+    }
+    // The text names the node that differs.
+    let o = hermit(
+        who,
+        &deeper,
+        &["rebuild", "--deep", &record, "--offline", "--mirror", m],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("differs: noisy 1") && out.contains("identical: app 1"),
+        "{out}"
+    );
+
+    // Building the spec offline in a third empty store from the specs' mirror.
+    let third = t.path().join("third");
+    let o = hermit(
+        who,
+        &third,
+        &[
+            "build",
+            app,
+            "--offline",
+            "--mirror",
+            specs_mirror.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+}
+
 both_users!(
+    deep_rebuild_of_a_graph_offline_from_a_mirror,
     graph_builds_inputs_first_and_mounts_them_read_only,
     changing_a_leaf_rebuilds_it_and_its_dependants_only,
     independent_nodes_build_at_once,

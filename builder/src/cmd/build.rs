@@ -332,52 +332,76 @@ pub fn run_graph(args: GraphArgs) -> anyhow::Result<ExitCode> {
 pub struct RebuildArgs {
     /// A record.json written by `hermit build`
     pub record: PathBuf,
+    /// Rebuild every input from its own record first (found by build key in
+    /// the store or a mirror) and say which node differs
+    #[arg(long)]
+    pub deep: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
 pub fn run_rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let (store, _shared) = open_store()?;
-    let r = pipeline::rebuild::rebuild(
-        &store,
-        &args.record,
-        &args.common.net(),
-        &args.common.opts(),
-    )?;
-    let (old, new, kept) = (&r.old, &r.new, &r.kept);
-    let identical = old.output.digest == new.output.digest;
-    let diffs = pipeline::rebuild::differing_files(old, new);
-    if args.common.json {
-        let v = serde_json::json!({
-            "build_key": old.build_key,
-            "identical": identical,
-            "recorded_digest": old.output.digest,
-            "rebuilt_digest": new.output.digest,
-            "differences": diffs,
-            "rebuilt_output": kept,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    } else if identical {
-        println!(
-            "identical: {} {} rebuilt to {}",
-            old.package.name, old.package.version, new.output.digest
-        );
+    let net = args.common.net();
+    let opts = args.common.opts();
+    let nodes: Vec<(String, pipeline::rebuild::Rebuilt)> = if args.deep {
+        pipeline::rebuild::rebuild_deep(&store, &args.record, &net, &opts)?
+            .into_iter()
+            .map(|n| (n.origin, n.rebuilt))
+            .collect()
     } else {
-        println!(
-            "differs: recorded {}, rebuilt {}",
-            old.output.digest, new.output.digest
-        );
-        for d in &diffs {
-            println!("  {d}");
+        let r = pipeline::rebuild::rebuild(&store, &args.record, &net, &opts)?;
+        vec![(args.record.display().to_string(), r)]
+    };
+    let Some((_, top)) = nodes.last() else {
+        return Err(Exit::with_code(exit::INTERNAL, "internal error: nothing was rebuilt").into());
+    };
+    let identical = |r: &pipeline::rebuild::Rebuilt| r.old.output.digest == r.new.output.digest;
+    let all_identical = nodes.iter().all(|(_, r)| identical(r));
+    let node_json = |r: &pipeline::rebuild::Rebuilt| {
+        serde_json::json!({
+            "name": r.old.package.name,
+            "build_key": r.old.build_key,
+            "identical": identical(r),
+            "recorded_digest": r.old.output.digest,
+            "rebuilt_digest": r.new.output.digest,
+            "differences": pipeline::rebuild::differing_files(&r.old, &r.new),
+            "rebuilt_output": r.kept,
+        })
+    };
+    if args.common.json {
+        let mut v = node_json(top);
+        v.as_object_mut().map(|m| m.remove("name"));
+        if args.deep {
+            v["nodes"] = nodes.iter().map(|(_, r)| node_json(r)).collect();
         }
-        if let Some(k) = kept {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (origin, r) in &nodes {
+            let (old, new) = (&r.old, &r.new);
+            if identical(r) {
+                println!(
+                    "identical: {} {} rebuilt to {}",
+                    old.package.name, old.package.version, new.output.digest
+                );
+                continue;
+            }
             println!(
-                "  rebuilt output kept at {} (compare with diffoscope)",
-                k.display()
+                "differs: {} {} ({origin}): recorded {}, rebuilt {}",
+                old.package.name, old.package.version, old.output.digest, new.output.digest
             );
+            for d in &pipeline::rebuild::differing_files(old, new) {
+                println!("  {d}");
+            }
+            if let Some(k) = &r.kept {
+                println!(
+                    "  rebuilt output kept at {} (compare with diffoscope)",
+                    k.display()
+                );
+            }
         }
     }
-    Ok(if identical {
+    Ok(if all_identical {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(exit::BUILD_FAILED)

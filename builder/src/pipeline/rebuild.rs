@@ -31,11 +31,15 @@ use crate::spec::Spec;
 pub fn read_record(record_path: &Path) -> anyhow::Result<(Record, Spec)> {
     let text = limits::read_text(record_path, limits::MAX_RECORD)
         .with_context(|| format!("reading {}", record_path.display()))?;
-    let origin = record_path.display().to_string();
-    let rec = Record::parse(&text, &origin).map_err(|e| Exit::user(e.to_string()))?;
+    check_record(&text, &record_path.display().to_string())
+}
+
+/// [`read_record`] of a record's text that came from `origin`.
+pub fn check_record(text: &str, origin: &str) -> anyhow::Result<(Record, Spec)> {
+    let rec = Record::parse(text, origin).map_err(|e| Exit::user(e.to_string()))?;
     let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
         .map_err(|e| Exit::user(format!("{origin}: the recorded spec: {e}")))?;
-    crate::derive::check_static(&rec, &spec, &origin).map_err(|e| Exit::user(e.to_string()))?;
+    crate::derive::check_static(&rec, &spec, origin).map_err(|e| Exit::user(e.to_string()))?;
     Ok((rec, spec))
 }
 
@@ -56,12 +60,30 @@ pub fn rebuild(
     opts: &BuildOptions,
 ) -> anyhow::Result<Rebuilt> {
     let (rec, spec) = read_record(record_path)?;
-    let origin = record_path.display().to_string();
+    rebuild_record(
+        store,
+        rec,
+        spec,
+        &record_path.display().to_string(),
+        net,
+        opts,
+    )
+}
+
+/// [`rebuild`] of a record already read and checked, from `origin`.
+pub fn rebuild_record(
+    store: &Arc<Store>,
+    rec: Record,
+    spec: Spec,
+    origin: &str,
+    net: &NetArgs,
+    opts: &BuildOptions,
+) -> anyhow::Result<Rebuilt> {
     let mut inputs = Vec::new();
     for i in &rec.inputs {
-        inputs.push(restore_input(store, i, net, &origin)?);
+        inputs.push(restore_input(store, i, net, origin)?);
     }
-    let resolved = resolve::from_record(store, &rec, spec, &origin, inputs, net, opts)?;
+    let resolved = resolve::from_record(store, &rec, spec, origin, inputs, net, opts)?;
     let plan = Plan::new(resolved)?;
     if plan.key != rec.build_key {
         bail!(
@@ -104,6 +126,77 @@ pub fn rebuild(
         new,
         kept,
     })
+}
+
+/// One node of a deep rebuild.
+pub struct DeepNode {
+    pub origin: String,
+    pub rebuilt: Rebuilt,
+}
+
+/// `hermit rebuild --deep`: every input of the record, transitively, is
+/// rebuilt from its own record first (found by build key in the store or a
+/// mirror), then the record itself. Each node is compared with its own
+/// record; a dependant is built over its inputs' *recorded* outputs (by
+/// digest), so that each comparison says whether that node alone is
+/// reproducible. Nodes come back inputs first.
+pub fn rebuild_deep(
+    store: &Arc<Store>,
+    record_path: &Path,
+    net: &NetArgs,
+    opts: &BuildOptions,
+) -> anyhow::Result<Vec<DeepNode>> {
+    let (top, spec) = read_record(record_path)?;
+    // Inputs first: a post-order walk over build keys, each once.
+    let mut order: Vec<(Record, Spec, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut stack: Vec<(Record, Spec, String, bool)> =
+        vec![(top, spec, record_path.display().to_string(), false)];
+    while let Some((rec, spec, origin, expanded)) = stack.pop() {
+        if expanded {
+            order.push((rec, spec, origin));
+            continue;
+        }
+        if !seen.insert(rec.build_key) {
+            continue;
+        }
+        let inputs = rec.inputs.clone();
+        stack.push((rec, spec, origin.clone(), true));
+        for i in inputs.iter().rev() {
+            if seen.contains(&i.build_key) {
+                continue;
+            }
+            let Some((irec, ispec, _, iorigin)) =
+                crate::mirror::find_record(store, net, &i.build_key)?
+            else {
+                return Err(Exit::user(format!(
+                    "{origin}: the record of input {:?} (build key {}) is neither in the store nor in a mirror;                      --deep rebuilds every input from its own record: add a mirror made with `hermit mirror RECORD`",
+                    i.name, i.build_key
+                ))
+                .into());
+            };
+            if irec.output.digest != i.output {
+                return Err(Exit::user(format!(
+                    "{origin}: input {:?} names output {}, but the record of its build key {} ({iorigin}) says {}",
+                    i.name, i.output, i.build_key, irec.output.digest
+                ))
+                .into());
+            }
+            stack.push((irec, ispec, iorigin, false));
+        }
+    }
+    let mut out = Vec::new();
+    for (rec, spec, origin) in order {
+        if !opts.quiet {
+            eprintln!(
+                "hermit: rebuilding {} {} ({origin})",
+                rec.package.name, rec.package.version
+            );
+        }
+        let rebuilt = rebuild_record(store, rec, spec, &origin, net, opts)?;
+        out.push(DeepNode { origin, rebuilt });
+    }
+    Ok(out)
 }
 
 /// An input's output by digest: the store's output of its build key when
