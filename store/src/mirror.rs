@@ -238,42 +238,6 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<(), MirrorError>
     Ok(())
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn write_twice_then_repair() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
-        let d = store
-            .add_reader(&mut &b"hello"[..], "t", None, None)
-            .unwrap();
-        let m = dir.path().join("m");
-        let items = vec![MirrorItem {
-            digest: d,
-            names: vec!["hello".into()],
-            urls: vec!["https://x/hello".into()],
-        }];
-        let r = write_mirror(&store, &m, &items, false).unwrap();
-        assert_eq!(r.added.len(), 1);
-        assert_eq!(fs::read(m.join("sha256").join(d.hex())).unwrap(), b"hello");
-        let r = write_mirror(&store, &m, &items, false).unwrap();
-        assert_eq!((r.added.len(), r.present.len()), (0, 1));
-        // Same size, wrong bytes: only --verify notices.
-        fs::write(m.join("sha256").join(d.hex()), b"HELLO").unwrap();
-        let r = write_mirror(&store, &m, &items, false).unwrap();
-        assert_eq!(r.present.len(), 1);
-        let r = write_mirror(&store, &m, &items, true).unwrap();
-        assert_eq!(r.replaced, vec![d]);
-        assert_eq!(fs::read(m.join("sha256").join(d.hex())).unwrap(), b"hello");
-        let idx = read_index(&m.join("index.json")).unwrap();
-        assert_eq!(idx.blobs[&d].size, 5);
-        assert!(idx.blobs[&d].names.contains("hello"));
-    }
-}
-
 /// A small file a mirror keeps by name rather than by digest (e.g. a
 /// record under `records/<build-key>.json`), read whole: from a folder, or
 /// fetched from an HTTP mirror. `Ok(None)` when the mirror does not have
@@ -344,4 +308,40 @@ pub fn write_named(dir: &Path, rel: &str, data: &[u8]) -> Result<(), MirrorError
         return Ok(());
     }
     write_atomic(&parent, &dest, data)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_twice_then_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let d = store
+            .add_reader(&mut &b"hello"[..], "t", None, None)
+            .unwrap();
+        let m = dir.path().join("m");
+        let items = vec![MirrorItem {
+            digest: d,
+            names: vec!["hello".into()],
+            urls: vec!["https://x/hello".into()],
+        }];
+        let r = write_mirror(&store, &m, &items, false).unwrap();
+        assert_eq!(r.added.len(), 1);
+        assert_eq!(fs::read(m.join("sha256").join(d.hex())).unwrap(), b"hello");
+        let r = write_mirror(&store, &m, &items, false).unwrap();
+        assert_eq!((r.added.len(), r.present.len()), (0, 1));
+        // Same size, wrong bytes: only --verify notices.
+        fs::write(m.join("sha256").join(d.hex()), b"HELLO").unwrap();
+        let r = write_mirror(&store, &m, &items, false).unwrap();
+        assert_eq!(r.present.len(), 1);
+        let r = write_mirror(&store, &m, &items, true).unwrap();
+        assert_eq!(r.replaced, vec![d]);
+        assert_eq!(fs::read(m.join("sha256").join(d.hex())).unwrap(), b"hello");
+        let idx = read_index(&m.join("index.json")).unwrap();
+        assert_eq!(idx.blobs[&d].size, 5);
+        assert!(idx.blobs[&d].names.contains("hello"));
+    }
 }
