@@ -545,7 +545,131 @@ fn deep_rebuild_of_a_graph_offline_from_a_mirror(who: As) {
     assert!(o.status.success(), "{}", both(&o));
 }
 
+fn a_toolchain_built_by_hermit_roots_its_dependants(who: As) {
+    let t = who.scratch();
+    let specs = graph_project(
+        t.path(),
+        &[
+            (
+                "tc",
+                "mkdir -p $out/bin $out/etc\ncp /bin/busybox $out/bin/\nfor a in sh cat echo ls mkdir wc; do ln -s busybox $out/bin/$a; done\necho made-by-hermit > $out/etc/toolchain",
+                &[],
+            ),
+            ("user", "cat /etc/toolchain > $out/which\nls /bin > $out/bins", &[("tc", "tc")]),
+        ],
+    );
+    // The dependant's toolchain is its input's output.
+    let text = fs::read_to_string(&specs[1]).unwrap();
+    let text = text.replace(
+        &format!(
+            "oci = \"../image\"\ndigest = \"{}\"",
+            image_digest(&specs[1])
+        ),
+        "input = \"tc\"",
+    );
+    fs::write(&specs[1], text).unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let user = specs[1].to_str().unwrap();
+    let o = hermit(who, &home, &["build", user, "--json"]);
+    assert!(o.status.success(), "{}", both(&o));
+    let v = json(&o);
+    let out = PathBuf::from(v["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.join("which")).unwrap(),
+        "made-by-hermit\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("bins")).unwrap(),
+        "busybox\ncat\necho\nls\nmkdir\nsh\nwc\n"
+    );
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(rec["image"]["reference"], "input:tc");
+    assert_eq!(rec["lock"], serde_json::Value::Null);
+    assert_eq!(
+        rec["image"]["layers"][0]["digest"],
+        rec["inputs"][0]["output"]
+    );
+    assert!(
+        !t.path().join("user/hermit.lock").exists(),
+        "no lock for an input toolchain"
+    );
+    // `hermit lock` has nothing to pin.
+    let o = hermit(who, &home, &["lock", user]);
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("nothing to lock"),
+        "{}",
+        both(&o)
+    );
+
+    // From a mirror, in an empty store, offline: the image is made again
+    // from the restored output and is the recorded one.
+    let record = v["record"].as_str().unwrap().to_string();
+    let mirror = t.path().join("mirror");
+    let o = hermit(
+        who,
+        &home,
+        &["mirror", &record, "--to", mirror.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    let empty = t.path().join("empty");
+    let m = mirror.to_str().unwrap();
+    let o = hermit(
+        who,
+        &empty,
+        &[
+            "rebuild",
+            "--deep",
+            &record,
+            "--offline",
+            "--mirror",
+            m,
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(json(&o)["identical"], true);
+
+    // A record whose image is not the one made from the input is refused.
+    let edited = t.path().join("edited.json");
+    let mut r = rec.clone();
+    r["image"]["layers"][0]["size"] = serde_json::json!(12345);
+    fs::write(&edited, serde_json::to_string_pretty(&r).unwrap()).unwrap();
+    who.give(&edited);
+    let o = hermit(who, &home, &["rebuild", edited.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+}
+
+fn a_toolchain_input_must_be_an_input(who: As) {
+    let t = who.scratch();
+    let specs = graph_project(t.path(), &[("user", "true", &[])]);
+    let text = fs::read_to_string(&specs[0]).unwrap();
+    let text = text.replace(
+        &format!(
+            "oci = \"../image\"\ndigest = \"{}\"",
+            image_digest(&specs[0])
+        ),
+        "input = \"tc\"",
+    );
+    fs::write(&specs[0], text).unwrap();
+    who.give(t.path());
+    let o = hermit(
+        who,
+        &t.path().join("home"),
+        &["build", specs[0].to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("[inputs] has no \"tc\"") && err.contains("spec.toml:6:"),
+        "{err}"
+    );
+}
+
 both_users!(
+    a_toolchain_built_by_hermit_roots_its_dependants,
+    a_toolchain_input_must_be_an_input,
     deep_rebuild_of_a_graph_offline_from_a_mirror,
     graph_builds_inputs_first_and_mounts_them_read_only,
     changing_a_leaf_rebuilds_it_and_its_dependants_only,

@@ -427,7 +427,13 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<ExitCode> {
         .to_path_buf();
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let net = NetArgs::defaults(args.mirrors.clone(), false, false);
-    let request = crate::toolchain::toolchain_request(&spec, &dir);
+    let Some(request) = crate::toolchain::toolchain_request(&spec, &dir) else {
+        println!(
+            "{}: the toolchain is an input's output, pinned by its digest; there is nothing to lock",
+            args.spec.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
     let profile = hermit_profiles::Profile::default_profile()?;
     let (image, packages) =
         crate::toolchain::resolve_toolchain_fresh(&store, &request, &dir, &net, &profile)?;

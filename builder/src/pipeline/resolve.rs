@@ -23,9 +23,10 @@ use crate::localtree::{local_source_root, local_tree_blob};
 use crate::lock::Lock;
 use crate::net::{fetch, NetArgs};
 use crate::record::{self, Environment, InputRecord, Record, SourceRecord, UnpackRecord};
-use crate::spec::{SourceKind, Spec};
+use crate::spec::{SourceKind, Spec, Toolchain};
 use crate::toolchain::{
-    fetch_image_from_mirrors, image_reference, locked_image, resolve_toolchain, toolchain_request,
+    fetch_image_from_mirrors, image_reference, input_image, input_reference, locked_image,
+    resolve_toolchain, toolchain_request,
 };
 
 /// A build's inputs, resolved to digests.
@@ -98,34 +99,28 @@ pub fn from_spec(
     let dir = spec_dir(spec_path);
     let profile = Profile::default_profile()?;
 
-    // The toolchain, through the lock (read once; written when new).
-    let request = toolchain_request(&spec, &dir);
-    let lock_path = dir.join("hermit.lock");
-    let shown = lock_path.display().to_string();
-    let lock_text = match fs::symlink_metadata(&lock_path) {
-        Ok(_) => Some(
-            limits::read_text(&lock_path, limits::MAX_SPEC)
-                .with_context(|| format!("reading {shown}"))?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {shown}"))),
-    };
-    let (image, lock_text) = match lock_text {
-        Some(text) => {
-            let lock = Lock::parse(&shown, &text).map_err(|e| Exit::user(e.to_string()))?;
-            lock.check(&shown, &request)
-                .map_err(|e| Exit::user(e.to_string()))?;
-            let image = locked_image(store, &lock, &request, &dir, net, &profile)?;
-            (image, text)
+    let inputs = match_inputs(&spec, spec_path, inputs)?;
+    let (image, lock_text, image_reference) = match toolchain_request(&spec, &dir) {
+        Some(request) => {
+            let (image, text) = locked_toolchain(store, &request, &dir, net, &profile)?;
+            (image, Some(text), image_reference(&request))
         }
         None => {
-            let (image, packages) = resolve_toolchain(store, &request, &dir, net, &profile)?;
-            let lock = Lock::new(&request, &image, packages);
-            lock.write(&lock_path)?;
-            if !net.quiet {
-                eprintln!("hermit: wrote {shown}");
-            }
-            (image, lock.to_text()?)
+            // The toolchain is an input's output.
+            let Toolchain::Input { name } = &spec.toolchain else {
+                anyhow::bail!("internal error: a toolchain without a lock request");
+            };
+            let Some(input) = inputs.iter().find(|i| &i.record.name == name) else {
+                anyhow::bail!("internal error: toolchain input {name:?} was not built");
+            };
+            let image = input_image(
+                store,
+                name,
+                &input.record.output,
+                &input.record.build_key,
+                &profile,
+            )?;
+            (image, None, input_reference(name))
         }
     };
 
@@ -204,7 +199,6 @@ pub fn from_spec(
     }
     sources.sort_by(|a, b| a.record.name().cmp(b.record.name()));
 
-    let inputs = match_inputs(&spec, spec_path, inputs)?;
     let jobs = profile.jobs(opts.jobs, host_cpus());
     let environment = Environment::from_profile(
         &profile,
@@ -220,16 +214,55 @@ pub fn from_spec(
 
     Ok(Resolved {
         spec_path: spec_path.to_path_buf(),
-        image_reference: image_reference(&request),
+        image_reference,
         spec,
         spec_text,
-        lock_text: Some(lock_text),
+        lock_text,
         image,
         sources,
         inputs,
         profile,
         environment,
     })
+}
+
+/// The image `hermit.lock` (beside the spec) pins, read once; resolved and
+/// written when there is no lock yet. Returns the image and the lock's text.
+fn locked_toolchain(
+    store: &Arc<Store>,
+    request: &crate::lock::ToolchainRequest,
+    dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+) -> anyhow::Result<(Image, String)> {
+    let lock_path = dir.join("hermit.lock");
+    let shown = lock_path.display().to_string();
+    let lock_text = match fs::symlink_metadata(&lock_path) {
+        Ok(_) => Some(
+            limits::read_text(&lock_path, limits::MAX_SPEC)
+                .with_context(|| format!("reading {shown}"))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {shown}"))),
+    };
+    match lock_text {
+        Some(text) => {
+            let lock = Lock::parse(&shown, &text).map_err(|e| Exit::user(e.to_string()))?;
+            lock.check(&shown, request)
+                .map_err(|e| Exit::user(e.to_string()))?;
+            let image = locked_image(store, &lock, request, dir, net, profile)?;
+            Ok((image, text))
+        }
+        None => {
+            let (image, packages) = resolve_toolchain(store, request, dir, net, profile)?;
+            let lock = Lock::new(request, &image, packages);
+            lock.write(&lock_path)?;
+            if !net.quiet {
+                eprintln!("hermit: wrote {shown}");
+            }
+            Ok((image, lock.to_text()?))
+        }
+    }
 }
 
 /// The built inputs, one for each of the spec's `[inputs]`, sorted by name.
@@ -266,11 +299,37 @@ pub fn from_record(
 ) -> anyhow::Result<Resolved> {
     let profile = Profile::get_pinned(&rec.profile.name, &rec.profile.digest.to_string())?;
 
-    // The image, by digest: store, then mirrors, then the recorded reference.
+    // The image, by digest: store, then mirrors, then the recorded
+    // reference — or made again from the toolchain input's output.
     let manifest = rec.image.manifest;
-    let image = match oci::find(store, &manifest)? {
-        Some(img) => img,
-        None => {
+    let toolchain_input = match &spec.toolchain {
+        Toolchain::Input { name } => Some(name.clone()),
+        _ => None,
+    };
+    let image = match (oci::find(store, &manifest)?, toolchain_input) {
+        (Some(img), _) => img,
+        (None, Some(name)) => {
+            let name = &name;
+            let Some(input) = inputs.iter().find(|i| &i.record.name == name) else {
+                anyhow::bail!("internal error: toolchain input {name:?} was not restored");
+            };
+            let image = input_image(
+                store,
+                name,
+                &input.record.output,
+                &input.record.build_key,
+                &profile,
+            )?;
+            if image.manifest != manifest {
+                return Err(Exit::user(format!(
+                    "{origin}: the toolchain made from input {name:?} is {}, but the record says {manifest}",
+                    image.manifest
+                ))
+                .into());
+            }
+            image
+        }
+        (None, None) => {
             if fetch_image_from_mirrors(store, net, &manifest).is_ok() {
                 oci::load_from_store(store, &manifest, rec.image.index, &rec.image.reference)?
             } else if let (false, Ok(r)) =
