@@ -6,6 +6,13 @@
 //! |---|---|
 //! | CLI parsing, exit codes | `main.rs`, [`exit`] |
 //! | one module per subcommand, each a thin layer over the libraries | [`cmd`] |
+//! | graphs of specs: loading the closure, scheduling builds, progress | [`graph`] |
+//! | one build, as stages: resolve → plan → cache lookup → materialise → run → collect → install; rebuild from a record | [`pipeline`] (its doc has the stage table) |
+//! | the toolchain: lock requests, images from store/mirrors/registry/bootstrap, images made from an input | [`toolchain`], [`lock`], [`debian`] |
+//! | local `path` sources: selection, canonical tar | [`localtree`] |
+//! | the network flags and the fetcher | [`net`] |
+//! | what a mirror must hold for a spec or a record's graph | [`mirror`] |
+//! | a record is untrusted: everything re-derived from profile, spec and lock | [`derive`] |
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
 //! | build-environment profiles | the `hermit-profiles` crate |
