@@ -139,6 +139,17 @@ pub fn resolve_toolchain(
                 )
                 .into());
             }
+            // Specs of one graph that ask for the same Debian toolchain
+            // (each in a directory of its own, so each without a lock yet)
+            // share one bootstrap.
+            static BOOTSTRAPPED: std::sync::Mutex<Vec<(String, Image, Vec<debian::Package>)>> =
+                std::sync::Mutex::new(Vec::new());
+            let key = req.to_string();
+            if let Ok(done) = BOOTSTRAPPED.lock() {
+                if let Some((_, image, packages)) = done.iter().find(|(k, _, _)| *k == key) {
+                    return Ok((image.clone(), packages.clone()));
+                }
+            }
             if !net.quiet {
                 eprintln!(
                     "hermit: bootstrapping debian {} with {} (mmdebstrap)",
@@ -147,6 +158,9 @@ pub fn resolve_toolchain(
                 );
             }
             let b = debian::bootstrap(store, d, profile.source_date_epoch.default)?;
+            if let Ok(mut done) = BOOTSTRAPPED.lock() {
+                done.push((key, b.image.clone(), b.packages.clone()));
+            }
             Ok((b.image, b.packages))
         }
     }
