@@ -671,10 +671,19 @@ impl Store {
             }
             let lock_path = path.join(".lock");
             let Ok(f) = File::open(&lock_path) else {
-                // A session directory without its lock file is either being
-                // created right now or was left mid-creation; only remove it
-                // once it is old enough that no live process can own it.
-                if is_older_than(&path, 60) {
+                // A session directory without its lock file is being created
+                // right now, or its creator died mid-creation. A creator
+                // holds `.lock-new` locked until it renames it to `.lock`:
+                // one that can be locked belongs to nobody. Without either
+                // file, only age tells.
+                let dead = match File::open(path.join(".lock-new")) {
+                    Ok(f) => {
+                        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                            .is_ok()
+                    }
+                    Err(_) => is_older_than(&path, 60),
+                };
+                if dead {
                     let _ = remove_tree(&path);
                 }
                 continue;
