@@ -927,6 +927,20 @@ fn is_older_than(path: &Path, secs: u64) -> bool {
 
 impl Session {
     fn create(tmp: &Path) -> Result<Session> {
+        // Another hermit cleaning stale sessions may remove a directory that
+        // does not hold a locked lock file yet; then start again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Session::try_create(tmp) {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempt < 8 => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn try_create(tmp: &Path) -> Result<Session> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("s{}-", std::process::id()))
             .tempdir_in(tmp)
