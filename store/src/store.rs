@@ -296,6 +296,7 @@ impl Store {
         ] {
             check_owned(root, &base.join(d), false)?;
         }
+        let session = Session::create(&base.join("tmp"))?;
         let version = base.join("VERSION");
         match fs::read_to_string(&version) {
             Ok(v) if v.trim() == LAYOUT_VERSION.to_string() => {}
@@ -306,11 +307,12 @@ impl Store {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                write_small_atomic(&base.join("tmp"), &version, b"1\n")?;
+                // Written through the session, so that a hermit killed
+                // meanwhile leaves nothing the next one does not clean.
+                write_small_atomic(&session.dir, &version, b"1\n")?;
             }
             Err(e) => return Err(StoreError::io("reading", &version)(e)),
         }
-        let session = Session::create(&base.join("tmp"))?;
         let store = Store {
             base,
             session,
