@@ -27,6 +27,8 @@ pub const SANDBOX_SETUP: u8 = 125;
 pub struct Exit {
     pub code: u8,
     pub message: String,
+    /// A failed build's log, stored by digest.
+    pub log: Option<hermit_store::Digest>,
     /// Facts for `--json` failure reports (e.g. `log`: the build log's path),
     /// already part of `message` for people.
     pub details: Vec<(&'static str, String)>,
@@ -40,8 +42,14 @@ impl Exit {
         Exit {
             code,
             message: message.into(),
+            log: None,
             details: Vec::new(),
         }
+    }
+    /// The same error, naming the failed build's stored log.
+    pub fn with_log(mut self, log: hermit_store::Digest) -> Exit {
+        self.log = Some(log);
+        self
     }
     /// Adds a fact for `--json` failure reports.
     pub fn detail(mut self, key: &'static str, value: impl Into<String>) -> Exit {

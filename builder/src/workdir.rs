@@ -30,7 +30,7 @@ use crate::spec::Workdir;
 /// beside it, `<build_dir>.work`).
 pub fn build_mount(
     workdir: Option<&Workdir>,
-    sources: &[(crate::record::SourceRecord, PathBuf)],
+    sources: &[(String, PathBuf)],
     build_dir: &Path,
     dst: &Path,
 ) -> anyhow::Result<Mount> {
@@ -41,7 +41,7 @@ pub fn build_mount(
             writable: true,
         });
     };
-    let Some((_, root)) = sources.iter().find(|(r, _)| r.name() == w.source) else {
+    let Some((_, root)) = sources.iter().find(|(name, _)| *name == w.source) else {
         anyhow::bail!(
             "internal error: workdir source {:?} is not planned",
             w.source
