@@ -28,7 +28,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use hermit_profiles::{EnvInputs, Profile};
@@ -38,6 +38,7 @@ use hermit_store::oci::{self, Image};
 use hermit_store::unpack::{ArchiveFormat, UnpackOptions};
 use hermit_store::{Digest, Store};
 
+use crate::environment;
 use crate::exit::{self, Exit};
 use crate::limits;
 use crate::localtree::{local_source_root, local_tree_blob};
@@ -106,6 +107,10 @@ pub struct BuildOptions {
     pub keep_failed: bool,
     pub jobs: Option<u32>,
     pub quiet: bool,
+    /// The jobserver every build of this hermit shares (see
+    /// [`crate::jobserver`]); without one a build makes its own of
+    /// HERMIT_JOBS slots.
+    pub jobserver: Option<Arc<crate::jobserver::Jobserver>>,
 }
 
 /// What a build produced.
@@ -402,40 +407,7 @@ pub fn execute(
     }
     let env = &plan.environment;
     let p = &plan.profile;
-    let mut spec = SandboxSpec::profile_v1(
-        &rootfs,
-        vec![
-            "/bin/sh".into(),
-            "-e".into(),
-            "-c".into(),
-            plan.script.clone(),
-            "hermit-build".into(),
-        ],
-    );
-    spec.env = env
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    spec.cwd = PathBuf::from(&env.build_path);
-    spec.uid = env.uid;
-    spec.gid = env.gid;
-    spec.user = env.user.clone();
-    spec.group = env.group.clone();
-    spec.home = PathBuf::from(&env.home);
-    spec.hostname = env.hostname.clone();
-    spec.aslr = env.aslr;
-    spec.umask = p.system.umask;
-    spec.timeout = Some(Duration::from_secs(env.limits.timeout_secs));
-    spec.limits.max_processes = Some(env.limits.max_pids.min(u64::from(u32::MAX)) as u32);
-    spec.limits.max_memory = env.limits.memory_mib.map(|m| m << 20);
-    // One file can never be larger than all of /build and /out together.
-    spec.limits.max_file_size = env.limits.disk_mib.map(|m| m << 20);
     let mut mounts = vec![
-        Mount::Tmpfs {
-            dst: PathBuf::from(&env.tmp_path),
-            size: Some(env.limits.tmp_size_mib << 20),
-        },
         Mount::Bind {
             src: build_dir.clone(),
             dst: PathBuf::from(&env.build_path),
@@ -454,11 +426,23 @@ pub fn execute(
             writable: false,
         });
     }
-    spec.mounts = mounts;
+    let command = vec![
+        "/bin/sh".into(),
+        "-e".into(),
+        "-c".into(),
+        plan.script.clone(),
+        "hermit-build".into(),
+    ];
+    let spec = environment::sandbox_spec(env, p, &rootfs, command, mounts);
+    // Held until the sandbox has ended: the build's share of `-j N`.
+    let jobs = environment::enter_jobserver(p, env, opts.jobserver.as_ref())
+        .context("the build's jobserver")?;
 
     let log_path = staging.join("build.log");
     let mut guard = limits::Guard::new(&env.limits, p, vec![build_dir.clone(), out_dir.clone()]);
-    let report = run_logged(&spec, &log_path, opts.quiet, &mut guard)?;
+    let report = run_logged(&spec, jobs.pass, &log_path, opts.quiet, &mut guard);
+    drop(jobs.slot);
+    let report = report?;
     let limit_hit = guard.hit(&report, &log_path);
     let outcome = report.outcome.clone();
     let mut log_file =
@@ -588,6 +572,7 @@ pub fn execute(
 /// copied to the log file and (unless quiet) to hermit's stderr.
 fn run_logged(
     spec: &SandboxSpec,
+    pass: Vec<hermit_sandbox::PassFd>,
     log_path: &Path,
     quiet: bool,
     guard: &mut limits::Guard,
@@ -630,7 +615,7 @@ fn run_logged(
     let redirected = dup2_stdout(&w).and_then(|_| dup2_stderr(&w));
     drop(w);
     let result = match redirected {
-        Ok(()) => Ok(run_guarded(spec, guard)),
+        Ok(()) => Ok(run_guarded(spec, pass, guard)),
         Err(e) => Err(e),
     };
     // Restore hermit's own stdout/stderr (also after a failed redirect); this
@@ -665,16 +650,18 @@ pub fn read_record(record_path: &Path) -> anyhow::Result<(Record, Spec)> {
 /// Runs the sandbox under the guard's watch (log and disk limits).
 fn run_guarded(
     spec: &SandboxSpec,
+    pass: Vec<hermit_sandbox::PassFd>,
     guard: &mut limits::Guard,
 ) -> Result<hermit_sandbox::RunReport, hermit_sandbox::RunError> {
     let mut check = || guard.check();
-    hermit_sandbox::run_watched(
+    hermit_sandbox::run_watched_passing(
         spec,
         Path::new("/proc/self/exe"),
         Some(hermit_sandbox::Watch {
             every: limits::WATCH_EVERY,
             check: &mut check,
         }),
+        pass,
     )
 }
 

@@ -25,10 +25,12 @@ mod cmd;
 mod config;
 mod debian;
 mod derive;
+mod environment;
 mod exit;
 #[cfg(test)]
 mod fuzz;
 mod integrity;
+mod jobserver;
 mod limits;
 mod localtree;
 mod lock;

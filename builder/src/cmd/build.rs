@@ -42,10 +42,18 @@ impl CommonArgs {
         NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet || self.json)
     }
     fn opts(&self) -> BuildOptions {
+        // Run by make (`+hermit build …` in a Makefile): join its jobserver.
+        let makeflags = std::env::var("MAKEFLAGS").ok();
+        let (jobserver, jobs, warning) =
+            crate::jobserver::Jobserver::for_command(self.jobs, makeflags.as_deref());
+        if let Some(w) = warning {
+            eprintln!("hermit: warning: {w}");
+        }
         BuildOptions {
             keep_failed: self.keep_failed,
-            jobs: self.jobs,
+            jobs,
             quiet: self.quiet,
+            jobserver,
         }
     }
 }
