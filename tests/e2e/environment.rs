@@ -102,13 +102,12 @@ fn build_observes_its_record(who: As) {
     );
     assert_eq!(env["domainname"], p.system.domainname);
     // The environment is exactly the record's (sh adds PWD, SHLVL and `_`).
-    let mut seen: std::collections::BTreeMap<String, String> =
-        fs::read_to_string(out.join("env"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    let mut seen: std::collections::BTreeMap<String, String> = fs::read_to_string(out.join("env"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     for k in ["PWD", "SHLVL", "_"] {
         seen.remove(k);
     }

@@ -215,7 +215,11 @@ fn env_exactly_each_profile(who: As) {
     assert_eq!(parse_env(&out), expected_env(), "default:\n{out}");
     let o = run(who, &["--profile", "v0"], &["/bin/true"]);
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
-    assert!(stdout(&o).is_empty() && both(&o).contains("v1, v2"), "{}", both(&o));
+    assert!(
+        stdout(&o).is_empty() && both(&o).contains("v1, v2"),
+        "{}",
+        both(&o)
+    );
 }
 
 fn env_flag_adds_variables(who: As) {
