@@ -190,6 +190,36 @@ mod tests {
         s.validate().unwrap();
     }
 
+    /// `-j N` changes HERMIT_JOBS, never MAKEFLAGS, and neither changes the
+    /// build key under v3.
+    #[test]
+    fn the_jobserver_keeps_the_build_key() {
+        let a = crate::record::tests::sample_with("v3");
+        let p = Profile::get("v3").unwrap();
+        let mut b = a.clone();
+        let e = Environment::from_profile(
+            &p,
+            &EnvInputs {
+                image_path: Some("/usr/local/bin:/usr/bin:/bin"),
+                source_date_epoch: None,
+                jobs: 17,
+                extra: &a
+                    .environment
+                    .env
+                    .iter()
+                    .filter(|(k, _)| *k == "CFLAGS")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            },
+            &SpecLimits::default(),
+        )
+        .unwrap();
+        assert_eq!(e.env["MAKEFLAGS"], a.environment.env["MAKEFLAGS"]);
+        assert_ne!(e.env["HERMIT_JOBS"], a.environment.env["HERMIT_JOBS"]);
+        b.environment = e;
+        assert_eq!(a.key_inputs().build_key(), b.key_inputs().build_key());
+    }
+
     #[test]
     fn every_profile_states_what_the_sandbox_gets() {
         for name in hermit_profiles::names() {
