@@ -9,6 +9,8 @@
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
 //! | build-environment profiles | the `hermit-profiles` crate |
+//! | profile + record environment → the sandbox's spec (the one translation) | [`environment`] |
+//! | the GNU make jobserver builds share (`-j N` for the whole machine) | [`jobserver`] |
 //! | output normalisation, the canonical tar, the output digest | [`output`] |
 //! | the record of a build, the build key | [`record`] |
 //! | SLSA provenance from a record | [`provenance`] |
