@@ -18,6 +18,7 @@ use crate::fixtures::{both_users, fixture, ok_stdout, output_within, As};
 both_users!(
     sandbox_shows_each_profile,
     build_observes_its_record,
+    records_of_every_profile_rebuild_in_their_environment,
     make_jobs_stay_within_the_budget,
 );
 
@@ -118,6 +119,64 @@ fn build_observes_its_record(who: As) {
     // Descriptors 3 and 4 are the jobserver's pipe; 5–9 are closed.
     assert_eq!(fs::read_to_string(out.join("fds")).unwrap(), "3\n4\n");
     assert_eq!(fs::read_to_string(out.join("pipes")).unwrap(), "2\n");
+}
+
+/// A record names its profile; `hermit rebuild` sets up the sandbox from
+/// that profile alone. A build that writes what it observes (the values
+/// every profile shares: sizes, limits, names) is recorded under the
+/// default profile, then its record is restated under every older profile
+/// (the environment that profile derives, the build key recomputed) and
+/// rebuilt: each rebuild must observe the same, bit for bit — so v1's
+/// unstated values (its `/dev/shm`, open files, core dumps) are what v2 on
+/// state, and v1 records rebuild as they were made.
+fn records_of_every_profile_rebuild_in_their_environment(who: As) {
+    let t = who.scratch();
+    let spec = project(t.path(), &format!("{{ {OBSERVE}; }} > $out/observed"), "");
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = run(who.hermit_in(&home).args(["build", "--json"]).arg(&spec));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(record["profile"]["name"], hermit_profiles::DEFAULT);
+    assert_eq!(
+        crate::record_trust::build_key(&record),
+        record["build_key"].as_str().unwrap()
+    );
+    for name in hermit_profiles::names() {
+        let p = Profile::get(name).unwrap();
+        let mut r = record.clone();
+        r["profile"] =
+            serde_json::json!({"name": name, "digest": hermit_profiles::digest(name).unwrap()});
+        let env = &mut r["environment"];
+        let vars = env["env"].as_object_mut().unwrap();
+        if !p.env.fixed.contains_key("MAKEFLAGS") {
+            vars.remove("MAKEFLAGS");
+        }
+        let limits = env["limits"].as_object_mut().unwrap();
+        for (k, stated) in [
+            ("memory_mib", p.limits.memory_mib),
+            ("disk_mib", p.limits.disk_mib),
+            ("log_mib", p.limits.log_mib),
+        ] {
+            match stated {
+                Some(n) => limits.insert(k.into(), n.into()),
+                None => limits.remove(k),
+            };
+        }
+        r["build_key"] = crate::record_trust::build_key(&r).into();
+        let path = t.path().join(format!("record-{name}.json"));
+        fs::write(&path, serde_json::to_string_pretty(&r).unwrap()).unwrap();
+        who.give(&path);
+        let o = run(who.hermit_in(&home).arg("rebuild").arg(&path));
+        assert!(o.status.success(), "{name}: {}", both(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).starts_with("identical"),
+            "{name}: {}",
+            both(&o)
+        );
+    }
 }
 
 /// A Makefile of `n` independent targets, each noting when it starts and
