@@ -119,21 +119,9 @@ fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
         None => hermit_profiles::Profile::default_profile()?,
     };
     let mut spec = crate::environment::interactive_spec(&profile, &absolute(a.root)?, a.command)?;
-    // The profile's /tmp, unless the command line mounts something there.
-    let mut mounts: Vec<Mount> = std::mem::take(&mut spec.mounts);
-    if let Some(size) = a.tmp_size {
-        for m in &mut mounts {
-            if let Mount::Tmpfs { size: s, .. } = m {
-                *s = Some(size);
-            }
-        }
-    }
-    if a.tmpfs.iter().any(|t| {
-        std::path::Path::new(t.split_once(':').map_or(t.as_str(), |(d, _)| d))
-            == std::path::Path::new("/tmp")
-    }) {
-        mounts.clear();
-    }
+    // The profile's mounts (its /tmp), then the command line's.
+    let profile_mounts: Vec<Mount> = std::mem::take(&mut spec.mounts);
+    let mut mounts = Vec::new();
     for (list, writable) in [(&a.ro, false), (&a.rw, true)] {
         for arg in list {
             let (src, dst) = split_bind(arg);
@@ -160,6 +148,17 @@ fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
             dst: PathBuf::from(dst),
             size,
         });
+    }
+    // The profile's /tmp (`--tmp-size` resizes it) unless the command line
+    // mounts something there.
+    for mut m in profile_mounts {
+        if mounts.iter().any(|u| u.dst() == m.dst()) {
+            continue;
+        }
+        if let (Mount::Tmpfs { size, .. }, Some(s)) = (&mut m, a.tmp_size) {
+            *size = Some(s);
+        }
+        mounts.push(m);
     }
     // Parents before children, whatever the order of the flags.
     mounts.sort_by_key(|m| m.dst().components().count());
