@@ -109,12 +109,16 @@ pub struct JobserverUse {
 
 /// Takes a slot of `shared` (or, with none, of a jobserver of the build's
 /// own with `env.jobs` slots — a rebuild, a build outside any scheduler)
-/// for a build under `profile`; waits while every slot is taken. Nothing
+/// for a build under `profile`; waits while every slot is taken. With
+/// `held`, the caller already holds the build's slot of `shared` (the graph
+/// scheduler takes it when the build starts, before the makes of builds
+/// already running can take every token) and none is taken here. Nothing
 /// for a profile without a jobserver.
 pub fn enter_jobserver(
     profile: &Profile,
     env: &Environment,
     shared: Option<&Arc<Jobserver>>,
+    held: bool,
 ) -> Result<JobserverUse, JobserverError> {
     let Some(numbers) = profile.jobs.jobserver_fds else {
         return Ok(JobserverUse {
@@ -126,10 +130,14 @@ pub fn enter_jobserver(
         Some(js) => js.clone(),
         None => Jobserver::new(env.jobs)?,
     };
-    let slot = js.acquire()?;
+    let slot = if held && shared.is_some() {
+        None
+    } else {
+        Some(js.acquire()?)
+    };
     Ok(JobserverUse {
         pass: js.pass_fds(numbers)?,
-        slot: Some(slot),
+        slot,
     })
 }
 

@@ -240,6 +240,22 @@ fn most_at_once(logs: &[PathBuf]) -> usize {
     most as usize
 }
 
+/// Whether the jobs of two logs ran at some common instant.
+fn overlapped(a: &Path, b: &Path) -> bool {
+    let span = |log: &Path| {
+        let text = fs::read_to_string(log).unwrap();
+        let times: Vec<f64> = text
+            .lines()
+            .map(|l| l.split_once(' ').unwrap().1.parse().unwrap())
+            .collect();
+        let lo = times.iter().cloned().fold(f64::INFINITY, f64::min);
+        let hi = times.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        (lo, hi)
+    };
+    let ((a0, a1), (b0, b1)) = (span(a), span(b));
+    a0 < b1 && b0 < a1
+}
+
 /// One build of a Debian toolchain with make, bootstrapped once for the
 /// caller: returns the store home and the lock to copy beside other specs.
 fn bootstrapped(who: As, t: &Path) -> (PathBuf, PathBuf, PathBuf) {
@@ -341,6 +357,41 @@ fn make_jobs_stay_within_the_budget(who: As) {
         .collect();
     // Two at once: the builds overlapped; no more: they shared the budget.
     assert_eq!(most_at_once(&logs), 2);
+
+    // One hermit building both as a graph of two independent specs: they
+    // run at once, on one jobserver of 2 slots.
+    let graph: Vec<PathBuf> = ["ga", "gb"]
+        .iter()
+        .map(|name| {
+            let dir = t.path().join(name);
+            let spec = make_project(&dir, name);
+            fs::copy(&lock, dir.join("hermit.lock")).unwrap();
+            spec
+        })
+        .collect();
+    who.give(t.path());
+    let o = run(who
+        .hermit_in(&home)
+        .args(["build", "--json", "--offline", "-j", "2"])
+        .args(&graph));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let logs: Vec<PathBuf> = v["builds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| PathBuf::from(b["output"].as_str().unwrap()).join("log"))
+        .collect();
+    assert_eq!(logs.len(), 2);
+    assert_eq!(
+        most_at_once(&logs),
+        2,
+        "the two builds' makes exceeded -j 2 together"
+    );
+    assert!(
+        overlapped(&logs[0], &logs[1]),
+        "the two builds did not run at once"
+    );
 
     // A rule without `+`: make closes its jobserver's descriptors for it.
     fs::remove_file(format!("{}.json", specs[0].display())).unwrap();

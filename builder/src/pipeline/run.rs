@@ -90,7 +90,7 @@ pub fn run(
         vec![m.build_dir.clone(), m.out_dir.clone()],
     );
     // Held until the sandbox has ended: the build's share of `-j N`.
-    let jobs = environment::enter_jobserver(&r.profile, env, opts.jobserver.as_ref())
+    let jobs = environment::enter_jobserver(&r.profile, env, opts.jobserver.as_ref(), opts.holds_slot)
         .context("the build's jobserver")?;
     let report = run_logged(&spec, jobs.pass, &log_path, &opts.echo, &mut guard);
     drop(jobs.slot);
