@@ -242,11 +242,36 @@ pub fn run(store: &Arc<Store>, graph: &Graph, net: &NetArgs, opts: &RunOptions) 
                     .collect();
                 let mut bopts = opts.build.clone();
                 bopts.echo = progress.echo(last);
+                bopts.holds_slot = false;
                 bopts.resolve_gate = Some(gate.clone());
                 let shared = shared.clone();
                 let spec = graph.nodes[i].spec.clone();
                 scope.spawn(move || {
+                    // The build's share of `-j N`, from its start: taken
+                    // later, the makes of builds already running would have
+                    // taken every token, and independent builds would run
+                    // one after the other.
+                    let slot = match &bopts.jobserver {
+                        Some(js) => match js.acquire() {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                let (lock, cvar) = &*shared;
+                                if let Ok(mut states) = lock.lock() {
+                                    states[i] = State::Failed {
+                                        message: format!("the jobserver: {e}"),
+                                        code: exit::INTERNAL,
+                                        log: None,
+                                    };
+                                }
+                                cvar.notify_all();
+                                return;
+                            }
+                        },
+                        None => None,
+                    };
+                    bopts.holds_slot = slot.is_some();
                     let result = pipeline::build(store, &spec, &inputs, net, &bopts);
+                    drop(slot);
                     let state = match result {
                         Ok(b) => State::Built(Box::new(b)),
                         Err(e) => failed(e, store),

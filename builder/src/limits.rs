@@ -353,20 +353,4 @@ mod tests {
         let e = read_text(&fifo, 9).unwrap_err().to_string();
         assert!(e.contains("not a regular file"), "{e}");
     }
-
-    /// v2 states what the sandbox sets; this keeps the two from drifting.
-    #[test]
-    fn profile_v2_states_what_the_sandbox_sets() {
-        let p = hermit_profiles::Profile::get("v2").unwrap();
-        assert_eq!(
-            p.limits.shm_size_mib.map(|m| m << 20),
-            Some(hermit_sandbox::plan::SHM_SIZE)
-        );
-        assert_eq!(
-            p.limits.max_open_files,
-            Some(hermit_sandbox::spec::DEFAULT_MAX_OPEN_FILES)
-        );
-        assert_eq!(p.system.domainname, "(none)");
-        assert_eq!(p.limits.core_dumps, Some(false));
-    }
 }

@@ -16,6 +16,8 @@
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
 //! | build-environment profiles | the `hermit-profiles` crate |
+//! | profile + record environment → the sandbox's spec (the one translation) | [`environment`] |
+//! | the GNU make jobserver builds share (`-j N` for the whole machine) | [`jobserver`] |
 //! | output normalisation, the canonical tar, the output digest | [`output`] |
 //! | the record of a build, the build key | [`record`] |
 //! | SLSA provenance from a record | [`provenance`] |
@@ -31,11 +33,13 @@ mod cmd;
 mod config;
 mod debian;
 mod derive;
+mod environment;
 mod exit;
 #[cfg(test)]
 mod fuzz;
 mod graph;
 mod integrity;
+mod jobserver;
 mod limits;
 mod localtree;
 mod lock;

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 /// The profile new builds use.
-pub const DEFAULT: &str = "v2";
+pub const DEFAULT: &str = "v3";
 
 /// The profile format this crate understands.
 pub const FORMAT: u32 = 1;
@@ -24,7 +24,16 @@ pub const FORMAT: u32 = 1;
 const PROFILES: &[(&str, &str)] = &[
     ("v1", include_str!("../defs/v1.toml")),
     ("v2", include_str!("../defs/v2.toml")),
+    ("v3", include_str!("../defs/v3.toml")),
 ];
+
+/// What profile v1 left unstated, as the sandbox has always set it for v1
+/// builds (v2 on state these in `[limits]`): the `/dev/shm` size, MiB.
+pub const V1_SHM_SIZE_MIB: u64 = 256;
+/// …RLIMIT_NOFILE.
+pub const V1_MAX_OPEN_FILES: u64 = 4096;
+/// …core dumps (RLIMIT_CORE 0).
+pub const V1_CORE_DUMPS: bool = false;
 
 /// Errors finding or reading a profile.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +54,8 @@ pub enum ProfileError {
     },
     #[error("profile {name:?} has format {found}, this hermit reads format {FORMAT}")]
     Format { name: String, found: u32 },
+    #[error("profile {name:?} does not state {what}; only v1 may leave it out")]
+    Incomplete { name: String, what: String },
 }
 
 /// A build-environment profile.
@@ -114,6 +125,11 @@ pub struct SourceDateEpoch {
 pub struct Jobs {
     pub policy: String,
     pub max: u32,
+    /// The descriptors (read end, write end) at which every build gets the
+    /// shared GNU make jobserver's pipe (from v3 on; the profile's
+    /// MAKEFLAGS names them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobserver_fds: Option<[i32; 2]>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +157,24 @@ pub struct Limits {
     /// Size of the build log, in MiB (from v2 on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_mib: Option<u64>,
+}
+
+impl Limits {
+    /// Size of the `/dev/shm` tmpfs in MiB: the stated value, or what v1
+    /// builds got.
+    pub fn shm_mib(&self) -> u64 {
+        self.shm_size_mib.unwrap_or(V1_SHM_SIZE_MIB)
+    }
+
+    /// RLIMIT_NOFILE: the stated value, or what v1 builds got.
+    pub fn open_files(&self) -> u64 {
+        self.max_open_files.unwrap_or(V1_MAX_OPEN_FILES)
+    }
+
+    /// Whether core dumps are allowed: the stated value, or v1's (no).
+    pub fn cores(&self) -> bool {
+        self.core_dumps.unwrap_or(V1_CORE_DUMPS)
+    }
 }
 
 /// What the profile's policies need from the caller to produce the build's
@@ -177,6 +211,37 @@ impl Profile {
                 name: name.to_string(),
                 found: profile.format,
             });
+        }
+        // Only v1 leaves these to the sandbox's old values.
+        let l = &profile.limits;
+        let missing = [
+            ("limits.shm_size_mib", l.shm_size_mib.is_none()),
+            ("limits.max_open_files", l.max_open_files.is_none()),
+            ("limits.core_dumps", l.core_dumps.is_none()),
+        ];
+        if profile.name != "v1" {
+            if let Some((what, _)) = missing.iter().find(|(_, m)| *m) {
+                return Err(ProfileError::Incomplete {
+                    name: name.to_string(),
+                    what: what.to_string(),
+                });
+            }
+        }
+        if let Some([r, w]) = profile.jobs.jobserver_fds {
+            let flags = profile.env.fixed.get("MAKEFLAGS").map(String::as_str);
+            let auth = format!("--jobserver-auth={r},{w}");
+            let ok = (3..=9).contains(&r)
+                && (3..=9).contains(&w)
+                && r != w
+                && flags.is_some_and(|f| f.split(' ').any(|a| a == auth));
+            if !ok {
+                return Err(ProfileError::Incomplete {
+                    name: name.to_string(),
+                    what: format!(
+                        "jobs.jobserver_fds as two numbers 3–9 that env.fixed.MAKEFLAGS names ({auth})"
+                    ),
+                });
+            }
         }
         Ok(profile)
     }
@@ -358,7 +423,6 @@ mod tests {
         assert_eq!(v1.limits.disk_mib, None);
         assert_eq!(v1.limits.log_mib, None);
         let v2 = Profile::get("v2").unwrap();
-        assert_eq!(DEFAULT, "v2");
         assert_eq!(v2.limits.memory_mib, Some(8192));
         assert_eq!(v2.limits.disk_mib, Some(20480));
         assert_eq!(v2.limits.log_mib, Some(64));
@@ -371,6 +435,40 @@ mod tests {
         same.description = v1.description.clone();
         same.limits = v1.limits.clone();
         assert_eq!(same, v1);
+    }
+
+    #[test]
+    fn v3_is_v2_plus_the_jobserver() {
+        assert_eq!(DEFAULT, "v3");
+        let v2 = Profile::get("v2").unwrap();
+        let v3 = Profile::get("v3").unwrap();
+        assert_eq!(v2.jobs.jobserver_fds, None);
+        assert_eq!(v3.jobs.jobserver_fds, Some([3, 4]));
+        assert_eq!(v3.env.fixed["MAKEFLAGS"], " -j --jobserver-auth=3,4");
+        let mut same = v3.clone();
+        same.name = v2.name.clone();
+        same.description = v2.description.clone();
+        same.jobs.jobserver_fds = None;
+        same.env.fixed.remove("MAKEFLAGS");
+        assert_eq!(same, v2);
+    }
+
+    #[test]
+    fn v1_values_fill_only_what_v1_leaves_unstated() {
+        for name in names() {
+            let p = Profile::get(name).unwrap();
+            assert_eq!(p.limits.shm_mib(), 256, "{name}");
+            assert_eq!(p.limits.open_files(), 4096, "{name}");
+            assert!(!p.limits.cores(), "{name}");
+        }
+        let v2 = text("v2").unwrap();
+        let cut = v2.replace("shm_size_mib = 256", "");
+        let e = Profile::parse("v2", &cut).unwrap_err().to_string();
+        assert!(e.contains("limits.shm_size_mib"), "{e}");
+        let v3 = text("v3").unwrap();
+        let wrong = v3.replace("jobserver_fds = [3, 4]", "jobserver_fds = [5, 6]");
+        let e = Profile::parse("v3", &wrong).unwrap_err().to_string();
+        assert!(e.contains("jobserver_fds"), "{e}");
     }
 
     #[test]

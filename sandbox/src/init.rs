@@ -61,7 +61,7 @@ pub(crate) fn init_main(
     mut input: HelperInput,
     status: &OwnedFd,
     lifeline: OwnedFd,
-    cgroups: Vec<(&str, std::fs::File, std::path::PathBuf)>,
+    cgroups: Vec<(&'static str, std::fs::File, std::path::PathBuf)>,
 ) -> ! {
     // Not dumpable: the build (same uid) must not read init's environment
     // (hermit's, from the host), memory, cwd or root through /proc/1. The
@@ -74,7 +74,19 @@ pub(crate) fn init_main(
     // init is a clone of `hermit sandbox`, it still shows hermit's command
     // line (host paths, `--env SECRET=…`).
     sys::set_cmdline("hermit-sandbox");
-    if let Err(f) = own_descriptors(&mut input, status, &lifeline, &cgroups) {
+    // Everything init keeps moves above the numbers handed to the command
+    // (3–9), so that they can be put in place without clobbering any.
+    let lifted = lift(&input, status, lifeline, cgroups);
+    let (status_hi, lifeline, cgroups, passed) = match lifted {
+        Ok(x) => x,
+        Err(e) => die(
+            status,
+            SetupFailure::new("keep init's descriptors", "fcntl", None, Some(e)),
+            125,
+        ),
+    };
+    let status = &status_hi;
+    if let Err(f) = own_descriptors(&mut input, status, &lifeline, &cgroups, &passed) {
         die(status, f, 125);
     }
     let step = "watch init's parent";
@@ -124,7 +136,7 @@ pub(crate) fn init_main(
         let f = SetupFailure::new("set the hostname", "sethostname", None, Some(e));
         die(status, f, 125);
     }
-    if let Err(e) = sys::set_domainname("(none)") {
+    if let Err(e) = sys::set_domainname(&spec.domainname) {
         let f = SetupFailure::new("set the domain name", "setdomainname", None, Some(e));
         die(status, f, 125);
     }
@@ -147,7 +159,9 @@ pub(crate) fn init_main(
             125,
         ),
     };
-    let cmd = match sys::spawn_vfork(&mut stack, &mut || command_main(spec, &exec, status)) {
+    let cmd = match sys::spawn_vfork(&mut stack, &mut || {
+        command_main(spec, &exec, status, &passed)
+    }) {
         Ok(pid) => pid,
         Err(e) => die(
             status,
@@ -160,6 +174,38 @@ pub(crate) fn init_main(
     reap(cmd, status)
 }
 
+/// Init's descriptors moved to 10 and above: the status pipe, the lifeline,
+/// the cgroup files, and the descriptors handed to the command (with their
+/// numbers there).
+type Lifted = (
+    OwnedFd,
+    OwnedFd,
+    Vec<(&'static str, std::fs::File, std::path::PathBuf)>,
+    Vec<(i32, OwnedFd)>,
+);
+
+fn lift(
+    input: &HelperInput,
+    status: &OwnedFd,
+    lifeline: OwnedFd,
+    cgroups: Vec<(&'static str, std::fs::File, std::path::PathBuf)>,
+) -> Result<Lifted, Errno> {
+    use std::os::fd::AsRawFd;
+    let above = crate::run::PASS_MAX + 1;
+    let status = sys::dup_above(status.as_raw_fd(), above)?;
+    let lifeline = sys::dup_above(lifeline.as_raw_fd(), above)?;
+    let mut files = Vec::new();
+    for (step, file, path) in cgroups {
+        let fd = sys::dup_above(file.as_raw_fd(), above)?;
+        files.push((step, std::fs::File::from(fd), path));
+    }
+    let mut passed = Vec::new();
+    for &(number, raw) in &input.pass {
+        passed.push((number, sys::dup_above(raw, above)?));
+    }
+    Ok((status, lifeline, files, passed))
+}
+
 /// Gives init (and so the command) the descriptors 0–2 chosen by hermit,
 /// and closes every other descriptor init inherited except the ones it uses:
 /// a clone of hermit holds whatever hermit had open (pipes, the pids
@@ -169,6 +215,7 @@ fn own_descriptors(
     status: &OwnedFd,
     lifeline: &OwnedFd,
     cgroups: &[(&str, std::fs::File, std::path::PathBuf)],
+    passed: &[(i32, OwnedFd)],
 ) -> Result<(), SetupFailure> {
     use std::os::fd::AsRawFd;
     let step = "set up the command's standard descriptors";
@@ -182,6 +229,7 @@ fn own_descriptors(
     }
     let mut keep = vec![0, 1, 2, status.as_raw_fd(), lifeline.as_raw_fd()];
     keep.extend(cgroups.iter().map(|(_, file, _)| file.as_raw_fd()));
+    keep.extend(passed.iter().map(|(_, fd)| fd.as_raw_fd()));
     sys::close_all_except(&keep)
         .map_err(|e| SetupFailure::new("close inherited descriptors", "close_range", None, Some(e)))
 }
@@ -219,8 +267,8 @@ fn reap(cmd: Pid, status: &OwnedFd) -> ! {
 const COMMAND_STACK: usize = 256 << 10;
 
 /// The command's process from `clone` to `execve`. Never returns.
-fn command_main(spec: &SandboxSpec, exec: &Exec, status: &OwnedFd) -> ! {
-    match prepare_command(spec, exec) {
+fn command_main(spec: &SandboxSpec, exec: &Exec, status: &OwnedFd, passed: &[(i32, OwnedFd)]) -> ! {
+    match prepare_command(spec, exec, passed) {
         Ok(()) => {
             send(status, &Message::Ready);
             let e = exec.run();
@@ -269,7 +317,8 @@ impl Exec {
                 .iter()
                 .find(|(k, _)| k == "PATH")
                 .map(|(_, v)| v.as_str())
-                .unwrap_or(crate::spec::DEFAULT_PATH);
+                // `validate` refuses a bare name without a PATH.
+                .unwrap_or_default();
             path.split(':')
                 .map(|d| {
                     let d = if d.is_empty() { "." } else { d };
@@ -310,7 +359,11 @@ fn cstring(step: &str, s: &str) -> Result<CString, SetupFailure> {
 }
 
 /// The command's process settings, in order; the seccomp filter last.
-fn prepare_command(spec: &SandboxSpec, exec: &Exec) -> Result<(), SetupFailure> {
+fn prepare_command(
+    spec: &SandboxSpec,
+    exec: &Exec,
+    passed: &[(i32, OwnedFd)],
+) -> Result<(), SetupFailure> {
     let f = |step: &str, call: &str, e: Errno| SetupFailure::new(step, call, None, Some(e));
 
     sys::reset_signal_dispositions();
@@ -342,7 +395,11 @@ fn prepare_command(spec: &SandboxSpec, exec: &Exec) -> Result<(), SetupFailure> 
     if let Some(n) = limits.max_data {
         set("limit memory (data segment)", Resource::RLIMIT_DATA, n)?;
     }
-    set("disable core dumps", Resource::RLIMIT_CORE, 0)?;
+    set(
+        "limit core dumps",
+        Resource::RLIMIT_CORE,
+        limits.max_core_size,
+    )?;
 
     nix::sys::stat::umask(Mode::from_bits_truncate(spec.umask as libc::mode_t));
     if !spec.aslr {
@@ -360,6 +417,11 @@ fn prepare_command(spec: &SandboxSpec, exec: &Exec) -> Result<(), SetupFailure> 
         )
     })?;
     sys::cloexec_from(3).map_err(|e| f("close inherited descriptors", "close_range", e))?;
+    // …except the ones hermit hands over, at their numbers (init keeps all
+    // of its own above them).
+    for (number, fd) in passed {
+        sys::dup_to(fd, *number).map_err(|e| f("hand over a descriptor", "dup2", e))?;
+    }
 
     drop_capabilities().map_err(|e| f("drop capabilities", "capset", e))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| f("set no_new_privs", "prctl", e))?;

@@ -14,13 +14,13 @@
 //!
 //! Why each namespace (the tone of Nix's comment on the same list):
 //! - user: rootless — the build gets capabilities only over the namespaces it
-//!   owns, and runs as uid 1000 mapped onto the caller's uid;
+//!   owns, and runs as the spec's uid mapped onto the caller's uid;
 //! - mount: the build sees the root image, its binds and nothing else;
 //! - pid: the build cannot see or signal host processes, and when its init
 //!   exits every process it started dies, daemons included;
 //! - network: only a loopback interface, so no network access and no
 //!   dependence on the host's network configuration;
-//! - UTS: a fixed hostname (`localhost`) instead of the host's;
+//! - UTS: the spec's hostname and domain name instead of the host's;
 //! - IPC: no System V IPC or POSIX message queues shared with the host;
 //! - cgroup: the build sees its own cgroup as the root, not the host's tree.
 

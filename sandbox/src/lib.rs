@@ -1,12 +1,12 @@
-//! `hermit-sandbox`: runs one command in profile v1's hermetic, rootless
-//! sandbox. Knows nothing of specs or stores: it takes a plain
-//! [`SandboxSpec`] and returns an [`Outcome`].
+//! `hermit-sandbox`: runs one command in a hermetic, rootless sandbox.
+//! Knows nothing of specs, stores or profiles: it takes a plain
+//! [`SandboxSpec`] whose every value is explicit and returns an [`Outcome`].
 //!
 //! # Map — named after the process that runs each part (as in youki)
 //!
 //! | file | runs in | does |
 //! |---|---|---|
-//! | [`spec`] | — | [`SandboxSpec`], profile v1's defaults, validation |
+//! | [`spec`] | — | [`SandboxSpec`] (every value explicit, no defaults), validation |
 //! | [`mod@plan`] | — | pure: spec → ordered [`Op`]s (the recipe, unit-tested) |
 //! | `run.rs` | hermit (main) | plans; starts init itself (single-threaded caller) or re-executes `/proc/self/exe` as the helper and feeds it the spec over a pipe; reads progress and errors back, enforces the timeout; gives the command `/dev/null` (or a pipe) as stdin and relays a terminal on 1/2 through a pipe of its own |
 //! | `intermediate.rs` | init's parent (hermit or the helper) | opens the pids cgroup, clones init into the new namespaces; in the helper, waits for init and passes signals on |
@@ -49,8 +49,8 @@ mod sys;
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
 pub use run::{
-    run, run_watched, run_watched_to, run_with_helper, run_with_stdin, MemoryLimit, RunError,
-    RunReport, Stdin, Watch,
+    run, run_watched, run_watched_passing, run_watched_to, run_with_helper, run_with_stdin,
+    MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
 };
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 

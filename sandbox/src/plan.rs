@@ -47,8 +47,6 @@ pub const PROC_MASKED: [(&str, MaskKind); 18] = [
 pub const BOOT_ID: &str = "00000000-0000-4000-8000-000000000000\n";
 /// Size of the `/dev` tmpfs (it holds only mount points and symlinks).
 pub const DEV_SIZE: u64 = 64 << 10;
-/// Size limit of `/dev/shm`.
-pub const SHM_SIZE: u64 = 256 << 20;
 
 /// What a masked /proc entry is, on the kernels that have it (so no
 /// `stat` is needed to choose the mount).
@@ -213,7 +211,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
     });
     ops.push(Op::Tmpfs {
         dst: p("/dev/shm"),
-        size: Some(SHM_SIZE),
+        size: Some(spec.shm_size),
         mode: 0o1777,
     });
     for (name, target) in [
@@ -324,7 +322,7 @@ mod tests {
     use crate::spec::Mount;
 
     fn spec() -> SandboxSpec {
-        let mut s = SandboxSpec::profile_v1("/img", vec!["/bin/sh".into()]);
+        let mut s = crate::spec::test_spec("/img", &["/bin/sh"]);
         s.mounts.push(Mount::Bind {
             src: "/host/src".into(),
             dst: "/build".into(),
@@ -343,7 +341,7 @@ mod tests {
     }
 
     #[test]
-    fn profile_v1_plan_is_the_recipe() {
+    fn the_plan_is_the_recipe() {
         let ops = plan(&spec()).unwrap();
         assert_eq!(
             render(&ops),

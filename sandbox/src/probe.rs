@@ -205,8 +205,35 @@ fn cgroups() -> Check {
 }
 
 fn end_to_end() -> Result<String, String> {
-    let mut spec = SandboxSpec::profile_v1("/", vec!["/bin/true".into()]);
-    spec.timeout = Some(std::time::Duration::from_secs(30));
+    // The probe's own sandbox: the host's root, running /bin/true. Its
+    // values are the probe's, not a build profile's.
+    let spec = SandboxSpec {
+        root: "/".into(),
+        mounts: vec![],
+        env: vec![],
+        cwd: "/".into(),
+        uid: 1000,
+        gid: 1000,
+        user: "probe".into(),
+        group: "probe".into(),
+        home: "/nonexistent".into(),
+        hostname: "localhost".into(),
+        domainname: "(none)".into(),
+        shm_size: 1 << 20,
+        command: vec!["/bin/true".into()],
+        timeout: Some(std::time::Duration::from_secs(30)),
+        limits: crate::Limits {
+            max_processes: Some(16),
+            max_open_files: Some(64),
+            max_core_size: 0,
+            max_file_size: None,
+            pids_cgroup: false,
+            max_memory: None,
+            max_data: None,
+        },
+        aslr: false,
+        umask: 0o022,
+    };
     match crate::run(&spec) {
         Ok(Outcome::Exited(0)) => Ok("ran".into()),
         Ok(Outcome::SetupFailed(f)) => Err(f.to_string()),

@@ -35,6 +35,10 @@ pub(crate) struct HelperInput {
     /// a terminal: see `run.rs`.
     #[serde(skip)]
     pub stdio: Option<[OwnedFd; 3]>,
+    /// Descriptors handed to the command: (number in the command, number in
+    /// the process that starts init, where it is open).
+    #[serde(default)]
+    pub pass: Vec<(i32, i32)>,
 }
 
 /// Sandbox → parent.

@@ -44,7 +44,26 @@ pub enum RunError {
     StdinIsTerminal,
     #[error("preparing the command's standard input and output")]
     Stdio(#[source] std::io::Error),
+    #[error("descriptor {0} cannot be handed to the command: numbers 3 to 9, each once")]
+    PassNumber(i32),
+    #[error("preparing a descriptor handed to the command")]
+    Pass(#[source] Errno),
 }
+
+/// A descriptor handed to the command at a fixed number, e.g. the two ends
+/// of a GNU make jobserver's pipe at 3 and 4. Nothing but 0–2 and these
+/// reaches the command; they are open in every process of the sandbox
+/// that does not close them (so in the build's whole process tree).
+#[derive(Debug)]
+pub struct PassFd {
+    /// The number the command sees: 3 to 9.
+    pub number: i32,
+    pub fd: OwnedFd,
+}
+
+/// The highest number a [`PassFd`] may take; init keeps its own
+/// descriptors above it.
+pub(crate) const PASS_MAX: i32 = 9;
 
 /// What the command reads on descriptor 0.
 #[derive(Debug, Default)]
@@ -73,13 +92,21 @@ pub fn run(spec: &SandboxSpec) -> Result<Outcome, RunError> {
 
 /// [`run`] with the command's standard input given.
 pub fn run_with_stdin(spec: &SandboxSpec, stdin: Stdin) -> Result<Outcome, RunError> {
-    run_inner(spec, Path::new("/proc/self/exe"), stdin, None, None).map(|r| r.outcome)
+    run_inner(
+        spec,
+        Path::new("/proc/self/exe"),
+        stdin,
+        None,
+        None,
+        Vec::new(),
+    )
+    .map(|r| r.outcome)
 }
 
 /// [`run`] with another executable as the helper (one whose `main` calls
 /// [`crate::enter_if_requested`]).
 pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, RunError> {
-    run_inner(spec, helper, Stdin::Null, None, None).map(|r| r.outcome)
+    run_inner(spec, helper, Stdin::Null, None, None, Vec::new()).map(|r| r.outcome)
 }
 
 /// One of hermit's terminals the command writes to through a pipe.
@@ -239,19 +266,47 @@ pub fn run_watched(
     helper: &Path,
     watch: Option<Watch<'_>>,
 ) -> Result<RunReport, RunError> {
-    run_inner(spec, helper, Stdin::Null, None, watch)
+    run_inner(spec, helper, Stdin::Null, None, watch, Vec::new())
 }
 
-/// [`run_watched`], with the command's stdout and stderr both going to
-/// `output` (a pipe or file of the caller's) instead of hermit's own, so
+/// [`run_watched`], handing the command the descriptors `pass` at their
+/// numbers (see [`PassFd`]).
+pub fn run_watched_passing(
+    spec: &SandboxSpec,
+    helper: &Path,
+    watch: Option<Watch<'_>>,
+    pass: Vec<PassFd>,
+) -> Result<RunReport, RunError> {
+    run_inner(spec, helper, Stdin::Null, None, watch, pass)
+}
+
+/// [`run_watched_passing`], with the command's stdout and stderr both going
+/// to `output` (a pipe or file of the caller's) instead of hermit's own, so
 /// that several sandboxes can run at once from one process.
 pub fn run_watched_to(
     spec: &SandboxSpec,
     helper: &Path,
     output: OwnedFd,
     watch: Option<Watch<'_>>,
+    pass: Vec<PassFd>,
 ) -> Result<RunReport, RunError> {
-    run_inner(spec, helper, Stdin::Null, Some(output), watch)
+    run_inner(spec, helper, Stdin::Null, Some(output), watch, pass)
+}
+
+/// Checks the numbers of `pass` and moves each descriptor to 10 or above
+/// (close-on-exec), clear of the command's 0–9.
+fn lift_passed(pass: Vec<PassFd>) -> Result<Vec<(i32, OwnedFd)>, RunError> {
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    for p in pass {
+        if !(3..=PASS_MAX).contains(&p.number) || seen.contains(&p.number) {
+            return Err(RunError::PassNumber(p.number));
+        }
+        seen.push(p.number);
+        let fd = sys::dup_above(p.fd.as_raw_fd(), PASS_MAX + 1).map_err(RunError::Pass)?;
+        out.push((p.number, fd));
+    }
+    Ok(out)
 }
 
 fn run_inner(
@@ -260,8 +315,10 @@ fn run_inner(
     stdin: Stdin,
     output: Option<OwnedFd>,
     mut watch: Option<Watch<'_>>,
+    pass: Vec<PassFd>,
 ) -> Result<RunReport, RunError> {
     let ops = plan(spec)?;
+    let passed = lift_passed(pass)?;
     let (mut spec, ops) = match resolve_sources(spec, ops) {
         Ok(x) => x,
         Err(f) => {
@@ -305,6 +362,7 @@ fn run_inner(
         outer_uid: nix::unistd::geteuid().as_raw(),
         outer_gid: nix::unistd::getegid().as_raw(),
         stdio: None,
+        pass: passed.iter().map(|(n, fd)| (*n, fd.as_raw_fd())).collect(),
     };
     let timeout = input.spec.timeout;
     let start = Instant::now();
@@ -346,11 +404,9 @@ fn run_inner(
             .arg(HELPER_ARG)
             .arg(in_r.as_raw_fd().to_string())
             .arg(st_w.as_raw_fd().to_string());
-        sys::arm_helper(
-            &mut cmd,
-            nix::unistd::getpid(),
-            [in_r.as_raw_fd(), st_w.as_raw_fd()],
-        );
+        let mut keep = vec![in_r.as_raw_fd(), st_w.as_raw_fd()];
+        keep.extend(passed.iter().map(|(_, fd)| fd.as_raw_fd()));
+        sys::arm_helper(&mut cmd, nix::unistd::getpid(), keep);
         let child = cmd.spawn().map_err(|source| RunError::Spawn {
             exe: helper.to_path_buf(),
             source,
@@ -362,6 +418,8 @@ fn run_inner(
         (Some(Pid::from_raw(child.id() as i32)), false, None)
     };
     drop(st_w);
+    // init has its own copies now (or never will).
+    drop(passed);
     let mut status_open = true;
 
     let deadline = timeout.map(|t| (start + t, t));

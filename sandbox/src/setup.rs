@@ -840,10 +840,10 @@ impl Builder {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::spec::{Mount, SandboxSpec};
+    use crate::spec::Mount;
 
     fn builder(extra: Vec<Mount>) -> Builder {
-        let mut spec = SandboxSpec::profile_v1("/img", vec!["/bin/true".into()]);
+        let mut spec = crate::spec::test_spec("/img", &["/bin/true"]);
         spec.mounts.extend(extra);
         Builder::new(&crate::plan::plan(&spec).unwrap())
     }

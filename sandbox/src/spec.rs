@@ -1,24 +1,14 @@
 //! [`SandboxSpec`]: everything the sandbox needs to run one command, as plain
-//! data. It knows nothing of build specs or stores; the builder fills it in
-//! from a profile, and it travels to the sandbox's init as JSON.
+//! data. It knows nothing of build specs, stores or profiles and has no
+//! defaults of its own: every value of the environment is given explicitly
+//! (the builder derives them all from a profile, in
+//! `builder/src/environment.rs`), and the spec travels to the sandbox's init
+//! as JSON.
 
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-
-/// Profile v1's PATH when the image gives none.
-pub const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
-/// HOME inside the sandbox; it does not exist, so nothing can be read from or
-/// written to a home directory.
-pub const HOMELESS: &str = "/homeless-shelter";
-/// Default size limit of the `/tmp` tmpfs.
-pub const DEFAULT_TMP_SIZE: u64 = 1 << 30;
-/// Default bound on the number of processes the command may have at once.
-pub const DEFAULT_MAX_PROCESSES: u32 = 1024;
-/// Default RLIMIT_NOFILE (soft and hard) inside the sandbox: a fixed value so
-/// that the host's limit does not leak into the build.
-pub const DEFAULT_MAX_OPEN_FILES: u64 = 4096;
 
 /// One command to run in the sandbox, and the environment around it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,15 +31,20 @@ pub struct SandboxSpec {
     pub user: String,
     /// Name of `gid` in the synthesised `/etc/group`.
     pub group: String,
-    /// Home directory written to `/etc/passwd` (profile v1: `/homeless-shelter`).
+    /// Home directory written to `/etc/passwd`. When it does not exist in
+    /// the image it is hidden (nothing can be created there either).
     pub home: PathBuf,
     pub hostname: String,
+    /// The NIS domain name (`setdomainname(2)`; what `domainname` prints).
+    pub domainname: String,
+    /// Size of the `/dev/shm` tmpfs, in bytes.
+    pub shm_size: u64,
     /// argv; `command[0]` is looked up in the spec's PATH when it has no `/`.
     pub command: Vec<String>,
     /// Wall-clock limit; when it passes every process in the sandbox is killed.
     pub timeout: Option<Duration>,
     pub limits: Limits,
-    /// Address-space layout randomisation (profile v1: off).
+    /// Address-space layout randomisation.
     pub aslr: bool,
     pub umask: u32,
 }
@@ -100,6 +95,9 @@ pub struct Limits {
     pub max_processes: Option<u32>,
     /// RLIMIT_NOFILE, soft and hard (capped at the caller's hard limit).
     pub max_open_files: Option<u64>,
+    /// RLIMIT_CORE, soft and hard (capped at the caller's hard limit): the
+    /// largest core dump, in bytes; 0 means no core dumps.
+    pub max_core_size: u64,
     /// RLIMIT_FSIZE: largest file the command may write, in bytes.
     pub max_file_size: Option<u64>,
     /// Also bound `max_processes` with a pids cgroup of its own, where hermit
@@ -122,19 +120,6 @@ pub struct Limits {
     pub max_data: Option<u64>,
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            max_processes: Some(DEFAULT_MAX_PROCESSES),
-            max_open_files: Some(DEFAULT_MAX_OPEN_FILES),
-            max_file_size: None,
-            pids_cgroup: false,
-            max_memory: None,
-            max_data: None,
-        }
-    }
-}
-
 /// A spec that cannot be planned.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
@@ -152,8 +137,12 @@ pub enum SpecError {
     BadEnvValue(String),
     #[error("argument {0:?} has a NUL byte")]
     BadArgument(String),
+    #[error("command {0:?} has no `/` and the environment has no PATH to look it up in")]
+    NoPath(String),
     #[error("hostname {0:?} is not 1–64 characters of [A-Za-z0-9.-]")]
     BadHostname(String),
+    #[error("domain name {0:?} is not 1–64 printable ASCII characters")]
+    BadDomainname(String),
     #[error("user or group name {0:?} is not a valid name")]
     BadName(String),
     #[error("umask {0:#o} has bits outside 0777")]
@@ -165,32 +154,6 @@ pub enum SpecError {
 }
 
 impl SandboxSpec {
-    /// Profile v1 over `root`, running `command`: the default environment,
-    /// uid/gid 1000 (`builder`), hostname `localhost`, `/tmp` as a tmpfs,
-    /// cwd `/`, ASLR off, umask 022, no timeout.
-    pub fn profile_v1(root: impl Into<PathBuf>, command: Vec<String>) -> SandboxSpec {
-        SandboxSpec {
-            root: root.into(),
-            mounts: vec![Mount::Tmpfs {
-                dst: PathBuf::from("/tmp"),
-                size: Some(DEFAULT_TMP_SIZE),
-            }],
-            env: default_env("builder"),
-            cwd: PathBuf::from("/"),
-            uid: 1000,
-            gid: 1000,
-            user: "builder".into(),
-            group: "builder".into(),
-            home: PathBuf::from(HOMELESS),
-            hostname: "localhost".into(),
-            command,
-            timeout: None,
-            limits: Limits::default(),
-            aslr: false,
-            umask: 0o022,
-        }
-    }
-
     /// Sets `key` in the environment, replacing an earlier value in place.
     pub fn set_env(&mut self, key: &str, value: &str) {
         match self.env.iter_mut().find(|(k, _)| k == key) {
@@ -206,6 +169,9 @@ impl SandboxSpec {
         }
         if let Some(a) = self.command.iter().find(|a| a.contains('\0')) {
             return Err(SpecError::BadArgument(a.clone()));
+        }
+        if !self.command[0].contains('/') && !self.env.iter().any(|(k, _)| k == "PATH") {
+            return Err(SpecError::NoPath(self.command[0].clone()));
         }
         check_abs("root", &self.root)?;
         check_abs("working directory", &self.cwd)?;
@@ -260,6 +226,10 @@ impl SandboxSpec {
         {
             return Err(SpecError::BadHostname(h.clone()));
         }
+        let d = &self.domainname;
+        if d.is_empty() || d.len() > 64 || !d.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(SpecError::BadDomainname(d.clone()));
+        }
         for name in [&self.user, &self.group] {
             if name.is_empty()
                 || name.len() > 32
@@ -278,27 +248,6 @@ impl SandboxSpec {
         }
         Ok(())
     }
-}
-
-/// Profile v1's environment for `user` (the builder adds HERMIT_JOBS, `out`
-/// and the spec's `[env]`).
-pub fn default_env(user: &str) -> Vec<(String, String)> {
-    [
-        ("PATH", DEFAULT_PATH),
-        ("HOME", HOMELESS),
-        ("USER", user),
-        ("LOGNAME", user),
-        ("SHELL", "/bin/sh"),
-        ("TMPDIR", "/tmp"),
-        ("TERM", "dumb"),
-        ("TZ", "UTC"),
-        ("LANG", "C.UTF-8"),
-        ("LC_ALL", "C.UTF-8"),
-        ("SOURCE_DATE_EPOCH", "0"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
 }
 
 /// Absolute, normalised (no `.`, `..`, empty components), no NUL.
@@ -321,22 +270,65 @@ fn check_abs(what: &'static str, p: &Path) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A complete spec for the crate's unit tests (the values of hermit's
+/// profiles, written out: the crate itself has no defaults).
+#[cfg(test)]
+pub(crate) fn test_spec(root: &str, command: &[&str]) -> SandboxSpec {
+    let env = [
+        ("PATH", "/usr/bin:/bin"),
+        ("HOME", "/homeless-shelter"),
+        ("TERM", "dumb"),
+    ];
+    SandboxSpec {
+        root: root.into(),
+        mounts: vec![Mount::Tmpfs {
+            dst: PathBuf::from("/tmp"),
+            size: Some(1 << 30),
+        }],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cwd: PathBuf::from("/"),
+        uid: 1000,
+        gid: 1000,
+        user: "builder".into(),
+        group: "builder".into(),
+        home: PathBuf::from("/homeless-shelter"),
+        hostname: "localhost".into(),
+        domainname: "(none)".into(),
+        shm_size: 256 << 20,
+        command: command.iter().map(|s| s.to_string()).collect(),
+        timeout: None,
+        limits: Limits {
+            max_processes: Some(1024),
+            max_open_files: Some(4096),
+            max_core_size: 0,
+            max_file_size: None,
+            pids_cgroup: false,
+            max_memory: None,
+            max_data: None,
+        },
+        aslr: false,
+        umask: 0o022,
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     fn spec() -> SandboxSpec {
-        SandboxSpec::profile_v1("/r", vec!["/bin/true".into()])
+        test_spec("/r", &["/bin/true"])
     }
 
     #[test]
-    fn profile_v1_is_valid_and_round_trips() {
+    fn a_complete_spec_is_valid_and_round_trips() {
         let s = spec();
         s.validate().unwrap();
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<SandboxSpec>(&json).unwrap(), s);
-        assert_eq!(s.env[0], ("PATH".into(), DEFAULT_PATH.into()));
     }
 
     #[test]
@@ -373,6 +365,9 @@ mod tests {
         s.hostname = "a b".into();
         assert!(matches!(s.validate(), Err(SpecError::BadHostname(_))));
         let mut s = spec();
+        s.domainname = "a\nb".into();
+        assert!(matches!(s.validate(), Err(SpecError::BadDomainname(_))));
+        let mut s = spec();
         s.command.clear();
         assert_eq!(s.validate(), Err(SpecError::EmptyCommand));
     }
@@ -382,7 +377,7 @@ mod tests {
         let mut s = spec();
         s.set_env("TERM", "xterm");
         s.set_env("NEW", "1");
-        assert_eq!(s.env[6], ("TERM".into(), "xterm".into()));
+        assert_eq!(s.env[2], ("TERM".into(), "xterm".into()));
         assert_eq!(s.env.last().unwrap(), &("NEW".into(), "1".into()));
     }
 }

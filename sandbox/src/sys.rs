@@ -253,7 +253,7 @@ pub fn set_domainname(name: &str) -> Result<(), Errno> {
 /// Arms the helper's process between `fork` and `execve`: PR_SET_PDEATHSIG
 /// (SIGKILL) so it dies with the thread that spawned it, a check that the
 /// parent did not die before that, and `keep` made to survive `execve`.
-pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: [i32; 2]) {
+pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: Vec<i32>) {
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child before `execve` and makes
     // only async-signal-safe system calls (prctl, getppid, fcntl); it does not
@@ -266,7 +266,7 @@ pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: [i32; 2]) 
             if libc::getppid() != parent.as_raw() {
                 libc::_exit(125);
             }
-            for fd in keep {
+            for &fd in &keep {
                 if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -274,6 +274,30 @@ pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: [i32; 2]) 
             Ok(())
         });
     }
+}
+
+/// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec copy of descriptor `raw` at
+/// the lowest free number `min` or above. Any integer is accepted: one that
+/// is not an open descriptor gives `EBADF`.
+pub fn dup_above(raw: i32, min: i32) -> Result<OwnedFd, Errno> {
+    // SAFETY: plain system call on integers; it creates a new descriptor
+    // and changes no existing one.
+    let r = unsafe { libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, min) };
+    let fd = Errno::result(r)?;
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `dup2(2)`: makes descriptor `target` a copy of `fd`, without
+/// close-on-exec. Called only in the command's process just before
+/// `execve`, where nothing owns `target` (init keeps its own descriptors at
+/// 10 and above, and the command's process has a descriptor table of its
+/// own).
+pub fn dup_to(fd: &OwnedFd, target: i32) -> Result<(), Errno> {
+    // SAFETY: plain system call on integers. `target` is below every
+    // descriptor a Rust value in this process still uses (see above).
+    let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
+    Errno::result(r).map(drop)
 }
 
 /// Whether the calling process has exactly one thread (`/proc/self/stat`).

@@ -15,14 +15,15 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hermit_sandbox::{run, Mount, Outcome, SandboxSpec};
+use hermit_sandbox::{run, Limits, Mount, Outcome, SandboxSpec};
 
 fn busybox_root(dir: &Path, with_etc: bool) {
     fs::create_dir_all(dir.join("bin")).unwrap();
     fs::copy("/bin/busybox", dir.join("bin/busybox"))
         .expect("/bin/busybox (Debian package busybox-static) is needed");
     for applet in [
-        "sh", "cat", "id", "hostname", "touch", "ls", "sleep", "echo", "grep", "kill",
+        "sh", "cat", "id", "hostname", "touch", "ls", "sleep", "echo", "grep", "kill", "df", "awk",
+        "head",
     ] {
         symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
@@ -39,11 +40,65 @@ struct Run {
     out: String,
 }
 
+/// A complete spec: the crate has no defaults, so the tests write every
+/// value out (these are hermit's profile values; the builder derives its own
+/// from the profile).
+fn explicit_spec(root: &Path, command: Vec<String>) -> SandboxSpec {
+    let env = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("HOME", "/homeless-shelter"),
+        ("USER", "builder"),
+        ("TZ", "UTC"),
+    ];
+    SandboxSpec {
+        root: root.to_path_buf(),
+        mounts: vec![Mount::Tmpfs {
+            dst: "/tmp".into(),
+            size: Some(64 << 20),
+        }],
+        env: env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        cwd: "/".into(),
+        uid: 1000,
+        gid: 1000,
+        user: "builder".into(),
+        group: "builder".into(),
+        home: "/homeless-shelter".into(),
+        hostname: "localhost".into(),
+        domainname: "(none)".into(),
+        shm_size: 16 << 20,
+        command,
+        timeout: None,
+        limits: Limits {
+            max_processes: Some(1024),
+            max_open_files: Some(4096),
+            max_core_size: 0,
+            max_file_size: None,
+            pids_cgroup: false,
+            max_memory: None,
+            max_data: None,
+        },
+        aslr: false,
+        umask: 0o022,
+    }
+}
+
 /// Runs `script` with `sh -c`; what it writes to `$R` comes back as `out`.
 fn sh(root: &Path, script: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Run {
+    sh_passing(root, script, tweak, vec![])
+}
+
+/// [`sh`], handing the command `pass`.
+fn sh_passing(
+    root: &Path,
+    script: &str,
+    tweak: impl FnOnce(&mut SandboxSpec),
+    pass: Vec<hermit_sandbox::PassFd>,
+) -> Run {
     let out = tempfile::tempdir().unwrap();
-    let mut spec =
-        SandboxSpec::profile_v1(root, vec!["/bin/sh".into(), "-c".into(), script.into()]);
+    let mut spec = explicit_spec(root, vec!["/bin/sh".into(), "-c".into(), script.into()]);
     spec.mounts.push(Mount::Bind {
         src: out.path().to_path_buf(),
         dst: "/result".into(),
@@ -52,7 +107,13 @@ fn sh(root: &Path, script: &str, tweak: impl FnOnce(&mut SandboxSpec)) -> Run {
     spec.set_env("R", "/result/out");
     spec.timeout = Some(Duration::from_secs(60));
     tweak(&mut spec);
-    let outcome = run(&spec).unwrap();
+    let outcome = if pass.is_empty() {
+        run(&spec).unwrap()
+    } else {
+        hermit_sandbox::run_watched_passing(&spec, Path::new("/proc/self/exe"), None, pass)
+            .unwrap()
+            .outcome
+    };
     let out = fs::read_to_string(out.path().join("out")).unwrap_or_default();
     Run { outcome, out }
 }
@@ -82,7 +143,98 @@ fn timeout_kills_everything() {
     );
 }
 
-fn environment_is_profile_v1() {
+/// Every value of the environment is the spec's, whatever it is: two specs
+/// with different values each get exactly theirs (nothing is defaulted).
+fn explicit_values_reach_the_command() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let script = "{ cat /proc/sys/kernel/domainname; hostname; \
+         df -k /tmp /dev/shm | awk 'NR>1 {print $2}'; ulimit -n; ulimit -c; umask; } >$R 2>&1";
+    for (domain, host, tmp_kib, shm_kib, nofile, core, umask) in [
+        (
+            "(none)",
+            "localhost",
+            65536u64,
+            16384u64,
+            4096u64,
+            0u64,
+            0o022u32,
+        ),
+        ("build.example", "h1", 8192, 1024, 100, 1 << 20, 0o027),
+    ] {
+        let r = sh(t.path(), script, |s| {
+            s.domainname = domain.into();
+            s.hostname = host.into();
+            s.mounts[0] = Mount::Tmpfs {
+                dst: "/tmp".into(),
+                size: Some(tmp_kib << 10),
+            };
+            s.shm_size = shm_kib << 10;
+            s.limits.max_open_files = Some(nofile);
+            s.limits.max_core_size = core;
+            s.umask = umask;
+        });
+        assert_eq!(r.outcome, Outcome::Exited(0), "{}", r.out);
+        // ulimit -c prints 512-byte blocks in busybox sh.
+        let want = format!(
+            "{domain}\n{host}\n{tmp_kib}\n{shm_kib}\n{nofile}\n{}\n{umask:04o}\n",
+            core / 512
+        );
+        assert_eq!(r.out, want);
+    }
+}
+
+/// Descriptors handed over appear at their numbers, and nothing else above 2.
+fn passed_descriptors_appear_at_their_numbers() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    // Once started directly, once through the re-executed helper (a second
+    // thread is alive).
+    for threaded in [false, true] {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let other = threaded.then(|| std::thread::spawn(move || rx.recv()));
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (r2, w2) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"tok").unwrap();
+        let pass = vec![
+            hermit_sandbox::PassFd { number: 3, fd: r },
+            hermit_sandbox::PassFd { number: 4, fd: w2 },
+        ];
+        let run = sh_passing(
+            t.path(),
+            "{ ls /proc/self/fd; head -c 3 <&3; echo; echo back >&4; } >$R 2>&1",
+            |_| {},
+            pass,
+        );
+        assert_eq!(run.outcome, Outcome::Exited(0), "{}", run.out);
+        // ls's own directory descriptor is the only other one.
+        let lines: Vec<&str> = run.out.lines().collect();
+        assert!(lines.starts_with(&["0", "1", "2", "3", "4"]), "{lines:?}");
+        assert_eq!(lines.last(), Some(&"tok"), "{lines:?}");
+        assert!(lines.len() <= 7, "{lines:?}");
+        drop(w);
+        let mut back = [0u8; 5];
+        assert_eq!(nix::unistd::read(&r2, &mut back).unwrap(), 5);
+        assert_eq!(&back, b"back\n");
+        if let Some(o) = other {
+            tx.send(()).unwrap();
+            o.join().unwrap().unwrap();
+        }
+    }
+    // A number outside 3–9 is refused.
+    let (r, _w) = nix::unistd::pipe().unwrap();
+    let spec = explicit_spec(t.path(), vec!["/bin/true".into()]);
+    let e = hermit_sandbox::run_watched_passing(
+        &spec,
+        Path::new("/proc/self/exe"),
+        None,
+        vec![hermit_sandbox::PassFd { number: 12, fd: r }],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("3 to 9"), "{e}");
+}
+
+fn environment_is_hermetic() {
     let t = tempfile::tempdir().unwrap();
     busybox_root(t.path(), true);
     let r = sh(
@@ -265,7 +417,15 @@ fn main() -> ExitCode {
     if let Some(code) = hermit_sandbox::enter_if_requested() {
         return ExitCode::from(code);
     }
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 9] = [
+        (
+            "explicit_values_reach_the_command",
+            explicit_values_reach_the_command,
+        ),
+        (
+            "passed_descriptors_appear_at_their_numbers",
+            passed_descriptors_appear_at_their_numbers,
+        ),
         (
             "image_symlinks_never_reach_the_host",
             image_symlinks_never_reach_the_host,
@@ -276,7 +436,7 @@ fn main() -> ExitCode {
         ),
         ("statuses_and_signals", statuses_and_signals),
         ("timeout_kills_everything", timeout_kills_everything),
-        ("environment_is_profile_v1", environment_is_profile_v1),
+        ("environment_is_hermetic", environment_is_hermetic),
         (
             "missing_mount_points_are_created",
             missing_mount_points_are_created,

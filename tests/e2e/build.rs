@@ -73,7 +73,7 @@ fn build_stores_output_and_record_then_hits_the_cache(who: As) {
         serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
     assert_eq!(record["output"]["digest"], v["output_digest"]);
     assert_eq!(record["build_key"], v["build_key"]);
-    assert_eq!(record["profile"]["name"], "v2");
+    assert_eq!(record["profile"]["name"], hermit_profiles::DEFAULT);
     assert!(
         t.path().join("hermit.lock").is_file(),
         "the lock is written beside the spec"

@@ -1,5 +1,5 @@
 //! Build limits (issue 8, section 4): memory, disk (/build + /out) and log
-//! size, named by profile v2, lowered by a spec's `[build]`, stated in the
+//! size, named by the profile (v2 on), lowered by a spec's `[build]`, stated in the
 //! record, and reported plainly when a build hits one. Each case runs as
 //! root and as the unprivileged test user, finishes quickly and leaves no
 //! large file behind.
@@ -79,9 +79,10 @@ fn memory_limit_stops_a_build_that_touches_more(who: As) {
     eprintln!("{who:?}, {took:?}:\n{err}");
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(
-            "the build exceeded the memory limit of 64 MiB ([build] memory_mib in the spec; profile v2 allows 8192 MiB)"
-        ),
+        err.contains(&format!(
+            "the build exceeded the memory limit of 64 MiB ([build] memory_mib in the spec; profile {} allows 8192 MiB)",
+            hermit_profiles::DEFAULT
+        )),
         "{err}"
     );
     assert!(took < Duration::from_secs(60), "took {took:?}");
@@ -100,9 +101,10 @@ fn disk_limit_stops_a_build_that_fills_build(who: As) {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(
-            "the build exceeded the disk limit of 8 MiB ([build] disk_mib in the spec; profile v2 allows 20480 MiB)"
-        ),
+        err.contains(&format!(
+            "the build exceeded the disk limit of 8 MiB ([build] disk_mib in the spec; profile {} allows 20480 MiB)",
+            hermit_profiles::DEFAULT
+        )),
         "{err}"
     );
     assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
@@ -138,9 +140,10 @@ fn log_limit_stops_a_build_and_keeps_one_copy(who: As) {
     let tail = &err[err.len().saturating_sub(2000)..];
     assert_eq!(o.status.code(), Some(1), "{tail}");
     assert!(
-        tail.contains(
-            "the build printed more than the log limit of 1 MiB ([build] log_mib in the spec; profile v2 allows 64 MiB)"
-        ),
+        tail.contains(&format!(
+            "the build printed more than the log limit of 1 MiB ([build] log_mib in the spec; profile {} allows 64 MiB)",
+            hermit_profiles::DEFAULT
+        )),
         "{tail}"
     );
     assert!(took < Duration::from_secs(30), "took {took:?}");
@@ -187,7 +190,11 @@ fn record_states_the_limits(who: As) {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let record: serde_json::Value =
         serde_json::from_str(&fs::read_to_string(v["record"].as_str().unwrap()).unwrap()).unwrap();
-    assert_eq!(record["profile"]["name"], "v2", "{record}");
+    assert_eq!(
+        record["profile"]["name"],
+        hermit_profiles::DEFAULT,
+        "{record}"
+    );
     let limits = &record["environment"]["limits"];
     assert_eq!(limits["memory_mib"], 512, "{limits}");
     assert_eq!(limits["disk_mib"], 20480, "{limits}");
@@ -200,7 +207,10 @@ fn record_states_the_limits(who: As) {
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("[build] memory_mib = 100000 is above profile v2's limit of 8192 MiB"),
+        err.contains(&format!(
+            "[build] memory_mib = 100000 is above profile {}'s limit of 8192 MiB",
+            hermit_profiles::DEFAULT
+        )),
         "{err}"
     );
 }

@@ -7,6 +7,7 @@ mod bounds;
 mod build;
 mod common;
 mod debian;
+mod environment;
 mod fetch;
 mod fixtures;
 mod fuzz_unpack;

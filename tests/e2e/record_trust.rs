@@ -17,7 +17,7 @@ use crate::fixtures::{both_users, output_within, As};
 /// sha256 of the compact, key-sorted JSON of everything that goes into the
 /// build (minus the job count). Checked against an unedited record first, so
 /// a mistake here fails the test instead of hiding one in hermit.
-fn build_key(r: &Value) -> String {
+pub(crate) fn build_key(r: &Value) -> String {
     let sources: Vec<Value> = r["sources"]
         .as_array()
         .unwrap()

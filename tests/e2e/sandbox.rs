@@ -1,4 +1,4 @@
-//! `hermit sandbox`: the profile-v1 environment as seen from inside, exit
+//! `hermit sandbox`: the profiles' environments as seen from inside, exit
 //! codes and timeouts. Every case runs as root and as an unprivileged user
 //! (`both_users!`). The escape attempts live in `sandbox_escape`.
 #![allow(clippy::unwrap_used)]
@@ -20,7 +20,7 @@ both_users!(
     identity,
     hostname,
     etc_files_synthesised,
-    env_exactly_profile_v1,
+    env_exactly_each_profile,
     env_flag_adds_variables,
     stdio_passthrough,
     umask_022,
@@ -183,58 +183,43 @@ fn parse_env(out: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The profile-v1 environment, given the values of the few variables whose
-/// value the plumbing command may choose (PATH, and the optional build ones).
-fn expected_env(actual: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let mut want: BTreeMap<String, String> = [
-        ("HOME", "/homeless-shelter"),
-        ("USER", "builder"),
-        ("LOGNAME", "builder"),
-        ("SHELL", "/bin/sh"),
-        ("TMPDIR", "/tmp"),
-        ("TERM", "dumb"),
-        ("TZ", "UTC"),
-        ("LANG", "C.UTF-8"),
-        ("LC_ALL", "C.UTF-8"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    // PATH: "from the image config, else a fixed default": absolute entries
-    // including /bin (where everything of the fixture root lives).
-    let path = actual.get("PATH").cloned().unwrap_or_default();
-    assert!(
-        path.split(':').all(|p| p.starts_with('/')) && path.split(':').any(|p| p == "/bin"),
-        "PATH {path:?} is not an absolute list containing /bin"
+/// What `hermit sandbox --profile NAME` gives the command: the profile's
+/// environment (its fixed variables, its default PATH and
+/// SOURCE_DATE_EPOCH), less what only a build has (`out`, HERMIT_JOBS, the
+/// jobserver's MAKEFLAGS).
+fn profile_env(name: &str) -> BTreeMap<String, String> {
+    let p = hermit_profiles::Profile::get(name).unwrap();
+    let mut want = p.env.fixed.clone();
+    want.remove("MAKEFLAGS");
+    want.insert("PATH".into(), p.env.default_path.clone());
+    want.insert(
+        "SOURCE_DATE_EPOCH".into(),
+        p.source_date_epoch.default.to_string(),
     );
-    want.insert("PATH".into(), path);
-    // Optional profile variables a plain `hermit sandbox` may also set.
-    for (k, ok) in [
-        ("SOURCE_DATE_EPOCH", "digits"),
-        ("HERMIT_JOBS", "digits"),
-        ("out", "/out"),
-    ] {
-        if let Some(v) = actual.get(k) {
-            if ok == "digits" {
-                assert!(
-                    !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()),
-                    "{k}={v}"
-                );
-            } else {
-                assert_eq!(v, ok, "{k}");
-            }
-            want.insert(k.into(), v.clone());
-        }
-    }
     want
 }
 
-fn env_exactly_profile_v1(who: As) {
-    // `env` run directly (no shell, which would add PWD, SHLVL, ...).
+/// The default profile's.
+fn expected_env() -> BTreeMap<String, String> {
+    profile_env(hermit_profiles::DEFAULT)
+}
+
+fn env_exactly_each_profile(who: As) {
+    for name in hermit_profiles::names() {
+        // `env` run directly (no shell, which would add PWD, SHLVL, ...).
+        let out = ok_stdout(&run(who, &["--profile", name], &["/bin/env"]));
+        assert_eq!(parse_env(&out), profile_env(name), "{name}:\n{out}");
+        assert!(!out.contains("HERMIT_TEST_LEAK"), "host environment leaked");
+    }
     let out = ok_stdout(&run(who, &[], &["/bin/env"]));
-    let actual = parse_env(&out);
-    assert_eq!(actual, expected_env(&actual), "whole environment:\n{out}");
-    assert!(!out.contains("HERMIT_TEST_LEAK"), "host environment leaked");
+    assert_eq!(parse_env(&out), expected_env(), "default:\n{out}");
+    let o = run(who, &["--profile", "v0"], &["/bin/true"]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(
+        stdout(&o).is_empty() && both(&o).contains("v1, v2"),
+        "{}",
+        both(&o)
+    );
 }
 
 fn env_flag_adds_variables(who: As) {
@@ -253,7 +238,7 @@ fn env_flag_adds_variables(who: As) {
         &["/bin/env"],
     ));
     let actual = parse_env(&out);
-    let mut want = expected_env(&actual);
+    let mut want = expected_env();
     want.insert("FOO".into(), "bar baz".into());
     want.insert("EMPTY".into(), String::new());
     want.insert("WITH".into(), "equals=sign".into());

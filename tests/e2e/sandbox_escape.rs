@@ -590,7 +590,11 @@ fn fork_bomb_bounded(who: As) {
     // $0, in its command line), so the number of processes grows until
     // something bounds it.
     let script = "while :; do (while :; do sleep 5; done) & done";
-    let mut c = net.wrap(&who.sandbox(["--timeout", "8"], ["/bin/sh", "-c", script, &tag]));
+    // Below the safety net (the profile's own bound, 4096, is above it).
+    let mut c = net.wrap(&who.sandbox(
+        ["--timeout", "8", "--max-procs", "1024"],
+        ["/bin/sh", "-c", script, &tag],
+    ));
     c.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -711,23 +715,26 @@ fn sigkill_of_hermit_kills_everything(who: As) {
 }
 
 fn filling_tmp_bounded(who: As) {
+    // 256 MiB rather than the profile's 4 GiB: the bound is what is tested,
+    // and filling it must not cost the machine gigabytes of memory.
+    let small = ["--tmp-size", "268435456"];
     // The size first, so an unlimited tmpfs fails the test without filling RAM.
     let out = ok_stdout(&run(
         who,
-        &[],
+        &small,
         &["/bin/stat", "-f", "-c", "%T %b %S", "/tmp"],
     ));
     let f: Vec<&str> = out.split_whitespace().collect();
     assert_eq!(f[0], "tmpfs", "{out}");
     let size: u64 = f[1].parse::<u64>().unwrap() * f[2].parse::<u64>().unwrap();
     assert!(
-        size <= 4 << 30,
+        size <= 256 << 20,
         "/tmp may grow to {} MiB: not size-limited",
         size >> 20
     );
     let o = run(
         who,
-        &["--timeout", "50"],
+        &["--timeout", "50", small[0], small[1]],
         &[
             "/bin/sh",
             "-c",

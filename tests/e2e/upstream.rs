@@ -302,7 +302,7 @@ unpack = true
         r#"workdir = "hello/hello-2.10"
 script = """
 ./configure --prefix=/usr
-make -j"$HERMIT_JOBS"
+make
 make install DESTDIR="$out"
 """
 "#,
@@ -333,7 +333,7 @@ make install DESTDIR="$out"
 cp -a /sources/hello/hello-2.10/. .
 chmod -R u+w .
 ./configure --prefix=/usr
-make -j"$HERMIT_JOBS"
+make
 make install DESTDIR="$out"
 """
 "#,

@@ -48,10 +48,18 @@ impl CommonArgs {
         NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet)
     }
     fn opts(&self) -> BuildOptions {
+        // Run by make (`+hermit build …` in a Makefile): join its jobserver.
+        let makeflags = std::env::var("MAKEFLAGS").ok();
+        let (jobserver, jobs, warning) =
+            crate::jobserver::Jobserver::for_command(self.jobs, makeflags.as_deref());
+        if let Some(w) = warning {
+            eprintln!("hermit: warning: {w}");
+        }
         BuildOptions {
             keep_failed: self.keep_failed,
-            jobs: self.jobs,
+            jobs,
             quiet: self.quiet,
+            jobserver,
             ..BuildOptions::default()
         }
     }
@@ -87,16 +95,23 @@ fn open_store() -> anyhow::Result<(Arc<Store>, hermit_store::store::StoreLock)> 
 pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let g = graph::load(&args.specs)?;
     let (store, _shared) = open_store()?;
-    let jobs = args
-        .common
+    let mut opts = args.common.opts();
+    let jobs = opts
         .jobs
         .unwrap_or_else(crate::pipeline::resolve::host_cpus);
+    // One jobserver for every build of the graph: `-j N` is the budget of
+    // the machine, shared by the makes of all builds running at once (or
+    // the budget of the make that runs hermit).
+    if opts.jobserver.is_none() {
+        opts.jobserver =
+            Some(crate::jobserver::Jobserver::new(jobs).context("creating the jobserver")?);
+    }
     let states = graph::run(
         &store,
         &g,
         &args.common.net(),
         &RunOptions {
-            build: args.common.opts(),
+            build: opts,
             parallel: jobs as usize,
             fail_fast: args.fail_fast,
             no_progress: args.no_progress,

@@ -1,6 +1,8 @@
-//! `hermit sandbox`: one command in the profile-v1 sandbox over a root
-//! directory. Plumbing for debugging and for tests; `hermit build` plans its
-//! sandbox from the spec and profile instead.
+//! `hermit sandbox`: one command in a profile's sandbox (the default
+//! profile's unless `--profile` names another) over a root directory.
+//! Plumbing for debugging and for tests; it derives its sandbox from the
+//! profile exactly as `hermit build` does (`crate::environment`), minus what
+//! only a build has (`/build`, `$out`, the jobserver, the time limit).
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
@@ -15,7 +17,7 @@ use crate::exit::{self, Exit};
 
 /// The subcommand's one-line help.
 pub const ABOUT: &str =
-    "Run one command in the profile-v1 sandbox over a root directory (plumbing)";
+    "Run one command in a build profile's sandbox over a root directory (plumbing)";
 
 /// `hermit sandbox ARGS` parsed on its own, without the rest of hermit's
 /// command tree: clap builds every subcommand's arguments before parsing,
@@ -57,7 +59,10 @@ pub struct SandboxArgs {
     /// Mount an empty tmpfs (DST, or DST:SIZE in bytes)
     #[arg(long = "tmpfs", value_name = "DST")]
     tmpfs: Vec<String>,
-    /// Set an environment variable on top of profile v1's (repeatable)
+    /// The build profile whose environment to give the command [default: the default profile]
+    #[arg(long, value_name = "NAME")]
+    profile: Option<String>,
+    /// Set an environment variable on top of the profile's (repeatable)
     #[arg(long = "env", value_name = "K=V")]
     env: Vec<String>,
     /// Working directory inside the sandbox
@@ -66,21 +71,21 @@ pub struct SandboxArgs {
     /// Kill everything in the sandbox after this many seconds (exit 124)
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
-    /// Hostname inside the sandbox
-    #[arg(long, default_value = "localhost")]
-    hostname: String,
-    /// Leave address-space layout randomisation on (profile v1 turns it off)
+    /// Hostname inside the sandbox [default: the profile's]
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Leave address-space layout randomisation on (the profiles turn it off)
     #[arg(long)]
     aslr: bool,
-    /// Most processes the command may have at once (bounds fork bombs)
-    #[arg(long, value_name = "N", default_value_t = hermit_sandbox::spec::DEFAULT_MAX_PROCESSES)]
-    max_procs: u32,
+    /// Most processes the command may have at once (bounds fork bombs) [default: the profile's]
+    #[arg(long, value_name = "N")]
+    max_procs: Option<u32>,
     /// Also bound --max-procs with a pids cgroup, where hermit may create one
     #[arg(long)]
     pids_cgroup: bool,
-    /// Size limit of /tmp, in bytes
-    #[arg(long, value_name = "BYTES", default_value_t = hermit_sandbox::spec::DEFAULT_TMP_SIZE)]
-    tmp_size: u64,
+    /// Size limit of /tmp, in bytes [default: the profile's]
+    #[arg(long, value_name = "BYTES")]
+    tmp_size: Option<u64>,
     /// Pass hermit's standard input (a pipe or file, never a terminal) to
     /// the command; without it the command reads /dev/null
     #[arg(long)]
@@ -109,7 +114,13 @@ fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
 }
 
 fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
-    let mut spec = SandboxSpec::profile_v1(absolute(a.root)?, a.command);
+    let profile = match &a.profile {
+        Some(name) => hermit_profiles::Profile::get(name).map_err(|e| Exit::user(e.to_string()))?,
+        None => hermit_profiles::Profile::default_profile()?,
+    };
+    let mut spec = crate::environment::interactive_spec(&profile, &absolute(a.root)?, a.command)?;
+    // The profile's mounts (its /tmp), then the command line's.
+    let profile_mounts: Vec<Mount> = std::mem::take(&mut spec.mounts);
     let mut mounts = Vec::new();
     for (list, writable) in [(&a.ro, false), (&a.rw, true)] {
         for arg in list {
@@ -138,15 +149,16 @@ fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
             size,
         });
     }
-    // /tmp: profile v1's tmpfs unless the command line mounts something there.
-    if !mounts
-        .iter()
-        .any(|m| m.dst() == std::path::Path::new("/tmp"))
-    {
-        mounts.push(Mount::Tmpfs {
-            dst: PathBuf::from("/tmp"),
-            size: Some(a.tmp_size),
-        });
+    // The profile's /tmp (`--tmp-size` resizes it) unless the command line
+    // mounts something there.
+    for mut m in profile_mounts {
+        if mounts.iter().any(|u| u.dst() == m.dst()) {
+            continue;
+        }
+        if let (Mount::Tmpfs { size, .. }, Some(s)) = (&mut m, a.tmp_size) {
+            *size = Some(s);
+        }
+        mounts.push(m);
     }
     // Parents before children, whatever the order of the flags.
     mounts.sort_by_key(|m| m.dst().components().count());
@@ -158,9 +170,13 @@ fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
         spec.set_env(k, v);
     }
     spec.cwd = a.cwd;
-    spec.hostname = a.hostname;
-    spec.aslr = a.aslr;
-    spec.limits.max_processes = Some(a.max_procs);
+    if let Some(h) = a.hostname {
+        spec.hostname = h;
+    }
+    spec.aslr |= a.aslr;
+    if let Some(n) = a.max_procs {
+        spec.limits.max_processes = Some(n);
+    }
     spec.limits.pids_cgroup = a.pids_cgroup;
     spec.timeout = match a.timeout {
         None => None,

@@ -53,6 +53,13 @@ pub struct BuildOptions {
     pub quiet: bool,
     /// Where the build's own output goes besides its log.
     pub echo: Echo,
+    /// The jobserver every build of this hermit shares (see
+    /// [`crate::jobserver`]); without one a build makes its own of
+    /// HERMIT_JOBS slots.
+    pub jobserver: Option<Arc<crate::jobserver::Jobserver>>,
+    /// The caller holds this build's slot of `jobserver` for the whole
+    /// build (the graph scheduler does); the run stage takes none.
+    pub holds_slot: bool,
     /// Held while resolving, when several builds run at once: two nodes
     /// that need the same toolchain bootstrapped or fetched do it once.
     pub resolve_gate: Option<Arc<std::sync::Mutex<()>>>,

@@ -6,7 +6,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use hermit_sandbox::{Mount, Outcome, SandboxSpec};
@@ -15,6 +15,7 @@ use hermit_store::{Digest, Store};
 use super::materialise::Materialised;
 use super::plan::Plan;
 use super::{BuildOptions, Echo};
+use crate::environment;
 use crate::exit::{self, Exit};
 use crate::limits;
 
@@ -29,45 +30,13 @@ pub struct Ran {
     pub rewritten_links: Vec<crate::output::RewrittenLink>,
 }
 
-/// The sandbox for a plan over its materialised inputs.
+/// The sandbox for a plan over its materialised inputs: the profile's
+/// environment ([`environment::sandbox_spec`]) with `/build`, `/out`, the
+/// sources and the inputs bound.
 pub fn sandbox_spec(plan: &Plan, m: &Materialised) -> SandboxSpec {
     let r = &plan.resolved;
     let env = &r.environment;
-    let p = &r.profile;
-    let mut spec = SandboxSpec::profile_v1(
-        &m.rootfs,
-        vec![
-            "/bin/sh".into(),
-            "-e".into(),
-            "-c".into(),
-            r.spec.build.script.clone(),
-            "hermit-build".into(),
-        ],
-    );
-    spec.env = env
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    spec.cwd = PathBuf::from(&env.build_path);
-    spec.uid = env.uid;
-    spec.gid = env.gid;
-    spec.user = env.user.clone();
-    spec.group = env.group.clone();
-    spec.home = PathBuf::from(&env.home);
-    spec.hostname = env.hostname.clone();
-    spec.aslr = env.aslr;
-    spec.umask = p.system.umask;
-    spec.timeout = Some(Duration::from_secs(env.limits.timeout_secs));
-    spec.limits.max_processes = Some(env.limits.max_pids.min(u64::from(u32::MAX)) as u32);
-    spec.limits.max_memory = env.limits.memory_mib.map(|m| m << 20);
-    // One file can never be larger than all of /build and /out together.
-    spec.limits.max_file_size = env.limits.disk_mib.map(|m| m << 20);
     let mut mounts = vec![
-        Mount::Tmpfs {
-            dst: PathBuf::from(&env.tmp_path),
-            size: Some(env.limits.tmp_size_mib << 20),
-        },
         m.build_mount.clone(),
         Mount::Bind {
             src: m.out_dir.clone(),
@@ -89,8 +58,14 @@ pub fn sandbox_spec(plan: &Plan, m: &Materialised) -> SandboxSpec {
             writable: false,
         });
     }
-    spec.mounts = mounts;
-    spec
+    let command = vec![
+        "/bin/sh".into(),
+        "-e".into(),
+        "-c".into(),
+        r.spec.build.script.clone(),
+        "hermit-build".into(),
+    ];
+    environment::sandbox_spec(env, &r.profile, &m.rootfs, command, mounts)
 }
 
 /// Runs the build; a failed one is an error naming its log (and, with
@@ -112,7 +87,13 @@ pub fn run(
         &r.profile,
         vec![m.build_dir.clone(), m.out_dir.clone()],
     );
-    let report = run_logged(&spec, &log_path, &opts.echo, &mut guard)?;
+    // Held until the sandbox has ended: the build's share of `-j N`.
+    let jobs =
+        environment::enter_jobserver(&r.profile, env, opts.jobserver.as_ref(), opts.holds_slot)
+            .context("the build's jobserver")?;
+    let report = run_logged(&spec, jobs.pass, &log_path, &opts.echo, &mut guard);
+    drop(jobs.slot);
+    let report = report?;
     let limit_hit = guard.hit(&report, &log_path);
     let outcome = report.outcome.clone();
     let rewritten_links = match outcome {
@@ -227,6 +208,7 @@ fn relativise_links(
 /// hermit's that a thread copies to the log file and as `echo` says.
 fn run_logged(
     spec: &SandboxSpec,
+    pass: Vec<hermit_sandbox::PassFd>,
     log_path: &Path,
     echo: &Echo,
     guard: &mut limits::Guard,
@@ -286,6 +268,7 @@ fn run_logged(
                 every: limits::WATCH_EVERY,
                 check: &mut check,
             }),
+            pass,
         )
     };
     match tee.join() {
