@@ -12,6 +12,7 @@ mod fetch;
 mod fixtures;
 mod fuzz_unpack;
 mod graph;
+mod graph_upstream;
 mod http_server;
 mod image;
 mod limits;
