@@ -40,7 +40,7 @@ use hermit_store::{Digest, Store};
 
 use crate::exit::{self, Exit};
 use crate::limits;
-use crate::localtree::{local_source_root, local_tree_blob};
+use crate::localtree::{local_source_root, local_tree_blob, store_tree_blob, tree_digest};
 use crate::lock::Lock;
 use crate::net::{fetch, NetArgs};
 use crate::output::{self, Normalized};
@@ -282,8 +282,11 @@ fn plan_from_spec(
                 exclude,
             } => {
                 let root = local_source_root(&spec, s, &spec_dir)?;
-                let tree = local_tree_blob(store, &root, include, exclude, sde)
+                let tree = tree_digest(store, &root, include, exclude, sde)
                     .with_context(|| format!("source {:?}: hashing {}", s.name, root.display()))?;
+                // Materialise: the blob the sandbox's unpacked tree comes from.
+                store_tree_blob(store, &root, include, exclude, sde, &tree)
+                    .with_context(|| format!("source {:?}: storing {}", s.name, root.display()))?;
                 let rec = SourceRecord::Local {
                     name: s.name.clone(),
                     path: path.clone(),

@@ -1,0 +1,358 @@
+//! The stat cache of local trees: git's index, for `hermit build`.
+//!
+//! Hashing a local tree means reading every byte of it. For a tree that has
+//! not changed since the last build, the stat cache answers instead: it
+//! remembers, per local source, the stat data of every selected entry and
+//! the tree digest they produced. When a walk of the tree (readdir and
+//! lstat only, through directory descriptors — the same walk that selects
+//! the entries) finds exactly the same entries with the same stat data,
+//! the remembered digest is reused and no file is opened.
+//!
+//! # Where and what
+//!
+//! `v1/cache/localtree/<hex>`, one file per local source, where `<hex>` is
+//! the sha256 of its [`Key`]: the source's canonical root path, its
+//! `include` and `exclude` lists, its SOURCE_DATE_EPOCH and the versions of
+//! the serialisation and of this cache. The file (little-endian binary):
+//!
+//! ```text
+//! "hermit stat cache 1\n"   magic and version
+//! sha256 of the rest         a torn or corrupt file is ignored
+//! key                        u32 length + bytes; must equal the source's key
+//! t0                         i64 s + i64 ns: the store filesystem's clock when
+//!                            the walk that produced this file began
+//! digest                     32 bytes: the tree digest
+//! count                      u32, then per entry (in canonical order):
+//!   path                     u32 length + bytes
+//!   kind                     u8: 0 file, 1 directory, 2 symlink
+//!   mode size                u32 st_mode, u64 st_size
+//!   mtime ctime              i64 s + i64 ns each
+//!   ino dev                  u64 each
+//!   target                   u32 length + bytes (symlinks; empty otherwise)
+//! ```
+//!
+//! # When a remembered digest is reused
+//!
+//! Only when the walk's selection has the same entries in the same order,
+//! with the same kinds and symlink targets, every file and symlink with the
+//! same mode, size, mtime, ctime, inode and device, and no entry is *racily
+//! clean*. Directories are compared by name and kind only (their own stat
+//! data changes nothing in the serialisation; added or removed entries are
+//! seen by the walk itself).
+//!
+//! Racily clean (git's term): a file changed within the same timestamp tick
+//! as it was hashed keeps stat data that match the cache, with other bytes.
+//! The kernel sets an entry's ctime to the current time on every change to
+//! its content, mode, links or times (`touch -d` restores an mtime, never a
+//! ctime), so an entry is trusted only when its recorded ctime is older than
+//! `t0 - SETTLED_SECS` (2 s, covering filesystems with 1–2 s timestamps):
+//! any change after the walk began gives it a ctime at or after that point,
+//! which differs from the recorded one. A younger entry makes the whole tree
+//! hash again (and the next cache file, with a later `t0`, trusts it).
+//! Besides, every file read for a digest must still have the stat data the
+//! walk saw (same inode before the read, same size and times after), so the
+//! recorded stat data always describe the bytes that were hashed.
+//!
+//! # Why the digest is reused whole
+//!
+//! The tree digest is the sha256 of one stream in which every file's bytes
+//! appear; sha256 cannot skip over a part of its input, so a tree with one
+//! changed file must stream every file again. Per-file content hashes would
+//! save nothing here (they would be read but the bytes still needed), so
+//! the cache keeps none: an unchanged tree costs a walk, a changed one a
+//! full streaming read (no copy, no store write).
+//!
+//! # Trust
+//!
+//! The cache only ever shortens the path to a digest it would have
+//! computed: a file that is missing, foreign (another key), of another
+//! version, larger than [`MAX_FILE`], truncated or failing its checksum is
+//! ignored, and one that parses is used only when every entry's stat data
+//! match. Reading or writing it is never fatal. Files are written to the
+//! process's store session directory and renamed into place, so a reader
+//! sees a whole file or none; at most [`MAX_FILES`] are kept (the least
+//! recently written go first).
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use hermit_store::store::SETTLED_SECS;
+use hermit_store::{Digest, Store};
+
+use super::{Selection, Stat};
+use crate::output::{self, Kind};
+
+const MAGIC: &[u8] = b"hermit stat cache 1\n";
+/// Bumped whenever the selection rules or this format change.
+const CACHE_VERSION: u32 = 1;
+/// A cache file larger than this is neither written nor read.
+pub const MAX_FILE: u64 = 64 << 20;
+/// At most this many cache files are kept.
+pub const MAX_FILES: usize = 256;
+
+/// What a local source's cache file is named by and must hold.
+pub struct Key {
+    bytes: Vec<u8>,
+}
+
+impl Key {
+    pub fn new(root: &Path, include: &[String], exclude: &[String], sde: u64) -> Key {
+        use std::os::unix::ffi::OsStrExt;
+        let mut b = Vec::new();
+        put_u32(&mut b, CACHE_VERSION);
+        put_u32(&mut b, output::FORMAT);
+        put_u64(&mut b, sde);
+        put_bytes(&mut b, root.as_os_str().as_bytes());
+        for list in [include, exclude] {
+            put_u32(&mut b, list.len() as u32);
+            for s in list {
+                put_bytes(&mut b, s.as_bytes());
+            }
+        }
+        Key { bytes: b }
+    }
+
+    fn file_name(&self) -> String {
+        Digest::of(&self.bytes).hex()
+    }
+}
+
+/// The stat cache of one store.
+pub struct StatCache<'a> {
+    store: &'a Store,
+    dir: PathBuf,
+}
+
+impl StatCache<'_> {
+    pub fn new(store: &Store) -> StatCache<'_> {
+        StatCache {
+            store,
+            dir: store.base().join("cache").join("localtree"),
+        }
+    }
+
+    /// The remembered digest of `key`'s tree, if `selection` (a fresh walk)
+    /// matches what was remembered and nothing in it is racily clean.
+    pub fn lookup(&self, key: &Key, selection: &Selection) -> Option<Digest> {
+        let path = self.dir.join(key.file_name());
+        let data = read_bounded(&path)?;
+        check(&data, key, selection)
+    }
+
+    /// Starts writing a new cache file: notes the store filesystem's clock
+    /// before the tree is read (`t0`). `None` when the store cannot take one
+    /// (the build goes on without a cache).
+    pub fn begin(&self) -> Option<Pending> {
+        let (file, path) = hermit_store::store::temp_file(self.store.tmp_dir()).ok()?;
+        let st = nix::sys::stat::fstat(&file).ok()?;
+        Some(Pending {
+            file: Some(file),
+            tmp: path,
+            dir: self.dir.clone(),
+            t0: (st.st_mtime, st.st_mtime_nsec),
+        })
+    }
+}
+
+/// A cache file being made; removed unless [`Pending::finish`] renames it
+/// into place.
+pub struct Pending {
+    file: Option<File>,
+    tmp: PathBuf,
+    dir: PathBuf,
+    t0: (i64, i64),
+}
+
+impl Pending {
+    /// Writes what the walk found and the digest it hashed to. Best effort:
+    /// failing to write the cache only means the next build hashes again.
+    pub fn finish(mut self, key: &Key, selection: &Selection, digest: &Digest) {
+        let Some(data) = encode(key, self.t0, digest, selection) else {
+            return;
+        };
+        let Some(mut file) = self.file.take() else {
+            return;
+        };
+        if file.write_all(&data).is_err() {
+            return;
+        }
+        drop(file);
+        if fs::create_dir_all(&self.dir).is_err() {
+            return;
+        }
+        let dest = self.dir.join(key.file_name());
+        if fs::rename(&self.tmp, &dest).is_ok() {
+            self.tmp = PathBuf::new();
+            prune(&self.dir);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.tmp.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Keeps at most [`MAX_FILES`] cache files, removing the oldest.
+fn prune(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<_> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let t = e.metadata().ok()?.modified().ok()?;
+            Some((t, e.path()))
+        })
+        .collect();
+    if files.len() <= MAX_FILES {
+        return;
+    }
+    files.sort();
+    let extra = files.len() - MAX_FILES;
+    for (_, p) in files.into_iter().take(extra) {
+        let _ = fs::remove_file(p);
+    }
+}
+
+fn read_bounded(path: &Path) -> Option<Vec<u8>> {
+    let f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len > MAX_FILE {
+        return None;
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    f.take(MAX_FILE).read_to_end(&mut data).ok()?;
+    Some(data)
+}
+
+fn kind_byte(k: Kind) -> u8 {
+    match k {
+        Kind::File => 0,
+        Kind::Directory => 1,
+        Kind::Symlink => 2,
+    }
+}
+
+fn encode(key: &Key, t0: (i64, i64), digest: &Digest, sel: &Selection) -> Option<Vec<u8>> {
+    let mut body = Vec::with_capacity(64 + sel.nodes.len() * 96);
+    put_bytes(&mut body, &key.bytes);
+    put_i64(&mut body, t0.0);
+    put_i64(&mut body, t0.1);
+    body.extend_from_slice(digest.as_bytes());
+    put_u32(&mut body, u32::try_from(sel.nodes.len()).ok()?);
+    for (n, s) in sel.nodes.iter().zip(&sel.stats) {
+        put_bytes(&mut body, n.path.as_bytes());
+        body.push(kind_byte(n.kind));
+        put_u32(&mut body, s.mode);
+        put_u64(&mut body, s.size);
+        put_i64(&mut body, s.mtime.0);
+        put_i64(&mut body, s.mtime.1);
+        put_i64(&mut body, s.ctime.0);
+        put_i64(&mut body, s.ctime.1);
+        put_u64(&mut body, s.ino);
+        put_u64(&mut body, s.dev);
+        put_bytes(&mut body, n.target.as_deref().unwrap_or("").as_bytes());
+        if body.len() as u64 > MAX_FILE {
+            return None;
+        }
+    }
+    let mut out = Vec::with_capacity(MAGIC.len() + 32 + body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(Digest::of(&body).as_bytes());
+    out.extend_from_slice(&body);
+    Some(out)
+}
+
+/// Parses `data` and compares it with the fresh walk; the digest when all
+/// agrees.
+fn check(data: &[u8], key: &Key, sel: &Selection) -> Option<Digest> {
+    let rest = data.strip_prefix(MAGIC)?;
+    let (sum, body) = (rest.get(..32)?, rest.get(32..)?);
+    let mut r = Reader(body);
+    if r.bytes()? != key.bytes.as_slice() {
+        return None;
+    }
+    let t0 = (r.i64()?, r.i64()?);
+    let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
+    let count = r.u32()? as usize;
+    if count != sel.nodes.len() {
+        return None;
+    }
+    // Entries changed at or after this instant may be racily clean.
+    let settled = (t0.0.checked_sub(SETTLED_SECS)?, t0.1);
+    for (n, s) in sel.nodes.iter().zip(&sel.stats) {
+        if r.bytes()? != n.path.as_bytes() || r.u8()? != kind_byte(n.kind) {
+            return None;
+        }
+        let recorded = Stat {
+            mode: r.u32()?,
+            size: r.u64()?,
+            mtime: (r.i64()?, r.i64()?),
+            ctime: (r.i64()?, r.i64()?),
+            ino: r.u64()?,
+            dev: r.u64()?,
+        };
+        let target = r.bytes()?;
+        if n.kind == Kind::Directory {
+            continue;
+        }
+        if recorded != *s
+            || recorded.ctime >= settled
+            || target != n.target.as_deref().unwrap_or("").as_bytes()
+        {
+            return None;
+        }
+    }
+    if !r.0.is_empty() || Digest::of(body).as_bytes() != sum {
+        return None;
+    }
+    Some(Digest::from_bytes(digest))
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn i64(&mut self) -> Option<i64> {
+        Some(i64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn bytes(&mut self) -> Option<&'a [u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
+    }
+}
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_u64(b: &mut Vec<u8>, v: u64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_i64(b: &mut Vec<u8>, v: i64) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    put_u32(b, v.len() as u32);
+    b.extend_from_slice(v);
+}
