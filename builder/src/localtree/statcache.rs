@@ -356,3 +356,185 @@ fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
     put_u32(b, v.len() as u32);
     b.extend_from_slice(v);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::localtree::tree_digest;
+
+    const SDE: u64 = 315532800;
+
+    struct Fixture {
+        _dirs: (tempfile::TempDir, tempfile::TempDir),
+        root: PathBuf,
+        store: Store,
+    }
+
+    fn fixture() -> Fixture {
+        let t = tempfile::tempdir().unwrap();
+        let s = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap();
+        fs::create_dir_all(root.join("src/deep")).unwrap();
+        fs::write(root.join("src/a.c"), b"int a;\n").unwrap();
+        fs::write(root.join("src/deep/b.c"), b"int b;\n").unwrap();
+        std::os::unix::fs::symlink("a.c", root.join("src/link")).unwrap();
+        let store = Store::open(s.path()).unwrap();
+        Fixture {
+            _dirs: (t, s),
+            root,
+            store,
+        }
+    }
+
+    impl Fixture {
+        fn digest(&self) -> Digest {
+            tree_digest(&self.store, &self.root, &[], &[], SDE).unwrap()
+        }
+        fn cache_file(&self) -> PathBuf {
+            let key = Key::new(&self.root, &[], &[], SDE);
+            StatCache::new(&self.store).dir.join(key.file_name())
+        }
+        /// Rewrites the cache file as if written `age` seconds later than it
+        /// was (so its entries look settled), optionally with another
+        /// digest, with a valid checksum.
+        fn rewrite(&self, age: i64, digest: Option<&Digest>) {
+            let path = self.cache_file();
+            let data = fs::read(&path).unwrap();
+            let mut body = data[MAGIC.len() + 32..].to_vec();
+            let key_len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
+            let at = 4 + key_len;
+            let t0 = i64::from_le_bytes(body[at..at + 8].try_into().unwrap());
+            body[at..at + 8].copy_from_slice(&(t0 + age).to_le_bytes());
+            if let Some(d) = digest {
+                body[at + 16..at + 48].copy_from_slice(d.as_bytes());
+            }
+            let mut out = MAGIC.to_vec();
+            out.extend_from_slice(Digest::of(&body).as_bytes());
+            out.extend_from_slice(&body);
+            fs::write(&path, out).unwrap();
+        }
+    }
+
+    fn fake() -> Digest {
+        Digest::of(b"not the tree")
+    }
+
+    #[test]
+    fn an_unchanged_settled_tree_is_answered_from_the_cache() {
+        let f = fixture();
+        let real = f.digest();
+        assert_ne!(real, fake());
+        assert!(f.cache_file().is_file());
+        // A digest no hashing could give: served only if no file is read.
+        f.rewrite(10, Some(&fake()));
+        assert_eq!(f.digest(), fake());
+    }
+
+    #[test]
+    fn a_racily_clean_tree_is_hashed_again() {
+        let f = fixture();
+        let real = f.digest();
+        // Written right after the files changed: they are not settled.
+        f.rewrite(0, Some(&fake()));
+        assert_eq!(f.digest(), real);
+        // That rehash wrote a fresh cache with the real digest.
+        f.rewrite(10, None);
+        assert_eq!(f.digest(), real);
+    }
+
+    #[test]
+    fn same_size_and_restored_mtime_is_still_seen_by_ctime() {
+        let f = fixture();
+        let before = f.digest();
+        let file = f.root.join("src/deep/b.c");
+        let old = fs::symlink_metadata(&file).unwrap();
+        f.rewrite(10, None);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(&file, b"int c;\n").unwrap();
+        // `touch -d` the old mtime back.
+        let status = std::process::Command::new("touch")
+            .arg("-d")
+            .arg(format!(
+                "@{}.{:09}",
+                std::os::unix::fs::MetadataExt::mtime(&old),
+                std::os::unix::fs::MetadataExt::mtime_nsec(&old)
+            ))
+            .arg(&file)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let now = fs::symlink_metadata(&file).unwrap();
+        assert_eq!(now.len(), old.len());
+        assert_eq!(now.modified().unwrap(), old.modified().unwrap());
+        let after = f.digest();
+        assert_ne!(after, before);
+        // The new digest is the tree's real one.
+        fs::remove_dir_all(StatCache::new(&f.store).dir).unwrap();
+        assert_eq!(f.digest(), after);
+    }
+
+    #[test]
+    fn added_removed_and_changed_entries_miss() {
+        let f = fixture();
+        f.digest();
+        let miss = |f: &Fixture, change: &dyn Fn(&Path)| {
+            f.rewrite(10, Some(&fake()));
+            change(&f.root);
+            let d = f.digest();
+            assert_ne!(d, fake());
+        };
+        miss(&f, &|r| fs::write(r.join("new"), b"").unwrap());
+        miss(&f, &|r| fs::remove_file(r.join("new")).unwrap());
+        miss(&f, &|r| fs::create_dir(r.join("empty")).unwrap());
+        miss(&f, &|r| {
+            fs::remove_file(r.join("src/link")).unwrap();
+            std::os::unix::fs::symlink("deep/b.c", r.join("src/link")).unwrap();
+        });
+        miss(&f, &|r| {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(r.join("src/a.c"), fs::Permissions::from_mode(0o755)).unwrap()
+        });
+    }
+
+    #[test]
+    fn corrupt_truncated_and_foreign_caches_are_ignored() {
+        let f = fixture();
+        let real = f.digest();
+        f.rewrite(10, Some(&fake()));
+        let good = fs::read(f.cache_file()).unwrap();
+        // One flipped byte in the digest: the checksum no longer agrees.
+        let mut bad = good.clone();
+        let n = bad.len();
+        bad[n - 20] ^= 1;
+        let at = MAGIC.len() + 32 + 4 + Key::new(&f.root, &[], &[], SDE).bytes.len() + 16;
+        bad[at] ^= 1;
+        fs::write(f.cache_file(), &bad).unwrap();
+        assert_eq!(f.digest(), real);
+        // Truncated.
+        fs::write(f.cache_file(), &good[..good.len() / 2]).unwrap();
+        assert_eq!(f.digest(), real);
+        // Garbage.
+        fs::write(f.cache_file(), b"hermit stat cache 1\ngarbage").unwrap();
+        assert_eq!(f.digest(), real);
+        // Another source's file (another SOURCE_DATE_EPOCH) in this one's place.
+        tree_digest(&f.store, &f.root, &[], &[], SDE + 1).unwrap();
+        let other = StatCache::new(&f.store)
+            .dir
+            .join(Key::new(&f.root, &[], &[], SDE + 1).file_name());
+        fs::copy(other, f.cache_file()).unwrap();
+        assert_eq!(f.digest(), real);
+        // And the untouched good file is still used (the test can fail).
+        fs::write(f.cache_file(), &good).unwrap();
+        assert_eq!(f.digest(), fake());
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let f = fixture();
+        for sde in 0..(MAX_FILES as u64 + 5) {
+            tree_digest(&f.store, &f.root, &[], &[], sde).unwrap();
+        }
+        let n = fs::read_dir(StatCache::new(&f.store).dir).unwrap().count();
+        assert_eq!(n, MAX_FILES);
+    }
+}
