@@ -233,8 +233,7 @@ fn open_tree(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Res
     )
     .map_err(std::io::Error::from)
     .with_context(|| format!("opening {}", root.display()))?;
-    let mut found = Vec::new();
-    select(listing, root, "", include, exclude, &mut found)?;
+    let mut found = select(listing, root, include, exclude)?;
     found.sort_unstable_by(|a, b| a.0.path.as_bytes().cmp(b.0.path.as_bytes()));
     let (nodes, stats) = found.into_iter().unzip();
     Ok(Opened {
@@ -274,71 +273,277 @@ fn fd_path(dir: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
 }
 
-/// Collects the selected entries of the open directory `dir` (shown as
-/// `shown` in messages, at `rel` below the root) with their stat data.
-/// Directories are opened through their parent's descriptor without
-/// following symlinks, so an entry swapped for a symlink while the tree is
-/// read is refused, never followed out of the project.
+/// One entry the walk selected. A `conditional` entry is a directory that
+/// is not included itself: it is kept only when something below it is.
+struct Found {
+    node: Node,
+    stat: Stat,
+    conditional: bool,
+}
+
+/// A directory still to be listed.
+struct Job<'a> {
+    dir: Dir,
+    shown: PathBuf,
+    rel: String,
+    include: &'a [String],
+}
+
+/// Where an error was met, as the sequential walk (sorted names, depth
+/// first) would meet it: the path's components, compared in order.
+type Position = Vec<Vec<u8>>;
+
+fn position(rel: &str, name: &[u8]) -> Position {
+    let mut p: Position = rel
+        .split('/')
+        .filter(|c| !c.is_empty())
+        .map(|c| c.as_bytes().to_vec())
+        .collect();
+    if !name.is_empty() {
+        p.push(name.to_vec());
+    }
+    p
+}
+
+/// Directories queued beyond this are walked by the thread that found them
+/// (every queued directory holds a descriptor).
+const MAX_QUEUED: usize = 256;
+
+/// The work queue of a walk shared by its threads.
+struct Walk<'a> {
+    exclude: &'a [String],
+    state: std::sync::Mutex<(Vec<Job<'a>>, usize)>,
+    wake: std::sync::Condvar,
+}
+
+/// Collects the selected entries below the open root directory `root`
+/// with their stat data, on up to four threads (like git's preloaded
+/// index: the walk is lstat-bound, and directories are independent).
 ///
 /// The selection: an entry matched by `exclude` (or, without `include`, one
 /// of [`DEFAULT_EXCLUDES`]) is left out with everything below it; with an
 /// `include` list, files and symlinks must match it, everything below an
 /// included directory is included, and a directory that is not included
 /// itself is kept only when something below it is.
+///
+/// Directories are opened through their parent's descriptor without
+/// following symlinks, so an entry swapped for a symlink while the tree is
+/// read is refused, never followed out of the project. When entries are
+/// refused in several places, the error reported is the one a sequential
+/// walk in sorted order would meet first, whatever the threads' timing.
 fn select(
-    mut dir: Dir,
+    root: Dir,
     shown: &Path,
-    rel: &str,
     include: &[String],
     exclude: &[String],
-    out: &mut Vec<(Node, Stat)>,
-) -> anyhow::Result<()> {
-    let mut names = Vec::new();
-    for e in dir.iter() {
-        let e = e
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("listing {}", shown.display()))?;
-        let name = e.file_name().to_bytes();
-        if name != b"." && name != b".." {
-            names.push((name.to_vec(), e.file_type()));
+) -> anyhow::Result<Vec<(Node, Stat)>> {
+    let walk = Walk {
+        exclude,
+        state: std::sync::Mutex::new((
+            vec![Job {
+                dir: root,
+                shown: shown.to_path_buf(),
+                rel: String::new(),
+                include,
+            }],
+            0,
+        )),
+        wake: std::sync::Condvar::new(),
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 4);
+    let results = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(|| walk.worker())).collect();
+        let mut all = vec![walk.worker()];
+        for h in helpers {
+            all.push(h.join().unwrap_or_else(|_| {
+                (
+                    Vec::new(),
+                    vec![(
+                        Vec::new(),
+                        anyhow::anyhow!("a thread walking the tree failed"),
+                    )],
+                )
+            }));
         }
+        all
+    });
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for (f, e) in results {
+        found.extend(f);
+        errors.extend(e);
     }
-    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    for (raw, hint) in names {
+    if let Some((_, e)) = errors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
+        return Err(e);
+    }
+    // Directories that are not included themselves stay only above
+    // something that is.
+    if found.iter().any(|f| f.conditional) {
+        let mut above = std::collections::HashSet::new();
+        for f in found.iter().filter(|f| !f.conditional) {
+            let mut p = f.node.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                if !above.insert(parent.to_string()) {
+                    break;
+                }
+                p = parent;
+            }
+        }
+        found.retain(|f| !f.conditional || above.contains(&f.node.path));
+    }
+    Ok(found.into_iter().map(|f| (f.node, f.stat)).collect())
+}
+
+impl<'a> Walk<'a> {
+    /// Lists queued directories until none is left and none is being
+    /// listed (which could queue more).
+    fn worker(&self) -> (Vec<Found>, Vec<(Position, anyhow::Error)>) {
+        let mut found = Vec::new();
+        let mut errors = Vec::new();
+        loop {
+            let job = {
+                let Ok(mut st) = self.state.lock() else {
+                    break;
+                };
+                loop {
+                    if let Some(j) = st.0.pop() {
+                        st.1 += 1;
+                        break Some(j);
+                    }
+                    if st.1 == 0 {
+                        break None;
+                    }
+                    st = match self.wake.wait(st) {
+                        Ok(st) => st,
+                        Err(_) => break None,
+                    };
+                }
+            };
+            let Some(job) = job else {
+                self.wake.notify_all();
+                break;
+            };
+            if let Err(e) = self.list(job, &mut found) {
+                errors.push(e);
+            }
+            if let Ok(mut st) = self.state.lock() {
+                st.1 -= 1;
+                if st.0.is_empty() && st.1 == 0 {
+                    self.wake.notify_all();
+                }
+            }
+        }
+        (found, errors)
+    }
+
+    /// Selects the entries of one directory; its subdirectories are queued
+    /// (or, when the queue is full, listed right here).
+    fn list(&self, job: Job<'a>, out: &mut Vec<Found>) -> Result<(), (Position, anyhow::Error)> {
+        let Job {
+            mut dir,
+            shown,
+            rel,
+            include,
+        } = job;
+        let mut names = Vec::new();
+        for e in dir.iter() {
+            let e = e
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("listing {}", shown.display()))
+                .map_err(|e| (position(&rel, b""), e))?;
+            let name = e.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push((name.to_vec(), e.file_type()));
+            }
+        }
+        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut subdirs = Vec::new();
+        // The first refusal in this directory; the directories before it
+        // are still walked (a sequential walk would have met theirs first).
+        let mut refused = None;
+        for (raw, hint) in names {
+            if let Err(e) = self.entry(&dir, &shown, &rel, include, raw, hint, out, &mut subdirs) {
+                refused = Some(e);
+                break;
+            }
+        }
+        drop(dir);
+        let done = match refused {
+            Some(e) => Err(e),
+            None => Ok(()),
+        };
+        if subdirs.is_empty() {
+            return done;
+        }
+        let inline = {
+            let Ok(mut st) = self.state.lock() else {
+                return Err((position(&rel, b""), anyhow::anyhow!("the tree walk failed")));
+            };
+            if st.0.len() + subdirs.len() <= MAX_QUEUED {
+                st.0.append(&mut subdirs);
+                None
+            } else {
+                Some(subdirs)
+            }
+        };
+        match inline {
+            None => self.wake.notify_all(),
+            Some(subdirs) => {
+                for j in subdirs {
+                    self.list(j, out)?;
+                }
+            }
+        }
+        done
+    }
+
+    /// Selects one entry of a directory (see [`select`]).
+    #[allow(clippy::too_many_arguments)]
+    fn entry(
+        &self,
+        dir: &Dir,
+        shown: &Path,
+        rel: &str,
+        include: &'a [String],
+        raw: Vec<u8>,
+        hint: Option<Type>,
+        out: &mut Vec<Found>,
+        subdirs: &mut Vec<Job<'a>>,
+    ) -> Result<(), (Position, anyhow::Error)> {
+        let exclude = self.exclude;
+        let at = |e: anyhow::Error| (position(rel, &raw), e);
         let Ok(name) = std::str::from_utf8(&raw) else {
-            bail!(
+            return Err(at(anyhow::anyhow!(
                 "{}: file names must be UTF-8",
                 shown.join(OsStr::from_bytes(&raw)).display()
-            );
+            )));
         };
         let path = if rel.is_empty() {
             name.to_string()
         } else {
             format!("{rel}/{name}")
         };
-        let shown_e = shown.join(name);
         let included = include.is_empty() || include.iter().any(|g| glob_match(g, &path));
         let excluded = exclude.iter().any(|g| glob_match(g, &path))
             || (include.is_empty() && DEFAULT_EXCLUDES.contains(&path.as_str()));
         if excluded {
-            continue;
+            return Ok(());
         }
         // A file that is not included is never looked at.
         if !included && matches!(hint, Some(t) if t != Type::Directory) {
-            continue;
+            return Ok(());
         }
+        let shown_e = shown.join(name);
         let st = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .map_err(std::io::Error::from)
-            .with_context(|| format!("reading {}", shown_e.display()))?;
+            .with_context(|| format!("reading {}", shown_e.display()))
+            .map_err(at)?;
         let stat = Stat::of(&st);
         let fmt = st.st_mode & libc::S_IFMT;
         if fmt == libc::S_IFDIR {
-            // Everything below an included directory is included.
-            let sub: &[String] = if included && !include.is_empty() {
-                &[]
-            } else {
-                include
-            };
             let child = Dir::openat(
                 dir.as_fd(),
                 name,
@@ -346,42 +551,61 @@ fn select(
                 Mode::empty(),
             )
             .map_err(std::io::Error::from)
-            .with_context(|| format!("opening {}", shown_e.display()))?;
-            let before = out.len();
-            select(child, &shown_e, &path, sub, exclude, out)?;
-            if included || out.len() > before {
-                out.push((node(path, Kind::Directory, 0o755, 0, None), stat));
-            }
+            .with_context(|| format!("opening {}", shown_e.display()))
+            .map_err(at)?;
+            out.push(Found {
+                node: node(path.clone(), Kind::Directory, 0o755, 0, None),
+                stat,
+                conditional: !included,
+            });
+            // Everything below an included directory is included.
+            let sub: &'a [String] = if included && !include.is_empty() {
+                &[]
+            } else {
+                include
+            };
+            subdirs.push(Job {
+                dir: child,
+                shown: shown_e,
+                rel: path,
+                include: sub,
+            });
         } else if included {
             if fmt == libc::S_IFLNK {
                 let target = nix::fcntl::readlinkat(dir.as_fd(), name)
                     .map_err(std::io::Error::from)
-                    .with_context(|| format!("reading link {}", shown_e.display()))?;
-                check_local_symlink(&path, Path::new(&target))?;
+                    .with_context(|| format!("reading link {}", shown_e.display()))
+                    .map_err(at)?;
+                check_local_symlink(&path, Path::new(&target)).map_err(at)?;
                 let Some(target) = target.to_str() else {
-                    return Err(Exit::user(format!(
+                    return Err(at(Exit::user(format!(
                         "{} is a symlink whose target is not UTF-8; rename the target, or leave the link out with `exclude = [\"{path}\"]`",
                         shown_e.display()
                     ))
-                    .into());
+                    .into()));
                 };
-                out.push((
-                    node(path, Kind::Symlink, 0o777, 0, Some(target.to_string())),
+                out.push(Found {
+                    node: node(path, Kind::Symlink, 0o777, 0, Some(target.to_string())),
                     stat,
-                ));
+                    conditional: false,
+                });
             } else if fmt == libc::S_IFREG {
                 let mode = Node::file_mode(st.st_mode);
-                out.push((node(path, Kind::File, mode, stat.size, None), stat));
+                out.push(Found {
+                    node: node(path, Kind::File, mode, stat.size, None),
+                    stat,
+                    conditional: false,
+                });
             } else {
-                return Err(Exit::user(format!(
+                return Err(at(Exit::user(format!(
                     "{} is not a regular file; local sources hold files, directories and symlinks only",
                     shown_e.display()
                 ))
-                .into());
+                .into()));
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 fn node(path: String, kind: Kind, mode: u32, size: u64, target: Option<String>) -> Node {
@@ -690,11 +914,7 @@ mod tests {
         symlink("main.c", t.join("src/link")).unwrap();
         symlink("../docs/a", t.join("src/dirlink")).unwrap();
         symlink("nowhere/at/all", t.join("src/dangling")).unwrap();
-        symlink(
-            format!("{}/{}", ".".repeat(1), "x".repeat(110)),
-            t.join("longlink"),
-        )
-        .unwrap();
+        symlink(format!("./{}", "x".repeat(110)), t.join("longlink")).unwrap();
     }
 
     #[test]
@@ -779,6 +999,52 @@ mod tests {
             new_stream(&root, &[], &exc).unwrap().0,
             old_copy_then_normalise(&root, &[], &exc).unwrap().0
         );
+    }
+
+    #[test]
+    fn wide_trees_walked_in_parallel_equal_the_copy_and_refuse_like_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(t.path()).unwrap();
+        // More directories in one place than the walk queues (the rest are
+        // walked inline), nested, some empty, some only with excluded files.
+        for i in 0..300 {
+            let d = root.join(format!("w{i:03}/x{}", i % 7));
+            fs::create_dir_all(&d).unwrap();
+            if i % 5 != 0 {
+                fs::write(d.join(format!("f{i}.c")), format!("{i}")).unwrap();
+            }
+            if i % 3 == 0 {
+                fs::write(d.join("junk.o"), b"o").unwrap();
+            }
+        }
+        for (inc, exc) in [
+            (vec![], vec![]),
+            (vec!["*.c".to_string()], vec!["w1*".to_string()]),
+        ] {
+            let (old, _) = old_copy_then_normalise(&root, &inc, &exc).unwrap();
+            for _ in 0..5 {
+                assert_eq!(new_stream(&root, &inc, &exc).unwrap().0, old);
+            }
+        }
+        // Refusals in many directories: always the first in sorted order.
+        for i in [17, 120, 250, 299] {
+            let d = root.join(format!("w{i:03}/x{}", i % 7));
+            nix::unistd::mkfifo(&d.join("pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        }
+        let old = format!(
+            "{:#}",
+            old_copy_then_normalise(&root, &[], &[])
+                .map(|r| r.0)
+                .unwrap_err()
+        );
+        assert!(old.contains("w017/x3/pipe"), "{old}");
+        for _ in 0..10 {
+            let new = format!(
+                "{:#}",
+                new_stream(&root, &[], &[]).map(|r| r.0).unwrap_err()
+            );
+            assert!(new.contains("w017/x3/pipe is not a regular file"), "{new}");
+        }
     }
 
     #[test]

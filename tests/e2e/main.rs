@@ -13,6 +13,7 @@ mod fuzz_unpack;
 mod http_server;
 mod image;
 mod limits;
+mod localtree;
 mod output;
 mod record_trust;
 mod rootless;
