@@ -131,7 +131,7 @@ pub fn build(spec_path: &Path, net: &NetArgs, opts: &BuildOptions) -> anyhow::Re
     let stored = fs::symlink_metadata(&dir).is_ok();
     if stored {
         // Served only after it is checked against its record.
-        match crate::integrity::check_output(&dir) {
+        match crate::integrity::check_output_quick(&store, &dir) {
             Ok(record) => {
                 return Ok(Built {
                     output: dir.join("out"),

@@ -88,7 +88,7 @@ const DEFAULT_EXCLUDES: &[&str] = &[".git", "result", "hermit.lock"];
 
 /// What lstat said about one selected entry while the tree was walked: the
 /// stat cache's unit of comparison (see [`statcache`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stat {
     /// The raw `st_mode` (type and permission bits).
     pub mode: u32,
@@ -536,13 +536,19 @@ impl<'a> Walk<'a> {
         if !included && matches!(hint, Some(t) if t != Type::Directory) {
             return Ok(());
         }
-        let shown_e = shown.join(name);
-        let st = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
-            .map_err(std::io::Error::from)
-            .with_context(|| format!("reading {}", shown_e.display()))
-            .map_err(at)?;
-        let stat = Stat::of(&st);
-        let fmt = st.st_mode & libc::S_IFMT;
+        let shown_e = || shown.join(name);
+        // A directory's own stat data change nothing in the stream (and
+        // the stat cache compares directories by name): readdir's type
+        // suffices, and opening it without following symlinks checks it.
+        let (stat, fmt) = if hint == Some(Type::Directory) {
+            (Stat::default(), libc::S_IFDIR)
+        } else {
+            let st = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                .map_err(std::io::Error::from)
+                .with_context(|| format!("reading {}", shown_e().display()))
+                .map_err(at)?;
+            (Stat::of(&st), st.st_mode & libc::S_IFMT)
+        };
         if fmt == libc::S_IFDIR {
             let child = Dir::openat(
                 dir.as_fd(),
@@ -551,7 +557,7 @@ impl<'a> Walk<'a> {
                 Mode::empty(),
             )
             .map_err(std::io::Error::from)
-            .with_context(|| format!("opening {}", shown_e.display()))
+            .with_context(|| format!("opening {}", shown_e().display()))
             .map_err(at)?;
             out.push(Found {
                 node: node(path.clone(), Kind::Directory, 0o755, 0, None),
@@ -566,7 +572,7 @@ impl<'a> Walk<'a> {
             };
             subdirs.push(Job {
                 dir: child,
-                shown: shown_e,
+                shown: shown_e(),
                 rel: path,
                 include: sub,
             });
@@ -574,13 +580,13 @@ impl<'a> Walk<'a> {
             if fmt == libc::S_IFLNK {
                 let target = nix::fcntl::readlinkat(dir.as_fd(), name)
                     .map_err(std::io::Error::from)
-                    .with_context(|| format!("reading link {}", shown_e.display()))
+                    .with_context(|| format!("reading link {}", shown_e().display()))
                     .map_err(at)?;
                 check_local_symlink(&path, Path::new(&target)).map_err(at)?;
                 let Some(target) = target.to_str() else {
                     return Err(at(Exit::user(format!(
                         "{} is a symlink whose target is not UTF-8; rename the target, or leave the link out with `exclude = [\"{path}\"]`",
-                        shown_e.display()
+                        shown_e().display()
                     ))
                     .into()));
                 };
@@ -590,7 +596,7 @@ impl<'a> Walk<'a> {
                     conditional: false,
                 });
             } else if fmt == libc::S_IFREG {
-                let mode = Node::file_mode(st.st_mode);
+                let mode = Node::file_mode(stat.mode);
                 out.push(Found {
                     node: node(path, Kind::File, mode, stat.size, None),
                     stat,
@@ -599,7 +605,7 @@ impl<'a> Walk<'a> {
             } else {
                 return Err(at(Exit::user(format!(
                     "{} is not a regular file; local sources hold files, directories and symlinks only",
-                    shown_e.display()
+                    shown_e().display()
                 ))
                 .into()));
             }

@@ -5,6 +5,7 @@
 
 mod bounds;
 mod build;
+mod cache_hits;
 mod common;
 mod debian;
 mod fetch;
@@ -13,7 +14,7 @@ mod fuzz_unpack;
 mod http_server;
 mod image;
 mod limits;
-mod localtree;
+
 mod output;
 mod record_trust;
 mod rootless;

@@ -1,9 +1,10 @@
-//! Local `path` sources end to end: the tree is hashed (or answered from the
-//! stat cache) at resolve, an edit changes the build key, an unchanged tree
-//! is a cache hit.
+//! Cache hits end to end: a local `path` source is hashed (or answered from
+//! the stat cache) at resolve, an edit changes the build key, an unchanged
+//! tree is a cache hit; a stored output is checked by its stat fingerprint
+//! once settled, and tampering that keeps sizes and mtimes is still caught.
 
 use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -54,13 +55,7 @@ fn editing_a_local_source_changes_the_key_and_an_unchanged_one_hits(who: As) {
     let file = t.path().join("src/hello.txt");
     let old = fs::symlink_metadata(&file).unwrap();
     fs::write(&file, "HELLO\n").unwrap();
-    let status = Command::new("touch")
-        .arg("-d")
-        .arg(format!("@{}.{:09}", old.mtime(), old.mtime_nsec()))
-        .arg(&file)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    restore_mtime(&file, &old);
     assert_eq!(fs::symlink_metadata(&file).unwrap().mtime(), old.mtime());
     let edited = build(who, &home, &spec);
     assert_eq!(edited["cached"], false);
@@ -93,4 +88,62 @@ fn editing_a_local_source_changes_the_key_and_an_unchanged_one_hits(who: As) {
     assert_eq!(back["build_key"], first["build_key"]);
 }
 
-both_users!(editing_a_local_source_changes_the_key_and_an_unchanged_one_hits);
+/// Puts back `file`'s mtime as `old` had it (`touch -d`).
+fn restore_mtime(file: &Path, old: &fs::Metadata) {
+    let status = Command::new("touch")
+        .arg("-h")
+        .arg("-d")
+        .arg(format!("@{}.{:09}", old.mtime(), old.mtime_nsec()))
+        .arg(file)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn a_settled_output_is_checked_by_fingerprint_and_tampering_is_caught(who: As) {
+    let t = who.scratch();
+    let spec = project(t.path(), "echo hello > $out/greeting", "");
+    who.give(t.path());
+    let home = t.path().join("home");
+    let first = build(who, &home, &spec);
+    let key = first["build_key"].as_str().unwrap().to_string();
+    let saved = home.join("v1/cache/outputs").join(&key[7..]);
+    // Fresh: hashed in full on a hit, no fingerprint kept yet.
+    let hit = build(who, &home, &spec);
+    assert_eq!(hit["cached"], true);
+    std::thread::sleep(Duration::from_millis(2100));
+    let hit = build(who, &home, &spec);
+    assert_eq!(hit["cached"], true);
+    assert!(saved.is_file(), "a settled output's fingerprint is kept");
+    let hit = build(who, &home, &spec);
+    assert_eq!(hit["cached"], true);
+
+    // Same size, mtime put back: only the ctime moved.
+    let out = Path::new(first["output"].as_str().unwrap());
+    let f = out.join("greeting");
+    let old = fs::symlink_metadata(&f).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&f, "hellO\n").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(old.mode() & 0o7777)).unwrap();
+    restore_mtime(&f, &old);
+    let o = run(who.hermit_in(&home).arg("build").arg(&spec).arg("--json"));
+    assert!(o.status.success(), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("the stored output of build key {key} is corrupt")),
+        "{err}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["cached"], false);
+    assert_eq!(fs::read_to_string(&f).unwrap(), "hello\n");
+
+    // A forged fingerprint file matching nothing is only a full check.
+    fs::write(&saved, "sha256:0000\n").unwrap();
+    let hit = build(who, &home, &spec);
+    assert_eq!(hit["cached"], true);
+}
+
+both_users!(
+    editing_a_local_source_changes_the_key_and_an_unchanged_one_hits,
+    a_settled_output_is_checked_by_fingerprint_and_tampering_is_caught,
+);
