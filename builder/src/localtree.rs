@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use hermit_store::{Digest, Store};
-use nix::dir::{Dir, Type};
 use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{FileStat, Mode};
+use rustix::fs::{Dir, FileType};
 
 use crate::exit::Exit;
 use crate::output::{self, FileSource, Kind, Node, OutputError};
@@ -227,15 +227,15 @@ fn open_tree(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Res
         ))
         .into());
     }
-    let listing = Dir::from_fd(
+    // rustix's `Dir` reads with getdents64 straight from the descriptor
+    // (libc's fdopendir/rewinddir cost four more calls per directory).
+    let listing = Dir::new(
         dir.try_clone()
             .with_context(|| format!("opening {}", root.display()))?,
     )
     .map_err(std::io::Error::from)
     .with_context(|| format!("opening {}", root.display()))?;
-    let mut found = select(listing, root, include, exclude)?;
-    found.sort_unstable_by(|a, b| a.0.path.as_bytes().cmp(b.0.path.as_bytes()));
-    let (nodes, stats) = found.into_iter().unzip();
+    let (nodes, stats) = select(listing, root, include, exclude)?.into_iter().unzip();
     Ok(Opened {
         root: dir,
         shown: root.to_path_buf(),
@@ -280,6 +280,18 @@ struct Found {
     stat: Stat,
     conditional: bool,
 }
+
+/// One directory's part of the canonical order: its entries keyed by
+/// name, and its subdirectories' contents keyed by name + `/` — sorted by
+/// key, then expanded depth first, this is the bytewise order of the
+/// entries' paths (`a`, `a-b`, `a.c`, `a/x`) without a global sort.
+enum Item {
+    Entry(Found),
+    Below(String),
+}
+
+/// The sorted items of the directory at a path.
+type Listing = (String, Vec<(Vec<u8>, Item)>);
 
 /// A directory still to be listed.
 struct Job<'a> {
@@ -370,14 +382,32 @@ fn select(
         }
         all
     });
-    let mut found = Vec::new();
+    let mut listings = std::collections::HashMap::new();
     let mut errors = Vec::new();
-    for (f, e) in results {
-        found.extend(f);
+    for (l, e) in results {
+        listings.extend(l);
         errors.extend(e);
     }
     if let Some((_, e)) = errors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
         return Err(e);
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![listings
+        .remove("")
+        .map(|items| items.into_iter())
+        .ok_or_else(|| anyhow::anyhow!("internal error: the walk lost {}", shown.display()))?];
+    while let Some(top) = stack.last_mut() {
+        match top.next() {
+            None => {
+                stack.pop();
+            }
+            Some((_, Item::Entry(f))) => found.push(f),
+            Some((_, Item::Below(rel))) => {
+                if let Some(items) = listings.remove(&rel) {
+                    stack.push(items.into_iter());
+                }
+            }
+        }
     }
     // Directories that are not included themselves stay only above
     // something that is.
@@ -400,7 +430,7 @@ fn select(
 impl<'a> Walk<'a> {
     /// Lists queued directories until none is left and none is being
     /// listed (which could queue more).
-    fn worker(&self) -> (Vec<Found>, Vec<(Position, anyhow::Error)>) {
+    fn worker(&self) -> (Vec<Listing>, Vec<(Position, anyhow::Error)>) {
         let mut found = Vec::new();
         let mut errors = Vec::new();
         loop {
@@ -441,7 +471,7 @@ impl<'a> Walk<'a> {
 
     /// Selects the entries of one directory; its subdirectories are queued
     /// (or, when the queue is full, listed right here).
-    fn list(&self, job: Job<'a>, out: &mut Vec<Found>) -> Result<(), (Position, anyhow::Error)> {
+    fn list(&self, job: Job<'a>, done: &mut Vec<Listing>) -> Result<(), (Position, anyhow::Error)> {
         let Job {
             mut dir,
             shown,
@@ -449,34 +479,56 @@ impl<'a> Walk<'a> {
             include,
         } = job;
         let mut names = Vec::new();
-        for e in dir.iter() {
+        while let Some(e) = dir.read() {
             let e = e
                 .map_err(std::io::Error::from)
                 .with_context(|| format!("listing {}", shown.display()))
                 .map_err(|e| (position(&rel, b""), e))?;
             let name = e.file_name().to_bytes();
             if name != b"." && name != b".." {
-                names.push((name.to_vec(), e.file_type()));
+                // readdir's type, when the filesystem gives one.
+                let hint = match e.file_type() {
+                    FileType::Unknown => None,
+                    t => Some(t == FileType::Directory),
+                };
+                names.push((name.to_vec(), hint));
             }
         }
+        let dirfd = dir
+            .fd()
+            .map_err(std::io::Error::from)
+            .with_context(|| format!("listing {}", shown.display()))
+            .map_err(|e| (position(&rel, b""), e))?;
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
+        let mut items = Vec::with_capacity(names.len());
         // The first refusal in this directory; the directories before it
         // are still walked (a sequential walk would have met theirs first).
         let mut refused = None;
         for (raw, hint) in names {
-            if let Err(e) = self.entry(&dir, &shown, &rel, include, raw, hint, out, &mut subdirs) {
+            if let Err(e) = self.entry(
+                dirfd,
+                &shown,
+                &rel,
+                include,
+                raw,
+                hint,
+                &mut items,
+                &mut subdirs,
+            ) {
                 refused = Some(e);
                 break;
             }
         }
         drop(dir);
-        let done = match refused {
+        items.sort_unstable_by(|a: &(Vec<u8>, Item), b| a.0.cmp(&b.0));
+        done.push((rel.clone(), items));
+        let result = match refused {
             Some(e) => Err(e),
             None => Ok(()),
         };
         if subdirs.is_empty() {
-            return done;
+            return result;
         }
         let inline = {
             let Ok(mut st) = self.state.lock() else {
@@ -493,24 +545,24 @@ impl<'a> Walk<'a> {
             None => self.wake.notify_all(),
             Some(subdirs) => {
                 for j in subdirs {
-                    self.list(j, out)?;
+                    self.list(j, done)?;
                 }
             }
         }
-        done
+        result
     }
 
     /// Selects one entry of a directory (see [`select`]).
     #[allow(clippy::too_many_arguments)]
     fn entry(
         &self,
-        dir: &Dir,
+        dir: BorrowedFd<'_>,
         shown: &Path,
         rel: &str,
         include: &'a [String],
         raw: Vec<u8>,
-        hint: Option<Type>,
-        out: &mut Vec<Found>,
+        hint: Option<bool>,
+        items: &mut Vec<(Vec<u8>, Item)>,
         subdirs: &mut Vec<Job<'a>>,
     ) -> Result<(), (Position, anyhow::Error)> {
         let exclude = self.exclude;
@@ -533,37 +585,44 @@ impl<'a> Walk<'a> {
             return Ok(());
         }
         // A file that is not included is never looked at.
-        if !included && matches!(hint, Some(t) if t != Type::Directory) {
+        if !included && hint == Some(false) {
             return Ok(());
         }
         let shown_e = || shown.join(name);
         // A directory's own stat data change nothing in the stream (and
         // the stat cache compares directories by name): readdir's type
         // suffices, and opening it without following symlinks checks it.
-        let (stat, fmt) = if hint == Some(Type::Directory) {
+        let (stat, fmt) = if hint == Some(true) {
             (Stat::default(), libc::S_IFDIR)
         } else {
-            let st = nix::sys::stat::fstatat(dir.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            let st = nix::sys::stat::fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
                 .map_err(std::io::Error::from)
                 .with_context(|| format!("reading {}", shown_e().display()))
                 .map_err(at)?;
             (Stat::of(&st), st.st_mode & libc::S_IFMT)
         };
         if fmt == libc::S_IFDIR {
-            let child = Dir::openat(
-                dir.as_fd(),
+            let child = nix::fcntl::openat(
+                dir,
                 name,
                 OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
             .map_err(std::io::Error::from)
+            .and_then(|fd| Dir::new(fd).map_err(std::io::Error::from))
             .with_context(|| format!("opening {}", shown_e().display()))
             .map_err(at)?;
-            out.push(Found {
-                node: node(path.clone(), Kind::Directory, 0o755, 0, None),
-                stat,
-                conditional: !included,
-            });
+            items.push((
+                raw.clone(),
+                Item::Entry(Found {
+                    node: node(path.clone(), Kind::Directory, 0o755, 0, None),
+                    stat,
+                    conditional: !included,
+                }),
+            ));
+            let mut below = raw.clone();
+            below.push(b'/');
+            items.push((below, Item::Below(path.clone())));
             // Everything below an included directory is included.
             let sub: &'a [String] = if included && !include.is_empty() {
                 &[]
@@ -578,7 +637,7 @@ impl<'a> Walk<'a> {
             });
         } else if included {
             if fmt == libc::S_IFLNK {
-                let target = nix::fcntl::readlinkat(dir.as_fd(), name)
+                let target = nix::fcntl::readlinkat(dir, name)
                     .map_err(std::io::Error::from)
                     .with_context(|| format!("reading link {}", shown_e().display()))
                     .map_err(at)?;
@@ -590,18 +649,24 @@ impl<'a> Walk<'a> {
                     ))
                     .into()));
                 };
-                out.push(Found {
-                    node: node(path, Kind::Symlink, 0o777, 0, Some(target.to_string())),
-                    stat,
-                    conditional: false,
-                });
+                items.push((
+                    raw.clone(),
+                    Item::Entry(Found {
+                        node: node(path, Kind::Symlink, 0o777, 0, Some(target.to_string())),
+                        stat,
+                        conditional: false,
+                    }),
+                ));
             } else if fmt == libc::S_IFREG {
                 let mode = Node::file_mode(stat.mode);
-                out.push(Found {
-                    node: node(path, Kind::File, mode, stat.size, None),
-                    stat,
-                    conditional: false,
-                });
+                items.push((
+                    raw.clone(),
+                    Item::Entry(Found {
+                        node: node(path, Kind::File, mode, stat.size, None),
+                        stat,
+                        conditional: false,
+                    }),
+                ));
             } else {
                 return Err(at(Exit::user(format!(
                     "{} is not a regular file; local sources hold files, directories and symlinks only",
@@ -911,6 +976,12 @@ mod tests {
         fs::write(t.join("a-b"), b"").unwrap();
         fs::write(t.join("a.c"), b"a").unwrap();
         fs::write(t.join("a/b"), b"ab").unwrap();
+        // Names that sort between a directory and what it holds.
+        fs::write(t.join("src.txt"), b"t").unwrap();
+        fs::write(t.join("src~"), b"t").unwrap();
+        fs::write(t.join("src sp"), b"t").unwrap();
+        fs::create_dir_all(t.join("src-old/src")).unwrap();
+        fs::write(t.join("src-old/src/x.c"), b"old").unwrap();
         fs::write(t.join("hard1"), b"same bytes").unwrap();
         fs::hard_link(t.join("hard1"), t.join("src/hard2")).unwrap();
         let big: Vec<u8> = (0..(1 << 20) + 4099).map(|i| (i % 251) as u8).collect();
