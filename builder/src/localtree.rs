@@ -290,8 +290,21 @@ enum Item {
     Below(String),
 }
 
+impl Item {
+    /// Its place among its directory's items: an entry by its name, a
+    /// subdirectory's contents by the name followed by `/`.
+    fn key(&self) -> impl Iterator<Item = u8> + '_ {
+        let (path, below) = match self {
+            Item::Entry(f) => (f.node.path.as_str(), false),
+            Item::Below(rel) => (rel.as_str(), true),
+        };
+        let name = path.rsplit('/').next().unwrap_or(path);
+        name.bytes().chain(below.then_some(b'/'))
+    }
+}
+
 /// The sorted items of the directory at a path.
-type Listing = (String, Vec<(Vec<u8>, Item)>);
+type Listing = (String, Vec<Item>);
 
 /// A directory still to be listed.
 struct Job<'a> {
@@ -362,8 +375,14 @@ fn select(
         )),
         wake: std::sync::Condvar::new(),
     };
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
+    // The CPUs this process may run on (one call; std's
+    // available_parallelism also reads cgroup files).
+    let threads = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| {
+            (0..nix::sched::CpuSet::count())
+                .filter(|&i| set.is_set(i).unwrap_or(false))
+                .count()
+        })
         .unwrap_or(1)
         .clamp(1, 4);
     let results = std::thread::scope(|s| {
@@ -401,8 +420,8 @@ fn select(
             None => {
                 stack.pop();
             }
-            Some((_, Item::Entry(f))) => found.push(f),
-            Some((_, Item::Below(rel))) => {
+            Some(Item::Entry(f)) => found.push(f),
+            Some(Item::Below(rel)) => {
                 if let Some(items) = listings.remove(&rel) {
                     stack.push(items.into_iter());
                 }
@@ -521,7 +540,7 @@ impl<'a> Walk<'a> {
             }
         }
         drop(dir);
-        items.sort_unstable_by(|a: &(Vec<u8>, Item), b| a.0.cmp(&b.0));
+        items.sort_unstable_by(|a, b| a.key().cmp(b.key()));
         done.push((rel.clone(), items));
         let result = match refused {
             Some(e) => Err(e),
@@ -562,7 +581,7 @@ impl<'a> Walk<'a> {
         include: &'a [String],
         raw: Vec<u8>,
         hint: Option<bool>,
-        items: &mut Vec<(Vec<u8>, Item)>,
+        items: &mut Vec<Item>,
         subdirs: &mut Vec<Job<'a>>,
     ) -> Result<(), (Position, anyhow::Error)> {
         let exclude = self.exclude;
@@ -612,17 +631,12 @@ impl<'a> Walk<'a> {
             .and_then(|fd| Dir::new(fd).map_err(std::io::Error::from))
             .with_context(|| format!("opening {}", shown_e().display()))
             .map_err(at)?;
-            items.push((
-                raw.clone(),
-                Item::Entry(Found {
-                    node: node(path.clone(), Kind::Directory, 0o755, 0, None),
-                    stat,
-                    conditional: !included,
-                }),
-            ));
-            let mut below = raw.clone();
-            below.push(b'/');
-            items.push((below, Item::Below(path.clone())));
+            items.push(Item::Entry(Found {
+                node: node(path.clone(), Kind::Directory, 0o755, 0, None),
+                stat,
+                conditional: !included,
+            }));
+            items.push(Item::Below(path.clone()));
             // Everything below an included directory is included.
             let sub: &'a [String] = if included && !include.is_empty() {
                 &[]
@@ -649,24 +663,18 @@ impl<'a> Walk<'a> {
                     ))
                     .into()));
                 };
-                items.push((
-                    raw.clone(),
-                    Item::Entry(Found {
-                        node: node(path, Kind::Symlink, 0o777, 0, Some(target.to_string())),
-                        stat,
-                        conditional: false,
-                    }),
-                ));
+                items.push(Item::Entry(Found {
+                    node: node(path, Kind::Symlink, 0o777, 0, Some(target.to_string())),
+                    stat,
+                    conditional: false,
+                }));
             } else if fmt == libc::S_IFREG {
                 let mode = Node::file_mode(stat.mode);
-                items.push((
-                    raw.clone(),
-                    Item::Entry(Found {
-                        node: node(path, Kind::File, mode, stat.size, None),
-                        stat,
-                        conditional: false,
-                    }),
-                ));
+                items.push(Item::Entry(Found {
+                    node: node(path, Kind::File, mode, stat.size, None),
+                    stat,
+                    conditional: false,
+                }));
             } else {
                 return Err(at(Exit::user(format!(
                     "{} is not a regular file; local sources hold files, directories and symlinks only",
