@@ -26,8 +26,8 @@ use serde_json::Value;
 use hermit_profiles::{EnvInputs, Profile};
 use hermit_store::oci::Image;
 
-use crate::build::spec_limits;
 use crate::lock::Lock;
+use crate::pipeline::resolve::spec_limits;
 use crate::record::{Environment, Record, SourceRecord};
 use crate::spec::{SourceKind, Spec};
 use crate::toolchain::{image_reference, toolchain_request};
@@ -54,9 +54,9 @@ fn mismatch(origin: &str, field: impl Into<String>, detail: impl Into<String>) -
 }
 
 /// Checks everything in `rec` that can be derived without the image: the
-/// package, the toolchain pinned by the lock, the sources and inputs.
-/// Returns the parsed lock.
-pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<Lock, Mismatch> {
+/// package, the toolchain pinned by the lock (or made from an input's
+/// output), the sources and inputs.
+pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<(), Mismatch> {
     if rec.package.name != spec.package.name || rec.package.version != spec.package.version {
         return Err(mismatch(
             origin,
@@ -68,6 +68,10 @@ pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<Lock, Mis
         ));
     }
 
+    let Some(request) = toolchain_request(spec, std::path::Path::new(".")) else {
+        check_input_toolchain(rec, spec, origin)?;
+        return check_sources_and_inputs(rec, spec, origin);
+    };
     // The toolchain: the lock must be the one for the spec's request, and the
     // image the one the lock pins.
     let Some(lock_rec) = &rec.lock else {
@@ -79,7 +83,6 @@ pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<Lock, Mis
     };
     let lock = Lock::parse("the record's lock", &lock_rec.text)
         .map_err(|e| mismatch(origin, "lock.text", format!("does not parse: {e}")))?;
-    let request = toolchain_request(spec, std::path::Path::new("."));
     lock.check("the record's lock", &request)
         .map_err(|e| mismatch(origin, "lock.text", format!("is not the spec's lock: {e}")))?;
     let t = &lock.toolchain;
@@ -125,7 +128,85 @@ pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<Lock, Mis
         ));
     }
 
-    // Sources: the same names, kinds and pins as the spec's.
+    check_sources_and_inputs(rec, spec, origin)
+}
+
+/// A toolchain that is an input's output: no lock, and the image is the one
+/// hermit makes from that output ([`crate::toolchain::input_image`]).
+fn check_input_toolchain(rec: &Record, spec: &Spec, origin: &str) -> Result<(), Mismatch> {
+    let crate::spec::Toolchain::Input { name } = &spec.toolchain else {
+        return Err(mismatch(
+            origin,
+            "lock",
+            "is missing for the spec's toolchain",
+        ));
+    };
+    if rec.lock.is_some() {
+        return Err(mismatch(
+            origin,
+            "lock",
+            format!("is given, but the toolchain is input {name:?}, which needs none"),
+        ));
+    }
+    let img = &rec.image;
+    let reference = crate::toolchain::input_reference(name);
+    if img.reference != reference {
+        return Err(mismatch(
+            origin,
+            "image.reference",
+            format!("says {:?}, but the spec gives {reference:?}", img.reference),
+        ));
+    }
+    let Some(input) = rec.inputs.iter().find(|i| &i.name == name) else {
+        return Err(mismatch(
+            origin,
+            "inputs",
+            format!("lack the toolchain input {name:?}"),
+        ));
+    };
+    let [layer] = img.layers.as_slice() else {
+        return Err(mismatch(
+            origin,
+            "image.layers",
+            "must be exactly the toolchain input's output",
+        ));
+    };
+    if layer.digest != input.output {
+        return Err(mismatch(
+            origin,
+            "image.layers",
+            format!(
+                "name {}, but the toolchain input {name:?} has output {}",
+                layer.digest, input.output
+            ),
+        ));
+    }
+    let profile = Profile::get_pinned(&rec.profile.name, &rec.profile.digest.to_string())
+        .map_err(|e| mismatch(origin, "profile", e.to_string()))?;
+    let made = hermit_store::oci::rootfs_tar_image(
+        &layer.digest,
+        layer.size,
+        &reference,
+        &profile.env.default_path,
+    )
+    .map_err(|e| mismatch(origin, "image", e.to_string()))?;
+    let want = crate::record::ImageRecord::from_image(&reference, &made.image);
+    if *img != want {
+        return Err(mismatch(
+            origin,
+            "image",
+            format!(
+                "is not the image hermit makes from the toolchain input's output (manifest {})",
+                want.manifest
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Sources: the same names, kinds and pins as the spec's; inputs: the
+/// same names and spec paths.
+fn check_sources_and_inputs(rec: &Record, spec: &Spec, origin: &str) -> Result<(), Mismatch> {
     let mut wanted: Vec<_> = spec.sources.iter().collect();
     wanted.sort_by(|a, b| a.name.cmp(&b.name));
     if rec.sources.len() != wanted.len() {
@@ -232,7 +313,7 @@ pub fn check_static(rec: &Record, spec: &Spec, origin: &str) -> Result<Lock, Mis
             "do not name the spec's [inputs]",
         ));
     }
-    Ok(lock)
+    Ok(())
 }
 
 /// The environment the record's pinned `profile` gives its spec over

@@ -27,6 +27,8 @@ pub const SANDBOX_SETUP: u8 = 125;
 pub struct Exit {
     pub code: u8,
     pub message: String,
+    /// A failed build's log, stored by digest.
+    pub log: Option<hermit_store::Digest>,
 }
 
 impl Exit {
@@ -34,13 +36,20 @@ impl Exit {
         Exit {
             code: USER_ERROR,
             message: message.into(),
+            log: None,
         }
     }
     pub fn with_code(code: u8, message: impl Into<String>) -> Exit {
         Exit {
             code,
             message: message.into(),
+            log: None,
         }
+    }
+    /// The same error, naming the failed build's stored log.
+    pub fn with_log(mut self, log: hermit_store::Digest) -> Exit {
+        self.log = Some(log);
+        self
     }
 }
 

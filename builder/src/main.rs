@@ -6,6 +6,13 @@
 //! |---|---|
 //! | CLI parsing, exit codes | `main.rs`, [`exit`] |
 //! | one module per subcommand, each a thin layer over the libraries | [`cmd`] |
+//! | graphs of specs: loading the closure, scheduling builds, progress | [`graph`] |
+//! | one build, as stages: resolve → plan → cache lookup → materialise → run → collect → install; rebuild from a record | [`pipeline`] (its doc has the stage table) |
+//! | the toolchain: lock requests, images from store/mirrors/registry/bootstrap, images made from an input | [`toolchain`], [`lock`], [`debian`] |
+//! | local `path` sources: selection, canonical tar | [`localtree`] |
+//! | the network flags and the fetcher | [`net`] |
+//! | what a mirror must hold for a spec or a record's graph | [`mirror`] |
+//! | a record is untrusted: everything re-derived from profile, spec and lock | [`derive`] |
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
 //! | build-environment profiles | the `hermit-profiles` crate |
@@ -20,7 +27,6 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
-mod build;
 mod cmd;
 mod config;
 mod debian;
@@ -28,12 +34,15 @@ mod derive;
 mod exit;
 #[cfg(test)]
 mod fuzz;
+mod graph;
 mod integrity;
 mod limits;
 mod localtree;
 mod lock;
+mod mirror;
 mod net;
 mod output;
+mod pipeline;
 mod provenance;
 mod record;
 mod spec;
@@ -57,10 +66,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a spec in the sandbox; store the output with its record
+    /// Build specs (and the specs their [inputs] name) in the sandbox; store each output with its record
     Build(cmd::build::BuildArgs),
     /// Build a record again from the record alone and say whether the output is identical
     Rebuild(cmd::build::RebuildArgs),
+    /// Print the closure of specs through their [inputs], in build order
+    Graph(cmd::build::GraphArgs),
     /// Resolve the spec's toolchain and write hermit.lock beside it
     Lock(cmd::build::LockArgs),
     /// Inspect and maintain the content-addressed store
@@ -102,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
         Command::Rebuild(a) => cmd::build::run_rebuild(a),
+        Command::Graph(a) => cmd::build::run_graph(a),
         Command::Lock(a) => cmd::build::run_lock(a),
         Command::Store(c) => cmd::store::run(c),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),

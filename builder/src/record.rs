@@ -579,6 +579,9 @@ impl KeyInputs<'_> {
 /// What a finished build hands the recorder.
 #[derive(Debug, Clone)]
 pub struct RecordParts<'a> {
+    /// The key the build was planned under, computed once from these same
+    /// inputs; `None` computes it here.
+    pub build_key: Option<Digest>,
     pub package: Package,
     /// The spec's path or file name; only the file name is recorded.
     pub spec_file: &'a str,
@@ -645,7 +648,13 @@ impl Record {
             log: parts.log,
             informational: parts.informational,
         };
-        r.build_key = r.key_inputs().build_key();
+        r.build_key = match parts.build_key {
+            Some(key) => {
+                debug_assert_eq!(key, r.key_inputs().build_key());
+                key
+            }
+            None => r.key_inputs().build_key(),
+        };
         Ok(r)
     }
 
@@ -860,6 +869,7 @@ pub(crate) mod tests {
         informational.cpus = 2;
         informational.hermit_build = "release x86_64-linux".into();
         Record::assemble(RecordParts {
+            build_key: None,
             package: Package {
                 name: "hello".into(),
                 version: "2.12.1".into(),
@@ -1193,6 +1203,7 @@ pub(crate) mod tests {
         r.informational = Informational::collect(Some(start), Some(SystemTime::now()));
         let spec = home.join("project/spec.toml");
         let r = Record::assemble(RecordParts {
+            build_key: None,
             package: r.package.clone(),
             spec_file: spec.to_str().unwrap(),
             spec_text: r.spec.text.clone(),

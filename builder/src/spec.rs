@@ -97,6 +97,10 @@ pub enum Toolchain {
         include: Vec<String>,
         mirror: Option<String>,
     },
+    /// `input = "NAME"`: the output of the `[inputs]` entry NAME is the root
+    /// filesystem (a toolchain built by hermit). Pinned by that output's
+    /// digest, so no lock.
+    Input { name: String },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -162,6 +166,9 @@ pub struct Build {
 pub struct Input {
     /// Path of the dependency's spec, relative to this spec.
     pub spec: String,
+    /// Where its `spec` is written.
+    #[serde(skip)]
+    pub at: Position,
 }
 
 // ---- raw, as serde reads it ----
@@ -195,6 +202,7 @@ struct RawPackage {
 #[serde(deny_unknown_fields)]
 struct RawToolchain {
     image: Option<Spanned<String>>,
+    input: Option<Spanned<String>>,
     oci: Option<Spanned<String>>,
     digest: Option<Spanned<String>>,
     debian: Option<RawDebian>,
@@ -461,7 +469,21 @@ impl Spec {
         for (k, v) in &raw.inputs {
             let name = check_name(&cx, k, "input name")?;
             let spec = nonempty(&cx, &v.spec, "input spec path")?;
-            inputs.insert(name, Input { spec });
+            let at = cx.pos(v.spec.span());
+            inputs.insert(name, Input { spec, at });
+        }
+        if let (Toolchain::Input { name }, Some(span)) =
+            (&toolchain, raw.toolchain.input.as_ref().map(|i| i.span()))
+        {
+            if !inputs.contains_key(name) {
+                return Err(cx.err(
+                    span,
+                    format!("the toolchain is input {name:?}, but [inputs] has no {name:?}"),
+                    Some(format!(
+                        "add it: [inputs] {name} = {{ spec = \"PATH/spec.toml\" }}"
+                    )),
+                ));
+            }
         }
 
         Ok(Spec {
@@ -570,9 +592,14 @@ fn toolchain_span(text: &str) -> Range<usize> {
 
 fn parse_toolchain(cx: &Ctx, r: &RawToolchain) -> Result<Toolchain, SpecError> {
     let span = toolchain_span(cx.text);
-    let kinds = [r.image.is_some(), r.oci.is_some(), r.debian.is_some()];
+    let kinds = [
+        r.image.is_some(),
+        r.oci.is_some(),
+        r.debian.is_some(),
+        r.input.is_some(),
+    ];
     let n = kinds.iter().filter(|k| **k).count();
-    let one_of = "write exactly one of `image = \"HOST/NAME@sha256:<64 hex>\"`, `oci = \"PATH\"` with `digest = \"sha256:<64 hex>\"`, or `debian = { suite = \"bookworm\", include = [...] }`";
+    let one_of = "write exactly one of `image = \"HOST/NAME@sha256:<64 hex>\"`, `oci = \"PATH\"` with `digest = \"sha256:<64 hex>\"`, `debian = { suite = \"bookworm\", include = [...] }`, or `input = \"NAME\"` (an [inputs] entry whose output is the root filesystem)";
     if n != 1 {
         return Err(cx.err(
             span.clone(),
@@ -636,6 +663,11 @@ fn parse_toolchain(cx: &Ctx, r: &RawToolchain) -> Result<Toolchain, SpecError> {
             repository: repository.to_string(),
             digest,
         });
+    }
+    if let Some(input) = &r.input {
+        // That it names an [inputs] entry is checked once those are read.
+        let name = check_name(cx, input, "toolchain input name")?;
+        return Ok(Toolchain::Input { name });
     }
     if let Some(oci) = &r.oci {
         let path = nonempty(cx, oci, "oci path")?;

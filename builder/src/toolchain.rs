@@ -17,8 +17,10 @@ use crate::lock::{Lock, ToolchainRequest};
 use crate::net::{self, NetArgs};
 use crate::spec::{Spec, Toolchain};
 
-pub fn toolchain_request(spec: &Spec, _spec_dir: &Path) -> ToolchainRequest {
-    match &spec.toolchain {
+/// What `hermit.lock` pins for a spec's toolchain; `None` for a toolchain
+/// that is an input's output (pinned by that output's digest, no lock).
+pub fn toolchain_request(spec: &Spec, _spec_dir: &Path) -> Option<ToolchainRequest> {
+    Some(match &spec.toolchain {
         Toolchain::Image { reference, .. } => ToolchainRequest::Image {
             reference: reference.clone(),
         },
@@ -31,7 +33,39 @@ pub fn toolchain_request(spec: &Spec, _spec_dir: &Path) -> ToolchainRequest {
             include,
             mirror,
         } => ToolchainRequest::Debian(DebianRequest::new(suite, include, mirror.as_deref())),
+        Toolchain::Input { .. } => return None,
+    })
+}
+
+/// The image reference recorded for a toolchain that is input `name`'s
+/// output.
+pub fn input_reference(name: &str) -> String {
+    format!("input:{name}")
+}
+
+/// The toolchain image made from an input's output: one uncompressed
+/// layer, the output's canonical tar (named by the output digest), and a
+/// canonical config whose PATH is the profile's default. The same output
+/// always gives the same manifest digest ([`oci::rootfs_tar_image`]).
+pub fn input_image(
+    store: &Store,
+    name: &str,
+    output: &Digest,
+    build_key: &Digest,
+    profile: &Profile,
+) -> anyhow::Result<Image> {
+    if store.blob(output).is_none() {
+        let Some(built) = crate::pipeline::cache::lookup(store, build_key) else {
+            bail!("the output {output} of toolchain input {name:?} is not in the store");
+        };
+        crate::mirror::output_tar_blob(store, build_key, &built.record)?;
     }
+    Ok(oci::image_from_rootfs_tar(
+        store,
+        output,
+        &input_reference(name),
+        &profile.env.default_path,
+    )?)
 }
 
 pub fn image_reference(req: &ToolchainRequest) -> String {
@@ -105,6 +139,17 @@ pub fn resolve_toolchain(
                 )
                 .into());
             }
+            // Specs of one graph that ask for the same Debian toolchain
+            // (each in a directory of its own, so each without a lock yet)
+            // share one bootstrap.
+            static BOOTSTRAPPED: std::sync::Mutex<Vec<(String, Image, Vec<debian::Package>)>> =
+                std::sync::Mutex::new(Vec::new());
+            let key = req.to_string();
+            if let Ok(done) = BOOTSTRAPPED.lock() {
+                if let Some((_, image, packages)) = done.iter().find(|(k, _, _)| *k == key) {
+                    return Ok((image.clone(), packages.clone()));
+                }
+            }
             if !net.quiet {
                 eprintln!(
                     "hermit: bootstrapping debian {} with {} (mmdebstrap)",
@@ -113,6 +158,9 @@ pub fn resolve_toolchain(
                 );
             }
             let b = debian::bootstrap(store, d, profile.source_date_epoch.default)?;
+            if let Ok(mut done) = BOOTSTRAPPED.lock() {
+                done.push((key, b.image.clone(), b.packages.clone()));
+            }
             Ok((b.image, b.packages))
         }
     }

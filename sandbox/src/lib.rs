@@ -49,8 +49,8 @@ mod sys;
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
 pub use run::{
-    run, run_watched, run_with_helper, run_with_stdin, MemoryLimit, RunError, RunReport, Stdin,
-    Watch,
+    run, run_watched, run_watched_to, run_with_helper, run_with_stdin, MemoryLimit, RunError,
+    RunReport, Stdin, Watch,
 };
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 

@@ -73,13 +73,13 @@ pub fn run(spec: &SandboxSpec) -> Result<Outcome, RunError> {
 
 /// [`run`] with the command's standard input given.
 pub fn run_with_stdin(spec: &SandboxSpec, stdin: Stdin) -> Result<Outcome, RunError> {
-    run_inner(spec, Path::new("/proc/self/exe"), stdin, None).map(|r| r.outcome)
+    run_inner(spec, Path::new("/proc/self/exe"), stdin, None, None).map(|r| r.outcome)
 }
 
 /// [`run`] with another executable as the helper (one whose `main` calls
 /// [`crate::enter_if_requested`]).
 pub fn run_with_helper(spec: &SandboxSpec, helper: &Path) -> Result<Outcome, RunError> {
-    run_inner(spec, helper, Stdin::Null, None).map(|r| r.outcome)
+    run_inner(spec, helper, Stdin::Null, None, None).map(|r| r.outcome)
 }
 
 /// One of hermit's terminals the command writes to through a pipe.
@@ -91,7 +91,10 @@ struct Relay {
 
 /// The command's descriptors 0–2 (all at 3 or above, close-on-exec), and
 /// the relays hermit runs for those that stand in for a terminal.
-fn command_stdio(stdin: Stdin) -> Result<([OwnedFd; 3], Vec<Relay>), RunError> {
+fn command_stdio(
+    stdin: Stdin,
+    output: Option<OwnedFd>,
+) -> Result<([OwnedFd; 3], Vec<Relay>), RunError> {
     let io = RunError::Stdio;
     let null = |write: bool| {
         std::fs::OpenOptions::new()
@@ -117,6 +120,12 @@ fn command_stdio(stdin: Stdin) -> Result<([OwnedFd; 3], Vec<Relay>), RunError> {
             above_2(fd).map_err(io)?
         }
     };
+    if let Some(fd) = output {
+        // The caller's pipe or file takes both stdout and stderr.
+        let fd1 = above_2(fd).map_err(io)?;
+        let fd2 = fd1.try_clone().map_err(io)?;
+        return Ok(([fd0, fd1, fd2], Vec::new()));
+    }
     let out = std::io::stdout();
     let err = std::io::stderr();
     let tty1 = nix::unistd::isatty(out.as_fd()).unwrap_or(false);
@@ -230,13 +239,26 @@ pub fn run_watched(
     helper: &Path,
     watch: Option<Watch<'_>>,
 ) -> Result<RunReport, RunError> {
-    run_inner(spec, helper, Stdin::Null, watch)
+    run_inner(spec, helper, Stdin::Null, None, watch)
+}
+
+/// [`run_watched`], with the command's stdout and stderr both going to
+/// `output` (a pipe or file of the caller's) instead of hermit's own, so
+/// that several sandboxes can run at once from one process.
+pub fn run_watched_to(
+    spec: &SandboxSpec,
+    helper: &Path,
+    output: OwnedFd,
+    watch: Option<Watch<'_>>,
+) -> Result<RunReport, RunError> {
+    run_inner(spec, helper, Stdin::Null, Some(output), watch)
 }
 
 fn run_inner(
     spec: &SandboxSpec,
     helper: &Path,
     stdin: Stdin,
+    output: Option<OwnedFd>,
     mut watch: Option<Watch<'_>>,
 ) -> Result<RunReport, RunError> {
     let ops = plan(spec)?;
@@ -271,7 +293,7 @@ fn run_inner(
         spec.limits.max_data = max_memory.or(spec.limits.max_data);
     }
 
-    let (stdio, mut relays) = command_stdio(stdin)?;
+    let (stdio, mut relays) = command_stdio(stdin, output)?;
     let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
     let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
     let input = HelperInput {

@@ -238,6 +238,78 @@ fn write_atomic(dir: &Path, dest: &Path, data: &[u8]) -> Result<(), MirrorError>
     Ok(())
 }
 
+/// A small file a mirror keeps by name rather than by digest (e.g. a
+/// record under `records/<build-key>.json`), read whole: from a folder, or
+/// fetched from an HTTP mirror. `Ok(None)` when the mirror does not have
+/// it; an error when it is larger than `limit` bytes or the mirror fails.
+/// What it says is not checked here: the caller verifies it by its own
+/// means (a record by its build key).
+pub async fn read_named(
+    mirror: &crate::fetch::Mirror,
+    rel: &str,
+    limit: u64,
+    timeout: std::time::Duration,
+) -> Result<Option<Vec<u8>>, String> {
+    use crate::fetch::Mirror;
+    match mirror {
+        Mirror::Dir(dir) => {
+            let path = dir.join(rel);
+            let f = match File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("{}: {e}", path.display())),
+            };
+            let mut buf = Vec::new();
+            f.take(limit + 1)
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if buf.len() as u64 > limit {
+                return Err(format!("{} is larger than {limit} bytes", path.display()));
+            }
+            Ok(Some(buf))
+        }
+        Mirror::Http(base) => {
+            let url = format!("{}/{rel}", base.as_str().trim_end_matches('/'));
+            let client = reqwest::Client::builder()
+                .timeout(timeout)
+                .user_agent(concat!("hermit/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| format!("{url}: {e}"))?;
+            let mut resp = client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| format!("{url}: {e}"))?;
+            if resp.status() == reqwest::StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            if !resp.status().is_success() {
+                return Err(format!("{url}: HTTP {}", resp.status()));
+            }
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+                buf.extend_from_slice(&chunk);
+                if buf.len() as u64 > limit {
+                    return Err(format!("{url} is larger than {limit} bytes"));
+                }
+            }
+            Ok(Some(buf))
+        }
+    }
+}
+
+/// Writes a small named file into the mirror at `dir` (temp file, fsync,
+/// rename), creating its directory.
+pub fn write_named(dir: &Path, rel: &str, data: &[u8]) -> Result<(), MirrorError> {
+    let dest = dir.join(rel);
+    let parent = dest.parent().unwrap_or(dir).to_path_buf();
+    fs::create_dir_all(&parent).map_err(io_err("creating", &parent))?;
+    if fs::read(&dest).is_ok_and(|old| old == data) {
+        return Ok(());
+    }
+    write_atomic(&parent, &dest, data)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

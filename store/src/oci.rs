@@ -836,6 +836,39 @@ pub fn image_from_rootfs_tar(
     let size = fs::metadata(&layer_path)
         .map_err(io_err(&layer_path))?
         .len();
+    let made = rootfs_tar_image(layer, size, source, path_env)?;
+    store.add_reader(
+        &mut &made.config_bytes[..],
+        source,
+        Some(&made.image.config),
+        None,
+    )?;
+    store.add_reader(
+        &mut &made.manifest_bytes[..],
+        source,
+        Some(&made.image.manifest),
+        None,
+    )?;
+    made.image.save(store)?;
+    Ok(made.image)
+}
+
+/// The single-layer image [`image_from_rootfs_tar`] makes, computed
+/// without the store: its config and manifest bytes and the image they
+/// describe. A pure function of the layer's digest and size, the host's
+/// platform and `path_env`.
+pub struct MadeImage {
+    pub image: Image,
+    pub config_bytes: Vec<u8>,
+    pub manifest_bytes: Vec<u8>,
+}
+
+pub fn rootfs_tar_image(
+    layer: &Digest,
+    size: u64,
+    source: &str,
+    path_env: &str,
+) -> Result<MadeImage, OciError> {
     let (os, arch) = host_platform();
     let config = serde_json::json!({
         "architecture": arch.to_string(),
@@ -844,7 +877,7 @@ pub fn image_from_rootfs_tar(
         "rootfs": {"type": "layers", "diff_ids": [layer.to_string()]},
     });
     let config_bytes = canonical_json(&config)?;
-    let config_digest = store.add_reader(&mut &config_bytes[..], source, None, None)?;
+    let config_digest = Digest::of(&config_bytes);
     let media_type = "application/vnd.oci.image.layer.v1.tar";
     let manifest = serde_json::json!({
         "schemaVersion": 2,
@@ -857,11 +890,10 @@ pub fn image_from_rootfs_tar(
         "layers": [{"mediaType": media_type, "digest": layer.to_string(), "size": size}],
     });
     let manifest_bytes = canonical_json(&manifest)?;
-    let manifest_digest = store.add_reader(&mut &manifest_bytes[..], source, None, None)?;
     let image = Image {
         source: source.to_string(),
         index: None,
-        manifest: manifest_digest,
+        manifest: Digest::of(&manifest_bytes),
         config: config_digest,
         layers: vec![Layer {
             digest: *layer,
@@ -871,8 +903,11 @@ pub fn image_from_rootfs_tar(
         platform: format!("{os}/{arch}"),
         path_env: Some(path_env.to_string()),
     };
-    image.save(store)?;
-    Ok(image)
+    Ok(MadeImage {
+        image,
+        config_bytes,
+        manifest_bytes,
+    })
 }
 
 /// Compact JSON with sorted keys (serde_json's Map is a BTreeMap here).

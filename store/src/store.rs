@@ -305,6 +305,7 @@ impl Store {
         ] {
             check_owned(root, &base.join(d), false)?;
         }
+        let session = Session::create(&base.join("tmp"))?;
         let version = base.join("VERSION");
         match fs::read_to_string(&version) {
             Ok(v) if v.trim() == LAYOUT_VERSION.to_string() => {}
@@ -315,11 +316,12 @@ impl Store {
                 })
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                write_small_atomic(&base.join("tmp"), &version, b"1\n")?;
+                // Written through the session, so that a hermit killed
+                // meanwhile leaves nothing the next one does not clean.
+                write_small_atomic(&session.dir, &version, b"1\n")?;
             }
             Err(e) => return Err(StoreError::io("reading", &version)(e)),
         }
-        let session = Session::create(&base.join("tmp"))?;
         let store = Store {
             base,
             session,
@@ -680,10 +682,19 @@ impl Store {
             }
             let lock_path = path.join(".lock");
             let Ok(f) = File::open(&lock_path) else {
-                // A session directory without its lock file is either being
-                // created right now or was left mid-creation; only remove it
-                // once it is old enough that no live process can own it.
-                if is_older_than(&path, 60) {
+                // A session directory without its lock file is being created
+                // right now, or its creator died mid-creation. A creator
+                // holds `.lock-new` locked until it renames it to `.lock`:
+                // one that can be locked belongs to nobody. Without either
+                // file, only age tells.
+                let dead = match File::open(path.join(".lock-new")) {
+                    Ok(f) => {
+                        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+                            .is_ok()
+                    }
+                    Err(_) => is_older_than(&path, 60),
+                };
+                if dead {
                     let _ = remove_tree(&path);
                 }
                 continue;
@@ -927,6 +938,20 @@ fn is_older_than(path: &Path, secs: u64) -> bool {
 
 impl Session {
     fn create(tmp: &Path) -> Result<Session> {
+        // Another hermit cleaning stale sessions may remove a directory that
+        // does not hold a locked lock file yet; then start again.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Session::try_create(tmp) {
+                Err(StoreError::Io { source, .. })
+                    if source.kind() == io::ErrorKind::NotFound && attempt < 8 => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn try_create(tmp: &Path) -> Result<Session> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("s{}-", std::process::id()))
             .tempdir_in(tmp)

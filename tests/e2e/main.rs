@@ -11,6 +11,7 @@ mod debian;
 mod fetch;
 mod fixtures;
 mod fuzz_unpack;
+mod graph;
 mod http_server;
 mod image;
 mod limits;

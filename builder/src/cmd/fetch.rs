@@ -28,11 +28,14 @@ pub struct FetchArgs {
 
 #[derive(Args)]
 pub struct MirrorArgs {
-    /// Spec files (their sources, local trees and locked toolchain image) or
-    /// records written by `hermit build` (everything a rebuild needs)
+    /// Spec files (their sources, local trees and locked toolchain image, and
+    /// those of every spec their [inputs] name) or records written by
+    /// `hermit build` (everything a rebuild needs, down through the inputs:
+    /// their records and outputs, for `hermit rebuild --deep`)
     #[arg(required = true, value_name = "SPEC|RECORD")]
     pub specs: Vec<PathBuf>,
-    /// The mirror directory to fill (DIR/sha256/<hex> and DIR/index.json)
+    /// The mirror directory to fill (DIR/sha256/<hex>, DIR/index.json and
+    /// DIR/records/<build-key>.json)
     #[arg(long, value_name = "DIR")]
     pub to: PathBuf,
     /// Re-hash blobs already in DIR instead of only checking their size
@@ -150,14 +153,30 @@ pub fn run_mirror(args: MirrorArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .cloned()
         .partition(|p| p.extension().is_some_and(|e| e == "json"));
+    // A spec's closure through its [inputs].
+    let specs: Vec<PathBuf> = if specs.is_empty() {
+        specs
+    } else {
+        crate::graph::load(&specs)?
+            .nodes
+            .into_iter()
+            .map(|n| n.spec)
+            .collect()
+    };
     let plan = plan(&specs)?;
     let (store, _summary) = fetch_plan(&args.net, &plan)?;
     let mut extra = Vec::new();
     for s in &specs {
-        extra.extend(crate::build::mirror_blobs_for_spec(&store, s)?);
+        extra.extend(crate::mirror::mirror_blobs_for_spec(&store, s)?);
     }
+    let mut keep_records = BTreeMap::new();
     for r in &records {
-        extra.extend(crate::build::mirror_blobs_for_record(r)?);
+        let text = crate::limits::read_text(r, crate::limits::MAX_RECORD)
+            .with_context(|| format!("reading {}", r.display()))?;
+        let (rec, _) = crate::pipeline::rebuild::check_record(&text, &r.display().to_string())?;
+        let (blobs, recs) = crate::mirror::record_closure(&store, &args.net, &rec, &text)?;
+        extra.extend(blobs);
+        keep_records.extend(recs);
     }
     let missing: Vec<String> = extra
         .iter()
@@ -194,6 +213,14 @@ pub fn run_mirror(args: MirrorArgs) -> anyhow::Result<ExitCode> {
     let items: Vec<MirrorItem> = items.into_values().collect();
     let report = write_mirror(&store, &args.to, &items, args.verify)
         .with_context(|| format!("writing the mirror {}", args.to.display()))?;
+    for (key, text) in &keep_records {
+        hermit_store::mirror::write_named(
+            &args.to,
+            &crate::mirror::record_name(key),
+            text.as_bytes(),
+        )
+        .with_context(|| format!("writing the record of {key} into {}", args.to.display()))?;
+    }
     if !args.net.quiet {
         let names = |d: &Digest| {
             items
