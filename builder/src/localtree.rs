@@ -117,7 +117,28 @@ impl Stat {
 pub struct Selection {
     pub(crate) nodes: Vec<Node>,
     pub stats: Vec<Stat>,
+    /// Every directory listed (the root is ""), with its stat data and
+    /// names, for the stat cache's directory memos.
+    pub dirs: Vec<(String, DirMemo)>,
 }
+
+/// What a directory held when it was listed: its own stat data (taken
+/// before the listing) and every name in it, with readdir's type (`Some(true)`
+/// for a directory, `None` when the filesystem gave none). A directory whose
+/// stat data are unchanged holds the same names: creating, removing or
+/// renaming an entry moves its parent's mtime and ctime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirMemo {
+    pub stat: Stat,
+    pub names: Vec<(Vec<u8>, Option<bool>)>,
+}
+
+/// What [`select`] found: the entries with their stat data (in canonical
+/// order) and every directory listed.
+type Selected = (Vec<(Node, Stat)>, Vec<(String, DirMemo)>);
+
+/// Directory memos by path (see [`statcache`]).
+pub type DirMemos = std::collections::HashMap<String, DirMemo>;
 
 /// A local tree opened for reading: its root's descriptor and what was
 /// selected below it.
@@ -140,17 +161,29 @@ pub fn tree_digest(
     exclude: &[String],
     sde: u64,
 ) -> anyhow::Result<Digest> {
-    let opened = open_tree(root, include, exclude)?;
     let key = statcache::Key::new(root, include, exclude, sde);
     let cache = statcache::StatCache::new(store);
-    if let Some(digest) = cache.lookup(&key, &opened.selection) {
-        return Ok(digest);
+    // Before anything is looked at: an entry that changed after this
+    // instant cannot keep the stat data recorded below.
+    let t0 = statcache::now();
+    let loaded = cache.load(&key);
+    let memos = loaded.as_ref().and_then(|l| l.memos());
+    let first = open_tree(root, include, exclude, memos.as_ref());
+    if let (Ok(opened), Some(l)) = (&first, &loaded) {
+        if let Some(digest) = l.check(&opened.selection) {
+            return Ok(digest);
+        }
     }
-    let pending = cache.begin();
+    // The memos only ever lead to a remembered digest: a tree that is
+    // hashed is walked afresh (so a damaged cache can cost time, never a
+    // wrong digest or an error).
+    let opened = match first {
+        Ok(o) if memos.is_none() => o,
+        Err(e) if memos.is_none() => return Err(e),
+        _ => open_tree(root, include, exclude, None)?,
+    };
     let digest = stream(&opened, sde, None)?;
-    if let Some(p) = pending {
-        p.finish(&key, &opened.selection, &digest);
-    }
+    cache.store(&key, t0, &opened.selection, &digest);
     Ok(digest)
 }
 
@@ -170,7 +203,7 @@ pub fn store_tree_blob(
     if store.blob(expected).is_some() {
         return Ok(());
     }
-    let opened = open_tree(root, include, exclude)?;
+    let opened = open_tree(root, include, exclude, None)?;
     let mut writer = store.blob_writer()?;
     stream(&opened, sde, Some(&mut writer))?;
     match writer.commit(&root.display().to_string(), Some(expected), None) {
@@ -200,7 +233,12 @@ pub fn local_tree_blob(
 
 /// Opens `root` (no symlink in its place; it must still be the directory
 /// that was resolved) and selects its entries.
-fn open_tree(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Result<Opened> {
+fn open_tree(
+    root: &Path,
+    include: &[String],
+    exclude: &[String],
+    memos: Option<&DirMemos>,
+) -> anyhow::Result<Opened> {
     // Opened once, without following a symlink in its place; everything
     // below is reached through this descriptor.
     let dir = nix::fcntl::open(
@@ -235,11 +273,12 @@ fn open_tree(root: &Path, include: &[String], exclude: &[String]) -> anyhow::Res
     )
     .map_err(std::io::Error::from)
     .with_context(|| format!("opening {}", root.display()))?;
-    let (nodes, stats) = select(listing, root, include, exclude)?.into_iter().unzip();
+    let (found, dirs) = select(listing, root, include, exclude, memos)?;
+    let (nodes, stats) = found.into_iter().unzip();
     Ok(Opened {
         root: dir,
         shown: root.to_path_buf(),
-        selection: Selection { nodes, stats },
+        selection: Selection { nodes, stats, dirs },
     })
 }
 
@@ -303,8 +342,8 @@ impl Item {
     }
 }
 
-/// The sorted items of the directory at a path.
-type Listing = (String, Vec<Item>);
+/// The sorted items of the directory at a path, and what it held.
+type Listing = (String, Vec<Item>, DirMemo);
 
 /// A directory still to be listed.
 struct Job<'a> {
@@ -337,6 +376,7 @@ const MAX_QUEUED: usize = 256;
 /// The work queue of a walk shared by its threads.
 struct Walk<'a> {
     exclude: &'a [String],
+    memos: Option<&'a DirMemos>,
     state: std::sync::Mutex<(Vec<Job<'a>>, usize)>,
     wake: std::sync::Condvar,
 }
@@ -361,9 +401,11 @@ fn select(
     shown: &Path,
     include: &[String],
     exclude: &[String],
-) -> anyhow::Result<Vec<(Node, Stat)>> {
+    memos: Option<&DirMemos>,
+) -> anyhow::Result<Selected> {
     let walk = Walk {
         exclude,
+        memos,
         state: std::sync::Mutex::new((
             vec![Job {
                 dir: root,
@@ -402,9 +444,13 @@ fn select(
         all
     });
     let mut listings = std::collections::HashMap::new();
+    let mut dirs = Vec::new();
     let mut errors = Vec::new();
     for (l, e) in results {
-        listings.extend(l);
+        for (rel, items, memo) in l {
+            dirs.push((rel.clone(), memo));
+            listings.insert(rel, items);
+        }
         errors.extend(e);
     }
     if let Some((_, e)) = errors.into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
@@ -443,7 +489,7 @@ fn select(
         }
         found.retain(|f| !f.conditional || above.contains(&f.node.path));
     }
-    Ok(found.into_iter().map(|f| (f.node, f.stat)).collect())
+    Ok((found.into_iter().map(|f| (f.node, f.stat)).collect(), dirs))
 }
 
 impl<'a> Walk<'a> {
@@ -497,41 +543,60 @@ impl<'a> Walk<'a> {
             rel,
             include,
         } = job;
-        let mut names = Vec::new();
-        while let Some(e) = dir.read() {
-            let e = e
-                .map_err(std::io::Error::from)
-                .with_context(|| format!("listing {}", shown.display()))
-                .map_err(|e| (position(&rel, b""), e))?;
-            let name = e.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                // readdir's type, when the filesystem gives one.
-                let hint = match e.file_type() {
-                    FileType::Unknown => None,
-                    t => Some(t == FileType::Directory),
-                };
-                names.push((name.to_vec(), hint));
+        // The directory's own stat data, before it is listed: unchanged
+        // since the stat cache's memo, it holds the same names.
+        let dstat = dir
+            .fd()
+            .map_err(std::io::Error::from)
+            .and_then(|fd| nix::sys::stat::fstat(fd).map_err(std::io::Error::from))
+            .map(|st| Stat::of(&st))
+            .with_context(|| format!("reading {}", shown.display()))
+            .map_err(|e| (position(&rel, b""), e))?;
+        let remembered = self
+            .memos
+            .and_then(|m| m.get(&rel))
+            .filter(|m| m.stat == dstat);
+        let names = match remembered {
+            Some(m) => m.names.clone(),
+            None => {
+                let mut names = Vec::new();
+                while let Some(e) = dir.read() {
+                    let e = e
+                        .map_err(std::io::Error::from)
+                        .with_context(|| format!("listing {}", shown.display()))
+                        .map_err(|e| (position(&rel, b""), e))?;
+                    let name = e.file_name().to_bytes();
+                    if name != b"." && name != b".." {
+                        // readdir's type, when the filesystem gives one.
+                        let hint = match e.file_type() {
+                            FileType::Unknown => None,
+                            t => Some(t == FileType::Directory),
+                        };
+                        names.push((name.to_vec(), hint));
+                    }
+                }
+                names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                names
             }
-        }
+        };
         let dirfd = dir
             .fd()
             .map_err(std::io::Error::from)
             .with_context(|| format!("listing {}", shown.display()))
             .map_err(|e| (position(&rel, b""), e))?;
-        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut subdirs = Vec::new();
         let mut items = Vec::with_capacity(names.len());
         // The first refusal in this directory; the directories before it
         // are still walked (a sequential walk would have met theirs first).
         let mut refused = None;
-        for (raw, hint) in names {
+        for (raw, hint) in &names {
             if let Err(e) = self.entry(
                 dirfd,
                 &shown,
                 &rel,
                 include,
                 raw,
-                hint,
+                *hint,
                 &mut items,
                 &mut subdirs,
             ) {
@@ -541,7 +606,7 @@ impl<'a> Walk<'a> {
         }
         drop(dir);
         items.sort_unstable_by(|a, b| a.key().cmp(b.key()));
-        done.push((rel.clone(), items));
+        done.push((rel.clone(), items, DirMemo { stat: dstat, names }));
         let result = match refused {
             Some(e) => Err(e),
             None => Ok(()),
@@ -579,17 +644,17 @@ impl<'a> Walk<'a> {
         shown: &Path,
         rel: &str,
         include: &'a [String],
-        raw: Vec<u8>,
+        raw: &[u8],
         hint: Option<bool>,
         items: &mut Vec<Item>,
         subdirs: &mut Vec<Job<'a>>,
     ) -> Result<(), (Position, anyhow::Error)> {
         let exclude = self.exclude;
-        let at = |e: anyhow::Error| (position(rel, &raw), e);
-        let Ok(name) = std::str::from_utf8(&raw) else {
+        let at = |e: anyhow::Error| (position(rel, raw), e);
+        let Ok(name) = std::str::from_utf8(raw) else {
             return Err(at(anyhow::anyhow!(
                 "{}: file names must be UTF-8",
-                shown.join(OsStr::from_bytes(&raw)).display()
+                shown.join(OsStr::from_bytes(raw)).display()
             )));
         };
         let path = if rel.is_empty() {
@@ -945,7 +1010,7 @@ mod tests {
         include: &[String],
         exclude: &[String],
     ) -> anyhow::Result<(Digest, Vec<u8>)> {
-        let opened = open_tree(root, include, exclude)?;
+        let opened = open_tree(root, include, exclude, None)?;
         let mut bytes = Vec::new();
         let d = stream(&opened, SDE, Some(&mut bytes))?;
         Ok((d, bytes))

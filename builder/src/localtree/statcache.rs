@@ -16,21 +16,37 @@
 //! the serialisation and of this cache. The file (little-endian binary):
 //!
 //! ```text
-//! "hermit stat cache 1\n"   magic and version
+//! "hermit stat cache 2\n"   magic and version
 //! sha256 of the rest         a torn or corrupt file is ignored
 //! key                        u32 length + bytes; must equal the source's key
-//! t0                         i64 s + i64 ns: the store filesystem's clock when
-//!                            the walk that produced this file began
+//! t0                         i64 s + i64 ns: the clock when the walk that
+//!                            produced this file began
 //! digest                     32 bytes: the tree digest
-//! count                      u32, then per entry (in canonical order):
+//! count                      u32, then per selected entry (canonical order):
 //!   path                     u32 length + bytes
 //!   kind                     u8: 0 file, 1 directory, 2 symlink
-//!   mode size                u32 st_mode, u64 st_size
-//!   mtime ctime              i64 s + i64 ns each
-//!   ino dev                  u64 each
+//!   stat                     u32 st_mode, u64 st_size, mtime and ctime
+//!                            (i64 s + i64 ns each), u64 ino, u64 dev
 //!   target                   u32 length + bytes (symlinks; empty otherwise)
+//! dirs                       u32, then per directory listed (a memo):
+//!   path                     u32 length + bytes ("" for the root)
+//!   stat                     as above, taken just before it was listed
+//!   names                    u32, then u32 length + bytes and a u8 type
+//!                            (0 unknown, 1 directory, 2 other) per name
 //! ```
 //!
+//! # Directory memos: no listing either
+//!
+//! Creating, removing or renaming an entry moves its directory's mtime and
+//! ctime. So a directory whose stat data are those of its memo (and
+//! settled, as below) holds the memo's names, and the walk takes them from
+//! the memo instead of reading the directory (git's "untracked cache", on
+//! by default here): an unchanged tree costs one `fstat` per directory and
+//! one `fstatat` per entry. Memos only ever lead to a remembered digest:
+//! when the walk's entries do not match the cache (or it fails), the tree
+//! is walked again without them before anything is hashed, so a damaged
+//! memo can cost time, never a wrong digest or an error.
+
 //! # When a remembered digest is reused
 //!
 //! Only when the walk's selection has the same entries in the same order,
@@ -45,9 +61,12 @@
 //! The kernel sets an entry's ctime to the current time on every change to
 //! its content, mode, links or times (`touch -d` restores an mtime, never a
 //! ctime), so an entry is trusted only when its recorded ctime is older than
-//! `t0 - SETTLED_SECS` (2 s, covering filesystems with 1–2 s timestamps):
-//! any change after the walk began gives it a ctime at or after that point,
-//! which differs from the recorded one. A younger entry makes the whole tree
+//! `t0 - SETTLED_SECS` (2 s, covering filesystems with 1–2 s timestamps and
+//! the kernel's coarse clock; `t0` is read before the walk): any change
+//! after the walk began gives it a ctime after that point, which differs
+//! from the recorded one. The same holds for directories and their memos.
+//! (Like git, this assumes the filesystem's timestamps come from this
+//! machine's clock and that it does not step backwards.) A younger entry makes the whole tree
 //! hash again (and the next cache file, with a later `t0`, trusts it).
 //! Besides, every file read for a digest must still have the stat data the
 //! walk saw (same inode before the read, same size and times after), so the
@@ -71,7 +90,9 @@
 //! match. Reading or writing it is never fatal. Files are written to the
 //! process's store session directory and renamed into place, so a reader
 //! sees a whole file or none; at most [`MAX_FILES`] are kept (the least
-//! recently written go first).
+//! recently written go first). What the checksum cannot stop is a writer of
+//! the store forging a consistent file (entries, memos and digest): the
+//! store is trusted to hold what its owner put there, as blobs are.
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -80,16 +101,25 @@ use std::path::{Path, PathBuf};
 use hermit_store::store::SETTLED_SECS;
 use hermit_store::{Digest, Store};
 
-use super::{Selection, Stat};
+use super::{DirMemo, DirMemos, Selection, Stat};
 use crate::output::{self, Kind};
 
-const MAGIC: &[u8] = b"hermit stat cache 1\n";
+const MAGIC: &[u8] = b"hermit stat cache 2\n";
 /// Bumped whenever the selection rules or this format change.
-const CACHE_VERSION: u32 = 1;
+const CACHE_VERSION: u32 = 2;
 /// A cache file larger than this is neither written nor read.
 pub const MAX_FILE: u64 = 64 << 20;
 /// At most this many cache files are kept.
 pub const MAX_FILES: usize = 256;
+
+/// The clock, as (seconds, nanoseconds) since the epoch: taken before a
+/// tree is walked, it is the `t0` of the cache file that walk writes.
+pub fn now() -> (i64, i64) {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    (d.as_secs() as i64, i64::from(d.subsec_nanos()))
+}
 
 /// What a local source's cache file is named by and must hold.
 pub struct Key {
@@ -132,69 +162,149 @@ impl StatCache<'_> {
         }
     }
 
-    /// The remembered digest of `key`'s tree, if `selection` (a fresh walk)
-    /// matches what was remembered and nothing in it is racily clean.
-    pub fn lookup(&self, key: &Key, selection: &Selection) -> Option<Digest> {
-        let path = self.dir.join(key.file_name());
-        let data = read_bounded(&path)?;
-        check(&data, key, selection)
-    }
-
-    /// Starts writing a new cache file: notes the store filesystem's clock
-    /// before the tree is read (`t0`). `None` when the store cannot take one
-    /// (the build goes on without a cache).
-    pub fn begin(&self) -> Option<Pending> {
-        let (file, path) = hermit_store::store::temp_file(self.store.tmp_dir()).ok()?;
-        let st = nix::sys::stat::fstat(&file).ok()?;
-        Some(Pending {
-            file: Some(file),
-            tmp: path,
-            dir: self.dir.clone(),
-            t0: (st.st_mtime, st.st_mtime_nsec),
+    /// The cache file of `key`, if there is one that is whole (its
+    /// checksum agrees) and is `key`'s.
+    pub fn load(&self, key: &Key) -> Option<Loaded> {
+        let data = read_bounded(&self.dir.join(key.file_name()))?;
+        let rest = data.strip_prefix(MAGIC)?;
+        let (sum, body) = (rest.get(..32)?, rest.get(32..)?);
+        if Digest::of(body).as_bytes() != sum {
+            return None;
+        }
+        let mut r = Reader(body);
+        if r.bytes()? != key.bytes.as_slice() {
+            return None;
+        }
+        let t0 = (r.i64()?, r.i64()?);
+        let digest = Digest::from_bytes(r.take(32)?.try_into().ok()?);
+        let entries = body.len() - r.0.len();
+        Some(Loaded {
+            data,
+            t0,
+            digest,
+            entries: MAGIC.len() + 32 + entries,
         })
     }
-}
 
-/// A cache file being made; removed unless [`Pending::finish`] renames it
-/// into place.
-pub struct Pending {
-    file: Option<File>,
-    tmp: PathBuf,
-    dir: PathBuf,
-    t0: (i64, i64),
-}
-
-impl Pending {
-    /// Writes what the walk found and the digest it hashed to. Best effort:
-    /// failing to write the cache only means the next build hashes again.
-    pub fn finish(mut self, key: &Key, selection: &Selection, digest: &Digest) {
-        let Some(data) = encode(key, self.t0, digest, selection) else {
+    /// Writes what a walk that began at `t0` found and the digest it
+    /// hashed to. Best effort: failing to write the cache only means the
+    /// next build hashes again.
+    pub fn store(&self, key: &Key, t0: (i64, i64), selection: &Selection, digest: &Digest) {
+        let Some(data) = encode(key, t0, digest, selection) else {
             return;
         };
-        let Some(mut file) = self.file.take() else {
+        let Ok((mut file, tmp)) = hermit_store::store::temp_file(self.store.tmp_dir()) else {
             return;
         };
-        if file.write_all(&data).is_err() {
-            return;
-        }
+        let written = file.write_all(&data).is_ok();
         drop(file);
-        if fs::create_dir_all(&self.dir).is_err() {
-            return;
-        }
         let dest = self.dir.join(key.file_name());
-        if fs::rename(&self.tmp, &dest).is_ok() {
-            self.tmp = PathBuf::new();
+        if written && fs::create_dir_all(&self.dir).is_ok() && fs::rename(&tmp, &dest).is_ok() {
             prune(&self.dir);
+        } else {
+            let _ = fs::remove_file(&tmp);
         }
     }
 }
 
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.tmp);
-        }
+/// A whole cache file of the right key, not yet compared with the tree.
+pub struct Loaded {
+    data: Vec<u8>,
+    t0: (i64, i64),
+    digest: Digest,
+    /// Where the entries begin in `data`.
+    entries: usize,
+}
+
+impl Loaded {
+    /// Entries that changed at or after this instant may be racily clean.
+    fn settled(&self) -> Option<(i64, i64)> {
+        Some((self.t0.0.checked_sub(SETTLED_SECS)?, self.t0.1))
     }
+
+    /// The memos of the directories that were settled when the cache was
+    /// written (the walk lists only the others).
+    pub fn memos(&self) -> Option<DirMemos> {
+        let settled = self.settled()?;
+        let mut r = Reader(self.data.get(self.entries..)?);
+        let count = r.u32()? as usize;
+        for _ in 0..count {
+            r.bytes()?;
+            r.take(1 + 4 + 8 + 8 * 6)?;
+            r.bytes()?;
+        }
+        let dirs = r.u32()? as usize;
+        let mut memos = DirMemos::with_capacity(dirs.min(1 << 16));
+        for _ in 0..dirs {
+            let rel = std::str::from_utf8(r.bytes()?).ok()?.to_string();
+            let stat = read_stat(&mut r)?;
+            let n = r.u32()? as usize;
+            let mut names = Vec::with_capacity(n.min(1 << 16));
+            for _ in 0..n {
+                let name = r.bytes()?.to_vec();
+                let hint = match r.u8()? {
+                    0 => None,
+                    1 => Some(true),
+                    _ => Some(false),
+                };
+                names.push((name, hint));
+            }
+            if stat.ctime < settled {
+                memos.insert(rel, DirMemo { stat, names });
+            }
+        }
+        Some(memos)
+    }
+
+    /// The remembered digest, if `sel` (a fresh walk) has the same entries
+    /// with the same stat data and none of them is racily clean.
+    pub fn check(&self, sel: &Selection) -> Option<Digest> {
+        let settled = self.settled()?;
+        let mut r = Reader(self.data.get(self.entries..)?);
+        let count = r.u32()? as usize;
+        if count != sel.nodes.len() {
+            return None;
+        }
+        for (n, s) in sel.nodes.iter().zip(&sel.stats) {
+            if r.bytes()? != n.path.as_bytes() || r.u8()? != kind_byte(n.kind) {
+                return None;
+            }
+            let recorded = read_stat(&mut r)?;
+            let target = r.bytes()?;
+            if n.kind == Kind::Directory {
+                continue;
+            }
+            if recorded != *s
+                || recorded.ctime >= settled
+                || target != n.target.as_deref().unwrap_or("").as_bytes()
+            {
+                return None;
+            }
+        }
+        Some(self.digest)
+    }
+}
+
+fn read_stat(r: &mut Reader<'_>) -> Option<Stat> {
+    Some(Stat {
+        mode: r.u32()?,
+        size: r.u64()?,
+        mtime: (r.i64()?, r.i64()?),
+        ctime: (r.i64()?, r.i64()?),
+        ino: r.u64()?,
+        dev: r.u64()?,
+    })
+}
+
+fn put_stat(b: &mut Vec<u8>, s: &Stat) {
+    put_u32(b, s.mode);
+    put_u64(b, s.size);
+    put_i64(b, s.mtime.0);
+    put_i64(b, s.mtime.1);
+    put_i64(b, s.ctime.0);
+    put_i64(b, s.ctime.1);
+    put_u64(b, s.ino);
+    put_u64(b, s.dev);
 }
 
 /// Keeps at most [`MAX_FILES`] cache files, removing the oldest.
@@ -239,7 +349,7 @@ fn kind_byte(k: Kind) -> u8 {
 }
 
 fn encode(key: &Key, t0: (i64, i64), digest: &Digest, sel: &Selection) -> Option<Vec<u8>> {
-    let mut body = Vec::with_capacity(64 + sel.nodes.len() * 96);
+    let mut body = Vec::with_capacity(64 + sel.nodes.len() * 120);
     put_bytes(&mut body, &key.bytes);
     put_i64(&mut body, t0.0);
     put_i64(&mut body, t0.1);
@@ -248,70 +358,34 @@ fn encode(key: &Key, t0: (i64, i64), digest: &Digest, sel: &Selection) -> Option
     for (n, s) in sel.nodes.iter().zip(&sel.stats) {
         put_bytes(&mut body, n.path.as_bytes());
         body.push(kind_byte(n.kind));
-        put_u32(&mut body, s.mode);
-        put_u64(&mut body, s.size);
-        put_i64(&mut body, s.mtime.0);
-        put_i64(&mut body, s.mtime.1);
-        put_i64(&mut body, s.ctime.0);
-        put_i64(&mut body, s.ctime.1);
-        put_u64(&mut body, s.ino);
-        put_u64(&mut body, s.dev);
+        put_stat(&mut body, s);
         put_bytes(&mut body, n.target.as_deref().unwrap_or("").as_bytes());
+    }
+    put_u32(&mut body, u32::try_from(sel.dirs.len()).ok()?);
+    for (rel, memo) in &sel.dirs {
+        put_bytes(&mut body, rel.as_bytes());
+        put_stat(&mut body, &memo.stat);
+        put_u32(&mut body, u32::try_from(memo.names.len()).ok()?);
+        for (name, hint) in &memo.names {
+            put_bytes(&mut body, name);
+            body.push(match hint {
+                None => 0,
+                Some(true) => 1,
+                Some(false) => 2,
+            });
+        }
         if body.len() as u64 > MAX_FILE {
             return None;
         }
+    }
+    if body.len() as u64 > MAX_FILE {
+        return None;
     }
     let mut out = Vec::with_capacity(MAGIC.len() + 32 + body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(Digest::of(&body).as_bytes());
     out.extend_from_slice(&body);
     Some(out)
-}
-
-/// Parses `data` and compares it with the fresh walk; the digest when all
-/// agrees.
-fn check(data: &[u8], key: &Key, sel: &Selection) -> Option<Digest> {
-    let rest = data.strip_prefix(MAGIC)?;
-    let (sum, body) = (rest.get(..32)?, rest.get(32..)?);
-    let mut r = Reader(body);
-    if r.bytes()? != key.bytes.as_slice() {
-        return None;
-    }
-    let t0 = (r.i64()?, r.i64()?);
-    let digest: [u8; 32] = r.take(32)?.try_into().ok()?;
-    let count = r.u32()? as usize;
-    if count != sel.nodes.len() {
-        return None;
-    }
-    // Entries changed at or after this instant may be racily clean.
-    let settled = (t0.0.checked_sub(SETTLED_SECS)?, t0.1);
-    for (n, s) in sel.nodes.iter().zip(&sel.stats) {
-        if r.bytes()? != n.path.as_bytes() || r.u8()? != kind_byte(n.kind) {
-            return None;
-        }
-        let recorded = Stat {
-            mode: r.u32()?,
-            size: r.u64()?,
-            mtime: (r.i64()?, r.i64()?),
-            ctime: (r.i64()?, r.i64()?),
-            ino: r.u64()?,
-            dev: r.u64()?,
-        };
-        let target = r.bytes()?;
-        if n.kind == Kind::Directory {
-            continue;
-        }
-        if recorded != *s
-            || recorded.ctime >= settled
-            || target != n.target.as_deref().unwrap_or("").as_bytes()
-        {
-            return None;
-        }
-    }
-    if !r.0.is_empty() || Digest::of(body).as_bytes() != sum {
-        return None;
-    }
-    Some(Digest::from_bytes(digest))
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -526,6 +600,71 @@ mod tests {
         // And the untouched good file is still used (the test can fail).
         fs::write(f.cache_file(), &good).unwrap();
         assert_eq!(f.digest(), fake());
+    }
+
+    /// Writes a cache for the fixture's tree as `edit` changes what the
+    /// walk found, as if written ten seconds from now (everything in it
+    /// settled), claiming `digest`.
+    fn forge(f: &Fixture, digest: &Digest, edit: &dyn Fn(&mut Selection)) {
+        let key = Key::new(&f.root, &[], &[], SDE);
+        let mut sel = crate::localtree::open_tree(&f.root, &[], &[], None)
+            .unwrap()
+            .selection;
+        edit(&mut sel);
+        let t0 = now();
+        StatCache::new(&f.store).store(&key, (t0.0 + 10, t0.1), &sel, digest);
+    }
+
+    #[test]
+    fn directory_memos_spare_the_listing_and_never_mislead_a_hash() {
+        let f = fixture();
+        let real = f.digest();
+        // A consistent cache is believed: its memo of src/deep leaves out
+        // b.c, and so do its entries — the walk, listing src/deep from the
+        // memo, never sees b.c (only stat data that match are trusted;
+        // a store writer could forge digests anyway).
+        forge(&f, &fake(), &|sel| {
+            let i = sel
+                .nodes
+                .iter()
+                .position(|n| n.path == "src/deep/b.c")
+                .unwrap();
+            sel.nodes.remove(i);
+            sel.stats.remove(i);
+            for (rel, memo) in sel.dirs.iter_mut() {
+                if rel == "src/deep" {
+                    memo.names.retain(|(n, _)| n != b"b.c");
+                }
+            }
+        });
+        assert_eq!(f.digest(), fake());
+        // A memo naming a file that is not there: the walk cannot stat it,
+        // and the tree is walked afresh and hashed — no error.
+        forge(&f, &fake(), &|sel| {
+            for (rel, memo) in sel.dirs.iter_mut() {
+                if rel.is_empty() {
+                    memo.names.push((b"ghost".to_vec(), Some(false)));
+                }
+            }
+        });
+        assert_eq!(f.digest(), real);
+        // A memo that leaves out a file its entries still have: no hit, and
+        // the hash is of the real tree.
+        forge(&f, &fake(), &|sel| {
+            for (rel, memo) in sel.dirs.iter_mut() {
+                if rel == "src/deep" {
+                    memo.names.clear();
+                }
+            }
+        });
+        assert_eq!(f.digest(), real);
+        // A directory changed since its memo is listed again.
+        forge(&f, &fake(), &|_| {});
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::write(f.root.join("src/deep/new.c"), b"new").unwrap();
+        let changed = f.digest();
+        assert_ne!(changed, fake());
+        assert_ne!(changed, real);
     }
 
     #[test]
