@@ -130,7 +130,8 @@ pub struct Selection {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirMemo {
     pub stat: Stat,
-    pub names: Vec<(Vec<u8>, Option<bool>)>,
+    /// Shared: a memo reused by the walk is not copied.
+    pub names: std::sync::Arc<Vec<(Vec<u8>, Option<bool>)>>,
 }
 
 /// What [`select`] found: the entries with their stat data (in canonical
@@ -576,7 +577,7 @@ impl<'a> Walk<'a> {
                     }
                 }
                 names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                names
+                std::sync::Arc::new(names)
             }
         };
         let dirfd = dir
@@ -589,7 +590,7 @@ impl<'a> Walk<'a> {
         // The first refusal in this directory; the directories before it
         // are still walked (a sequential walk would have met theirs first).
         let mut refused = None;
-        for (raw, hint) in &names {
+        for (raw, hint) in names.iter() {
             if let Err(e) = self.entry(
                 dirfd,
                 &shown,

@@ -250,7 +250,13 @@ impl Loaded {
                 names.push((name, hint));
             }
             if stat.ctime < settled {
-                memos.insert(rel, DirMemo { stat, names });
+                memos.insert(
+                    rel,
+                    DirMemo {
+                        stat,
+                        names: std::sync::Arc::new(names),
+                    },
+                );
             }
         }
         Some(memos)
@@ -366,7 +372,7 @@ fn encode(key: &Key, t0: (i64, i64), digest: &Digest, sel: &Selection) -> Option
         put_bytes(&mut body, rel.as_bytes());
         put_stat(&mut body, &memo.stat);
         put_u32(&mut body, u32::try_from(memo.names.len()).ok()?);
-        for (name, hint) in &memo.names {
+        for (name, hint) in memo.names.iter() {
             put_bytes(&mut body, name);
             body.push(match hint {
                 None => 0,
@@ -633,7 +639,7 @@ mod tests {
             sel.stats.remove(i);
             for (rel, memo) in sel.dirs.iter_mut() {
                 if rel == "src/deep" {
-                    memo.names.retain(|(n, _)| n != b"b.c");
+                    std::sync::Arc::make_mut(&mut memo.names).retain(|(n, _)| n != b"b.c");
                 }
             }
         });
@@ -643,7 +649,8 @@ mod tests {
         forge(&f, &fake(), &|sel| {
             for (rel, memo) in sel.dirs.iter_mut() {
                 if rel.is_empty() {
-                    memo.names.push((b"ghost".to_vec(), Some(false)));
+                    std::sync::Arc::make_mut(&mut memo.names)
+                        .push((b"ghost".to_vec(), Some(false)));
                 }
             }
         });
@@ -653,7 +660,7 @@ mod tests {
         forge(&f, &fake(), &|sel| {
             for (rel, memo) in sel.dirs.iter_mut() {
                 if rel == "src/deep" {
-                    memo.names.clear();
+                    std::sync::Arc::make_mut(&mut memo.names).clear();
                 }
             }
         });
