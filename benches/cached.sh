@@ -127,3 +127,15 @@ H=$(median_ms < "$W/hermit.us"); GS=$(median_ms < "$W/git.us")
 HC=$(cpu_ms hermit); GC=$(cpu_ms git)
 echo "(b) cached build, local git checkout of $FILES files: hermit $H ms, git status $GS ms, ratio $(awk -v h="$H" -v g="$GS" 'BEGIN{printf "%.2f", h/g}') (target <= 1.0)"
 echo "    CPU per run (user + sys): hermit $HC ms, git status $GC ms, ratio $(awk -v h="$HC" -v g="$GC" 'BEGIN{printf "%.2f", h/g}')"
+# What each costs without the tree: hermit's cached build of (a) against
+# `git status` in a checkout of one file. The difference between the two
+# ratios is the walk's own.
+E=$W/one
+mkdir -p "$E" && echo one > "$E/one"
+( cd "$E" && git init -q && git add -A && git -c user.name=b -c user.email=b@localhost commit -qm one )
+for _ in $(seq "$RUNS"); do
+  run git1 git -C "$E" status --porcelain
+  run hermit1 "$HERMIT" build "$P/spec.toml"
+done
+H1=$(cpu_ms hermit1); G1=$(cpu_ms git1)
+echo "    fixed cost, CPU per run: hermit (a) $H1 ms, git status of 1 file $G1 ms; the tree alone: hermit $(awk -v a="$HC" -v b="$H1" 'BEGIN{printf "%.2f", a-b}') ms, git $(awk -v a="$GC" -v b="$G1" 'BEGIN{printf "%.2f", a-b}') ms"
