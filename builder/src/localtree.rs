@@ -658,14 +658,15 @@ impl<'a> Walk<'a> {
                 shown.join(OsStr::from_bytes(raw)).display()
             )));
         };
-        let path = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
+        let mut path = String::with_capacity(rel.len() + 1 + name.len());
+        if !rel.is_empty() {
+            path.push_str(rel);
+            path.push('/');
+        }
+        path.push_str(name);
         let included = include.is_empty() || include.iter().any(|g| glob_match(g, &path));
         let excluded = exclude.iter().any(|g| glob_match(g, &path))
-            || (include.is_empty() && DEFAULT_EXCLUDES.contains(&path.as_str()));
+            || (include.is_empty() && rel.is_empty() && DEFAULT_EXCLUDES.contains(&name));
         if excluded {
             return Ok(());
         }
