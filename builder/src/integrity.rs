@@ -27,6 +27,14 @@ use crate::record::Record;
 /// Checks the output directory `dir` (`v1/outputs/<key>`). `Ok` carries its
 /// record; `Err` says what is wrong, for "… is corrupt: <reason>".
 pub fn check_output(dir: &Path) -> Result<Record, String> {
+    let record = check_record(dir)?;
+    check_content(dir, record)
+}
+
+/// The record of the output directory `dir`, checked: it parses, is
+/// consistent, names the build key `dir` is named by, in an output format
+/// this hermit can check.
+fn check_record(dir: &Path) -> Result<Record, String> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -48,6 +56,11 @@ pub fn check_output(dir: &Path) -> Result<Record, String> {
             record.output.format
         ));
     }
+    Ok(record)
+}
+
+/// Re-hashes `dir/out` and compares it with `record`'s output digest.
+fn check_content(dir: &Path, record: Record) -> Result<Record, String> {
     let out = dir.join("out");
     let opts = output::Options {
         source_date_epoch: record.environment.source_date_epoch,
@@ -65,6 +78,79 @@ pub fn check_output(dir: &Path) -> Result<Record, String> {
         ));
     }
     Ok(record)
+}
+
+/// The check of a cache hit: [`check_output`], except that an output whose
+/// stat fingerprint is the one recorded when it last passed that check is
+/// not re-hashed.
+///
+/// The fingerprint (path, type, mode, size, inode, mtime and ctime of every
+/// entry, [`hermit_store::integrity::fingerprint`]) is kept in
+/// `v1/cache/outputs/<key>`. Any change made through the filesystem moves
+/// a ctime, which no caller can set back, so a changed output always gets
+/// the full check; silent disk corruption does not, and `hermit store
+/// verify` re-hashes everything. This is the policy toolchain root
+/// filesystems already follow. A fingerprint is recorded only when the
+/// output did not change while it was hashed and every entry's ctime is at
+/// least [`SETTLED_SECS`](hermit_store::store::SETTLED_SECS) older than the
+/// check (a change within the same timestamp tick could otherwise keep a
+/// fingerprint). A missing, unreadable or foreign file only means the full
+/// check; writing it is best effort.
+pub fn check_output_quick(store: &Store, dir: &Path) -> Result<Record, String> {
+    use hermit_store::integrity::fingerprint;
+    let out = dir.join("out");
+    let saved = dir
+        .file_name()
+        .map(|n| store.base().join("cache/outputs").join(n));
+    if let Some(saved) = &saved {
+        if let (Ok(text), Ok(now)) = (fs::read_to_string(saved), fingerprint(&out)) {
+            if text.trim() == now.to_string() {
+                return check_record(dir);
+            }
+        }
+    }
+    let started = std::time::SystemTime::now();
+    let before = fingerprint(&out).ok();
+    let record = check_output(dir)?;
+    if let (Some(saved), Some(before)) = (saved, before) {
+        if fingerprint(&out).ok() == Some(before) && settled(&out, started) {
+            let _ = fs::create_dir_all(store.base().join("cache/outputs")).and_then(|()| {
+                hermit_store::store::write_small_atomic(
+                    store.tmp_dir(),
+                    &saved,
+                    format!("{before}\n").as_bytes(),
+                )
+                .map_err(std::io::Error::other)
+            });
+        }
+    }
+    Ok(record)
+}
+
+/// Whether every entry below `root` last changed (ctime) at least
+/// `SETTLED_SECS` before `now`.
+fn settled(root: &Path, now: std::time::SystemTime) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(now) = now.duration_since(std::time::UNIX_EPOCH) else {
+        return false;
+    };
+    let limit =
+        (now.as_nanos() as i128) - i128::from(hermit_store::store::SETTLED_SECS) * 1_000_000_000;
+    fn walk(dir: &Path, limit: i128) -> bool {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return false;
+        };
+        for e in entries {
+            let Ok(e) = e else { return false };
+            let Ok(m) = e.metadata() else { return false };
+            let ctime = i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec());
+            if ctime >= limit || (m.is_dir() && !walk(&e.path(), limit)) {
+                return false;
+            }
+        }
+        true
+    }
+    walk(root, limit)
 }
 
 /// The first few entries that differ between the recorded and the found

@@ -83,6 +83,8 @@ pub enum OutputError {
         expected: u64,
         actual: u64,
     },
+    #[error("{0} changed while hermit read it; build again")]
+    SourceChanged(PathBuf),
     #[error("SOURCE_DATE_EPOCH {0} does not fit a tar header (at most 8589934591)")]
     Epoch(u64),
     #[error("writing the canonical tar failed")]
@@ -169,12 +171,61 @@ pub struct Normalized {
     pub files: Vec<FileEntry>,
 }
 
-struct Node {
-    path: String,
-    kind: Kind,
-    mode: u32,
-    size: u64,
-    target: Option<String>,
+/// One entry to serialise: what the canonical stream says about it.
+pub(crate) struct Node {
+    /// Relative to the root, no leading `./`, no trailing `/`.
+    pub(crate) path: String,
+    pub(crate) kind: Kind,
+    /// Normalised: 0644/0755 for files, 0755 for directories, 0777 for symlinks.
+    pub(crate) mode: u32,
+    /// Content size for files, 0 otherwise.
+    pub(crate) size: u64,
+    pub(crate) target: Option<String>,
+}
+
+impl Node {
+    /// The normalised mode of a regular file whose raw mode is `raw`.
+    pub(crate) fn file_mode(raw: u32) -> u32 {
+        if raw & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        }
+    }
+}
+
+/// Where the serialiser reads file contents from. Outputs are read by path
+/// ([`ByPath`]); local sources through their root's descriptor (see
+/// `crate::localtree`). One serialiser serves both, so their streams can
+/// never drift apart.
+pub(crate) trait FileSource: Sync {
+    /// Opens the file of `nodes[index]` for reading.
+    fn open(&self, index: usize, node: &Node) -> Result<File, OutputError>;
+    /// The file's path as messages show it.
+    fn shown(&self, node: &Node) -> PathBuf;
+    /// Called once `node.size` bytes were read from `file`: a chance to
+    /// check that the file did not change while it was read.
+    fn read_done(&self, _index: usize, _node: &Node, _file: &File) -> Result<(), OutputError> {
+        Ok(())
+    }
+}
+
+/// Files named by their path below `root`, opened without following a
+/// symlink in the last component.
+pub(crate) struct ByPath<'a>(pub(crate) &'a Path);
+
+impl FileSource for ByPath<'_> {
+    fn shown(&self, node: &Node) -> PathBuf {
+        self.0.join(&node.path)
+    }
+    fn open(&self, _index: usize, node: &Node) -> Result<File, OutputError> {
+        let path = self.0.join(&node.path);
+        File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(io_err("opening", &path))
+    }
 }
 
 /// Normalises the tree at `root`, serialises it canonically, hashes it and,
@@ -200,7 +251,7 @@ pub fn normalize(
     if opts.apply {
         apply(root, &nodes, opts.source_date_epoch)?;
     }
-    serialise(root, &nodes, opts.source_date_epoch, sink)
+    serialise(&ByPath(root), &nodes, opts.source_date_epoch, sink)
 }
 
 fn walk(root: &Path, rel: &str, out: &mut Vec<Node>) -> Result<(), OutputError> {
@@ -232,12 +283,7 @@ fn walk(root: &Path, rel: &str, out: &mut Vec<Node>) -> Result<(), OutputError> 
             subdirs.push(path.clone());
             (Kind::Directory, 0o755, 0, None)
         } else if ft.is_file() {
-            let mode = if meta.mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            (Kind::File, mode, meta.len(), None)
+            (Kind::File, Node::file_mode(meta.mode()), meta.len(), None)
         } else if ft.is_symlink() {
             let t = fs::read_link(&full).map_err(io_err("readlink", &full))?;
             let t = t
@@ -392,7 +438,7 @@ fn relative_target(link: &str, target: &str, prefix: &[&str]) -> Option<String> 
 /// Refuses absolute symlink targets and targets that, resolved inside the
 /// tree the way the kernel would (following the tree's own symlinks),
 /// climb above the root.
-fn check_symlinks(nodes: &[Node]) -> Result<(), OutputError> {
+pub(crate) fn check_symlinks(nodes: &[Node]) -> Result<(), OutputError> {
     let index: HashMap<&str, &Node> = nodes.iter().map(|n| (n.path.as_str(), n)).collect();
     for n in nodes {
         let Some(target) = &n.target else { continue };
@@ -585,7 +631,7 @@ struct Producer<'a> {
     made: usize,
     buf: Vec<u8>,
     fill: usize,
-    root: &'a Path,
+    files: &'a dyn FileSource,
 }
 
 impl Producer<'_> {
@@ -636,13 +682,8 @@ impl Producer<'_> {
     }
 
     /// Copies a file's content into the stream and returns its digest.
-    fn file(&mut self, n: &Node) -> Result<Digest, OutputError> {
-        let path = self.root.join(&n.path);
-        let mut f = File::options()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io_err("opening", &path))?;
+    fn file(&mut self, index: usize, n: &Node) -> Result<Digest, OutputError> {
+        let mut f = self.files.open(index, n)?;
         let mut hasher = Hasher::new();
         let mut left = n.size;
         while left > 0 {
@@ -658,7 +699,13 @@ impl Producer<'_> {
                 }
                 Ok(k) => k,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err("reading", &path)(e)),
+                Err(e) => {
+                    return Err(OutputError::Io {
+                        op: "reading",
+                        path: self.files.shown(n),
+                        source: e,
+                    })
+                }
             };
             hasher.update(&slice[..got]);
             self.fill += got;
@@ -667,18 +714,19 @@ impl Producer<'_> {
                 self.flush()?;
             }
         }
+        self.files.read_done(index, n, &f)?;
         Ok(hasher.finish())
     }
 
     fn run(mut self, nodes: &[Node], mtime: u64) -> Result<Vec<Option<Digest>>, OutputError> {
         let mut digests = Vec::with_capacity(nodes.len());
         let mut head = Vec::with_capacity(3 * BLOCK);
-        for n in nodes {
+        for (i, n) in nodes.iter().enumerate() {
             head.clear();
             entry_headers(n, mtime, &mut head);
             self.put(&head)?;
             if n.kind == Kind::File {
-                digests.push(Some(self.file(n)?));
+                digests.push(Some(self.file(i, n)?));
                 let pad = (BLOCK - (n.size % BLOCK as u64) as usize) % BLOCK;
                 self.zeros(pad)?;
             } else {
@@ -691,12 +739,18 @@ impl Producer<'_> {
     }
 }
 
-fn serialise(
-    root: &Path,
+/// Serialises `nodes` (sorted bytewise by path, symlinks already checked)
+/// as the canonical tar, reading file contents from `files`; hashes the
+/// stream and writes it to `sink` if given.
+pub(crate) fn serialise(
+    files: &dyn FileSource,
     nodes: &[Node],
     mtime: u64,
     mut sink: Option<&mut dyn Write>,
 ) -> Result<Normalized, OutputError> {
+    if mtime > 0o77777777777 {
+        return Err(OutputError::Epoch(mtime));
+    }
     let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (back_tx, back) = mpsc::channel::<Vec<u8>>();
     let producer = Producer {
@@ -705,7 +759,7 @@ fn serialise(
         made: 1,
         buf: vec![0u8; BUF],
         fill: 0,
-        root,
+        files,
     };
     let (digests, stream, tar_size) = std::thread::scope(|s| {
         let handle = s.spawn(move || producer.run(nodes, mtime));

@@ -30,6 +30,14 @@
 //!     ├── images/<hex>.json          imported toolchain images (the OCI module); every digest
 //!     │                              named in one is a gc root
 //!     ├── locks/<hex>.lock           advisory flock per digest/key: held while it is being added
+//!     ├── cache/localtree/<hex>      the `hermit` binary's stat cache of a local source tree
+//!     │                              (its entries' stat data and tree digest; hex = sha256 of
+//!     │                              root path, include/exclude, SOURCE_DATE_EPOCH). Only a
+//!     │                              hint: a corrupt or foreign file is ignored; removing
+//!     │                              any is safe (see `builder/src/localtree/statcache.rs`)
+//!     ├── cache/outputs/<key>        the stat fingerprint of `outputs/<key>/out` when it last
+//!     │                              passed a full check; a cache hit whose output still has it
+//!     │                              is not re-hashed. Removing any is safe
 //!     ├── seen/<hex>                 empty markers: a file with this identity (device, inode,
 //!     │                              size, mtime, ctime; hex = their sha256) was added before.
 //!     │                              Only a hint for [`Store::add_file`]; removing any is safe
@@ -287,6 +295,7 @@ impl Store {
         // process writes or locks.
         for d in [
             "outputs",
+            "cache",
             "images",
             "rootfs",
             "failed",

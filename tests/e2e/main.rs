@@ -5,6 +5,7 @@
 
 mod bounds;
 mod build;
+mod cache_hits;
 mod common;
 mod debian;
 mod environment;
@@ -16,6 +17,7 @@ mod graph_upstream;
 mod http_server;
 mod image;
 mod limits;
+
 mod output;
 mod record_trust;
 mod rootless;

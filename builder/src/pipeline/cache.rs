@@ -32,7 +32,7 @@ pub fn check(store: &Store, key: &Digest) -> Stored {
     if fs::symlink_metadata(&dir).is_err() {
         return Stored::Absent;
     }
-    match crate::integrity::check_output(&dir) {
+    match crate::integrity::check_output_quick(store, &dir) {
         Ok(record) => Stored::Good(Box::new(Built {
             output: dir.join("out"),
             record_path: dir.join("record.json"),

@@ -15,7 +15,7 @@ use hermit_store::Store;
 use super::plan::Plan;
 use super::resolve::source_wants;
 use super::BuildOptions;
-use crate::localtree::local_tree_blob;
+use crate::localtree::store_tree_blob;
 use crate::net::{fetch, NetArgs};
 use crate::record::SourceRecord;
 use crate::toolchain::checked_rootfs;
@@ -63,17 +63,11 @@ pub fn materialise(
             Some(root),
         ) = (&s.record, &s.local_root)
         {
-            if store.blob(tree).is_none() {
-                let stored = local_tree_blob(store, root, include, exclude, sde)
-                    .with_context(|| format!("source {name:?}: storing {}", root.display()))?;
-                if stored != *tree {
-                    return Err(crate::exit::Exit::user(format!(
-                        "local source {name:?}: {} changed while hermit built it (its tree was {tree}, now {stored}); build again",
-                        root.display()
-                    ))
-                    .into());
-                }
-            }
+            // Streams the tree into the store when its blob is missing; a
+            // tree that no longer hashes to `tree` stores nothing and is
+            // refused ("… changed while hermit read it …; build again").
+            store_tree_blob(store, root, include, exclude, sde, tree)
+                .with_context(|| format!("source {name:?}: storing {}", root.display()))?;
         }
         sources.push((s.record.name().to_string(), source_path(store, &s.record)?));
     }

@@ -19,7 +19,7 @@ use hermit_store::{Digest, Store};
 use super::BuildOptions;
 use crate::exit::Exit;
 use crate::limits;
-use crate::localtree::{local_source_root, local_tree_blob};
+use crate::localtree::{local_source_root, tree_digest};
 use crate::lock::Lock;
 use crate::net::{fetch, NetArgs};
 use crate::record::{self, Environment, InputRecord, Record, SourceRecord, UnpackRecord};
@@ -181,7 +181,9 @@ pub fn from_spec(
                 exclude,
             } => {
                 let root = local_source_root(&spec, s, &dir)?;
-                let tree = local_tree_blob(store, &root, include, exclude, sde)
+                // Digest only: streamed or answered by the stat cache; the
+                // blob is stored by `materialise` when the build runs.
+                let tree = tree_digest(store, &root, include, exclude, sde)
                     .with_context(|| format!("source {:?}: hashing {}", s.name, root.display()))?;
                 ResolvedSource {
                     record: SourceRecord::Local {
