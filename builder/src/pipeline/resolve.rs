@@ -106,21 +106,10 @@ pub fn from_spec(
             (image, Some(text), image_reference(&request))
         }
         None => {
-            // The toolchain is an input's output.
-            let Toolchain::Input { name } = &spec.toolchain else {
+            let Some((image, name)) = toolchain_from_input(store, &spec, &inputs, &profile)? else {
                 anyhow::bail!("internal error: a toolchain without a lock request");
             };
-            let Some(input) = inputs.iter().find(|i| &i.record.name == name) else {
-                anyhow::bail!("internal error: toolchain input {name:?} was not built");
-            };
-            let image = input_image(
-                store,
-                name,
-                &input.record.output,
-                &input.record.build_key,
-                &profile,
-            )?;
-            (image, None, input_reference(name))
+            (image, None, input_reference(&name))
         }
     };
 
@@ -267,6 +256,30 @@ fn locked_toolchain(
     }
 }
 
+/// The image made from the output of the spec's toolchain input, and the
+/// input's name; `None` when the toolchain is not an input.
+fn toolchain_from_input(
+    store: &Store,
+    spec: &Spec,
+    inputs: &[InputOutput],
+    profile: &Profile,
+) -> anyhow::Result<Option<(Image, String)>> {
+    let Toolchain::Input { name } = &spec.toolchain else {
+        return Ok(None);
+    };
+    let Some(input) = inputs.iter().find(|i| &i.record.name == name) else {
+        anyhow::bail!("internal error: toolchain input {name:?} is not among the inputs");
+    };
+    let image = input_image(
+        store,
+        name,
+        &input.record.output,
+        &input.record.build_key,
+        profile,
+    )?;
+    Ok(Some((image, name.clone())))
+}
+
 /// The built inputs, one for each of the spec's `[inputs]`, sorted by name.
 fn match_inputs(
     spec: &Spec,
@@ -304,24 +317,12 @@ pub fn from_record(
     // The image, by digest: store, then mirrors, then the recorded
     // reference — or made again from the toolchain input's output.
     let manifest = rec.image.manifest;
-    let toolchain_input = match &spec.toolchain {
-        Toolchain::Input { name } => Some(name.clone()),
-        _ => None,
-    };
-    let image = match (oci::find(store, &manifest)?, toolchain_input) {
-        (Some(img), _) => img,
-        (None, Some(name)) => {
-            let name = &name;
-            let Some(input) = inputs.iter().find(|i| &i.record.name == name) else {
-                anyhow::bail!("internal error: toolchain input {name:?} was not restored");
+    let image = match oci::find(store, &manifest)? {
+        Some(img) => img,
+        None if matches!(spec.toolchain, Toolchain::Input { .. }) => {
+            let Some((image, name)) = toolchain_from_input(store, &spec, &inputs, &profile)? else {
+                anyhow::bail!("internal error: toolchain input not restored");
             };
-            let image = input_image(
-                store,
-                name,
-                &input.record.output,
-                &input.record.build_key,
-                &profile,
-            )?;
             if image.manifest != manifest {
                 return Err(Exit::user(format!(
                     "{origin}: the toolchain made from input {name:?} is {}, but the record says {manifest}",
@@ -331,7 +332,7 @@ pub fn from_record(
             }
             image
         }
-        (None, None) => {
+        None => {
             if fetch_image_from_mirrors(store, net, &manifest).is_ok() {
                 oci::load_from_store(store, &manifest, rec.image.index, &rec.image.reference)?
             } else if let (false, Ok(r)) =
