@@ -39,6 +39,7 @@ mod pipeline;
 mod provenance;
 mod record;
 mod spec;
+mod timing;
 mod toolchain;
 
 use std::process::ExitCode;

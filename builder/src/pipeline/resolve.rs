@@ -86,17 +86,21 @@ pub fn read_spec(spec_path: &Path) -> anyhow::Result<(Spec, String)> {
 }
 
 /// Resolves a spec whose inputs are built (`inputs`, one per `[inputs]`
-/// entry, in any order).
+/// entry, in any order). `loaded` is the spec at `spec_path` as
+/// [`read_spec`] read it (a graph reads each spec once, when it loads).
 pub fn from_spec(
     store: &Arc<Store>,
     spec_path: &Path,
+    loaded: (Spec, String),
     inputs: &[InputOutput],
     net: &NetArgs,
     opts: &BuildOptions,
 ) -> anyhow::Result<Resolved> {
-    let (spec, spec_text) = read_spec(spec_path)?;
+    let mut t = crate::timing::start();
+    let (spec, spec_text) = loaded;
     let dir = spec_dir(spec_path);
     let profile = Profile::default_profile()?;
+    t.lap(spec_path, "resolve.profile");
 
     // The toolchain, through the lock (read once; written when new).
     let request = toolchain_request(&spec, &dir);
@@ -129,6 +133,7 @@ pub fn from_spec(
         }
     };
 
+    t.lap(spec_path, "resolve.toolchain");
     // Remote sources: their digest is in the spec; their size too when the
     // spec gives it or the store holds the blob, else they are fetched now.
     let mut sizeless = Vec::new();
@@ -204,6 +209,7 @@ pub fn from_spec(
     }
     sources.sort_by(|a, b| a.record.name().cmp(b.record.name()));
 
+    t.lap(spec_path, "resolve.sources");
     let inputs = match_inputs(&spec, spec_path, inputs)?;
     let jobs = profile.jobs(opts.jobs, host_cpus());
     let environment = Environment::from_profile(
@@ -217,6 +223,7 @@ pub fn from_spec(
         &spec_limits(&spec),
     )
     .map_err(|e| Exit::user(format!("{}: {e}", spec_path.display())))?;
+    t.lap(spec_path, "resolve.environment");
 
     Ok(Resolved {
         spec_path: spec_path.to_path_buf(),
@@ -327,10 +334,15 @@ pub(crate) fn spec_limits(spec: &Spec) -> record::SpecLimits {
     }
 }
 
+/// The CPUs this process may use, asked once per process (the standard
+/// library reads the cgroup's CPU quota files each time).
 pub(crate) fn host_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
+    })
 }
 
 pub(crate) fn parse_urls(urls: &[String], name: &str) -> anyhow::Result<Vec<hermit_store::Url>> {
