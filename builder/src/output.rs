@@ -591,8 +591,25 @@ fn serialise(
         fill: 0,
         root,
     };
+    // A small tree (most outputs) fits in the first buffer: serialised on
+    // this thread, with no reader thread to start and hand over to (which
+    // costs more than the hashing, and a scheduler's delay on a busy
+    // machine). The channel holds BUFFERS buffers, so even an estimate off
+    // several times over cannot block the producer without its consumer.
+    let estimate: u64 = nodes
+        .iter()
+        .map(|n| {
+            let names = n.path.len() + n.target.as_ref().map_or(0, |t| t.len());
+            n.size + 4 * BLOCK as u64 + 2 * names as u64
+        })
+        .sum();
+    let inline = estimate <= BUF as u64;
     let (digests, stream, tar_size) = std::thread::scope(|s| {
-        let handle = s.spawn(move || producer.run(nodes, mtime));
+        let (mut done, handle) = if inline {
+            (Some(producer.run(nodes, mtime)), None)
+        } else {
+            (None, Some(s.spawn(move || producer.run(nodes, mtime))))
+        };
         let mut stream = Hasher::new();
         let mut size = 0u64;
         let mut sink_err = None;
@@ -609,7 +626,11 @@ fn serialise(
             let _ = back_tx.send(buf);
         }
         drop(rx);
-        let produced = handle.join().map_err(|_| OutputError::Thread);
+        let produced = match (done.take(), handle) {
+            (Some(d), _) => Ok(d),
+            (None, Some(h)) => h.join().map_err(|_| OutputError::Thread),
+            (None, None) => Err(OutputError::Thread),
+        };
         if let Some(e) = sink_err {
             return Err(OutputError::Sink(e));
         }

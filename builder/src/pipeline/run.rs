@@ -106,6 +106,7 @@ pub fn run(
     let started = SystemTime::now();
     let t0 = Instant::now();
     let r = &plan.resolved;
+    let mut t = crate::timing::start();
     let env = &r.environment;
     let spec = sandbox_spec(plan, &m);
     let log_path = m.staging.join("build.log");
@@ -114,7 +115,9 @@ pub fn run(
         &r.profile,
         vec![m.build_dir.clone(), m.out_dir.clone()],
     );
+    t.lap(&r.spec_path, "run.prepare");
     let report = run_logged(&spec, &log_path, &opts.echo, &mut guard)?;
+    t.lap(&r.spec_path, "run.sandbox");
     let limit_hit = guard.hit(&report, &log_path);
     let outcome = report.outcome.clone();
     let mut log_file =
@@ -127,6 +130,7 @@ pub fn run(
     // The log is in the store now: the staging (or kept) directory does
     // not get a second copy of it.
     let _ = fs::remove_file(&log_path);
+    t.lap(&r.spec_path, "run.store_log");
     if matches!(outcome, Outcome::Exited(0)) {
         return Ok(Ran {
             m,
