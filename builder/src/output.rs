@@ -473,19 +473,14 @@ struct Producer<'a> {
 }
 
 impl Producer<'_> {
+    /// Hands the filled buffer over; the next one is taken only when there
+    /// is more to write ([`Producer::room`]), so the last flush allocates
+    /// nothing.
     fn flush(&mut self) -> Result<(), OutputError> {
         if self.fill == 0 {
             return Ok(());
         }
-        let next = match self.back.try_recv() {
-            Ok(b) => b,
-            Err(_) if self.made < BUFFERS => {
-                self.made += 1;
-                vec![0u8; BUF]
-            }
-            Err(_) => self.back.recv().map_err(|_| OutputError::Thread)?,
-        };
-        let full = std::mem::replace(&mut self.buf, next);
+        let full = std::mem::take(&mut self.buf);
         self.tx
             .send((full, self.fill))
             .map_err(|_| OutputError::Thread)?;
@@ -493,13 +488,31 @@ impl Producer<'_> {
         Ok(())
     }
 
+    /// Makes sure there is a buffer to write into: one handed back, a new
+    /// one while fewer than BUFFERS exist, else the next one handed back.
+    fn room(&mut self) -> Result<(), OutputError> {
+        if !self.buf.is_empty() {
+            return Ok(());
+        }
+        self.buf = match self.back.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.made < BUFFERS => {
+                self.made += 1;
+                vec![0u8; BUF]
+            }
+            Err(_) => self.back.recv().map_err(|_| OutputError::Thread)?,
+        };
+        Ok(())
+    }
+
     fn put(&mut self, mut data: &[u8]) -> Result<(), OutputError> {
         while !data.is_empty() {
-            let n = data.len().min(BUF - self.fill);
+            self.room()?;
+            let n = data.len().min(self.buf.len() - self.fill);
             self.buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
             self.fill += n;
             data = &data[n..];
-            if self.fill == BUF {
+            if self.fill == self.buf.len() {
                 self.flush()?;
             }
         }
@@ -508,11 +521,12 @@ impl Producer<'_> {
 
     fn zeros(&mut self, mut n: usize) -> Result<(), OutputError> {
         while n > 0 {
-            let k = n.min(BUF - self.fill);
+            self.room()?;
+            let k = n.min(self.buf.len() - self.fill);
             self.buf[self.fill..self.fill + k].fill(0);
             self.fill += k;
             n -= k;
-            if self.fill == BUF {
+            if self.fill == self.buf.len() {
                 self.flush()?;
             }
         }
@@ -530,7 +544,9 @@ impl Producer<'_> {
         let mut hasher = Hasher::new();
         let mut left = n.size;
         while left > 0 {
-            let room = (BUF - self.fill).min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.room()?;
+            let room =
+                (self.buf.len() - self.fill).min(usize::try_from(left).unwrap_or(usize::MAX));
             let slice = &mut self.buf[self.fill..self.fill + room];
             let got = match f.read(slice) {
                 Ok(0) => {
@@ -547,7 +563,7 @@ impl Producer<'_> {
             hasher.update(&slice[..got]);
             self.fill += got;
             left -= got as u64;
-            if self.fill == BUF {
+            if self.fill == self.buf.len() {
                 self.flush()?;
             }
         }
@@ -583,27 +599,40 @@ fn serialise(
 ) -> Result<Normalized, OutputError> {
     let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (back_tx, back) = mpsc::channel::<Vec<u8>>();
-    let producer = Producer {
-        tx,
-        back,
-        made: 1,
-        buf: vec![0u8; BUF],
-        fill: 0,
-        root,
-    };
+
     // A small tree (most outputs) fits in the first buffer: serialised on
     // this thread, with no reader thread to start and hand over to (which
     // costs more than the hashing, and a scheduler's delay on a busy
     // machine). The channel holds BUFFERS buffers, so even an estimate off
     // several times over cannot block the producer without its consumer.
+    // An upper bound of the stream's size: per entry at most three header
+    // blocks (a long name's, a long link's, its own), the name and link
+    // padded to blocks, the content padded to a block; then the two
+    // closing blocks.
     let estimate: u64 = nodes
         .iter()
         .map(|n| {
             let names = n.path.len() + n.target.as_ref().map_or(0, |t| t.len());
-            n.size + 4 * BLOCK as u64 + 2 * names as u64
+            n.size + 6 * BLOCK as u64 + names as u64
         })
-        .sum();
+        .sum::<u64>()
+        + 2 * BLOCK as u64;
     let inline = estimate <= BUF as u64;
+    // The first buffer: no bigger than the estimate for a small tree (a
+    // wrong estimate only means more buffers).
+    let first = if inline {
+        (estimate as usize).min(BUF)
+    } else {
+        BUF
+    };
+    let producer = Producer {
+        tx,
+        back,
+        made: 1,
+        buf: vec![0u8; first],
+        fill: 0,
+        root,
+    };
     let (digests, stream, tar_size) = std::thread::scope(|s| {
         let (mut done, handle) = if inline {
             (Some(producer.run(nodes, mtime)), None)
