@@ -229,10 +229,7 @@ pub fn run(store: &Arc<Store>, graph: &Graph, net: &NetArgs, opts: &RunOptions) 
         }
     });
     progress.finish();
-    sched
-        .states
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
+    sched.states.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// What the workers of [`run`] share.
