@@ -743,6 +743,47 @@ mod tests {
         assert!(out[out.len() - 1024..].iter().all(|&b| b == 0));
     }
 
+    /// Small trees are serialised on the calling thread into a buffer sized
+    /// to them, big ones through the reader thread and full buffers: the
+    /// same stream either way, whatever the size around the boundaries.
+    #[test]
+    fn stream_is_the_same_on_either_side_of_the_one_buffer_path() {
+        for size in [
+            0,
+            1,
+            BLOCK - 1,
+            BUF - 8 * BLOCK,
+            BUF - 4 * BLOCK,
+            BUF,
+            BUF + 1,
+            3 * BUF + 7,
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let long = "n".repeat(150);
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            fs::write(t.path().join(&long), &data).unwrap();
+            fs::write(t.path().join("small"), b"s").unwrap();
+            symlink("l".repeat(120), t.path().join("link")).unwrap();
+            let mut out: Vec<u8> = Vec::new();
+            let n = normalize(t.path(), &opts(), Some(&mut out)).unwrap();
+            assert_eq!(Digest::of(&out), n.digest, "size {size}");
+            assert_eq!(out.len() as u64, n.tar_size, "size {size}");
+            let mut ar = tar::Archive::new(&out[..]);
+            let mut found = Vec::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let mut content = Vec::new();
+                e.read_to_end(&mut content).unwrap();
+                found.push((name, content));
+            }
+            assert_eq!(found[0], ("link".to_string(), vec![]), "size {size}");
+            assert_eq!(found[1], (long.clone(), data), "size {size}");
+            assert_eq!(found[2], ("small".to_string(), b"s".to_vec()));
+            assert_eq!(n.files[1].sha256, Some(Digest::of(&found[1].1)));
+        }
+    }
+
     #[test]
     fn long_names_and_targets_use_pax_and_read_back() {
         let t = tempfile::tempdir().unwrap();
