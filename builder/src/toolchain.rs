@@ -204,22 +204,29 @@ pub fn fetch_image_from_mirrors(
 /// process (the caller holds the store shared, so it cannot be collected
 /// meanwhile): the nodes of a graph that share a toolchain look it up once.
 pub fn find_image(store: &Store, pin: &Digest) -> anyhow::Result<Option<Image>> {
-    static FOUND: OnceLock<Mutex<Vec<(PathBuf, Image)>>> = OnceLock::new();
-    let found = FOUND.get_or_init(Default::default);
-    let matches = |i: &Image| i.manifest == *pin || i.config == *pin || i.index == Some(*pin);
-    if let Ok(f) = found.lock() {
-        if let Some((_, img)) = f
-            .iter()
-            .find(|(base, i)| base == store.base() && matches(i))
-        {
-            return Ok(Some(img.clone()));
-        }
+    if let Some(img) = find_image_seen(store, pin) {
+        return Ok(Some(img));
     }
     let img = oci::find(store, pin)?;
-    if let (Some(i), Ok(mut f)) = (&img, found.lock()) {
+    if let (Some(i), Ok(mut f)) = (&img, found_images().lock()) {
         f.push((store.base().to_path_buf(), i.clone()));
     }
     Ok(img)
+}
+
+/// The image pinned by `pin` if this process has found it in `store`
+/// before ([`find_image`]); the store itself is not read.
+pub fn find_image_seen(store: &Store, pin: &Digest) -> Option<Image> {
+    let matches = |i: &Image| i.manifest == *pin || i.config == *pin || i.index == Some(*pin);
+    let f = found_images().lock().ok()?;
+    f.iter()
+        .find(|(base, i)| base == store.base() && matches(i))
+        .map(|(_, img)| img.clone())
+}
+
+fn found_images() -> &'static Mutex<Vec<(PathBuf, Image)>> {
+    static FOUND: OnceLock<Mutex<Vec<(PathBuf, Image)>>> = OnceLock::new();
+    FOUND.get_or_init(Default::default)
 }
 
 /// The toolchain's root filesystem, checked before use: a tampered one is

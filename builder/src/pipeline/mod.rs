@@ -54,8 +54,9 @@ pub struct BuildOptions {
     pub quiet: bool,
     /// Where the build's own output goes besides its log.
     pub echo: Echo,
-    /// Held while resolving, when several builds run at once: two nodes
-    /// that need the same toolchain bootstrapped or fetched do it once.
+    /// Held while resolving anything that may fetch, import or bootstrap,
+    /// when several builds run at once: two nodes that need the same
+    /// toolchain bootstrapped or fetched do it once.
     pub resolve_gate: Option<Arc<std::sync::Mutex<()>>>,
 }
 
@@ -98,11 +99,7 @@ pub fn build(
     opts: &BuildOptions,
 ) -> anyhow::Result<Built> {
     let mut t = crate::timing::start();
-    let resolved = {
-        let _gate = opts.resolve_gate.as_ref().map(|g| g.lock());
-        t.lap(spec_path, "gate");
-        resolve::from_spec(store, spec_path, loaded, inputs, net, opts)?
-    };
+    let resolved = resolve::from_spec(store, spec_path, loaded, inputs, net, opts)?;
     t.lap(spec_path, "resolve");
     let plan = plan::Plan::new(resolved)?;
     t.lap(spec_path, "plan");

@@ -25,7 +25,8 @@ use crate::net::{fetch, NetArgs};
 use crate::record::{self, Environment, InputRecord, Record, SourceRecord, UnpackRecord};
 use crate::spec::{SourceKind, Spec};
 use crate::toolchain::{
-    fetch_image_from_mirrors, image_reference, locked_image, resolve_toolchain, toolchain_request,
+    fetch_image_from_mirrors, find_image_seen, image_reference, locked_image, resolve_toolchain,
+    toolchain_request,
 };
 
 /// A build's inputs, resolved to digests.
@@ -106,23 +107,41 @@ pub fn from_spec(
     let request = toolchain_request(&spec, &dir);
     let lock_path = dir.join("hermit.lock");
     let shown = lock_path.display().to_string();
-    let lock_text = match fs::symlink_metadata(&lock_path) {
-        Ok(_) => Some(
-            limits::read_text(&lock_path, limits::MAX_SPEC)
-                .with_context(|| format!("reading {shown}"))?,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {shown}"))),
+    // Resolving may fetch, import or bootstrap: with a gate (several builds
+    // at once), one build does that at a time, so two that need the same
+    // toolchain or file get it once. A build whose lock pins an image this
+    // process has found already, and whose remote sources need nothing
+    // fetched, does none of that and does not wait for the gate.
+    let quick = quick_image(store, &lock_path, &request);
+    let fetches = spec.sources.iter().any(|s| {
+        matches!(&s.kind, SourceKind::Remote { sha256, size: None, .. } if store.blob(sha256).is_none())
+    });
+    let _gate = match (&quick, fetches) {
+        (Some(_), false) => None,
+        _ => opts.resolve_gate.as_ref().map(|g| g.lock()),
     };
-    let (image, lock_text) = match lock_text {
-        Some(text) => {
+    let lock_text = if quick.is_some() {
+        None
+    } else {
+        match fs::symlink_metadata(&lock_path) {
+            Ok(_) => Some(
+                limits::read_text(&lock_path, limits::MAX_SPEC)
+                    .with_context(|| format!("reading {shown}"))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {shown}"))),
+        }
+    };
+    let (image, lock_text) = match (quick, lock_text) {
+        (Some(found), _) => found,
+        (None, Some(text)) => {
             let lock = Lock::parse(&shown, &text).map_err(|e| Exit::user(e.to_string()))?;
             lock.check(&shown, &request)
                 .map_err(|e| Exit::user(e.to_string()))?;
             let image = locked_image(store, &lock, &request, &dir, net, &profile)?;
             (image, text)
         }
-        None => {
+        (None, None) => {
             let (image, packages) = resolve_toolchain(store, &request, &dir, net, &profile)?;
             let lock = Lock::new(&request, &image, packages);
             lock.write(&lock_path)?;
@@ -237,6 +256,23 @@ pub fn from_spec(
         profile,
         environment,
     })
+}
+
+/// The image and lock text when `hermit.lock` is there, is good for
+/// `request`, and pins an image the store holds that this process has
+/// found before (see [`find_image`]); `None` otherwise, and the full path
+/// (under the gate) says what is wrong, if anything.
+fn quick_image(
+    store: &Store,
+    lock_path: &Path,
+    request: &crate::lock::ToolchainRequest,
+) -> Option<(Image, String)> {
+    let text = limits::read_text(lock_path, limits::MAX_SPEC).ok()?;
+    let shown = lock_path.display().to_string();
+    let lock = Lock::parse(&shown, &text).ok()?;
+    lock.check(&shown, request).ok()?;
+    let image = find_image_seen(store, &lock.toolchain.manifest)?;
+    Some((image, text))
 }
 
 /// The built inputs, one for each of the spec's `[inputs]`, sorted by name.
