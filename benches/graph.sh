@@ -46,13 +46,17 @@ now() { date +%s%N; }
 median_ms() { sort -n "$W/$1" | awk '{a[NR]=$1} END {
   m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2; printf "%.1f", m / 1e6 }'; }
 # timed VAR CMD...: runs CMD (quiet; its output shown if it fails), appends
-# its wall time in ns to $W/VAR
+# its wall time in ns to $W/VAR and its CPU time (user + system, its
+# children's included: Nix builds in nix-build's own children) to
+# $W/VAR.cpu
 timed() {
-  local var=$1 s e; shift
+  local var=$1 s e t; shift
   s=$(now)
-  "$@" >/dev/null 2>"$W/stderr" || { cat "$W/stderr" >&2; die "failed: $*"; }
+  t=$( { TIMEFORMAT='%3U %3S'; time "$@" >/dev/null 2>"$W/stderr"; } 2>&1 ) ||
+    { cat "$W/stderr" >&2; die "failed: $*"; }
   e=$(now)
   echo $((e - s)) >> "$W/$var"
+  echo "$t" | awk '{printf "%d\n", ($1 + $2) * 1e9}' >> "$W/$var.cpu"
 }
 
 # ------------------------------------------------ the busybox OCI image
@@ -153,6 +157,8 @@ done
 
 HF=$(median_ms hermit.fresh); NF=$(median_ms nix.fresh)
 HC=$(median_ms hermit.cached); NC=$(median_ms nix.cached)
-echo "$((LEAVES + 1))-node graph, medians of $RUNS interleaved runs:"
-echo "(a) fresh:  hermit ${HF} ms, nix ${NF} ms, ratio $(ratio "$HF" "$NF") (target <= 0.5)"
-echo "(b) cached: hermit ${HC} ms, nix ${NC} ms, ratio $(ratio "$HC" "$NC") (target <= 0.5)"
+HFC=$(median_ms hermit.fresh.cpu); NFC=$(median_ms nix.fresh.cpu)
+HCC=$(median_ms hermit.cached.cpu); NCC=$(median_ms nix.cached.cpu)
+echo "$((LEAVES + 1))-node graph, medians of $RUNS interleaved runs (wall; CPU user+sys):"
+echo "(a) fresh:  hermit ${HF} ms, nix ${NF} ms, ratio $(ratio "$HF" "$NF") (target <= 0.5); CPU hermit ${HFC} ms, nix ${NFC} ms, ratio $(ratio "$HFC" "$NFC")"
+echo "(b) cached: hermit ${HC} ms, nix ${NC} ms, ratio $(ratio "$HC" "$NC") (target <= 0.5); CPU hermit ${HCC} ms, nix ${NCC} ms, ratio $(ratio "$HCC" "$NCC")"
