@@ -237,9 +237,12 @@ struct Sched {
     states: Mutex<Vec<State>>,
     /// Signalled whenever a node ends.
     changed: Condvar,
-    /// The running nodes' progress lines: bar, last log line, start.
-    live: Mutex<BTreeMap<usize, (ProgressBar, Arc<Mutex<String>>, Instant)>>,
+    /// The running nodes' progress lines.
+    live: Mutex<BTreeMap<usize, Live>>,
 }
+
+/// A running node's progress line: its bar, its log's last line, its start.
+type Live = (ProgressBar, Arc<Mutex<String>>, Instant);
 
 /// One worker of [`run`]: builds ready nodes until none is left to start.
 fn work(
