@@ -126,7 +126,8 @@ pub fn run(
         .metadata()
         .with_context(|| format!("reading {}", log_path.display()))?
         .len();
-    let log_digest = store.add_reader(&mut log_file, "the build log", None, None)?;
+    let log_digest = store_log(store, &mut log_file, log_size)
+        .with_context(|| format!("storing {}", log_path.display()))?;
     // The log is in the store now: the staging (or kept) directory does
     // not get a second copy of it.
     let _ = fs::remove_file(&log_path);
@@ -185,6 +186,26 @@ pub fn run(
         _ => exit::BUILD_FAILED,
     };
     Err(Exit::with_code(code, msg).with_log(log_digest).into())
+}
+
+/// A log this small is read whole and hashed first: many builds log the
+/// same few bytes (nothing at all, often), and a blob the store already
+/// holds is not written again.
+const SMALL_LOG: u64 = 64 << 10;
+
+/// Stores the build log as a blob.
+fn store_log(store: &Store, log: &mut fs::File, size: u64) -> anyhow::Result<Digest> {
+    if size > SMALL_LOG {
+        return Ok(store.add_reader(log, "the build log", None, None)?);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    log.read_to_end(&mut bytes)?;
+    let digest = Digest::of(&bytes);
+    if store.blob(&digest).is_some() {
+        return Ok(digest);
+    }
+    let len = bytes.len() as u64;
+    Ok(store.add_reader(&mut &bytes[..], "the build log", Some(&digest), Some(len))?)
 }
 
 /// Runs the sandbox with its stdout and stderr going through a pipe of
