@@ -98,6 +98,16 @@ impl Loader {
     fn visit(&mut self, path: &Path, stack: &mut Vec<PathBuf>) -> anyhow::Result<usize> {
         let real = fs::canonicalize(path)
             .map_err(|e| Exit::user(format!("{}: cannot read the spec: {e}", path.display())))?;
+        self.visit_at(path, real, stack)
+    }
+
+    /// Visits the spec at `path`, whose canonical path is `real`.
+    fn visit_at(
+        &mut self,
+        path: &Path,
+        real: PathBuf,
+        stack: &mut Vec<PathBuf>,
+    ) -> anyhow::Result<usize> {
         if let Some(pos) = stack.iter().position(|p| *p == real) {
             let mut chain: Vec<String> = stack[pos..]
                 .iter()
@@ -123,7 +133,7 @@ impl Loader {
         let mut inputs = Vec::new();
         for (name, input) in &spec.inputs {
             let dep = dir.join(&input.spec);
-            if fs::symlink_metadata(&dep).is_err() {
+            let Ok(real_dep) = fs::canonicalize(&dep) else {
                 return Err(Exit::user(
                     spec.error_at(
                         input.at,
@@ -133,8 +143,8 @@ impl Loader {
                     .to_string(),
                 )
                 .into());
-            }
-            let j = self.visit(&dep, stack)?;
+            };
+            let j = self.visit_at(&dep, real_dep, stack)?;
             inputs.push((name.clone(), input.spec.clone(), j));
         }
         stack.pop();
