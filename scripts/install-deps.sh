@@ -9,7 +9,8 @@ apt-get install -y -q --no-install-recommends \
   tar gzip xz-utils zstd bzip2 zip unzip \
   uidmap iproute2 procps util-linux passwd \
   bubblewrap busybox-static hyperfine python3 \
-  skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal
+  skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal \
+  nix-bin
 # A Rust toolchain: keep one that is already installed (rustup or otherwise),
 # else take Debian's packaged 1.85 toolchain.
 if ! command -v cargo >/dev/null 2>&1; then

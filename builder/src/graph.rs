@@ -26,6 +26,7 @@ use crate::net::NetArgs;
 use crate::pipeline::resolve::{read_spec, spec_dir};
 use crate::pipeline::{self, BuildOptions, Built, Echo, InputOutput};
 use crate::record::InputRecord;
+use crate::spec::Spec;
 
 /// One spec of the closure.
 #[derive(Debug, Clone)]
@@ -37,6 +38,9 @@ pub struct Node {
     pub spec: PathBuf,
     /// `(input name, spec as written, node index)`, sorted by input name.
     pub inputs: Vec<(String, String, usize)>,
+    /// The spec as read once, when the graph was loaded, with its exact
+    /// bytes: the build resolves this, not the file read again.
+    pub loaded: Arc<(Spec, String)>,
 }
 
 /// The closure of some specs, dependencies before dependants.
@@ -94,6 +98,16 @@ impl Loader {
     fn visit(&mut self, path: &Path, stack: &mut Vec<PathBuf>) -> anyhow::Result<usize> {
         let real = fs::canonicalize(path)
             .map_err(|e| Exit::user(format!("{}: cannot read the spec: {e}", path.display())))?;
+        self.visit_at(path, real, stack)
+    }
+
+    /// Visits the spec at `path`, whose canonical path is `real`.
+    fn visit_at(
+        &mut self,
+        path: &Path,
+        real: PathBuf,
+        stack: &mut Vec<PathBuf>,
+    ) -> anyhow::Result<usize> {
         if let Some(pos) = stack.iter().position(|p| *p == real) {
             let mut chain: Vec<String> = stack[pos..]
                 .iter()
@@ -110,7 +124,7 @@ impl Loader {
         if let Some(&i) = self.index.get(&real) {
             return Ok(i);
         }
-        let (spec, _) = read_spec(path)?;
+        let (spec, text) = read_spec(path)?;
         let i = self.nodes.len();
         self.nodes.push(None);
         self.index.insert(real.clone(), i);
@@ -119,7 +133,7 @@ impl Loader {
         let mut inputs = Vec::new();
         for (name, input) in &spec.inputs {
             let dep = dir.join(&input.spec);
-            if fs::symlink_metadata(&dep).is_err() {
+            let Ok(real_dep) = fs::canonicalize(&dep) else {
                 return Err(Exit::user(
                     spec.error_at(
                         input.at,
@@ -129,8 +143,8 @@ impl Loader {
                     .to_string(),
                 )
                 .into());
-            }
-            let j = self.visit(&dep, stack)?;
+            };
+            let j = self.visit_at(&dep, real_dep, stack)?;
             inputs.push((name.clone(), input.spec.clone(), j));
         }
         stack.pop();
@@ -138,6 +152,7 @@ impl Loader {
             name: spec.package.name.clone(),
             spec: path.to_path_buf(),
             inputs,
+            loaded: Arc::new((spec, text)),
         });
         self.order.push(i);
         Ok(i)
@@ -177,130 +192,175 @@ pub struct RunOptions {
 
 /// Builds every node of `graph`, inputs first, independent nodes at once.
 /// Returns each node's end state (in the graph's order).
+///
+/// `opts.parallel` workers (no more than there are nodes) each take the
+/// next node whose inputs are built, build it, and take the next: no thread
+/// per node, and no hand-off through a scheduler thread between one node
+/// and the next. The calling thread only refreshes the live progress lines.
 pub fn run(store: &Arc<Store>, graph: &Graph, net: &NetArgs, opts: &RunOptions) -> Vec<State> {
     let n = graph.nodes.len();
-    let shared = Arc::new((Mutex::new(vec![State::Waiting; n]), Condvar::new()));
+    let sched = Sched {
+        states: Mutex::new(vec![State::Waiting; n]),
+        changed: Condvar::new(),
+        live: Mutex::new(BTreeMap::new()),
+    };
     let gate = Arc::new(Mutex::new(()));
     let progress = Progress::new(n, opts);
+    let workers = opts.parallel.clamp(1, n.max(1));
     std::thread::scope(|scope| {
-        let (lock, cvar) = &*shared;
-        let Ok(mut states) = lock.lock() else {
+        for _ in 0..workers {
+            scope.spawn(|| work(store, graph, net, opts, &sched, &progress, &gate));
+        }
+        if !matches!(progress.mode, Mode::Bars { .. }) {
+            return;
+        }
+        // Refresh the live lines until every node has ended.
+        let Ok(mut states) = sched.states.lock() else {
             return;
         };
-        let mut running: BTreeMap<usize, (ProgressBar, Arc<Mutex<String>>, Instant)> =
-            BTreeMap::new();
-        loop {
-            skip_dependants(graph, &mut states, opts.fail_fast);
-            // Bars of builds that ended.
-            let ended: Vec<usize> = running
-                .keys()
-                .copied()
-                .filter(|&i| !matches!(states[i], State::Running))
-                .collect();
-            for i in ended {
-                if let Some((bar, _, started)) = running.remove(&i) {
-                    progress.ended(graph, i, &states[i], bar, started.elapsed());
-                }
-            }
-            for (i, s) in states.iter().enumerate() {
-                if let State::Skipped { because } = s {
-                    progress.skipped_once(graph, i, *because);
-                }
-            }
-            let ready: Vec<usize> = (0..n)
-                .filter(|&i| matches!(states[i], State::Waiting))
-                .filter(|&i| {
-                    graph.nodes[i]
-                        .inputs
-                        .iter()
-                        .all(|(_, _, j)| matches!(states[*j], State::Built(_)))
-                })
-                .collect();
-            for i in ready {
-                if running.len() >= opts.parallel.max(1) {
-                    break;
-                }
-                states[i] = State::Running;
-                let last = Arc::new(Mutex::new(String::new()));
-                let bar = progress.started(graph, i);
-                running.insert(i, (bar, last.clone(), Instant::now()));
-                let inputs: Vec<InputOutput> = graph.nodes[i]
-                    .inputs
-                    .iter()
-                    .filter_map(|(name, spec, j)| match &states[*j] {
-                        State::Built(b) => Some(InputOutput {
-                            record: InputRecord {
-                                name: name.clone(),
-                                spec: spec.clone(),
-                                output: b.record.output.digest,
-                                build_key: b.record.build_key,
-                            },
-                            path: b.output.clone(),
-                        }),
-                        _ => None,
-                    })
-                    .collect();
-                let mut bopts = opts.build.clone();
-                bopts.echo = progress.echo(last);
-                bopts.holds_slot = false;
-                bopts.resolve_gate = Some(gate.clone());
-                let shared = shared.clone();
-                let spec = graph.nodes[i].spec.clone();
-                scope.spawn(move || {
-                    // The build's share of `-j N`, from its start: taken
-                    // later, the makes of builds already running would have
-                    // taken every token, and independent builds would run
-                    // one after the other.
-                    let slot = match &bopts.jobserver {
-                        Some(js) => match js.acquire() {
-                            Ok(s) => Some(s),
-                            Err(e) => {
-                                let (lock, cvar) = &*shared;
-                                if let Ok(mut states) = lock.lock() {
-                                    states[i] = State::Failed {
-                                        message: format!("the jobserver: {e}"),
-                                        code: exit::INTERNAL,
-                                        log: None,
-                                    };
-                                }
-                                cvar.notify_all();
-                                return;
-                            }
-                        },
-                        None => None,
-                    };
-                    bopts.holds_slot = slot.is_some();
-                    let result = pipeline::build(store, &spec, &inputs, net, &bopts);
-                    drop(slot);
-                    let state = match result {
-                        Ok(b) => State::Built(Box::new(b)),
-                        Err(e) => failed(e, store),
-                    };
-                    let (lock, cvar) = &*shared;
-                    if let Ok(mut states) = lock.lock() {
-                        states[i] = state;
-                    }
-                    cvar.notify_all();
-                });
-            }
-            if running.is_empty() {
-                break;
-            }
-            // Wake for an ended build, or to refresh the live lines.
-            states = match cvar.wait_timeout(states, Duration::from_millis(200)) {
+        while states
+            .iter()
+            .any(|s| matches!(s, State::Waiting | State::Running))
+        {
+            states = match sched
+                .changed
+                .wait_timeout(states, Duration::from_millis(200))
+            {
                 Ok((s, _)) => s,
                 Err(_) => return,
             };
-            for (bar, last, _) in running.values() {
-                if let Ok(l) = last.lock() {
-                    bar.set_message(l.clone());
+            if let Ok(live) = sched.live.lock() {
+                for (bar, last, _) in live.values() {
+                    if let Ok(l) = last.lock() {
+                        bar.set_message(l.clone());
+                    }
                 }
             }
         }
-        progress.finish();
     });
-    let (lock, _) = &*shared;
-    lock.lock().map(|s| s.clone()).unwrap_or_default()
+    progress.finish();
+    sched.states.into_inner().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the workers of [`run`] share.
+struct Sched {
+    states: Mutex<Vec<State>>,
+    /// Signalled whenever a node ends.
+    changed: Condvar,
+    /// The running nodes' progress lines.
+    live: Mutex<BTreeMap<usize, Live>>,
+}
+
+/// A running node's progress line: its bar, its log's last line, its start.
+type Live = (ProgressBar, Arc<Mutex<String>>, Instant);
+
+/// One worker of [`run`]: builds ready nodes until none is left to start.
+fn work(
+    store: &Arc<Store>,
+    graph: &Graph,
+    net: &NetArgs,
+    opts: &RunOptions,
+    sched: &Sched,
+    progress: &Progress,
+    gate: &Arc<Mutex<()>>,
+) {
+    let Ok(mut states) = sched.states.lock() else {
+        return;
+    };
+    loop {
+        skip_dependants(graph, &mut states, opts.fail_fast);
+        for (i, s) in states.iter().enumerate() {
+            if let State::Skipped { because } = s {
+                progress.skipped_once(graph, i, *because);
+            }
+        }
+        let ready = (0..graph.nodes.len()).find(|&i| {
+            matches!(states[i], State::Waiting)
+                && graph.nodes[i]
+                    .inputs
+                    .iter()
+                    .all(|(_, _, j)| matches!(states[*j], State::Built(_)))
+        });
+        let Some(i) = ready else {
+            if states.iter().any(|s| matches!(s, State::Running)) {
+                // Wait for a running node to end: it may make one ready.
+                states = match sched.changed.wait(states) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            // Nothing runs and nothing can start: every node has ended.
+            sched.changed.notify_all();
+            return;
+        };
+        states[i] = State::Running;
+        let node = &graph.nodes[i];
+        let inputs: Vec<InputOutput> = node
+            .inputs
+            .iter()
+            .filter_map(|(name, spec, j)| match &states[*j] {
+                State::Built(b) => Some(InputOutput {
+                    record: InputRecord {
+                        name: name.clone(),
+                        spec: spec.clone(),
+                        output: b.record.output.digest,
+                        build_key: b.record.build_key,
+                    },
+                    path: b.output.clone(),
+                }),
+                _ => None,
+            })
+            .collect();
+        let last = Arc::new(Mutex::new(String::new()));
+        let bar = progress.started(graph, i);
+        let started = Instant::now();
+        if let Ok(mut live) = sched.live.lock() {
+            live.insert(i, (bar.clone(), last.clone(), started));
+        }
+        drop(states);
+
+        let mut bopts = opts.build.clone();
+        bopts.echo = progress.echo(last);
+        bopts.resolve_gate = Some(gate.clone());
+        // The build's share of `-j N`, from its start: taken later, the
+        // makes of builds already running would have taken every token, and
+        // independent builds would run one after the other.
+        let slot = match bopts.jobserver.as_ref().map(|js| js.acquire()).transpose() {
+            Ok(slot) => slot,
+            Err(e) => {
+                states = match sched.states.lock() {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+                states[i] = State::Failed {
+                    message: format!("the jobserver: {e}"),
+                    code: exit::INTERNAL,
+                    log: None,
+                };
+                sched.changed.notify_all();
+                continue;
+            }
+        };
+        bopts.holds_slot = slot.is_some();
+        let loaded = (node.loaded.0.clone(), node.loaded.1.clone());
+        let state = match pipeline::build(store, &node.spec, loaded, &inputs, net, &bopts) {
+            Ok(b) => State::Built(Box::new(b)),
+            Err(e) => failed(e, store),
+        };
+        drop(slot);
+
+        states = match sched.states.lock() {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        if let Ok(mut live) = sched.live.lock() {
+            live.remove(&i);
+        }
+        progress.ended(graph, i, &state, bar, started.elapsed());
+        states[i] = state;
+        sched.changed.notify_all();
+    }
 }
 
 /// A failed node's state from its error.

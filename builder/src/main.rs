@@ -50,6 +50,7 @@ mod pipeline;
 mod provenance;
 mod record;
 mod spec;
+mod timing;
 mod toolchain;
 mod workdir;
 

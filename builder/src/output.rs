@@ -635,19 +635,14 @@ struct Producer<'a> {
 }
 
 impl Producer<'_> {
+    /// Hands the filled buffer over; the next one is taken only when there
+    /// is more to write ([`Producer::room`]), so the last flush allocates
+    /// nothing.
     fn flush(&mut self) -> Result<(), OutputError> {
         if self.fill == 0 {
             return Ok(());
         }
-        let next = match self.back.try_recv() {
-            Ok(b) => b,
-            Err(_) if self.made < BUFFERS => {
-                self.made += 1;
-                vec![0u8; BUF]
-            }
-            Err(_) => self.back.recv().map_err(|_| OutputError::Thread)?,
-        };
-        let full = std::mem::replace(&mut self.buf, next);
+        let full = std::mem::take(&mut self.buf);
         self.tx
             .send((full, self.fill))
             .map_err(|_| OutputError::Thread)?;
@@ -655,13 +650,31 @@ impl Producer<'_> {
         Ok(())
     }
 
+    /// Makes sure there is a buffer to write into: one handed back, a new
+    /// one while fewer than BUFFERS exist, else the next one handed back.
+    fn room(&mut self) -> Result<(), OutputError> {
+        if !self.buf.is_empty() {
+            return Ok(());
+        }
+        self.buf = match self.back.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.made < BUFFERS => {
+                self.made += 1;
+                vec![0u8; BUF]
+            }
+            Err(_) => self.back.recv().map_err(|_| OutputError::Thread)?,
+        };
+        Ok(())
+    }
+
     fn put(&mut self, mut data: &[u8]) -> Result<(), OutputError> {
         while !data.is_empty() {
-            let n = data.len().min(BUF - self.fill);
+            self.room()?;
+            let n = data.len().min(self.buf.len() - self.fill);
             self.buf[self.fill..self.fill + n].copy_from_slice(&data[..n]);
             self.fill += n;
             data = &data[n..];
-            if self.fill == BUF {
+            if self.fill == self.buf.len() {
                 self.flush()?;
             }
         }
@@ -670,11 +683,12 @@ impl Producer<'_> {
 
     fn zeros(&mut self, mut n: usize) -> Result<(), OutputError> {
         while n > 0 {
-            let k = n.min(BUF - self.fill);
+            self.room()?;
+            let k = n.min(self.buf.len() - self.fill);
             self.buf[self.fill..self.fill + k].fill(0);
             self.fill += k;
             n -= k;
-            if self.fill == BUF {
+            if self.fill == self.buf.len() {
                 self.flush()?;
             }
         }
@@ -687,7 +701,9 @@ impl Producer<'_> {
         let mut hasher = Hasher::new();
         let mut left = n.size;
         while left > 0 {
-            let room = (BUF - self.fill).min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.room()?;
+            let room =
+                (self.buf.len() - self.fill).min(usize::try_from(left).unwrap_or(usize::MAX));
             let slice = &mut self.buf[self.fill..self.fill + room];
             let got = match f.read(slice) {
                 Ok(0) => {
@@ -710,7 +726,7 @@ impl Producer<'_> {
             hasher.update(&slice[..got]);
             self.fill += got;
             left -= got as u64;
-            if self.fill == BUF {
+            if self.fill == self.buf.len() {
                 self.flush()?;
             }
         }
@@ -753,16 +769,46 @@ pub(crate) fn serialise(
     }
     let (tx, rx) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (back_tx, back) = mpsc::channel::<Vec<u8>>();
+
+    // A small tree (most outputs) fits in the first buffer: serialised on
+    // this thread, with no reader thread to start and hand over to (which
+    // costs more than the hashing, and a scheduler's delay on a busy
+    // machine). The channel holds BUFFERS buffers, so even an estimate off
+    // several times over cannot block the producer without its consumer.
+    // An upper bound of the stream's size: per entry at most three header
+    // blocks (a long name's, a long link's, its own), the name and link
+    // padded to blocks, the content padded to a block; then the two
+    // closing blocks.
+    let estimate: u64 = nodes
+        .iter()
+        .map(|n| {
+            let names = n.path.len() + n.target.as_ref().map_or(0, |t| t.len());
+            n.size + 6 * BLOCK as u64 + names as u64
+        })
+        .sum::<u64>()
+        + 2 * BLOCK as u64;
+    let inline = estimate <= BUF as u64;
+    // The first buffer: no bigger than the estimate for a small tree (a
+    // wrong estimate only means more buffers).
+    let first = if inline {
+        (estimate as usize).min(BUF)
+    } else {
+        BUF
+    };
     let producer = Producer {
         tx,
         back,
         made: 1,
-        buf: vec![0u8; BUF],
+        buf: vec![0u8; first],
         fill: 0,
         files,
     };
     let (digests, stream, tar_size) = std::thread::scope(|s| {
-        let handle = s.spawn(move || producer.run(nodes, mtime));
+        let (mut done, handle) = if inline {
+            (Some(producer.run(nodes, mtime)), None)
+        } else {
+            (None, Some(s.spawn(move || producer.run(nodes, mtime))))
+        };
         let mut stream = Hasher::new();
         let mut size = 0u64;
         let mut sink_err = None;
@@ -779,7 +825,11 @@ pub(crate) fn serialise(
             let _ = back_tx.send(buf);
         }
         drop(rx);
-        let produced = handle.join().map_err(|_| OutputError::Thread);
+        let produced = match (done.take(), handle) {
+            (Some(d), _) => Ok(d),
+            (None, Some(h)) => h.join().map_err(|_| OutputError::Thread),
+            (None, None) => Err(OutputError::Thread),
+        };
         if let Some(e) = sink_err {
             return Err(OutputError::Sink(e));
         }
@@ -861,6 +911,47 @@ mod tests {
         assert_eq!(out.len() as u64, n.tar_size);
         assert_eq!(out.len() % BLOCK, 0);
         assert!(out[out.len() - 1024..].iter().all(|&b| b == 0));
+    }
+
+    /// Small trees are serialised on the calling thread into a buffer sized
+    /// to them, big ones through the reader thread and full buffers: the
+    /// same stream either way, whatever the size around the boundaries.
+    #[test]
+    fn stream_is_the_same_on_either_side_of_the_one_buffer_path() {
+        for size in [
+            0,
+            1,
+            BLOCK - 1,
+            BUF - 8 * BLOCK,
+            BUF - 4 * BLOCK,
+            BUF,
+            BUF + 1,
+            3 * BUF + 7,
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let long = "n".repeat(150);
+            let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            fs::write(t.path().join(&long), &data).unwrap();
+            fs::write(t.path().join("small"), b"s").unwrap();
+            symlink("l".repeat(120), t.path().join("link")).unwrap();
+            let mut out: Vec<u8> = Vec::new();
+            let n = normalize(t.path(), &opts(), Some(&mut out)).unwrap();
+            assert_eq!(Digest::of(&out), n.digest, "size {size}");
+            assert_eq!(out.len() as u64, n.tar_size, "size {size}");
+            let mut ar = tar::Archive::new(&out[..]);
+            let mut found = Vec::new();
+            for e in ar.entries().unwrap() {
+                let mut e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let mut content = Vec::new();
+                e.read_to_end(&mut content).unwrap();
+                found.push((name, content));
+            }
+            assert_eq!(found[0], ("link".to_string(), vec![]), "size {size}");
+            assert_eq!(found[1], (long.clone(), data), "size {size}");
+            assert_eq!(found[2], ("small".to_string(), b"s".to_vec()));
+            assert_eq!(n.files[1].sha256, Some(Digest::of(&found[1].1)));
+        }
     }
 
     #[test]

@@ -438,12 +438,18 @@ impl Informational {
     /// Collects host facts. Reads only the kernel release, the architecture
     /// and the CPU count: never the host name, user or home.
     pub fn collect(started: Option<SystemTime>, finished: Option<SystemTime>) -> Informational {
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".to_string());
-        let cpus = std::thread::available_parallelism()
-            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-            .unwrap_or(1);
+        // Asked once per process: a graph collects this once per node.
+        static HOST: std::sync::OnceLock<(String, u32)> = std::sync::OnceLock::new();
+        let (kernel, cpus) = HOST.get_or_init(|| {
+            let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".to_string());
+            let cpus = std::thread::available_parallelism()
+                .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+                .unwrap_or(1);
+            (kernel, cpus)
+        });
+        let (kernel, cpus) = (kernel.clone(), *cpus);
         let duration_ms = match (started, finished) {
             (Some(s), Some(f)) => f
                 .duration_since(s)

@@ -3,7 +3,7 @@
 //! bootstrap), and the image's checked root filesystem.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::{bail, Context};
 use hermit_profiles::Profile;
@@ -101,7 +101,7 @@ pub fn resolve_toolchain(
     match req {
         ToolchainRequest::Image { reference } => {
             let r: oci::Reference = reference.parse()?;
-            if let Some(img) = oci::find(store, &r.digest)? {
+            if let Some(img) = find_image(store, &r.digest)? {
                 return Ok((img, vec![]));
             }
             if fetch_image_from_mirrors(store, net, &r.digest).is_ok() {
@@ -124,7 +124,7 @@ pub fn resolve_toolchain(
             Ok((img, vec![]))
         }
         ToolchainRequest::Oci { path, digest } => {
-            if let Some(img) = oci::find(store, digest)? {
+            if let Some(img) = find_image(store, digest)? {
                 return Ok((img, vec![]));
             }
             let p = spec_dir.join(path);
@@ -177,7 +177,7 @@ pub fn locked_image(
     profile: &Profile,
 ) -> anyhow::Result<Image> {
     let want = lock.toolchain.manifest;
-    if let Some(img) = oci::find(store, &want)? {
+    if let Some(img) = find_image(store, &want)? {
         return Ok(img);
     }
     if fetch_image_from_mirrors(store, net, &want).is_ok() {
@@ -247,12 +247,57 @@ pub fn fetch_image_from_mirrors(
     )
 }
 
+/// The image pinned by `pin` (manifest, index or config digest) if the
+/// store holds it. An image found once is remembered for the rest of the
+/// process (the caller holds the store shared, so it cannot be collected
+/// meanwhile): the nodes of a graph that share a toolchain look it up once.
+pub fn find_image(store: &Store, pin: &Digest) -> anyhow::Result<Option<Image>> {
+    if let Some(img) = find_image_seen(store, pin) {
+        return Ok(Some(img));
+    }
+    let img = oci::find(store, pin)?;
+    if let (Some(i), Ok(mut f)) = (&img, found_images().lock()) {
+        f.push((store.base().to_path_buf(), i.clone()));
+    }
+    Ok(img)
+}
+
+/// The image pinned by `pin` if this process has found it in `store`
+/// before ([`find_image`]); the store itself is not read.
+pub fn find_image_seen(store: &Store, pin: &Digest) -> Option<Image> {
+    let matches = |i: &Image| i.manifest == *pin || i.config == *pin || i.index == Some(*pin);
+    let f = found_images().lock().ok()?;
+    f.iter()
+        .find(|(base, i)| base == store.base() && matches(i))
+        .map(|(_, img)| img.clone())
+}
+
+fn found_images() -> &'static Mutex<Vec<(PathBuf, Image)>> {
+    static FOUND: OnceLock<Mutex<Vec<(PathBuf, Image)>>> = OnceLock::new();
+    FOUND.get_or_init(Default::default)
+}
+
 /// The toolchain's root filesystem, checked before use: a tampered one is
 /// named and extracted again, never used (see `hermit_store::integrity`).
+/// Checked once per process and image: the nodes of a graph that share a
+/// toolchain check its root filesystem once.
 pub fn checked_rootfs(store: &Store, image: &Image, quiet: bool) -> anyhow::Result<PathBuf> {
     use hermit_store::integrity::Replaced;
+    static CHECKED: OnceLock<Mutex<Vec<(PathBuf, Digest, PathBuf)>>> = OnceLock::new();
+    let checked = CHECKED.get_or_init(Default::default);
+    if let Ok(c) = checked.lock() {
+        if let Some((_, _, rootfs)) = c
+            .iter()
+            .find(|(base, m, _)| base == store.base() && *m == image.manifest)
+        {
+            return Ok(rootfs.clone());
+        }
+    }
     let (rootfs, replaced) = hermit_store::integrity::checked_rootfs(store, image)
         .context("unpacking the toolchain image")?;
+    if let Ok(mut c) = checked.lock() {
+        c.push((store.base().to_path_buf(), image.manifest, rootfs.clone()));
+    }
     match replaced {
         Some(Replaced::Corrupt(why)) => eprintln!(
             "hermit: the toolchain root filesystem {} is corrupt: {why}; unpacking it again",

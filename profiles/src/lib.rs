@@ -10,6 +10,7 @@
 //! default has moved on.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -195,9 +196,20 @@ pub struct EnvInputs<'a> {
 pub const RESERVED_ENV: &[&str] = &["HERMIT_JOBS", "SOURCE_DATE_EPOCH", "out", "PATH"];
 
 impl Profile {
-    /// The profile called `name`.
+    /// The profile called `name`. Profiles are built in and immutable, so
+    /// each is parsed once per process (a graph of builds asks for the
+    /// same one per node).
     pub fn get(name: &str) -> Result<Profile, ProfileError> {
-        Profile::parse(name, text(name)?)
+        static PARSED: OnceLock<Mutex<BTreeMap<String, Profile>>> = OnceLock::new();
+        let parsed = PARSED.get_or_init(Default::default);
+        if let Some(p) = parsed.lock().ok().and_then(|m| m.get(name).cloned()) {
+            return Ok(p);
+        }
+        let p = Profile::parse(name, text(name)?)?;
+        if let Ok(mut m) = parsed.lock() {
+            m.insert(name.to_string(), p.clone());
+        }
+        Ok(p)
     }
 
     /// Reads a profile's TOML `text`; `name` names it in errors.
@@ -332,10 +344,16 @@ pub fn text(name: &str) -> Result<&'static str, ProfileError> {
 
 /// `sha256:<hex>` of a profile's exact TOML bytes.
 pub fn digest(name: &str) -> Result<String, ProfileError> {
-    Ok(format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(text(name)?))
-    ))
+    static DIGESTS: OnceLock<Mutex<BTreeMap<String, String>>> = OnceLock::new();
+    let digests = DIGESTS.get_or_init(Default::default);
+    if let Some(d) = digests.lock().ok().and_then(|m| m.get(name).cloned()) {
+        return Ok(d);
+    }
+    let d = format!("sha256:{}", hex::encode(Sha256::digest(text(name)?)));
+    if let Ok(mut m) = digests.lock() {
+        m.insert(name.to_string(), d.clone());
+    }
+    Ok(d)
 }
 
 #[cfg(test)]

@@ -93,8 +93,11 @@ fn open_store() -> anyhow::Result<(Arc<Store>, hermit_store::store::StoreLock)> 
 }
 
 pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let mut t = crate::timing::start();
     let g = graph::load(&args.specs)?;
+    t.lap(Path::new("-"), "graph.load");
     let (store, _shared) = open_store()?;
+    t.lap(Path::new("-"), "open_store");
     let mut opts = args.common.opts();
     let jobs = opts
         .jobs
@@ -117,6 +120,7 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             no_progress: args.no_progress,
         },
     );
+    t.lap(Path::new("-"), "graph.run");
     let mut links = Vec::new();
     if let Some(link) = &args.link {
         for (n, &t) in g.tops.iter().enumerate() {

@@ -25,6 +25,8 @@ pub struct Staged {
 pub fn collect(_store: &Store, plan: &Plan, ran: Ran) -> anyhow::Result<Staged> {
     let env = &plan.resolved.environment;
     let m = &ran.m;
+    let mut t = crate::timing::start();
+    let shown = plan.resolved.spec_path.as_path();
     let normalized: Normalized = output::normalize(
         &m.out_dir,
         &output::Options {
@@ -41,6 +43,7 @@ pub fn collect(_store: &Store, plan: &Plan, ran: Ran) -> anyhow::Result<Staged> 
             format!("the build's $out cannot be stored: {e}"),
         )
     })?;
+    t.lap(shown, "collect.normalize");
     let _ = hermit_store::store::remove_tree(&m.build_dir);
     let _ = hermit_store::store::remove_tree(&crate::workdir::work_dir(&m.build_dir));
     hermit_store::tree::make_read_only(&m.out_dir)
@@ -57,6 +60,7 @@ pub fn collect(_store: &Store, plan: &Plan, ran: Ran) -> anyhow::Result<Staged> 
     )?;
     // Not part of the build key: set after the key is computed.
     record.output.rewritten_links = ran.rewritten_links.clone();
+    t.lap(shown, "collect.record");
     let rp = m.staging.join("record.json");
     fs::write(&rp, record.to_json()?).with_context(|| format!("writing {}", rp.display()))?;
     fs::File::open(&rp)
@@ -65,6 +69,7 @@ pub fn collect(_store: &Store, plan: &Plan, ran: Ran) -> anyhow::Result<Staged> 
             f.sync_all()
         })
         .with_context(|| format!("syncing {}", rp.display()))?;
+    t.lap(shown, "collect.write");
     Ok(Staged {
         dir: m.staging.clone(),
         record,

@@ -40,6 +40,7 @@ use hermit_store::Store;
 
 use crate::net::NetArgs;
 use crate::record::Record;
+use crate::spec::Spec;
 
 pub use resolve::InputOutput;
 
@@ -60,8 +61,9 @@ pub struct BuildOptions {
     /// The caller holds this build's slot of `jobserver` for the whole
     /// build (the graph scheduler does); the run stage takes none.
     pub holds_slot: bool,
-    /// Held while resolving, when several builds run at once: two nodes
-    /// that need the same toolchain bootstrapped or fetched do it once.
+    /// Held while resolving anything that may fetch, import or bootstrap,
+    /// when several builds run at once: two nodes that need the same
+    /// toolchain bootstrapped or fetched do it once.
     pub resolve_gate: Option<Arc<std::sync::Mutex<()>>>,
 }
 
@@ -94,19 +96,23 @@ pub fn outputs_dir(store: &Store) -> PathBuf {
 
 /// Builds one spec whose inputs (if any) are already built: resolve, plan,
 /// then a cached output or a fresh build installed under the key's lock.
+/// `loaded` is the spec at `spec_path` as [`resolve::read_spec`] read it.
 pub fn build(
     store: &Arc<Store>,
     spec_path: &Path,
+    loaded: (Spec, String),
     inputs: &[InputOutput],
     net: &NetArgs,
     opts: &BuildOptions,
 ) -> anyhow::Result<Built> {
-    let resolved = {
-        let _gate = opts.resolve_gate.as_ref().map(|g| g.lock());
-        resolve::from_spec(store, spec_path, inputs, net, opts)?
-    };
+    let mut t = crate::timing::start();
+    let resolved = resolve::from_spec(store, spec_path, loaded, inputs, net, opts)?;
+    t.lap(spec_path, "resolve");
     let plan = plan::Plan::new(resolved)?;
-    if let Some(hit) = cache::lookup(store, &plan.key) {
+    t.lap(spec_path, "plan");
+    let hit = cache::lookup(store, &plan.key);
+    t.lap(spec_path, "lookup");
+    if let Some(hit) = hit {
         return Ok(hit);
     }
     let _key_lock = cache::lock_key(store, &plan.key, opts.quiet)?;
@@ -114,8 +120,12 @@ pub fn build(
     if let Some(hit) = cache::lookup(store, &plan.key) {
         return Ok(hit);
     }
+    t.lap(spec_path, "lock");
     let staged = run_stages(store, &plan, net, opts)?;
-    cache::install(store, staged, &plan.key)
+    t.lap(spec_path, "run_stages");
+    let built = cache::install(store, staged, &plan.key);
+    t.lap(spec_path, "install");
+    built
 }
 
 /// materialise → run → collect: a staged output with its record.
@@ -125,7 +135,13 @@ pub fn run_stages(
     net: &NetArgs,
     opts: &BuildOptions,
 ) -> anyhow::Result<collect::Staged> {
+    let mut t = crate::timing::start();
+    let spec = plan.resolved.spec_path.as_path();
     let m = materialise::materialise(store, plan, net, opts)?;
+    t.lap(spec, "materialise");
     let ran = run::run(store, plan, m, opts)?;
-    collect::collect(store, plan, ran)
+    t.lap(spec, "run");
+    let staged = collect::collect(store, plan, ran);
+    t.lap(spec, "collect");
+    staged
 }

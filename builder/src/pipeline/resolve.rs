@@ -25,8 +25,8 @@ use crate::net::{fetch, NetArgs};
 use crate::record::{self, Environment, InputRecord, Record, SourceRecord, UnpackRecord};
 use crate::spec::{SourceKind, Spec, Toolchain};
 use crate::toolchain::{
-    fetch_image_from_mirrors, image_reference, input_image, input_reference, locked_image,
-    resolve_toolchain, toolchain_request,
+    fetch_image_from_mirrors, find_image_seen, image_reference, input_image, input_reference,
+    locked_image, resolve_toolchain, toolchain_request,
 };
 
 /// A build's inputs, resolved to digests.
@@ -87,22 +87,49 @@ pub fn read_spec(spec_path: &Path) -> anyhow::Result<(Spec, String)> {
 }
 
 /// Resolves a spec whose inputs are built (`inputs`, one per `[inputs]`
-/// entry, in any order).
+/// entry, in any order). `loaded` is the spec at `spec_path` as
+/// [`read_spec`] read it (a graph reads each spec once, when it loads).
 pub fn from_spec(
     store: &Arc<Store>,
     spec_path: &Path,
+    loaded: (Spec, String),
     inputs: &[InputOutput],
     net: &NetArgs,
     opts: &BuildOptions,
 ) -> anyhow::Result<Resolved> {
-    let (spec, spec_text) = read_spec(spec_path)?;
+    let mut t = crate::timing::start();
+    let (spec, spec_text) = loaded;
     let dir = spec_dir(spec_path);
     let profile = Profile::default_profile()?;
+    t.lap(spec_path, "resolve.profile");
 
     let inputs = match_inputs(&spec, spec_path, inputs)?;
-    let (image, lock_text, image_reference) = match toolchain_request(&spec, &dir) {
+    // The toolchain, through the lock (read once; written when new), or
+    // made from an input's output.
+    let request = toolchain_request(&spec, &dir);
+    let lock_path = dir.join("hermit.lock");
+    // Resolving may fetch, import or bootstrap: with a gate (several builds
+    // at once), one build does that at a time, so two that need the same
+    // toolchain or file get it once. A build whose lock pins an image this
+    // process has found already (or whose toolchain is an input), and whose
+    // remote sources need nothing fetched, does none of that and does not
+    // wait for the gate.
+    let quick = request
+        .as_ref()
+        .and_then(|r| quick_image(store, &lock_path, r));
+    let fetches = spec.sources.iter().any(|s| {
+        matches!(&s.kind, SourceKind::Remote { sha256, size: None, .. } if store.blob(sha256).is_none())
+    });
+    let _gate = match (request.is_none() || quick.is_some(), fetches) {
+        (true, false) => None,
+        _ => opts.resolve_gate.as_ref().map(|g| g.lock()),
+    };
+    let (image, lock_text, image_reference) = match request {
         Some(request) => {
-            let (image, text) = locked_toolchain(store, &request, &dir, net, &profile)?;
+            let (image, text) = match quick {
+                Some(found) => found,
+                None => locked_toolchain(store, &request, &dir, net, &profile)?,
+            };
             (image, Some(text), image_reference(&request))
         }
         None => {
@@ -112,6 +139,7 @@ pub fn from_spec(
             (image, None, input_reference(&name))
         }
     };
+    t.lap(spec_path, "resolve.toolchain");
 
     // Remote sources: their digest is in the spec; their size too when the
     // spec gives it or the store holds the blob, else they are fetched now.
@@ -190,6 +218,7 @@ pub fn from_spec(
     }
     sources.sort_by(|a, b| a.record.name().cmp(b.record.name()));
 
+    t.lap(spec_path, "resolve.sources");
     let jobs = profile.jobs(opts.jobs, host_cpus());
     let environment = Environment::from_profile(
         &profile,
@@ -202,6 +231,7 @@ pub fn from_spec(
         &spec_limits(&spec),
     )
     .map_err(|e| Exit::user(format!("{}: {e}", spec_path.display())))?;
+    t.lap(spec_path, "resolve.environment");
 
     Ok(Resolved {
         spec_path: spec_path.to_path_buf(),
@@ -254,6 +284,23 @@ fn locked_toolchain(
             Ok((image, lock.to_text()?))
         }
     }
+}
+
+/// The image and lock text when `hermit.lock` is there, is good for
+/// `request`, and pins an image the store holds that this process has
+/// found before (see [`crate::toolchain::find_image`]); `None` otherwise,
+/// and the full path (under the gate) says what is wrong, if anything.
+fn quick_image(
+    store: &Store,
+    lock_path: &Path,
+    request: &crate::lock::ToolchainRequest,
+) -> Option<(Image, String)> {
+    let text = limits::read_text(lock_path, limits::MAX_SPEC).ok()?;
+    let shown = lock_path.display().to_string();
+    let lock = Lock::parse(&shown, &text).ok()?;
+    lock.check(&shown, request).ok()?;
+    let image = find_image_seen(store, &lock.toolchain.manifest)?;
+    Some((image, text))
 }
 
 /// The image made from the output of the spec's toolchain input, and the

@@ -79,6 +79,7 @@ pub fn run(
     let started = SystemTime::now();
     let t0 = Instant::now();
     let r = &plan.resolved;
+    let mut t = crate::timing::start();
     let env = &r.environment;
     let spec = sandbox_spec(plan, &m);
     let log_path = m.staging.join("build.log");
@@ -87,6 +88,7 @@ pub fn run(
         &r.profile,
         vec![m.build_dir.clone(), m.out_dir.clone()],
     );
+    t.lap(&r.spec_path, "run.prepare");
     // Held until the sandbox has ended: the build's share of `-j N`.
     let jobs =
         environment::enter_jobserver(&r.profile, env, opts.jobserver.as_ref(), opts.holds_slot)
@@ -94,6 +96,7 @@ pub fn run(
     let report = run_logged(&spec, jobs.pass, &log_path, &opts.echo, &mut guard);
     drop(jobs.slot);
     let report = report?;
+    t.lap(&r.spec_path, "run.sandbox");
     let limit_hit = guard.hit(&report, &log_path);
     let outcome = report.outcome.clone();
     let rewritten_links = match outcome {
@@ -107,10 +110,12 @@ pub fn run(
         .metadata()
         .with_context(|| format!("reading {}", log_path.display()))?
         .len();
-    let log_digest = store.add_reader(&mut log_file, "the build log", None, None)?;
+    let log_digest = store_log(store, &mut log_file, log_size)
+        .with_context(|| format!("storing {}", log_path.display()))?;
     // The log is in the store now: the staging (or kept) directory does
     // not get a second copy of it.
     let _ = fs::remove_file(&log_path);
+    t.lap(&r.spec_path, "run.store_log");
     if matches!(outcome, Outcome::Exited(0)) {
         return Ok(Ran {
             m,
@@ -202,6 +207,26 @@ fn relativise_links(
         }
     }
     Ok(done)
+}
+
+/// A log this small is read whole and hashed first: many builds log the
+/// same few bytes (nothing at all, often), and a blob the store already
+/// holds is not written again.
+const SMALL_LOG: u64 = 64 << 10;
+
+/// Stores the build log as a blob.
+fn store_log(store: &Store, log: &mut fs::File, size: u64) -> anyhow::Result<Digest> {
+    if size > SMALL_LOG {
+        return Ok(store.add_reader(log, "the build log", None, None)?);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    log.read_to_end(&mut bytes)?;
+    let digest = Digest::of(&bytes);
+    if store.blob(&digest).is_some() {
+        return Ok(digest);
+    }
+    let len = bytes.len() as u64;
+    Ok(store.add_reader(&mut &bytes[..], "the build log", Some(&digest), Some(len))?)
 }
 
 /// Runs the sandbox with its stdout and stderr going through a pipe of
