@@ -86,6 +86,9 @@ pub struct SandboxArgs {
     /// Size limit of /tmp, in bytes [default: the profile's]
     #[arg(long, value_name = "BYTES")]
     tmp_size: Option<u64>,
+    /// Memory of the whole sandbox, in MiB; 0 for no limit [default: the profile's]
+    #[arg(long, value_name = "MIB")]
+    memory_mib: Option<u64>,
     /// Pass hermit's standard input (a pipe or file, never a terminal) to
     /// the command; without it the command reads /dev/null
     #[arg(long)]
@@ -178,6 +181,11 @@ fn build_spec(a: SandboxArgs) -> anyhow::Result<SandboxSpec> {
         spec.limits.max_processes = Some(n);
     }
     spec.limits.pids_cgroup = a.pids_cgroup;
+    match a.memory_mib {
+        Some(0) => spec.limits.max_memory = None,
+        Some(m) => spec.limits.max_memory = Some(m.saturating_mul(1 << 20)),
+        None => {}
+    }
     spec.timeout = match a.timeout {
         None => None,
         Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
