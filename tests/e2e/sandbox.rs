@@ -17,6 +17,7 @@ fn run(who: As, opts: &[&str], cmd: &[&str]) -> std::process::Output {
 }
 
 both_users!(
+    memory_flag_bounds_or_frees_the_command,
     identity,
     hostname,
     etc_files_synthesised,
@@ -620,4 +621,21 @@ fn setup_failure_exits_125(who: As) {
         "the error does not name the missing root: {}",
         both(&o)
     );
+}
+
+/// `--memory-mib N` bounds the command's memory (a memory cgroup, or
+/// RLIMIT_DATA where hermit cannot create one); `--memory-mib 0` lifts the
+/// profile's limit.
+fn memory_flag_bounds_or_frees_the_command(who: As) {
+    // About 256 MiB of string in awk.
+    let hog = "awk 'BEGIN { s = \"x\"; while (length(s) < 200000000) s = s s; print length(s) }'";
+    let o = who.sh(["--memory-mib", "64"], hog);
+    assert!(
+        !o.status.success(),
+        "256 MiB fitted in 64: {}",
+        crate::common::both(&o)
+    );
+    let o = who.sh(["--memory-mib", "0"], hog);
+    assert!(o.status.success(), "{}", crate::common::both(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "268435456");
 }
