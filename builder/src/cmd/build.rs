@@ -26,7 +26,7 @@ pub struct CommonArgs {
     /// Never use the network; fail before building if an input is missing, listing it
     #[arg(long)]
     pub offline: bool,
-    /// The machine's job budget: builds run at once and HERMIT_JOBS (default: this machine's CPU count)
+    /// The machine's job budget, shared by every build: builds at once, the make jobserver's slots and HERMIT_JOBS (default: this machine's CPU count)
     #[arg(short = 'j', long = "jobs", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub jobs: Option<u32>,
