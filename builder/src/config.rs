@@ -5,6 +5,9 @@
 //! ```toml
 //! # Content-addressed mirrors tried (in order) before a source's URLs.
 //! mirrors = ["/srv/hermit-mirror", "https://mirror.example.org/hermit"]
+//! # Archives of old Debian packages (their root, holding pool/), tried in
+//! # order for the .debs a hermit.lock pins.
+//! debian_archives = ["https://archive.example.org/debian/20240101T000000Z"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -19,6 +22,11 @@ pub struct Config {
     /// Mirrors, as written; relative paths are relative to the config file.
     #[serde(default)]
     pub mirrors: Vec<String>,
+    /// Archives of old Debian packages, by the URL of their root (the
+    /// directory holding `pool/`): where a lock's .debs are looked for by
+    /// pool path when a toolchain image must be made again.
+    #[serde(default)]
+    pub debian_archives: Vec<String>,
 }
 
 /// Where the config file is looked for.
@@ -43,7 +51,7 @@ pub fn load() -> anyhow::Result<(Option<PathBuf>, Config)> {
     };
     let cfg: Config = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]`",
+            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]` and `debian_archives = [\"URL\", ...]`",
             path.display(),
             e.to_string().trim_end()
         )

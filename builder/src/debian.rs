@@ -54,7 +54,17 @@ pub struct Package {
     pub name: String,
     pub version: String,
     pub architecture: String,
+    /// The .deb's sha256 (hex), as the archive's `Packages` index gives it;
+    /// the store keeps the .deb as the blob of this digest.
     pub sha256: String,
+    /// Where the .deb lies below the archive's root: the `Filename` of its
+    /// `Packages` entry, e.g. `pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb`
+    /// (lock version 2; absent in version-1 locks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The .deb's size in bytes (lock version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// A bootstrapped image and what it holds.
@@ -64,12 +74,58 @@ pub struct Bootstrapped {
     pub packages: Vec<Package>,
 }
 
-/// Bootstraps the requested Debian into the store.
+/// Bootstraps the requested Debian into the store. Every installed .deb
+/// is kept in the store as the blob of its sha256 (and pinned by a gc root
+/// named `debian-<manifest hex>`), and its place in the archive (pool path,
+/// size) is read from apt's own indexes, so that the image can be made
+/// again from the lock alone ([`crate::debrestore`]).
 pub fn bootstrap(
     store: &Store,
     req: &DebianRequest,
     source_date_epoch: u64,
 ) -> anyhow::Result<Bootstrapped> {
+    let mirrors = match &req.mirror {
+        Some(m) => vec![m.clone()],
+        None => host_sources(&req.suite)?,
+    };
+    let run = mmdebstrap(store, req, source_date_epoch, &mirrors, false)?;
+    let packages = packages(store, &run.debs(), &run.lists())?;
+    keep_debs(store, &run.image, &packages)?;
+    Ok(Bootstrapped {
+        image: run.image,
+        packages,
+    })
+}
+
+/// One mmdebstrap run: the image it made, and its work directory with the
+/// .debs it installed (`debs/`) and apt's indexes (`lists/`).
+pub(crate) struct Run {
+    pub image: Image,
+    work: tempfile::TempDir,
+}
+
+impl Run {
+    pub fn debs(&self) -> PathBuf {
+        self.work.path().join("debs")
+    }
+    pub fn lists(&self) -> PathBuf {
+        self.work.path().join("lists")
+    }
+}
+
+/// Runs mmdebstrap for `req` over the apt sources `mirrors` (URLs, apt
+/// source lines or sources files) and makes an image of its root
+/// filesystem. The same package set and `source_date_epoch` give the same
+/// image whatever the sources were: the image keeps no apt source list
+/// (a hook removes it) and mmdebstrap removes apt's indexes itself.
+/// `local_only`: the sources are on loopback, so proxies are not used.
+pub(crate) fn mmdebstrap(
+    store: &Store,
+    req: &DebianRequest,
+    source_date_epoch: u64,
+    mirrors: &[String],
+    local_only: bool,
+) -> anyhow::Result<Run> {
     which("mmdebstrap")
         .context("mmdebstrap is not installed; install it with: apt-get install mmdebstrap")?;
     let work = tempfile::Builder::new()
@@ -78,13 +134,11 @@ pub fn bootstrap(
         .with_context(|| format!("creating a work directory in {}", store.tmp_dir().display()))?;
     let debs = work.path().join("debs");
     fs::create_dir(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let lists = work.path().join("lists");
+    fs::create_dir(&lists).with_context(|| format!("creating {}", lists.display()))?;
     let out = work.path().join("rootfs.tar");
     let log = work.path().join("mmdebstrap.log");
 
-    let mirrors = match &req.mirror {
-        Some(m) => vec![m.clone()],
-        None => host_sources(&req.suite)?,
-    };
     let mode = if nix::unistd::geteuid().is_root() {
         "root"
     } else {
@@ -97,18 +151,37 @@ pub fn bootstrap(
         .arg("--format=tar")
         // Keep the essential set's .debs so the hook below can hash them.
         .arg("--skip=essential/unlink")
-        // A special hook: mmdebstrap itself, outside the chroot and as the
-        // calling user, writes the files into `debs`. A plain `cp` in a hook
-        // runs as the namespace's fake root in unshare mode, which is not
-        // the user who owns `debs`, and is refused.
+        // Special hooks: mmdebstrap itself, outside the chroot and as the
+        // calling user, writes the files into `debs` and `lists`. A plain
+        // `cp` in a hook runs as the namespace's fake root in unshare mode,
+        // which is not the user who owns `debs`, and is refused.
         .arg(format!(
             "--customize-hook=sync-out /var/cache/apt/archives {}",
             shell_quote(&debs)
-        ));
+        ))
+        .arg(format!(
+            "--customize-hook=sync-out /var/lib/apt/lists {}",
+            shell_quote(&lists)
+        ))
+        // The image must not depend on where its packages came from: no
+        // apt source list (it would name the mirror) stays in it.
+        .arg(r#"--customize-hook=rm -f "$1/etc/apt/sources.list" "$1"/etc/apt/sources.list.d/*"#);
     if !req.include.is_empty() {
         cmd.arg(format!("--include={}", req.include.join(",")));
     }
-    cmd.arg(&req.suite).arg(&out).args(&mirrors);
+    cmd.arg(&req.suite).arg(&out).args(mirrors);
+    if local_only {
+        for v in [
+            "http_proxy",
+            "HTTP_PROXY",
+            "https_proxy",
+            "HTTPS_PROXY",
+            "all_proxy",
+            "ALL_PROXY",
+        ] {
+            cmd.env_remove(v);
+        }
+    }
     cmd.env("SOURCE_DATE_EPOCH", source_date_epoch.to_string())
         .env("LC_ALL", "C.UTF-8")
         .stdin(Stdio::null())
@@ -134,8 +207,35 @@ pub fn bootstrap(
     let source = format!("debian:{} include={}", req.suite, req.include.join(","));
     let image = oci::image_from_rootfs_tar(store, &layer, &source, DEBIAN_PATH)
         .context("making an image of the bootstrapped root filesystem")?;
-    let packages = packages(&debs)?;
-    Ok(Bootstrapped { image, packages })
+    Ok(Run { image, work })
+}
+
+/// The gc root that keeps an image's .debs in the store.
+pub fn debs_root_name(manifest: &Digest) -> String {
+    format!("debian-{}", manifest.hex())
+}
+
+/// Pins the .debs of `image` (already in the store) with a gc root, so
+/// that `hermit store gc` keeps them as long as the root is there.
+pub(crate) fn keep_debs(store: &Store, image: &Image, packages: &[Package]) -> anyhow::Result<()> {
+    let mut text = format!(
+        "# the .debs of the Debian toolchain image {} (`hermit store root rm {}` releases them)\n",
+        image.manifest,
+        debs_root_name(&image.manifest)
+    );
+    for p in packages {
+        text.push_str(&format!(
+            "sha256:{} {}_{}_{}\n",
+            p.sha256, p.name, p.version, p.architecture
+        ));
+    }
+    let dest = store
+        .base()
+        .join("gcroots")
+        .join(debs_root_name(&image.manifest));
+    hermit_store::store::write_small_atomic(store.tmp_dir(), &dest, text.as_bytes())
+        .with_context(|| format!("writing the gc root {}", dest.display()))?;
+    Ok(())
 }
 
 /// What mmdebstrap's `--mode=unshare` needs from the host for an ordinary
@@ -207,8 +307,39 @@ fn host_sources(suite: &str) -> anyhow::Result<Vec<String>> {
     Ok(kept)
 }
 
-/// Reads name, version and architecture of every .deb in `dir` and hashes it.
-fn packages(dir: &Path) -> anyhow::Result<Vec<Package>> {
+/// Name, version and architecture of a .deb (`dpkg-deb --show`).
+pub(crate) fn deb_identity(p: &Path) -> anyhow::Result<(String, String, String)> {
+    let o = Command::new("dpkg-deb")
+        .args([
+            "--showformat=${Package}\t${Version}\t${Architecture}",
+            "--show",
+        ])
+        .arg(p)
+        .output()
+        .with_context(|| format!("running dpkg-deb on {}", p.display()))?;
+    if !o.status.success() {
+        bail!(
+            "dpkg-deb could not read {}: {}",
+            p.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&o.stdout);
+    let mut parts = line.trim().split('\t');
+    let (Some(name), Some(version), Some(arch)) = (parts.next(), parts.next(), parts.next()) else {
+        bail!(
+            "dpkg-deb printed an unexpected line for {}: {line:?}",
+            p.display()
+        );
+    };
+    Ok((name.to_string(), version.to_string(), arch.to_string()))
+}
+
+/// Reads name, version and architecture of every .deb in `dir`, adds it to
+/// the store (the blob of its sha256) and finds its pool path and size in
+/// apt's indexes in `lists`.
+fn packages(store: &Store, dir: &Path, lists: &Path) -> anyhow::Result<Vec<Package>> {
+    let index = pool_index(lists)?;
     let mut out = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
         let p = e
@@ -217,56 +348,63 @@ fn packages(dir: &Path) -> anyhow::Result<Vec<Package>> {
         if p.extension().is_none_or(|x| x != "deb") {
             continue;
         }
-        let o = Command::new("dpkg-deb")
-            .args([
-                "--showformat=${Package}\t${Version}\t${Architecture}",
-                "--show",
-            ])
-            .arg(&p)
-            .output()
-            .with_context(|| format!("running dpkg-deb on {}", p.display()))?;
-        if !o.status.success() {
-            bail!(
-                "dpkg-deb could not read {}: {}",
-                p.display(),
-                String::from_utf8_lossy(&o.stderr)
-            );
-        }
-        let line = String::from_utf8_lossy(&o.stdout);
-        let mut parts = line.trim().split('\t');
-        let (Some(name), Some(version), Some(arch)) = (parts.next(), parts.next(), parts.next())
-        else {
-            bail!(
-                "dpkg-deb printed an unexpected line for {}: {line:?}",
-                p.display()
-            );
+        let (name, version, architecture) = deb_identity(&p)?;
+        let added = store
+            .add_file(&p)
+            .with_context(|| format!("adding {} to the store", p.display()))?;
+        let sha256 = added.digest.hex();
+        let (pool, size) = match index.get(&sha256) {
+            Some((pool, size)) => (Some(pool.clone()), Some(*size)),
+            None => (None, Some(added.size)),
         };
-        let mut f = fs::File::open(&p).with_context(|| format!("opening {}", p.display()))?;
-        let mut h = hermit_store::Hasher::new();
-        std::io::copy(&mut f, &mut HashWriter(&mut h))
-            .with_context(|| format!("reading {}", p.display()))?;
-        let d: Digest = h.finish();
         out.push(Package {
-            name: name.to_string(),
-            version: version.to_string(),
-            architecture: arch.to_string(),
-            sha256: d.hex(),
+            name,
+            version,
+            architecture,
+            sha256,
+            pool,
+            size,
         });
     }
     out.sort();
     Ok(out)
 }
 
-struct HashWriter<'a>(&'a mut hermit_store::Hasher);
-
-impl std::io::Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
+/// sha256 → (Filename, Size) of every entry of the uncompressed `Packages`
+/// indexes apt left in `lists`.
+fn pool_index(lists: &Path) -> anyhow::Result<std::collections::HashMap<String, (String, u64)>> {
+    let mut out = std::collections::HashMap::new();
+    let rd = match fs::read_dir(lists) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", lists.display())),
+    };
+    for e in rd {
+        let p = e
+            .with_context(|| format!("listing {}", lists.display()))?
+            .path();
+        if !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().ends_with("_Packages"))
+        {
+            continue;
+        }
+        let text = fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+        for para in text.split("\n\n") {
+            let field = |k: &str| {
+                para.lines()
+                    .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(": ")))
+                    .map(str::trim)
+            };
+            if let (Some(f), Some(h), Some(n)) = (field("Filename"), field("SHA256"), field("Size"))
+            {
+                if let Ok(n) = n.parse::<u64>() {
+                    out.entry(h.to_string()).or_insert((f.to_string(), n));
+                }
+            }
+        }
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    Ok(out)
 }
 
 fn which(prog: &str) -> anyhow::Result<PathBuf> {

@@ -557,12 +557,22 @@ fn request() -> impl Strategy<Value = ToolchainRequest> {
 
 fn packages() -> impl Strategy<Value = Vec<Package>> {
     prop::collection::vec(
-        (text(), text(), text(), digest()).prop_map(|(name, version, architecture, d)| Package {
-            name,
-            version,
-            architecture,
-            sha256: d.hex(),
-        }),
+        (
+            text(),
+            text(),
+            text(),
+            digest(),
+            prop::option::of(text()),
+            prop::option::of(0..=i64::MAX as u64),
+        )
+            .prop_map(|(name, version, architecture, d, pool, size)| Package {
+                name,
+                version,
+                architecture,
+                sha256: d.hex(),
+                pool,
+                size,
+            }),
         0..3,
     )
 }

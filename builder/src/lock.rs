@@ -22,8 +22,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::debian::{DebianRequest, Package};
 
-/// The lock format this hermit writes and reads.
-pub const LOCK_VERSION: u32 = 1;
+/// The lock format this hermit writes.
+///
+/// - 1: the image, and for a bootstrapped Debian every package's name,
+///   version, architecture and .deb sha256.
+/// - 2: adds, for a bootstrapped Debian, each package's pool path and size
+///   (where to find the .deb in an archive years later) and the
+///   `source_date_epoch` of the bootstrap, so that the image can be made
+///   again from the lock alone (`hermit toolchain restore`).
+pub const LOCK_VERSION: u32 = 2;
+
+/// Every lock format this hermit reads.
+pub const READS: &[u32] = &[1, 2];
 
 const HEADER: &str = "# hermit.lock: written by `hermit lock`; do not edit by hand.\n\
 # It pins the toolchain image (and, for a bootstrapped Debian, every package).\n\n";
@@ -100,6 +110,10 @@ pub struct LockedToolchain {
     pub config: Digest,
     pub layers: Vec<Digest>,
     pub platform: String,
+    /// The SOURCE_DATE_EPOCH a Debian toolchain was bootstrapped with
+    /// (lock version 2; a version-1 lock used the profile's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_date_epoch: Option<u64>,
     #[serde(default, rename = "package", skip_serializing_if = "Vec::is_empty")]
     pub packages: Vec<Package>,
 }
@@ -107,7 +121,7 @@ pub struct LockedToolchain {
 /// Why a lock cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("{path}: lock_version {found} is not one this hermit reads ({LOCK_VERSION}); run `hermit lock` to rewrite it")]
+    #[error("{path}: lock_version {found} is not one this hermit reads ({READS:?}); run `hermit lock` to rewrite it")]
     Version { path: String, found: u32 },
     #[error("{path}: the lock no longer matches the spec: {changes}; run `hermit lock SPEC` to refresh it")]
     Stale { path: String, changes: String },
@@ -130,6 +144,7 @@ impl Lock {
             config: image.config,
             layers: image.layers.iter().map(|l| l.digest).collect(),
             platform: image.platform.clone(),
+            source_date_epoch: None,
             packages,
         };
         match request {
@@ -150,6 +165,15 @@ impl Lock {
             lock_version: LOCK_VERSION,
             toolchain: t,
         }
+    }
+
+    /// Records the SOURCE_DATE_EPOCH a Debian toolchain was bootstrapped
+    /// with (nothing for other kinds).
+    pub fn bootstrapped_with(mut self, source_date_epoch: u64) -> Lock {
+        if self.toolchain.kind == ToolchainKind::Debian {
+            self.toolchain.source_date_epoch = Some(source_date_epoch);
+        }
+        self
     }
 
     /// The request this lock was made for.
@@ -230,7 +254,7 @@ impl Lock {
             message: e.to_string(),
         })?;
         match v.lock_version {
-            Some(LOCK_VERSION) => {}
+            Some(v) if READS.contains(&v) => {}
             Some(found) => {
                 return Err(LockError::Version {
                     path: path.to_string(),
@@ -325,12 +349,16 @@ mod tests {
                 version: "4:12.2.0-3".into(),
                 architecture: "amd64".into(),
                 sha256: Digest::of(b"gcc").hex(),
+                pool: Some("pool/main/g/gcc-defaults/gcc_12.2.0-3_amd64.deb".into()),
+                size: Some(5196),
             },
             Package {
                 name: "make".into(),
                 version: "4.3-4.1".into(),
                 architecture: "amd64".into(),
                 sha256: Digest::of(b"make").hex(),
+                pool: Some("pool/main/m/make-dfsg/make_4.3-4.1_amd64.deb".into()),
+                size: Some(396824),
             },
         ]
     }
@@ -343,7 +371,7 @@ mod tests {
 
     #[test]
     fn golden_debian_lock() {
-        let lock = Lock::new(&debian(), &image(), packages());
+        let lock = Lock::new(&debian(), &image(), packages()).bootstrapped_with(1);
         let text = lock.to_text().unwrap();
         let path = golden("debian.lock");
         if std::env::var_os("HERMIT_BLESS").is_some() {
@@ -352,6 +380,23 @@ mod tests {
         let want = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, want, "HERMIT_BLESS=1 rewrites {}", path.display());
         assert_eq!(Lock::parse("debian.lock", &want).unwrap(), lock);
+    }
+
+    /// A lock written by an older hermit (version 1: no pool paths, sizes
+    /// or source_date_epoch) still reads, and asks for the same toolchain.
+    #[test]
+    fn version_1_lock_still_reads() {
+        let text = std::fs::read_to_string(golden("debian-v1.lock")).unwrap();
+        let lock = Lock::parse("debian-v1.lock", &text).unwrap();
+        assert_eq!(lock.lock_version, 1);
+        assert_eq!(lock.request("debian-v1.lock").unwrap(), debian());
+        assert_eq!(lock.toolchain.source_date_epoch, None);
+        let mut old = packages();
+        for p in &mut old {
+            p.pool = None;
+            p.size = None;
+        }
+        assert_eq!(lock.toolchain.packages, old);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! | one module per subcommand, each a thin layer over the libraries | [`cmd`] |
 //! | graphs of specs: loading the closure, scheduling builds, progress | [`graph`] |
 //! | one build, as stages: resolve → plan → cache lookup → materialise → run → collect → install; rebuild from a record | [`pipeline`] (its doc has the stage table) |
-//! | the toolchain: lock requests, images from store/mirrors/registry/bootstrap, images made from an input | [`toolchain`], [`lock`], [`debian`] |
+//! | the toolchain: lock requests, images from store/mirrors/registry/bootstrap, images made from an input, Debian images made again from their lock's .debs | [`toolchain`], [`lock`], [`debian`], [`debrestore`] |
 //! | local `path` sources: selection, canonical tar | [`localtree`] |
 //! | the network flags and the fetcher | [`net`] |
 //! | what a mirror must hold for a spec or a record's graph | [`mirror`] |
@@ -32,6 +32,7 @@
 mod cmd;
 mod config;
 mod debian;
+mod debrestore;
 mod derive;
 mod environment;
 mod exit;
@@ -99,6 +100,8 @@ enum Command {
     Output(cmd::output::OutputCommand),
     /// Print a record's SLSA provenance v1 as an in-toto Statement
     Provenance(cmd::provenance::ProvenanceArgs),
+    #[command(subcommand)]
+    Toolchain(cmd::toolchain::ToolchainCommand),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::image::run(c),
         Command::Output(c) => cmd::output::run(c),
         Command::Provenance(a) => cmd::provenance::run(a),
+        Command::Toolchain(c) => cmd::toolchain::run(c),
     };
     match result {
         Ok(code) => code,

@@ -28,7 +28,7 @@ pub struct MirrorBlob {
 
 /// Every blob a spec's build needs that its `[[source]]` URLs alone do not
 /// give: the toolchain image pinned by hermit.lock (index, manifest, config,
-/// layers) and the canonical tar of each local `path` source. Remote sources
+/// layers; for a bootstrapped Debian also the .debs the store holds) and the canonical tar of each local `path` source. Remote sources
 /// are listed by the fetch plan.
 pub fn mirror_blobs_for_spec(store: &Store, spec_path: &Path) -> anyhow::Result<Vec<MirrorBlob>> {
     let spec = Spec::load(spec_path).map_err(|e| Exit::user(e.to_string()))?;
@@ -48,6 +48,9 @@ pub fn mirror_blobs_for_spec(store: &Store, spec_path: &Path) -> anyhow::Result<
             ))
         })?;
         out.extend(image_blobs(&image));
+        // A bootstrapped Debian's .debs: the image can be made again from
+        // them when its blobs are lost.
+        out.extend(crate::debrestore::mirror_blobs(store, &lock));
     }
     let profile = Profile::default_profile()?;
     for s in &spec.sources {
@@ -238,6 +241,13 @@ pub fn record_closure(
     let mut todo: Vec<Record> = vec![top.clone()];
     while let Some(rec) = todo.pop() {
         blobs.extend(record_blobs(&rec));
+        if let Some(lock) = rec
+            .lock
+            .as_ref()
+            .and_then(|l| Lock::parse("", &l.text).ok())
+        {
+            blobs.extend(crate::debrestore::mirror_blobs(store, &lock));
+        }
         for input in &rec.inputs {
             blobs.push(MirrorBlob {
                 digest: input.output,

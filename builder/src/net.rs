@@ -56,6 +56,12 @@ pub struct NetArgs {
     /// No progress bars (plain one-line messages instead)
     #[arg(long)]
     pub no_progress: bool,
+    /// Archives of old Debian packages (URLs of an archive's root, the
+    /// directory holding `pool/`) to fetch a lock's .debs from when its
+    /// toolchain image must be made again; set by the commands that build
+    /// (`--debian-archive`), see [`crate::debrestore::archives`].
+    #[arg(skip)]
+    pub debian_archives: Vec<String>,
 }
 
 fn seconds(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -96,6 +102,7 @@ impl NetArgs {
                 .unwrap_or(3),
             quiet,
             no_progress: false,
+            debian_archives: Vec::new(),
         }
     }
 }

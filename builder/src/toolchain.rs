@@ -188,6 +188,23 @@ pub fn locked_image(
             &image_reference(req),
         )?);
     }
+    // A bootstrapped Debian: made again from the .debs the lock pins.
+    if crate::debrestore::restorable(lock) {
+        let origin = spec_dir.join("hermit.lock").display().to_string();
+        match crate::debrestore::restore(
+            store,
+            lock,
+            &origin,
+            net,
+            profile.source_date_epoch.default,
+        ) {
+            Ok(img) => return Ok(img),
+            Err(e) if net.offline => return Err(e),
+            Err(e) => eprintln!(
+                "hermit: could not make the toolchain image {want} again from the .debs {origin} pins: {e:#}; bootstrapping afresh"
+            ),
+        }
+    }
     if net.offline {
         return Err(Exit::user(format!(
             "--offline: the toolchain image {want} pinned by hermit.lock is neither in the store nor in a mirror (--mirror)"

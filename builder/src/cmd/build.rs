@@ -26,6 +26,11 @@ pub struct CommonArgs {
     /// Never use the network; fail before building if an input is missing, listing it
     #[arg(long)]
     pub offline: bool,
+    /// An archive of old Debian packages (URL of its root, holding pool/) to
+    /// fetch a lock's .debs from when a Debian toolchain image must be made
+    /// again; repeatable
+    #[arg(long = "debian-archive", value_name = "URL")]
+    pub debian_archives: Vec<String>,
     /// The machine's job budget, shared by every build: builds at once, the make jobserver's slots and HERMIT_JOBS (default: this machine's CPU count)
     #[arg(short = 'j', long = "jobs", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
@@ -45,7 +50,9 @@ pub struct CommonArgs {
 impl CommonArgs {
     fn net(&self) -> NetArgs {
         // --json changes stdout only: progress stays on stderr.
-        NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet)
+        let mut net = NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet);
+        net.debian_archives = self.debian_archives.clone();
+        net
     }
     fn opts(&self) -> BuildOptions {
         // Run by make (`+hermit build …` in a Makefile): join its jobserver.
@@ -468,7 +475,8 @@ pub fn run_lock(args: LockArgs) -> anyhow::Result<ExitCode> {
     let profile = hermit_profiles::Profile::default_profile()?;
     let (image, packages) =
         crate::toolchain::resolve_toolchain_fresh(&store, &request, &dir, &net, &profile)?;
-    let lock = Lock::new(&request, &image, packages);
+    let lock =
+        Lock::new(&request, &image, packages).bootstrapped_with(profile.source_date_epoch.default);
     let path = dir.join("hermit.lock");
     let old = Lock::read(&path).ok().flatten();
     lock.write(&path)?;

@@ -9,3 +9,4 @@ pub mod output;
 pub mod provenance;
 pub mod sandbox;
 pub mod store;
+pub mod toolchain;

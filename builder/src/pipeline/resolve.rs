@@ -276,7 +276,8 @@ fn locked_toolchain(
         }
         None => {
             let (image, packages) = resolve_toolchain(store, request, dir, net, profile)?;
-            let lock = Lock::new(request, &image, packages);
+            let lock = Lock::new(request, &image, packages)
+                .bootstrapped_with(profile.source_date_epoch.default);
             lock.write(&lock_path)?;
             if !net.quiet {
                 eprintln!("hermit: wrote {shown}");
@@ -382,6 +383,10 @@ pub fn from_record(
         None => {
             if fetch_image_from_mirrors(store, net, &manifest).is_ok() {
                 oci::load_from_store(store, &manifest, rec.image.index, &rec.image.reference)?
+            } else if let Some(img) =
+                crate::debrestore::for_record(store, rec, origin, net, &profile)?
+            {
+                img
             } else if let (false, Ok(r)) =
                 (net.offline, rec.image.reference.parse::<oci::Reference>())
             {
