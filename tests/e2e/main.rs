@@ -8,6 +8,7 @@ mod build;
 mod cache_hits;
 mod common;
 mod debian;
+mod debrestore;
 mod environment;
 mod fetch;
 mod fixtures;
