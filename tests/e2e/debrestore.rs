@@ -213,7 +213,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     server.serve_dir("/bad/", &bad);
     let home_d = t.path().join("d");
     let o = restore(who, &home_d, &spec, &server.url("/bad"));
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let url = server.url(&format!("/bad/{gcc_pool}"));
     assert!(
