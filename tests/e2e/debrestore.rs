@@ -73,7 +73,13 @@ fn blob(home: &Path, hex: &str) -> PathBuf {
 fn restore(who: As, home: &Path, spec: &Path, archive: &str) -> Output {
     run(who
         .hermit_in(home)
-        .args(["toolchain", "restore", "--json", "--debian-archive", archive])
+        .args([
+            "toolchain",
+            "restore",
+            "--json",
+            "--debian-archive",
+            archive,
+        ])
         .arg(spec))
 }
 
