@@ -4,7 +4,8 @@
 //! namespace with nothing but loopback rebuilds the record identically
 //! (the image made again from the mirror's .debs, same manifest digest).
 //! An archive of old packages served over HTTP on loopback, laid out by
-//! pool path, gives the same image; a .deb whose bytes do not match the
+//! pool path, gives `hermit build` the same image; with `hermit toolchain
+//! restore`, a .deb whose bytes do not match the
 //! lock's sha256 is refused, naming the digest and the URL, and is not
 //! stored.
 
@@ -182,7 +183,9 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     );
 
     // An archive of old packages, laid out by pool path, over real HTTP on
-    // loopback: a new store with nothing else makes the same image.
+    // loopback: `hermit build` in a new store with nothing else makes the
+    // same image by itself (never bootstrapping afresh), and the same
+    // output.
     let archive = t.path().join("archive");
     for (hex, pool) in &debs {
         let dest = archive.join(pool);
@@ -192,14 +195,34 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     let server = Server::start();
     server.serve_dir("/debian/", &archive);
     let home_c = t.path().join("c");
-    let o = restore(who, &home_c, &spec, &server.url("/debian"));
+    let o = run(who
+        .hermit_in(&home_c)
+        .arg("build")
+        .arg(&spec)
+        .arg("--json")
+        .arg("--debian-archive")
+        .arg(server.url("/debian")));
     assert!(o.status.success(), "{}", both(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["manifest"], manifest.as_str());
-    assert_eq!(v["restored"], true);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("again from its") && !err.contains("bootstrapping"),
+        "{err}"
+    );
+    let c: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(c["output_digest"], built["output_digest"]);
     let (gcc_hex, gcc_pool) = debs.iter().find(|(_, p)| p.contains("/gcc-12_")).unwrap();
     assert_eq!(server.count(&format!("/debian/{gcc_pool}")), 1);
     assert!(blob(&home_c, gcc_hex).is_file());
+    assert!(blob(&home_c, &manifest[7..]).is_file());
+    // `hermit toolchain restore` of the record: the image is there.
+    let o = run(who
+        .hermit_in(&home_c)
+        .args(["toolchain", "restore", "--json"])
+        .arg(c["record"].as_str().unwrap()));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["manifest"], manifest.as_str());
+    assert_eq!(v["restored"], false);
 
     // The same archive with one .deb's bytes changed: refused by its
     // digest, with the URL named; nothing of it stored, no image made.
