@@ -13,6 +13,7 @@
 //! | `init.rs` | init (pid 1) | maps the uid, joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
+//! | `zygote.rs` | hermit, the zygote | for graphs: one single-threaded zygote clones each helper (`CLONE_PARENT`) instead of one `execve` of hermit per sandbox |
 //! | `cgroup.rs` | hermit | the per-sandbox pids and memory cgroups, where allowed |
 //! | [`probe`] | `hermit doctor` | can this machine run the sandbox, and the fix if not |
 //! | `sys.rs` | all | the only `unsafe`: raw system calls, each with a `// SAFETY:` line |
@@ -45,6 +46,7 @@ pub mod seccomp;
 mod setup;
 pub mod spec;
 mod sys;
+mod zygote;
 
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
@@ -53,12 +55,16 @@ pub use run::{
     MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
 };
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
+pub use zygote::prefer as prefer_zygote;
 
 /// The namespaces every sandbox gets, by name (for records).
 pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "uts", "ipc", "cgroup"];
 
 /// The hidden first argument that turns hermit into the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox-init";
+/// The hidden first argument that turns hermit into the zygote that starts
+/// helpers (see `zygote.rs`).
+pub const ZYGOTE_ARG: &str = "__sandbox-zygote";
 /// The hidden first argument for `hermit doctor`'s probes.
 pub const PROBE_ARG: &str = "__sandbox-probe";
 
@@ -71,6 +77,9 @@ pub fn enter_if_requested() -> Option<u8> {
     if first == HELPER_ARG {
         let rest: Vec<_> = args.collect();
         Some(intermediate::helper_main(&rest))
+    } else if first == ZYGOTE_ARG {
+        let rest: Vec<_> = args.collect();
+        Some(zygote::zygote_main(&rest))
     } else if first == PROBE_ARG {
         let rest: Vec<_> = args.collect();
         Some(probe::probe_main(&rest))

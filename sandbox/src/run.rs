@@ -3,13 +3,11 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::unistd::Pid;
 
 use crate::outcome::{Outcome, SetupFailure};
 use crate::plan::{plan, Op};
@@ -390,32 +388,48 @@ fn run_inner(
             Err(_) => (None, true, None),
         }
     } else {
+        // The helper's (and so init's) 0–2 are the command's, its input
+        // and status pipes are 3 and 4, passed descriptors follow; and it
+        // needs none of hermit's environment (which init, pid 1 inside,
+        // would otherwise carry).
+        let mut input = input;
+        const FIRST_PASSED: i32 = 5;
+        input.pass = passed
+            .iter()
+            .zip(FIRST_PASSED..)
+            .map(|((n, _), at)| (*n, at))
+            .collect();
         let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
-        let mut cmd = Command::new(helper);
-        std::os::unix::process::CommandExt::arg0(&mut cmd, "hermit");
-        let [fd0, fd1, fd2] = stdio;
-        // The helper's (and so init's) 0–2 are the command's; and it needs
-        // none of hermit's environment (which init, pid 1 inside, would
-        // otherwise carry).
-        cmd.stdin(fd0)
-            .stdout(fd1)
-            .stderr(fd2)
-            .env_clear()
-            .arg(HELPER_ARG)
-            .arg(in_r.as_raw_fd().to_string())
-            .arg(st_w.as_raw_fd().to_string());
-        let mut keep = vec![in_r.as_raw_fd(), st_w.as_raw_fd()];
-        keep.extend(passed.iter().map(|(_, fd)| fd.as_raw_fd()));
-        sys::arm_helper(&mut cmd, nix::unistd::getpid(), keep);
-        let child = cmd.spawn().map_err(|source| RunError::Spawn {
-            exe: helper.to_path_buf(),
-            source,
-        })?;
+        let mut fds: Vec<(std::os::fd::BorrowedFd<'_>, i32)> = vec![
+            (stdio[0].as_fd(), 0),
+            (stdio[1].as_fd(), 1),
+            (stdio[2].as_fd(), 2),
+            (in_r.as_fd(), 3),
+            (st_w.as_fd(), 4),
+        ];
+        fds.extend(
+            passed
+                .iter()
+                .zip(FIRST_PASSED..)
+                .map(|((_, fd), at)| (fd.as_fd(), at)),
+        );
+        let in_order: Vec<_> = fds.iter().map(|(fd, _)| *fd).collect();
+        let child =
+            match crate::zygote::spawn(helper, &in_order) {
+                Some(pid) => pid,
+                None => sys::spawn_helper(helper, &["hermit", HELPER_ARG, "3", "4"], &fds)
+                    .map_err(|e| RunError::Spawn {
+                        exe: helper.to_path_buf(),
+                        source: e.into(),
+                    })?,
+            };
+        drop(in_order);
+        drop(fds);
+        drop(stdio);
         drop(in_r);
-        drop(cmd);
         // A write error means the helper died early; its status tells why.
         let _ = std::fs::File::from(in_w).write_all(&payload);
-        (Some(Pid::from_raw(child.id() as i32)), false, None)
+        (Some(child), false, None)
     };
     drop(st_w);
     // init has its own copies now (or never will).

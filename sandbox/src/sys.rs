@@ -2,7 +2,7 @@
 //! does not cover (or covers only as `unsafe`). Each block says why it is sound.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
@@ -250,30 +250,49 @@ pub fn set_domainname(name: &str) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
-/// Arms the helper's process between `fork` and `execve`: PR_SET_PDEATHSIG
-/// (SIGKILL) so it dies with the thread that spawned it, a check that the
-/// parent did not die before that, and `keep` made to survive `execve`.
-pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: Vec<i32>) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before `execve` and makes
-    // only async-signal-safe system calls (prctl, getppid, fcntl); it does not
-    // allocate or take locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent.as_raw() {
-                libc::_exit(125);
-            }
-            for &fd in &keep {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+/// Starts the helper with `posix_spawn` (a `vfork`-style clone: hermit's
+/// address space is not copied, which a `fork` of a multi-threaded hermit
+/// with a large heap would do for every build). `fds` are `(descriptor,
+/// number in the helper)`; the helper gets exactly those, each without
+/// close-on-exec, an empty environment, an empty signal mask and default
+/// SIGPIPE. The helper ties itself to hermit (PR_SET_PDEATHSIG, then a
+/// check of its parent) as its first act.
+pub fn spawn_helper(
+    exe: &std::path::Path,
+    args: &[&str],
+    fds: &[(BorrowedFd<'_>, i32)],
+) -> Result<Pid, Errno> {
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Errno::EINVAL);
+    let path = cstr(exe.as_os_str().as_bytes())?;
+    let argv = args
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Copies above every target number, so that no dup2 below overwrites a
+    // descriptor a later one still reads; close-on-exec, so they vanish in
+    // the helper (and in any other process started meanwhile).
+    let top = fds.iter().map(|&(_, n)| n).max().unwrap_or(2).max(2) + 1;
+    let sources = fds
+        .iter()
+        .map(|(fd, _)| dup_above(fd.as_raw_fd(), top.max(64)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    for (src, &(_, n)) in sources.iter().zip(fds) {
+        actions.add_dup2(src.as_raw_fd(), n)?;
     }
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+    let mut default = nix::sys::signal::SigSet::empty();
+    default.add(nix::sys::signal::Signal::SIGPIPE);
+    attr.set_sigdefault(&default)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let env: [CString; 0] = [];
+    posix_spawn(path.as_c_str(), &actions, &attr, &argv, &env)
 }
 
 /// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec copy of descriptor `raw` at
