@@ -21,9 +21,8 @@ pub struct ShellArgs {
     pub target: Option<PathBuf>,
     /// Enter a failed build kept with `--keep-failed`, over its kept /build
     /// and /out: the directory its message named, or the last one kept
-    #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = "",
-          conflicts_with = "target")]
-    pub failed: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", num_args = 0..=1, conflicts_with = "target")]
+    pub failed: Option<Option<PathBuf>>,
     /// Never give the command a terminal, even when hermit has one
     #[arg(short = 'T', long)]
     pub no_tty: bool,
@@ -54,8 +53,7 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let _shared = store.shared_lock().context("locking the store")?;
     let source = match (&args.failed, &args.target) {
-        (Some(d), _) if d.as_os_str().is_empty() => Source::Failed(None),
-        (Some(d), _) => Source::Failed(Some(d.clone())),
+        (Some(d), _) => Source::Failed(d.clone()),
         (None, Some(t)) => {
             let text = crate::limits::read_text(t, crate::limits::MAX_RECORD)
                 .map_err(|e| Exit::user(format!("{}: cannot read it: {e}", t.display())))?;
