@@ -425,7 +425,20 @@ impl Kept {
             ))
             .into());
         }
-        let rec = Record {
+        let rec = kept.into_record();
+        // The same checks as a record's: digests of the texts, the key.
+        rec.validate(origin)
+            .map_err(|e| Exit::user(e.to_string()))?;
+        let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
+            .map_err(|e| Exit::user(format!("{origin}: the kept spec: {e}")))?;
+        crate::derive::check_static(&rec, &spec, origin).map_err(|e| Exit::user(e.to_string()))?;
+        Ok((rec, spec))
+    }
+
+    /// The record of the failed build, without an output (it made none).
+    fn into_record(self) -> Record {
+        let kept = self;
+        Record {
             record_version: crate::record::RECORD_VERSION,
             hermit: crate::record::HermitInfo {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -452,14 +465,30 @@ impl Kept {
                 size: 0,
             },
             informational: crate::record::Informational::collect(None, None),
-        };
-        // The same checks as a record's: digests of the texts, the key.
-        rec.validate(origin)
-            .map_err(|e| Exit::user(e.to_string()))?;
-        let spec = Spec::parse(Path::new(&rec.spec.file), &rec.spec.text)
-            .map_err(|e| Exit::user(format!("{origin}: the kept spec: {e}")))?;
-        crate::derive::check_static(&rec, &spec, origin).map_err(|e| Exit::user(e.to_string()))?;
-        Ok((rec, spec))
+        }
+    }
+
+    /// The key inputs of `rec` (a record, or one a plan would make).
+    fn of_record(rec: &Record) -> Kept {
+        Kept {
+            kept_version: KEPT_VERSION,
+            build_key: rec.build_key,
+            package: rec.package.clone(),
+            spec: rec.spec.clone(),
+            lock: rec.lock.clone(),
+            image: rec.image.clone(),
+            sources: rec.sources.clone(),
+            inputs: rec.inputs.clone(),
+            profile: rec.profile.clone(),
+            environment: rec.environment.clone(),
+        }
+    }
+
+    /// Pretty JSON (fields in their order here), with a final newline.
+    fn to_text(&self) -> anyhow::Result<String> {
+        let mut text = serde_json::to_string_pretty(self).context("serialising the kept build")?;
+        text.push('\n');
+        Ok(text)
     }
 }
 
@@ -488,8 +517,7 @@ pub fn note_kept(plan: &Plan, dir: &Path) -> anyhow::Result<()> {
         profile: plan.profile.clone(),
         environment: r.environment.clone(),
     };
-    let mut text = serde_json::to_string_pretty(&kept).context("serialising the kept build")?;
-    text.push('\n');
+    let text = kept.to_text()?;
     let path = dir.join(KEPT_FILE);
     fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
@@ -599,4 +627,56 @@ fn kept_materialised(
         out_dir,
         build_mount,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn golden_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/kept/failed-v1.json")
+    }
+
+    /// `failed.json` is a format: its bytes are fixed, and what it says
+    /// gives back the record's build key.
+    #[test]
+    fn golden_kept_build() {
+        let rec = crate::record::tests::sample_with("v3");
+        let text = Kept::of_record(&rec).to_text().unwrap();
+        let path = golden_path();
+        if std::env::var_os("HERMIT_BLESS").is_some() {
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, &text).unwrap();
+        }
+        let golden = fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text, golden,
+            "failed-v1.json changed; rerun with HERMIT_BLESS=1 if intended"
+        );
+        let back: Kept = serde_json::from_str(&golden).unwrap();
+        let again = back.into_record();
+        again.validate("failed.json").unwrap();
+        assert_eq!(again.build_key, rec.build_key);
+        assert_eq!(again.key_inputs().build_key(), rec.build_key);
+    }
+
+    #[test]
+    fn an_edited_kept_build_is_refused() {
+        let rec = crate::record::tests::sample_with("v3");
+        let text = Kept::of_record(&rec).to_text().unwrap();
+        let edited = text.replacen("\"hostname\": \"", "\"hostname\": \"x", 1);
+        assert_ne!(edited, text);
+        let e = Kept::parse(&edited, "k/failed.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("k/failed.json") && e.contains("build_key"),
+            "{e}"
+        );
+        let e = Kept::parse("{\"kept_version\": 2}", "k/failed.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k/failed.json"), "{e}");
+    }
 }
