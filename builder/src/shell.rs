@@ -468,7 +468,8 @@ impl Kept {
         }
     }
 
-    /// The key inputs of `rec` (a record, or one a plan would make).
+    /// The key inputs of `rec`.
+    #[cfg(test)]
     fn of_record(rec: &Record) -> Kept {
         Kept {
             kept_version: KEPT_VERSION,
