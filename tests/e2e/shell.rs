@@ -328,6 +328,63 @@ fn shell_enters_a_kept_failed_build(who: As) {
     );
 }
 
+/// With `[build] workdir`, `/build` is the same writable view of the
+/// source in the shell as in the build — over the kept upper layer for a
+/// failed build.
+fn shell_keeps_the_workdir_view(who: As) {
+    let t = who.scratch();
+    let spec = project(
+        t.path(),
+        "cat hello.txt > $out/copy\necho partial > half.o\nrm hello.txt\nexit 3",
+    );
+    let text = fs::read_to_string(&spec).unwrap();
+    fs::write(
+        &spec,
+        text.replacen("[build]\n", "[build]\nworkdir = \"src\"\n", 1),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    // A spec's shell: the source's files in /build, writable, and gone
+    // when the shell exits.
+    let o = run(hermit(who, &home).arg("shell").arg(&spec).args([
+        "--",
+        "sh",
+        "-c",
+        "cat hello.txt; echo x > new; busybox ls",
+    ]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "hello
+hello.txt
+new
+"
+    );
+    assert!(!t.path().join("app/src/new").exists());
+
+    let o = run(hermit(who, &home)
+        .arg("build")
+        .arg(&spec)
+        .arg("--keep-failed"));
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    // The kept build: what it made and deleted, over the source.
+    let script = "busybox ls; cat half.o; test ! -e hello.txt && echo deleted; echo more > more.o";
+    for round in ["first", "again"] {
+        let o = run(hermit(who, &home)
+            .arg("shell")
+            .arg("--failed")
+            .args(["--", "sh", "-c", script]));
+        assert!(o.status.success(), "{round}: {}", both(&o));
+        let want = if round == "first" {
+            "half.o\npartial\ndeleted\n"
+        } else {
+            "half.o\nmore.o\npartial\ndeleted\n"
+        };
+        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "{round}");
+    }
+}
+
 /// The master side of a pseudo-terminal the test drives hermit through.
 struct Pty {
     master: OwnedFd,
@@ -494,5 +551,6 @@ both_users!(
     shell_mounts_what_the_build_had,
     shell_passes_the_exit_status_and_stdin,
     shell_enters_a_kept_failed_build,
+    shell_keeps_the_workdir_view,
     shell_gives_a_terminal_of_its_own,
 );
