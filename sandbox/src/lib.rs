@@ -16,6 +16,7 @@
 //! | `zygote.rs` | hermit, the zygote | for graphs: one single-threaded zygote clones each helper (`CLONE_PARENT`) instead of one `execve` of hermit per sandbox |
 //! | `cgroup.rs` | hermit | the per-sandbox pids and memory cgroups, where allowed |
 //! | [`probe`] | `hermit doctor` | can this machine run the sandbox, and the fix if not |
+//! | [`terminal`] | init, hermit | the command's own pseudo-terminal (made by init in the sandbox's devpts, its master sent to hermit), hermit's relay to the caller's terminal |
 //! | `sys.rs` | all | the only `unsafe`: raw system calls, each with a `// SAFETY:` line |
 //!
 //! # Entering
@@ -46,13 +47,14 @@ pub mod seccomp;
 mod setup;
 pub mod spec;
 mod sys;
+pub mod terminal;
 mod zygote;
 
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
 pub use run::{
-    run, run_watched, run_watched_passing, run_watched_to, run_with_helper, run_with_stdin,
-    MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
+    run, run_full, run_watched, run_watched_passing, run_watched_to, run_with_helper,
+    run_with_stdin, MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
 };
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
 pub use zygote::prefer as prefer_zygote;

@@ -480,3 +480,111 @@ pub fn close_all_except(keep: &[i32]) -> Result<(), Errno> {
     }
     Ok(())
 }
+
+/// `ioctl(TIOCSCTTY)`: makes the terminal on `fd` the controlling terminal
+/// of the calling process, which must be a session leader without one.
+/// Called in the command's process just before `execve`.
+pub fn set_controlling_terminal(fd: i32) -> Result<(), Errno> {
+    // SAFETY: plain system call on integers; the argument 0 means "do not
+    // steal the terminal from another session".
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// `ioctl(TIOCGWINSZ)`: the window size of the terminal on `fd`.
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Result<libc::winsize, Errno> {
+    // SAFETY: `winsize` is plain old data; all-zero is a valid value.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` to the pointer, which
+    // points at `ws` for the whole call; `fd` is open (borrowed).
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCGWINSZ,
+            &mut ws as *mut libc::winsize,
+        )
+    };
+    Errno::result(r).map(|_| ws)
+}
+
+/// `ioctl(TIOCSWINSZ)`: sets the window size of the terminal on `fd` (the
+/// kernel sends SIGWINCH to its foreground process group when it changes).
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, ws: &libc::winsize) -> Result<(), Errno> {
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which
+    // points at `ws` for the whole call; `fd` is open (borrowed).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) };
+    Errno::result(r).map(drop)
+}
+
+/// Takes ownership of a descriptor the kernel just installed in this
+/// process (one received with SCM_RIGHTS).
+pub fn received_fd(raw: i32) -> OwnedFd {
+    // SAFETY: the kernel installed `raw` for this process in the `recvmsg`
+    // the caller just made; nothing else knows the number, so nothing else
+    // owns it.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// Where [`on_signal`] writes: the write end of a non-blocking pipe, or -1.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The handler of [`catch_signals`]: writes the signal's number as one byte
+/// into the signal pipe. Only async-signal-safe calls (an atomic load and
+/// `write`), and errno is saved and restored.
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    let byte = sig as u8;
+    // SAFETY: `__errno_location` returns this thread's errno; `write` is
+    // async-signal-safe and reads one byte from a local.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, &byte as *const u8 as *const libc::c_void, 1);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Catches `signals` in this process: each one delivered writes its number
+/// as one byte into `pipe` (the write end of a non-blocking pipe, which
+/// must stay open until [`restore_signals`]). Returns the old dispositions.
+pub fn catch_signals(
+    pipe: std::os::fd::BorrowedFd<'_>,
+    signals: &[i32],
+) -> Result<Vec<(i32, libc::sigaction)>, Errno> {
+    SIGNAL_PIPE.store(pipe.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    let mut old = Vec::new();
+    for &sig in signals {
+        // SAFETY: `sigaction` is plain old data; all-zero is a valid value
+        // (no flags, an empty mask) that the fields below complete.
+        let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+        new.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        new.sa_flags = libc::SA_RESTART;
+        // SAFETY: as above.
+        let mut prev: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers point at live `sigaction`s for the call;
+        // the handler only makes async-signal-safe calls.
+        let r = unsafe { libc::sigaction(sig, &new, &mut prev) };
+        if let Err(e) = Errno::result(r) {
+            restore_signals(&old);
+            return Err(e);
+        }
+        old.push((sig, prev));
+    }
+    Ok(old)
+}
+
+/// Puts back the dispositions [`catch_signals`] replaced; the signal pipe
+/// is no longer written to.
+pub fn restore_signals(old: &[(i32, libc::sigaction)]) {
+    // First: a handler running from now on writes nothing (the pipe may be
+    // closed, and its number reused, once this returns).
+    SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::SeqCst);
+    for (sig, prev) in old.iter().rev() {
+        // SAFETY: `prev` is a disposition `sigaction` returned for `sig`.
+        unsafe {
+            libc::sigaction(*sig, prev, std::ptr::null_mut());
+        }
+    }
+}
