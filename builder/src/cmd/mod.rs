@@ -8,5 +8,6 @@ pub mod image;
 pub mod output;
 pub mod provenance;
 pub mod sandbox;
+pub mod shell;
 pub mod store;
 pub mod toolchain;
