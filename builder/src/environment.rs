@@ -73,6 +73,10 @@ pub fn sandbox_spec(
         },
         aslr: env.aslr,
         umask: profile.system.umask,
+        // What hermit cannot normalise: the CPUs and machine name the host
+        // has (`hermit check` varies both).
+        cpus: None,
+        linux32: false,
     }
 }
 

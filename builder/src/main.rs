@@ -30,6 +30,7 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
+mod check;
 mod cmd;
 mod config;
 mod debian;
@@ -78,6 +79,8 @@ enum Command {
     Build(cmd::build::BuildArgs),
     /// Build a record again from the record alone and say whether the output is identical
     Rebuild(cmd::build::RebuildArgs),
+    /// Build twice or more, varying what hermit cannot normalise (CPUs, clock, uname, ASLR, …), and say whether the output changes
+    Check(cmd::check::CheckArgs),
     /// Print the closure of specs through their [inputs], in build order
     Graph(cmd::build::GraphArgs),
     /// Resolve the spec's toolchain and write hermit.lock beside it
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
         Command::Rebuild(a) => cmd::build::run_rebuild(a),
+        Command::Check(a) => cmd::check::run(a),
         Command::Graph(a) => cmd::build::run_graph(a),
         Command::Lock(a) => cmd::build::run_lock(a),
         Command::Store(c) => cmd::store::run(c),
@@ -151,6 +155,7 @@ impl Command {
             Command::Build(a) => a.common.json,
             Command::Rebuild(a) => a.common.json,
             Command::Graph(a) => a.json,
+            Command::Check(a) => a.json,
             Command::Image(cmd::image::ImageCommand::Bootstrap { json, .. })
             | Command::Image(cmd::image::ImageCommand::Ls { json })
             | Command::Output(cmd::output::OutputCommand::Hash { json, .. }) => *json,

@@ -5,6 +5,7 @@
 
 mod bounds;
 mod build;
+mod check;
 mod cache_hits;
 mod common;
 mod debian;
