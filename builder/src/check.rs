@@ -36,6 +36,7 @@ use crate::pipeline::{self, BuildOptions, Echo};
 use crate::shell::{self, ShellOptions, Source};
 
 /// One variation of the build environment.
+#[derive(Debug)]
 pub struct Variation {
     pub name: &'static str,
     /// Varied by default: hermit cannot normalise it.
@@ -75,6 +76,11 @@ pub const VARIATIONS: &[Variation] = &[
         name: "clock",
         default: true,
         cause: "build timestamp (the clock)",
+    },
+    Variation {
+        name: "dirorder",
+        default: true,
+        cause: "filesystem ordering",
     },
     Variation {
         name: "umask",
@@ -239,6 +245,8 @@ struct Variant {
     /// What is varied; the hook may replace it (e.g. when the image turns
     /// out to lack what the variation needs).
     what: Arc<Mutex<(bool, String)>>,
+    /// FUSE mounts the hook made, unmounted when the build has ended.
+    fuse: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 fn hook(f: impl Fn(&mut SandboxSpec) + Send + Sync + 'static) -> Option<SandboxHook> {
@@ -251,12 +259,13 @@ fn affinity_cpus() -> u32 {
 }
 
 /// How to build the variant of `v`, or why this machine cannot vary it.
-fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
+fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, String> {
     let what = |s: String| Arc::new(Mutex::new((true, s)));
     Ok(match v.name {
         "jobs" => {
             let other = if control_jobs == 1 { 2 } else { 1 };
             Variant {
+                fuse: Arc::default(),
                 jobs: Some(other),
                 hook: None,
                 what: what(format!(
@@ -272,6 +281,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
                 ));
             }
             Variant {
+                fuse: Arc::default(),
                 jobs: None,
                 hook: hook(|s| s.cpus = Some(1)),
                 what: what(format!(
@@ -280,6 +290,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             }
         }
         "uname" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.linux32 = true),
             what: what(format!(
@@ -289,6 +300,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             )),
         },
         "randomness" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.set_env("PYTHONHASHSEED", "4242");
@@ -302,6 +314,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             ),
         },
         "aslr" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.aslr = !s.aslr),
             what: what(
@@ -313,15 +326,13 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             let what = what(String::new());
             let note = what.clone();
             Variant {
+                fuse: Arc::default(),
                 jobs: None,
                 hook: hook(move |s| {
                     let lib = FAKETIME_LIBS
                         .iter()
                         .find(|l| s.root.join(l.trim_start_matches('/')).is_file());
-                    let mut note = match note.lock() {
-                        Ok(n) => n,
-                        Err(p) => p.into_inner(),
-                    };
+                    let mut note = lock(&note);
                     match lib {
                         Some(lib) => {
                             let preload = match s.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
@@ -353,11 +364,13 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             }
         }
         "umask" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.umask = if s.umask == 0o002 { 0o022 } else { 0o002 }),
             what: what("the umask: the profile's → 0002 (or 0022)".into()),
         },
         "hostname" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.hostname = "hermit-check-variant".into();
@@ -369,6 +382,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             ),
         },
         "user" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.user = "checker".into();
@@ -384,6 +398,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             what: what("the user and group (name, uid, gid): the profile's → checker/checkers, uid and gid + 1000".into()),
         },
         "locale" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.set_env("LANG", "fr_FR.ISO-8859-1");
@@ -395,6 +410,7 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             ),
         },
         "timezone" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.set_env("TZ", "CHK-13:45")),
             what: what(
@@ -403,12 +419,142 @@ fn variant(v: &Variation, control_jobs: u32) -> Result<Variant, String> {
             ),
         },
         "malloc" => Variant {
+            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.set_env("MALLOC_PERTURB_", "165")),
             what: what("glibc's MALLOC_PERTURB_: unset → 165 (freed and fresh memory filled)".into()),
         },
+        "dirorder" => dirorder(ctx, what(String::new()))?,
         other => return Err(format!("not varied: hermit does not know variation {other:?}")),
     })
+}
+
+/// What the variations need to know of the build.
+struct Ctx {
+    /// Where FUSE mount points go (the store's session directory).
+    scratch: PathBuf,
+    sources_path: PathBuf,
+    build_path: PathBuf,
+}
+
+/// `dirorder`: the sources and `/build` seen through disorderfs, which
+/// lists every directory in reverse order.
+fn dirorder(ctx: &Ctx, what: Arc<Mutex<(bool, String)>>) -> Result<Variant, String> {
+    let Some(tool) = find_in_path("disorderfs") else {
+        return Err(
+            "not varied: disorderfs is not installed (Debian package disorderfs, with fuse3)"
+                .into(),
+        );
+    };
+    if !Path::new("/dev/fuse").exists() {
+        return Err("not varied: this machine has no /dev/fuse".into());
+    }
+    use nix::unistd::{access, AccessFlags};
+    if access("/dev/fuse", AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
+        return Err(
+            "not varied: /dev/fuse is not open to this user (Debian's default is mode 0666: chmod 0666 /dev/fuse)"
+                .into(),
+        );
+    }
+    let fuse: Arc<Mutex<Vec<PathBuf>>> = Arc::new(Mutex::new(Vec::new()));
+    let (done, note) = (fuse.clone(), what.clone());
+    let scratch = ctx.scratch.clone();
+    let (sources, build) = (ctx.sources_path.clone(), ctx.build_path.clone());
+    let hook = hook(move |s| {
+        let mut done = lock(&done);
+        let mut wrapped = Vec::new();
+        let mut failed = None;
+        for m in s.mounts.iter_mut() {
+            let hermit_sandbox::Mount::Bind { src, dst, .. } = m else {
+                continue;
+            };
+            if !(dst.starts_with(&sources) || *dst == build) || !src.is_dir() {
+                continue;
+            }
+            let mnt = match hermit_store::store::temp_dir(&scratch) {
+                Ok(d) => d,
+                Err(e) => {
+                    failed = Some(format!("a mount point: {e}"));
+                    break;
+                }
+            };
+            match Command::new(&tool)
+                .args(["-q", "--reverse-dirents=yes", "--pad-blocks=0"])
+                .arg(&*src)
+                .arg(&mnt)
+                .output()
+            {
+                Ok(o) if o.status.success() => {
+                    done.push(mnt.clone());
+                    wrapped.push(dst.display().to_string());
+                    *src = mnt;
+                }
+                Ok(o) => {
+                    let _ = fs::remove_dir(&mnt);
+                    failed = Some(format!(
+                        "disorderfs {}: {}",
+                        src.display(),
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    let _ = fs::remove_dir(&mnt);
+                    failed = Some(format!("running disorderfs: {e}"));
+                    break;
+                }
+            }
+        }
+        *lock(&note) = match failed {
+            Some(why) => (false, format!("not varied: {why}")),
+            None if wrapped.is_empty() => (
+                false,
+                "not varied: no source or /build directory to reorder".into(),
+            ),
+            None => (
+                true,
+                format!(
+                    "the order directories list their entries in (disorderfs, reversed): {}",
+                    wrapped.join(", ")
+                ),
+            ),
+        };
+        if !matches!(*lock(&note), (true, _)) {
+            // Nothing half-varied: undo what was mounted.
+            unmount_all(&mut done);
+        }
+    });
+    Ok(Variant {
+        jobs: None,
+        hook,
+        what,
+        fuse,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Unmounts (and removes) FUSE mount points a variation made.
+fn unmount_all(mounts: &mut Vec<PathBuf>) {
+    for m in mounts.drain(..) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&m)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&m)
+                .output();
+        }
+        let _ = fs::remove_dir(&m);
+    }
 }
 
 /// Runs the check: a control build, then one variant per variation, each
@@ -453,11 +599,16 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
 
     // The control stays in staging until a variant differs; then it is
     // kept beside it, for diffoscope and the user.
+    let ctx = Ctx {
+        scratch: store.tmp_dir().to_path_buf(),
+        sources_path: PathBuf::from(&plan.resolved.environment.sources_path),
+        build_path: PathBuf::from(&plan.resolved.environment.build_path),
+    };
     let mut control_dir = control.dir.clone();
     let mut control_kept = false;
     let mut reports = Vec::new();
     for v in &opts.variations {
-        let variant = match variant(v, control_jobs) {
+        let variant = match variant(v, control_jobs, &ctx) {
             Ok(x) => x,
             Err(why) => {
                 say(&format!("{}: {why}", v.name));
@@ -487,10 +638,8 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
         };
         let built = pipeline::run_stages(store, &plan, &opts.net, &vopts);
         set_jobs(&mut plan, control_jobs);
-        let (varied, what) = match variant.what.lock() {
-            Ok(w) => w.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        unmount_all(&mut lock(&variant.fuse));
+        let (varied, what) = lock(&variant.what).clone();
         let mut rep = VariationReport {
             name: v.name.into(),
             varied,
@@ -509,8 +658,7 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
             }
             Ok(staged) => {
                 let diffs = differences(&control.record, &staged.record);
-                if diffs.is_empty() && staged.record.output.digest == control.record.output.digest
-                {
+                if diffs.is_empty() && staged.record.output.digest == control.record.output.digest {
                     rep.identical = Some(true);
                     pipeline::materialise::discard(&staged.dir);
                 } else {
@@ -712,23 +860,37 @@ mod tests {
     fn the_defaults_are_what_hermit_cannot_normalise() {
         assert_eq!(
             names(&select(&[], &[]).unwrap()),
-            ["jobs", "cpus", "uname", "randomness", "aslr", "clock"]
+            [
+                "jobs",
+                "cpus",
+                "uname",
+                "randomness",
+                "aslr",
+                "clock",
+                "dirorder"
+            ]
         );
-        assert_eq!(select(&["all".into()], &[]).unwrap().len(), VARIATIONS.len());
+        assert_eq!(
+            select(&["all".into()], &[]).unwrap().len(),
+            VARIATIONS.len()
+        );
         assert_eq!(
             names(&select(&["aslr,uname".into(), "aslr".into()], &["clock".into()]).unwrap()),
             ["uname", "aslr"]
         );
         assert_eq!(
             names(&select(&[], &["jobs,clock".into()]).unwrap()),
-            ["cpus", "uname", "randomness", "aslr"]
+            ["cpus", "uname", "randomness", "aslr", "dirorder"]
         );
     }
 
     #[test]
     fn unknown_or_empty_selections_are_bad_input() {
         let e = select(&["colour".into()], &[]).unwrap_err();
-        assert!(e.to_string().contains("unknown variation \"colour\""), "{e}");
+        assert!(
+            e.to_string().contains("unknown variation \"colour\""),
+            "{e}"
+        );
         assert!(e.to_string().contains("jobs, cpus"), "{e}");
         let e = select(&["aslr".into()], &["aslr".into()]).unwrap_err();
         assert!(e.to_string().contains("no variation left"), "{e}");
@@ -739,7 +901,15 @@ mod tests {
         let mut base = hermit_sandbox::SandboxSpec::clone(&crate_spec());
         base.root = std::env::temp_dir();
         for v in VARIATIONS {
-            let Ok(x) = variant(v, 4) else { continue };
+            let ctx = Ctx {
+                scratch: std::env::temp_dir(),
+                sources_path: "/sources".into(),
+                build_path: "/build".into(),
+            };
+            if v.name == "dirorder" {
+                continue; // mounts: tested end to end
+            }
+            let Ok(x) = variant(v, 4, &ctx) else { continue };
             let mut s = base.clone();
             if let Some(h) = &x.hook {
                 (h.0)(&mut s);

@@ -5,8 +5,8 @@
 
 mod bounds;
 mod build;
-mod check;
 mod cache_hits;
+mod check;
 mod common;
 mod debian;
 mod environment;
