@@ -289,16 +289,22 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                 )),
             }
         }
-        "uname" => Variant {
-            fuse: Arc::default(),
-            jobs: None,
-            hook: hook(|s| s.linux32 = true),
-            what: what(format!(
-                "the machine name uname reports (personality PER_LINUX32): {} → its 32-bit name; \
-                 the kernel release and version (uname -r, -v) are not varied yet",
-                std::env::consts::ARCH
-            )),
-        },
+        "uname" => {
+            let (from, to) = match std::env::consts::ARCH {
+                "x86_64" => ("x86_64", "i686"),
+                "aarch64" => ("aarch64", "armv8l"),
+                other => (other, "its 32-bit name"),
+            };
+            Variant {
+                fuse: Arc::default(),
+                jobs: None,
+                hook: hook(|s| s.linux32 = true),
+                what: what(format!(
+                    "the machine name uname reports (personality PER_LINUX32): {from} → {to}; \
+                     the kernel release and version (uname -r, -v) are not varied yet"
+                )),
+            }
+        }
         "randomness" => Variant {
             fuse: Arc::default(),
             jobs: None,
@@ -313,15 +319,30 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                     .into(),
             ),
         },
-        "aslr" => Variant {
-            fuse: Arc::default(),
-            jobs: None,
-            hook: hook(|s| s.aslr = !s.aslr),
-            what: what(
+        "aslr" => {
+            let what = what(
                 "address-space layout randomisation (personality ADDR_NO_RANDOMIZE): the profile's setting → the other"
                     .into(),
-            ),
-        },
+            );
+            let note = what.clone();
+            Variant {
+                fuse: Arc::default(),
+                jobs: None,
+                hook: hook(move |s| {
+                    let word = |on: bool| if on { "on" } else { "off" };
+                    *lock(&note) = (
+                        true,
+                        format!(
+                            "address-space layout randomisation (personality ADDR_NO_RANDOMIZE): {} → {}",
+                            word(s.aslr),
+                            word(!s.aslr)
+                        ),
+                    );
+                    s.aslr = !s.aslr;
+                }),
+                what,
+            }
+        }
         "clock" => {
             let what = what(String::new());
             let note = what.clone();
@@ -812,7 +833,11 @@ pub fn render(r: &Report) -> String {
             (None, Some(true), false) | (None, None, _) => "not varied",
         };
         s.push_str(&format!("{:<11} {verdict}\n", v.name));
-        s.push_str(&format!("    varied: {}\n", v.what));
+        if v.varied {
+            s.push_str(&format!("    varied: {}\n", v.what));
+        } else {
+            s.push_str(&format!("    {}\n", v.what));
+        }
         if let Some(e) = &v.error {
             s.push_str(&format!(
                 "    the variant's build failed: {}\n",
