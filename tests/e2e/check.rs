@@ -257,7 +257,77 @@ fn check_refuses_bad_input_and_fails_with_its_build(who: As) {
     );
 }
 
+/// A busybox image with a dynamically linked `date` and libfaketime: the
+/// clock variation preloads it, and `date` sees the clock ten years ahead.
+fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
+    let t = who.scratch();
+    let lib = "usr/lib/x86_64-linux-gnu";
+    let manifest = crate::image::busybox_layout_with(
+        &t.path().join("image"),
+        &[
+            ("/usr/bin/date", "usr/bin/date"),
+            ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+            (
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                &format!("{lib}/libc.so.6"),
+            ),
+            (
+                "/lib/x86_64-linux-gnu/libm.so.6",
+                &format!("{lib}/libm.so.6"),
+            ),
+            (
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                &format!("{lib}/faketime/libfaketime.so.1"),
+            ),
+        ],
+    );
+    let d = t.path().join("year");
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[package]\nname = \"year\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
+             [build]\nscript = \"\"\"\n/usr/bin/date -u +%Y > $out/year\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(who, &home, &["check", spec.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let clock = variation(&v, "clock");
+    assert_eq!(clock["varied"], true, "{clock}");
+    assert!(
+        clock["what"].as_str().unwrap().contains("libfaketime"),
+        "{clock}"
+    );
+    assert_eq!(
+        clock["differing_files"],
+        serde_json::json!([{"how": "changed", "path": "year"}]),
+        "{clock}"
+    );
+    let year = |p: &serde_json::Value| -> i32 {
+        let out = PathBuf::from(p.as_str().unwrap());
+        fs::read_to_string(out.join("year"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // About ten years ahead (the build may straddle a new year).
+    let ahead = year(&clock["output"]) - year(&v["control_output"]);
+    assert!((9..=11).contains(&ahead), "{ahead} years ahead");
+    for x in v["variations"].as_array().unwrap() {
+        if x["name"] != "clock" {
+            assert_ne!(x["identical"], false, "{x}");
+        }
+    }
+}
+
 both_users!(
+    check_moves_the_clock_where_the_image_has_libfaketime,
     check_passes_a_reproducible_build_under_every_default_variation,
     check_catches_each_unreproducible_build_by_its_variation,
     check_refuses_bad_input_and_fails_with_its_build,
