@@ -213,8 +213,10 @@ pub struct VariationReport {
     pub causes: Vec<String>,
     /// The variant's output, kept when it differs.
     pub output: Option<PathBuf>,
-    /// diffoscope's report of the first differing files.
+    /// diffoscope's text report of the first differing files.
     pub diffoscope: Option<PathBuf>,
+    /// The same as one HTML page.
+    pub diffoscope_html: Option<PathBuf>,
     /// The variant's build failed (while the control's succeeded).
     pub error: Option<String>,
 }
@@ -642,6 +644,7 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
                     causes: vec![],
                     output: None,
                     diffoscope: None,
+                    diffoscope_html: None,
                     error: None,
                 });
                 continue;
@@ -670,6 +673,7 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
             causes: vec![],
             output: None,
             diffoscope: None,
+            diffoscope_html: None,
             error: None,
         };
         match built {
@@ -702,12 +706,12 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
                     fs::rename(&staged.dir, &keep)
                         .with_context(|| format!("keeping the variant at {}", keep.display()))?;
                     rep.output = Some(keep.join("out"));
-                    rep.diffoscope = diffoscope(
-                        &control_dir.join("out"),
-                        &keep.join("out"),
-                        &diffs,
-                        &keep.join("diffoscope.txt"),
-                    )?;
+                    if let Some((text, html)) =
+                        diffoscope(&control_dir.join("out"), &keep.join("out"), &diffs, &keep)?
+                    {
+                        rep.diffoscope = Some(text);
+                        rep.diffoscope_html = html.is_file().then_some(html);
+                    }
                     rep.differing_files = diffs;
                 }
             }
@@ -763,53 +767,65 @@ fn differences(
 /// How many differing files diffoscope is run on.
 const DIFFOSCOPE_FILES: usize = 3;
 
-/// Runs diffoscope (when installed) on the first changed files, its text
-/// reports one after another in `report`.
+/// Runs diffoscope (when installed) once over copies of the first changed
+/// regular files of both outputs, writing its text report to `dir/diffoscope.txt`
+/// and its HTML page to `dir/diffoscope.html`. Returns the two paths.
 fn diffoscope(
     control: &Path,
     variant: &Path,
     diffs: &[Difference],
-    report: &Path,
-) -> anyhow::Result<Option<PathBuf>> {
+    dir: &Path,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
     let Some(tool) = find_in_path("diffoscope") else {
         return Ok(None);
     };
-    let mut text = String::new();
-    for d in diffs
+    let is_file = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let picked: Vec<&Difference> = diffs
         .iter()
         .filter(|d| d.how == "changed")
+        .filter(|d| is_file(&control.join(&d.path)) && is_file(&variant.join(&d.path)))
         .take(DIFFOSCOPE_FILES)
-    {
-        let (a, b) = (control.join(&d.path), variant.join(&d.path));
-        if !(a.is_file() && b.is_file()) {
-            text.push_str(&format!(
-                "== {}: not a regular file in both outputs\n\n",
-                d.path
-            ));
-            continue;
-        }
-        let out = Command::new(&tool)
-            .args(["--no-progress", "--text", "-"])
-            .arg(&a)
-            .arg(&b)
-            .output()
-            .with_context(|| format!("running {}", tool.display()))?;
-        text.push_str(&format!("== {}\n", d.path));
-        text.push_str(&String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() && out.status.code() != Some(1) {
-            text.push_str(&format!(
-                "(diffoscope ended with {}: {})\n",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
-        }
-        text.push('\n');
-    }
-    if text.is_empty() {
+        .collect();
+    if picked.is_empty() {
         return Ok(None);
     }
-    fs::write(report, text).with_context(|| format!("writing {}", report.display()))?;
-    Ok(Some(report.to_path_buf()))
+    // Short names in the report: `control/<path>`, `variant/<path>`.
+    let work = dir.join("diffoscope");
+    for d in &picked {
+        for (side, root) in [("control", control), ("variant", variant)] {
+            let to = work.join(side).join(&d.path);
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            fs::copy(root.join(&d.path), &to)
+                .with_context(|| format!("copying {} for diffoscope", d.path))?;
+        }
+    }
+    let (text, html) = (dir.join("diffoscope.txt"), dir.join("diffoscope.html"));
+    let out = Command::new(&tool)
+        .current_dir(&work)
+        .args(["--no-progress", "--text"])
+        .arg(&text)
+        .arg("--html")
+        .arg(&html)
+        .args(["control", "variant"])
+        .output()
+        .with_context(|| format!("running {}", tool.display()));
+    let _ = hermit_store::store::remove_tree(&work);
+    let out = out?;
+    if !out.status.success() && out.status.code() != Some(1) {
+        fs::write(
+            &text,
+            format!(
+                "diffoscope ended with {}: {}\n",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )
+        .with_context(|| format!("writing {}", text.display()))?;
+    }
+    Ok(Some((text, html)))
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -855,6 +871,9 @@ pub fn render(r: &Report) -> String {
         }
         if let Some(d) = &v.diffoscope {
             s.push_str(&format!("    diffoscope: {}\n", d.display()));
+        }
+        if let Some(d) = &v.diffoscope_html {
+            s.push_str(&format!("    diffoscope (HTML): {}\n", d.display()));
         }
     }
     if let Some(c) = &r.control_output {

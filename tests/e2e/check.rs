@@ -212,7 +212,18 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
                         .unwrap_or_else(|| panic!("{name}: no diffoscope report: {x}")),
                 );
                 let report = fs::read_to_string(&d).unwrap();
-                assert!(report.contains(&format!("== {file}")), "{name}: {report}");
+                assert!(
+                    report.contains(&format!("control/{file}"))
+                        && report.contains(&format!("variant/{file}")),
+                    "{name}: {report}"
+                );
+                let html = PathBuf::from(x["diffoscope_html"].as_str().unwrap());
+                assert!(
+                    fs::read_to_string(&html).unwrap().contains("<html"),
+                    "{name}"
+                );
+                // Only the reports stay beside the kept output.
+                assert!(!d.parent().unwrap().join("diffoscope").exists(), "{name}");
             } else {
                 assert_ne!(x["identical"], false, "{name}: {n} differs too: {x}");
                 assert_eq!(x["differing_files"], serde_json::json!([]), "{name}: {x}");
