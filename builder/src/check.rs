@@ -48,6 +48,11 @@ pub struct Variation {
 /// Every variation `hermit check` knows, in the order it runs them.
 pub const VARIATIONS: &[Variation] = &[
     Variation {
+        name: "repeat",
+        default: true,
+        cause: PLAIN,
+    },
+    Variation {
         name: "jobs",
         default: true,
         cause: "parallelism (HERMIT_JOBS)",
@@ -113,6 +118,9 @@ pub const VARIATIONS: &[Variation] = &[
         cause: "uninitialised memory",
     },
 ];
+
+/// The cause of a difference a build with nothing varied shows too.
+const PLAIN: &str = "plain nondeterminism (randomness, the clock, thread scheduling)";
 
 /// Where a libfaketime may be in an image, as a path inside it.
 const FAKETIME_LIBS: &[&str] = &[
@@ -264,6 +272,12 @@ fn affinity_cpus() -> u32 {
 fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, String> {
     let what = |s: String| Arc::new(Mutex::new((true, s)));
     Ok(match v.name {
+        "repeat" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: None,
+            what: what("nothing: a second control build, to tell plain nondeterminism from one variation's effect".into()),
+        },
         "jobs" => {
             let other = if control_jobs == 1 { 2 } else { 1 };
             Variant {
@@ -719,6 +733,7 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
         reports.push(rep);
     }
 
+    classify(&mut reports);
     let reproducible = reports.iter().all(|r| r.reproducible());
     let control_output = if control_kept {
         Some(control_dir.join("out"))
@@ -737,6 +752,38 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
         control_output,
         variations: reports,
     })
+}
+
+/// A file that differs with nothing varied (`repeat`) points to plain
+/// nondeterminism under every variation too; only the other files point to
+/// the variation.
+fn classify(reports: &mut [VariationReport]) {
+    let noisy: Vec<String> = reports
+        .iter()
+        .filter(|r| r.name == "repeat")
+        .flat_map(|r| r.differing_files.iter().map(|d| d.path.clone()))
+        .collect();
+    if noisy.is_empty() {
+        return;
+    }
+    for r in reports.iter_mut().filter(|r| r.name != "repeat") {
+        if r.differing_files.is_empty() {
+            continue;
+        }
+        let own = r
+            .differing_files
+            .iter()
+            .filter(|d| !noisy.contains(&d.path))
+            .count();
+        let mut causes = Vec::new();
+        if own > 0 {
+            causes.append(&mut r.causes);
+        }
+        if own < r.differing_files.len() {
+            causes.push(PLAIN.to_string());
+        }
+        r.causes = causes;
+    }
 }
 
 /// HERMIT_JOBS (and the slots of the build's own jobserver) of `plan`.
@@ -905,6 +952,7 @@ mod tests {
         assert_eq!(
             names(&select(&[], &[]).unwrap()),
             [
+                "repeat",
                 "jobs",
                 "cpus",
                 "uname",
@@ -924,8 +972,44 @@ mod tests {
         );
         assert_eq!(
             names(&select(&[], &["jobs,clock".into()]).unwrap()),
-            ["cpus", "uname", "randomness", "aslr", "dirorder"]
+            ["repeat", "cpus", "uname", "randomness", "aslr", "dirorder"]
         );
+    }
+
+    #[test]
+    fn files_that_differ_unvaried_are_plain_nondeterminism() {
+        let rep = |name: &str, files: &[&str], cause: &str| VariationReport {
+            name: name.into(),
+            varied: true,
+            what: String::new(),
+            identical: Some(files.is_empty()),
+            differing_files: files
+                .iter()
+                .map(|p| Difference {
+                    how: "changed".into(),
+                    path: p.to_string(),
+                })
+                .collect(),
+            causes: if files.is_empty() {
+                vec![]
+            } else {
+                vec![cause.into()]
+            },
+            output: None,
+            diffoscope: None,
+            diffoscope_html: None,
+            error: None,
+        };
+        let mut r = vec![
+            rep("repeat", &["seed"], PLAIN),
+            rep("cpus", &["seed"], "CPU count"),
+            rep("uname", &["seed", "m"], "uname"),
+            rep("aslr", &[], "ASLR"),
+        ];
+        classify(&mut r);
+        assert_eq!(r[1].causes, [PLAIN]);
+        assert_eq!(r[2].causes, ["uname", PLAIN]);
+        assert!(r[3].causes.is_empty());
     }
 
     #[test]
@@ -959,7 +1043,7 @@ mod tests {
                 (h.0)(&mut s);
             }
             assert!(
-                s != base || x.jobs.is_some() || v.name == "clock",
+                s != base || x.jobs.is_some() || matches!(v.name, "clock" | "repeat"),
                 "{} changed nothing",
                 v.name
             );

@@ -12,7 +12,8 @@ use crate::common::{both, run};
 use crate::fixtures::{both_users, As};
 use crate::graph::graph_project;
 
-const DEFAULTS: [&str; 7] = [
+const DEFAULTS: [&str; 8] = [
+    "repeat",
     "jobs",
     "cpus",
     "uname",
@@ -240,6 +241,49 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
     assert!(text.contains("NOT reproducible: 1 of"), "{text}");
 }
 
+/// Output that differs with nothing varied: `repeat` catches it, and the
+/// variations that differ in the same file point to plain nondeterminism,
+/// not to themselves.
+fn check_tells_plain_nondeterminism_from_a_variation(who: As) {
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "noisy",
+            "head -c 16 /dev/urandom | od -An -tx1 > $out/r\nuname -m > $out/m",
+        )],
+    );
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(
+        who,
+        &home,
+        &["check", spec, "--vary", "repeat,cpus,uname", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let plain = "plain nondeterminism (randomness, the clock, thread scheduling)";
+    let repeat = variation(&v, "repeat");
+    assert_eq!(
+        repeat["differing_files"],
+        serde_json::json!([{"how": "changed", "path": "r"}]),
+        "{repeat}"
+    );
+    assert_eq!(repeat["causes"], serde_json::json!([plain]));
+    assert_eq!(variation(&v, "cpus")["causes"], serde_json::json!([plain]));
+    let uname = variation(&v, "uname");
+    assert_eq!(
+        uname["differing_files"],
+        serde_json::json!([{"how": "changed", "path": "m"}, {"how": "changed", "path": "r"}]),
+        "{uname}"
+    );
+    assert_eq!(
+        uname["causes"],
+        serde_json::json!(["architecture information (uname)", plain])
+    );
+}
+
 fn check_refuses_bad_input_and_fails_with_its_build(who: As) {
     let t = who.scratch();
     let specs = project(t.path(), &[("ok", "true"), ("broken", "exit 3")]);
@@ -338,6 +382,7 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
 }
 
 both_users!(
+    check_tells_plain_nondeterminism_from_a_variation,
     check_moves_the_clock_where_the_image_has_libfaketime,
     check_passes_a_reproducible_build_under_every_default_variation,
     check_catches_each_unreproducible_build_by_its_variation,
