@@ -119,7 +119,7 @@ fn bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store(who: As) {
     let out = ok(&run(who.hermit_in(&fresh).arg("import").arg(&a)));
     let rec = out
         .lines()
-        .find_map(|l| l.strip_prefix("record   "))
+        .find_map(|l| l.strip_prefix("top record file "))
         .unwrap()
         .trim()
         .to_string();

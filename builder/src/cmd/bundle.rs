@@ -125,7 +125,7 @@ pub fn run_import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let i = crate::bundle::import(&store, &args.bundle)?;
     print!("{}", i.checked_summary);
     println!("stored   {} new blobs", i.new_blobs);
-    println!("record   {}", i.record_path.display());
+    println!("top record file {}", i.record_path.display());
     Ok(ExitCode::SUCCESS)
 }
 
