@@ -375,8 +375,8 @@ fn years_later_a_debian_build_rebuilds_from_its_bundle_alone(who: As) {
 /// must verify and rebuild identically with every later hermit.
 fn the_committed_v1_bundle_rebuilds_identically(who: As) {
     let t = who.scratch();
-    let copy = t.path().join("busybox-v1.tar");
-    fs::copy(repo().join("tests/data/bundles/busybox-v1.tar"), &copy).unwrap();
+    let copy = t.path().join("minish-v1.tar");
+    fs::copy(repo().join("tests/data/bundles/minish-v1.tar"), &copy).unwrap();
     who.give(t.path());
     let out = ok(&run(who.hermit_in(&t.path().join("v")).arg("verify").arg(&copy)));
     assert!(out.contains("(format 1, "), "{out}");
