@@ -641,8 +641,11 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
             .map_err(|_| bad(&origin, format!("entry {name:?} is not named by a sha256 digest (64 lowercase hex digits)")))?;
         let what = format!("{origin}: blob {digest}");
         let loc = match store {
-            Some(store) => Loc::Staged(store.stage_range(&file, data, size, &what, &digest).map_err(|e| bad(&origin, e))?),
-            None => {
+            Some(store) if store.blob(&digest).is_none() => {
+                Loc::Staged(store.stage_range(&file, data, size, &what, &digest).map_err(|e| bad(&origin, e))?)
+            }
+            // Verify only, or already stored: hashed, not copied.
+            _ => {
                 let actual = hermit_store::store::hash_range(&file, data, size).with_context(|| format!("reading {origin}"))?;
                 if actual != digest {
                     return Err(bad(&origin, format!("blob {digest} hashes to {actual}")));
@@ -969,9 +972,13 @@ pub fn import_for_use(store: &Store, path: &Path) -> anyhow::Result<(PathBuf, Re
 /// What `hermit rebuild ARG` should read: ARG itself when it is a record;
 /// when it is a bundle file or a registry reference to a pushed bundle,
 /// the bundle is imported first and its top record is returned.
-pub fn record_for_rebuild(store: &Store, arg: &Path) -> anyhow::Result<PathBuf> {
+pub fn record_for_rebuild(store: &Store, arg: &Path, offline: bool) -> anyhow::Result<PathBuf> {
     match kind_of(arg) {
         Kind::Bundle => Ok(import(store, arg)?.record_path),
+        Kind::Reference(r) if offline => Err(Exit::user(format!(
+            "{r} is a registry reference, and --offline forbids pulling it; drop --offline, or rebuild from the bundle file (`skopeo copy docker://… oci-archive:FILE`)"
+        ))
+        .into()),
         Kind::Reference(r) => Ok(install(store, check(pull(store, &r)?)?)?.record_path),
         Kind::Other => Ok(arg.to_path_buf()),
     }

@@ -299,7 +299,36 @@ fn a_bundle_pushed_to_a_registry_rebuilds_by_reference(who: As) {
         .hermit_in(&fresh)
         .args(["rebuild", "--offline"])
         .arg(format!("{name}@{manifest}")));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--offline"), "{}", both(&o));
+    let o = run(who
+        .hermit_in(&fresh)
+        .arg("rebuild")
+        .arg(format!("{name}@{manifest}")));
     assert!(ok(&o).starts_with("identical:"), "{}", both(&o));
+
+    // A registry that serves one changed byte: refused, naming the blob,
+    // nothing stored.
+    let m: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let victim = m["layers"][2]["digest"].as_str().unwrap().to_string();
+    let data = reg
+        .dir()
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&victim[7..9])
+        .join(&victim[7..])
+        .join("data");
+    let mut bytes = fs::read(&data).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    fs::write(&data, &bytes).unwrap();
+    let tampered = t.path().join("tampered");
+    let o = run(who
+        .hermit_in(&tampered)
+        .arg("rebuild")
+        .arg(format!("{name}@{manifest}")));
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains(&victim), "{}", both(&o));
+    assert!(stored_blobs(&tampered).is_empty());
 
     // A digest the registry does not hold: refused, nothing stored.
     let empty = t.path().join("empty");

@@ -377,7 +377,7 @@ pub fn run_rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let net = args.common.net();
     let opts = args.common.opts();
     // A bundle (file or registry reference) is imported; its top record is rebuilt.
-    let record = crate::bundle::record_for_rebuild(&store, &args.record)?;
+    let record = crate::bundle::record_for_rebuild(&store, &args.record, args.common.offline)?;
     let args = RebuildArgs { record, ..args };
     let nodes: Vec<(String, pipeline::rebuild::Rebuilt)> = if args.deep {
         pipeline::rebuild::rebuild_deep(&store, &args.record, &net, &opts)?
