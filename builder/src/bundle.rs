@@ -176,22 +176,23 @@ pub fn export(
 ) -> anyhow::Result<Exported> {
     let (top, _) = check_record(top_text, origin)?;
     let mut items: BTreeMap<Digest, Item> = BTreeMap::new();
-    let add = |items: &mut BTreeMap<Digest, Item>, d: Digest, role: Role, title: String, data: Data| {
-        let size = match &data {
-            Data::Memory(b) => b.len() as u64,
-            Data::Stored(_) => 0,
+    let add =
+        |items: &mut BTreeMap<Digest, Item>, d: Digest, role: Role, title: String, data: Data| {
+            let size = match &data {
+                Data::Memory(b) => b.len() as u64,
+                Data::Stored(_) => 0,
+            };
+            let e = items.entry(d).or_insert(Item {
+                role,
+                title: title.clone(),
+                size,
+                data,
+            });
+            if role < e.role {
+                e.role = role;
+                e.title = title;
+            }
         };
-        let e = items.entry(d).or_insert(Item {
-            role,
-            title: title.clone(),
-            size,
-            data,
-        });
-        if role < e.role {
-            e.role = role;
-            e.title = title;
-        }
-    };
     // The closure, by build key.
     let mut records: BTreeMap<Digest, (Record, Spec, String)> = BTreeMap::new();
     let mut todo = vec![(top.build_key, top_text.to_string())];
@@ -204,7 +205,9 @@ pub fn export(
             if records.contains_key(&input.build_key) {
                 continue;
             }
-            let Some((irec, _, itext, _)) = crate::mirror::find_record(store, net, &input.build_key)? else {
+            let Some((irec, _, itext, _)) =
+                crate::mirror::find_record(store, net, &input.build_key)?
+            else {
                 return Err(Exit::user(format!(
                     "the record of input {:?} of {} (build key {}) is neither in the store nor in a mirror; build {} first",
                     input.name, rec.package.name, input.build_key, input.spec
@@ -228,7 +231,13 @@ pub fn export(
         let who = format!("{} {}", rec.package.name, rec.package.version);
         let d = Digest::of(text.as_bytes());
         record_blobs.insert(*key, d);
-        add(&mut items, d, Role::Record, format!("record of {who}"), Data::Memory(text.as_bytes().to_vec()));
+        add(
+            &mut items,
+            d,
+            Role::Record,
+            format!("record of {who}"),
+            Data::Memory(text.as_bytes().to_vec()),
+        );
         add(
             &mut items,
             rec.spec.digest,
@@ -237,14 +246,26 @@ pub fn export(
             Data::Memory(rec.spec.text.as_bytes().to_vec()),
         );
         if let Some(l) = &rec.lock {
-            add(&mut items, l.digest, Role::Lock, format!("hermit.lock of {who}"), Data::Memory(l.text.as_bytes().to_vec()));
+            add(
+                &mut items,
+                l.digest,
+                Role::Lock,
+                format!("hermit.lock of {who}"),
+                Data::Memory(l.text.as_bytes().to_vec()),
+            );
         }
         for s in &rec.sources {
             let (d, role) = match s {
                 SourceRecord::Remote { sha256, .. } => (*sha256, Role::Source),
                 SourceRecord::Local { tree, .. } => (*tree, Role::LocalSource),
             };
-            add(&mut items, d, role, format!("source {:?} of {who}", s.name()), Data::Stored(PathBuf::new()));
+            add(
+                &mut items,
+                d,
+                role,
+                format!("source {:?} of {who}", s.name()),
+                Data::Stored(PathBuf::new()),
+            );
         }
         if !matches!(spec.toolchain, Toolchain::Input { .. }) {
             let i = &rec.image;
@@ -252,7 +273,13 @@ pub fn export(
             image.extend([i.manifest, i.config]);
             image.extend(i.layers.iter().map(|l| l.digest));
             for d in image {
-                add(&mut items, d, Role::Image, format!("toolchain image {}", i.reference), Data::Stored(PathBuf::new()));
+                add(
+                    &mut items,
+                    d,
+                    Role::Image,
+                    format!("toolchain image {}", i.reference),
+                    Data::Stored(PathBuf::new()),
+                );
             }
         }
         for input in &rec.inputs {
@@ -269,7 +296,13 @@ pub fn export(
                 fetch_quietly(store, net, &d);
             }
             if store.blob(&d).is_some() {
-                add(&mut items, d, Role::Deb, format!("pinned .deb of {who}'s toolchain"), Data::Stored(PathBuf::new()));
+                add(
+                    &mut items,
+                    d,
+                    Role::Deb,
+                    format!("pinned .deb of {who}'s toolchain"),
+                    Data::Stored(PathBuf::new()),
+                );
             }
         }
     }
@@ -279,7 +312,8 @@ pub fn export(
         if let Data::Stored(p) = &mut item.data {
             match store.blob(d) {
                 Some(path) => {
-                    let meta = fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?;
+                    let meta = fs::metadata(&path)
+                        .with_context(|| format!("reading {}", path.display()))?;
                     item.size = meta.len();
                     *p = path;
                 }
@@ -342,12 +376,18 @@ pub fn export(
     let index_bytes = serde_json::to_vec(&index)?;
 
     // Written beside `out`, renamed into place when complete.
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".hermit-export-")
         .tempfile_in(dir)
         .with_context(|| format!("creating a temp file in {}", dir.display()))?;
-    let mut w = TarWriter { file: tmp.as_file(), written: 0 };
+    let mut w = TarWriter {
+        file: tmp.as_file(),
+        written: 0,
+    };
     w.dir("blobs/")?;
     w.dir("blobs/sha256/")?;
     w.bytes("oci-layout", LAYOUT)?;
@@ -363,8 +403,12 @@ pub fn export(
         }
     }
     w.finish()?;
-    tmp.as_file().sync_all().with_context(|| format!("writing {}", out.display()))?;
-    tmp.persist(out).map_err(|e| e.error).with_context(|| format!("writing {}", out.display()))?;
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", out.display()))?;
+    tmp.persist(out)
+        .map_err(|e| e.error)
+        .with_context(|| format!("writing {}", out.display()))?;
     fs::set_permissions(out, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .with_context(|| format!("setting the mode of {}", out.display()))?;
     Ok(Exported {
@@ -377,7 +421,9 @@ pub fn export(
 
 /// The sha256 of every `.deb` the record's lock pins.
 fn lock_debs(rec: &Record) -> anyhow::Result<Vec<Digest>> {
-    let Some(l) = &rec.lock else { return Ok(vec![]) };
+    let Some(l) = &rec.lock else {
+        return Ok(vec![]);
+    };
     let lock = Lock::parse("hermit.lock", &l.text).map_err(|e| Exit::user(e.to_string()))?;
     let mut out = Vec::new();
     for p in &lock.toolchain.packages {
@@ -420,9 +466,18 @@ struct TarWriter<'a> {
 }
 
 impl TarWriter<'_> {
-    fn header(&mut self, name: &str, size: u64, kind: tar::EntryType, mode: u32) -> anyhow::Result<()> {
+    fn header(
+        &mut self,
+        name: &str,
+        size: u64,
+        kind: tar::EntryType,
+        mode: u32,
+    ) -> anyhow::Result<()> {
         if size >= 8 << 30 {
-            return Err(Exit::user(format!("{name} is {size} bytes; a bundle entry is at most 8 GiB")).into());
+            return Err(Exit::user(format!(
+                "{name} is {size} bytes; a bundle entry is at most 8 GiB"
+            ))
+            .into());
         }
         let mut h = tar::Header::new_ustar();
         h.set_path(name).with_context(|| format!("naming {name}"))?;
@@ -513,19 +568,31 @@ fn bad(origin: &str, msg: impl std::fmt::Display) -> anyhow::Error {
 
 impl Scanned {
     fn read_small(&self, d: &Digest, what: &str) -> anyhow::Result<Vec<u8>> {
-        let b = self.blobs.get(d).ok_or_else(|| bad(&self.origin, format!("{what} {d} is not in the bundle")))?;
+        let b = self
+            .blobs
+            .get(d)
+            .ok_or_else(|| bad(&self.origin, format!("{what} {d} is not in the bundle")))?;
         if b.size > MAX_JSON.max(crate::limits::MAX_RECORD) {
-            return Err(bad(&self.origin, format!("{what} {d} is {} bytes, too large to read", b.size)));
+            return Err(bad(
+                &self.origin,
+                format!("{what} {d} is {} bytes, too large to read", b.size),
+            ));
         }
         let mut buf = vec![0u8; b.size as usize];
         match &b.loc {
             Loc::At(off) => {
-                let f = self.file.as_ref().ok_or_else(|| anyhow::anyhow!("internal error: no archive"))?;
-                f.read_exact_at(&mut buf, *off).with_context(|| format!("reading {}", self.origin))?;
+                let f = self
+                    .file
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("internal error: no archive"))?;
+                f.read_exact_at(&mut buf, *off)
+                    .with_context(|| format!("reading {}", self.origin))?;
             }
             Loc::Staged(s) => {
-                let f = File::open(s.path()).with_context(|| format!("reading {}", s.path().display()))?;
-                f.read_exact_at(&mut buf, 0).with_context(|| format!("reading {}", s.path().display()))?;
+                let f = File::open(s.path())
+                    .with_context(|| format!("reading {}", s.path().display()))?;
+                f.read_exact_at(&mut buf, 0)
+                    .with_context(|| format!("reading {}", s.path().display()))?;
             }
         }
         Ok(buf)
@@ -541,9 +608,14 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .with_context(|| format!("opening {origin}"))?;
-    let meta = file.metadata().with_context(|| format!("reading {origin}"))?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("reading {origin}"))?;
     if !meta.is_file() {
-        return Err(Exit::user(format!("{origin}: not a regular file; a bundle is a file written by `hermit export`")).into());
+        return Err(Exit::user(format!(
+            "{origin}: not a regular file; a bundle is a file written by `hermit export`"
+        ))
+        .into());
     }
     let len = meta.len();
     let mut out = Scanned {
@@ -562,10 +634,14 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
             if off == len && out.index.is_some() {
                 break; // no end-of-archive blocks: accepted
             }
-            return Err(bad(&origin, format!("the archive ends inside a header at byte {off}")));
+            return Err(bad(
+                &origin,
+                format!("the archive ends inside a header at byte {off}"),
+            ));
         }
         let mut block = [0u8; 512];
-        file.read_exact_at(&mut block, off).with_context(|| format!("reading {origin}"))?;
+        file.read_exact_at(&mut block, off)
+            .with_context(|| format!("reading {origin}"))?;
         if block.iter().all(|&b| b == 0) {
             break;
         }
@@ -573,18 +649,39 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
         let sum: u64 = block
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    b as u64
+                }
+            })
             .sum();
         if h.cksum().ok().map(u64::from) != Some(sum) {
-            return Err(bad(&origin, format!("the tar header at byte {off} has a wrong checksum")));
+            return Err(bad(
+                &origin,
+                format!("the tar header at byte {off} has a wrong checksum"),
+            ));
         }
-        let hsize = h.entry_size().map_err(|_| bad(&origin, format!("the tar header at byte {off} has no valid size")))?;
+        let hsize = h.entry_size().map_err(|_| {
+            bad(
+                &origin,
+                format!("the tar header at byte {off} has no valid size"),
+            )
+        })?;
         let size = pax_size.take().unwrap_or(hsize);
         let data = off + 512;
         let next = data
             .checked_add(size.div_ceil(512) * 512)
             .filter(|&n| n <= len)
-            .ok_or_else(|| bad(&origin, format!("the entry at byte {off} says {size} bytes, past the end of the archive")))?;
+            .ok_or_else(|| {
+                bad(
+                    &origin,
+                    format!(
+                        "the entry at byte {off} says {size} bytes, past the end of the archive"
+                    ),
+                )
+            })?;
         let name = match pax_path.take() {
             Some(p) => p,
             None => String::from_utf8_lossy(&h.path_bytes()).into_owned(),
@@ -593,12 +690,16 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
         off = next;
         if kind.is_pax_local_extensions() {
             let mut buf = vec![0u8; size.min(1 << 20) as usize];
-            file.read_exact_at(&mut buf, data).with_context(|| format!("reading {origin}"))?;
+            file.read_exact_at(&mut buf, data)
+                .with_context(|| format!("reading {origin}"))?;
             for rec in pax_records(&buf) {
                 match rec {
                     ("path", v) => pax_path = Some(v.to_string()),
                     ("size", v) => {
-                        pax_size = Some(v.parse().map_err(|_| bad(&origin, format!("a pax header gives size {v:?}")))?)
+                        pax_size =
+                            Some(v.parse().map_err(|_| {
+                                bad(&origin, format!("a pax header gives size {v:?}"))
+                            })?)
                     }
                     _ => {}
                 }
@@ -610,16 +711,31 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
         }
         let clean = name.trim_start_matches("./");
         if kind.is_dir() {
-            if matches!(clean, "blobs" | "blobs/" | "blobs/sha256" | "blobs/sha256/" | "" | ".") {
+            if matches!(
+                clean,
+                "blobs" | "blobs/" | "blobs/sha256" | "blobs/sha256/" | "" | "."
+            ) {
                 continue;
             }
-            return Err(bad(&origin, format!("unexpected directory {name:?} in the archive")));
+            return Err(bad(
+                &origin,
+                format!("unexpected directory {name:?} in the archive"),
+            ));
         }
         if !kind.is_file() {
-            return Err(bad(&origin, format!("entry {name:?} is not a regular file (tar type {:?})", kind.as_byte() as char)));
+            return Err(bad(
+                &origin,
+                format!(
+                    "entry {name:?} is not a regular file (tar type {:?})",
+                    kind.as_byte() as char
+                ),
+            ));
         }
         if !seen.insert(clean.to_string()) || seen.len() > MAX_ENTRIES {
-            return Err(bad(&origin, format!("entry {name:?} appears twice, or the archive has too many entries")));
+            return Err(bad(
+                &origin,
+                format!("entry {name:?} appears twice, or the archive has too many entries"),
+            ));
         }
         match clean {
             "oci-layout" => continue,
@@ -628,7 +744,8 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
                     return Err(bad(&origin, "index.json is too large"));
                 }
                 let mut buf = vec![0u8; size as usize];
-                file.read_exact_at(&mut buf, data).with_context(|| format!("reading {origin}"))?;
+                file.read_exact_at(&mut buf, data)
+                    .with_context(|| format!("reading {origin}"))?;
                 out.index = Some(buf);
                 continue;
             }
@@ -637,16 +754,23 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
         let Some(hex) = clean.strip_prefix("blobs/sha256/") else {
             return Err(bad(&origin, format!("unexpected entry {name:?} (a bundle holds oci-layout, index.json and blobs/sha256/<digest>)")));
         };
-        let digest = Digest::from_hex(hex)
-            .map_err(|_| bad(&origin, format!("entry {name:?} is not named by a sha256 digest (64 lowercase hex digits)")))?;
+        let digest = Digest::from_hex(hex).map_err(|_| {
+            bad(
+                &origin,
+                format!("entry {name:?} is not named by a sha256 digest (64 lowercase hex digits)"),
+            )
+        })?;
         let what = format!("{origin}: blob {digest}");
         let loc = match store {
-            Some(store) if store.blob(&digest).is_none() => {
-                Loc::Staged(store.stage_range(&file, data, size, &what, &digest).map_err(|e| bad(&origin, e))?)
-            }
+            Some(store) if store.blob(&digest).is_none() => Loc::Staged(
+                store
+                    .stage_range(&file, data, size, &what, &digest)
+                    .map_err(|e| bad(&origin, e))?,
+            ),
             // Verify only, or already stored: hashed, not copied.
             _ => {
-                let actual = hermit_store::store::hash_range(&file, data, size).with_context(|| format!("reading {origin}"))?;
+                let actual = hermit_store::store::hash_range(&file, data, size)
+                    .with_context(|| format!("reading {origin}"))?;
                 if actual != digest {
                     return Err(bad(&origin, format!("blob {digest} hashes to {actual}")));
                 }
@@ -670,7 +794,12 @@ fn pax_records(buf: &[u8]) -> Vec<(&str, &str)> {
     let mut out = Vec::new();
     let mut s = buf;
     while let Some(sp) = s.iter().position(|&b| b == b' ') {
-        let Some(n) = std::str::from_utf8(&s[..sp]).ok().and_then(|n| n.parse::<usize>().ok()) else { break };
+        let Some(n) = std::str::from_utf8(&s[..sp])
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+        else {
+            break;
+        };
         if n <= sp + 1 || n > s.len() {
             break;
         }
@@ -689,16 +818,38 @@ fn pax_records(buf: &[u8]) -> Vec<(&str, &str)> {
 pub fn pull(store: &Store, reference: &oci::Reference) -> anyhow::Result<Scanned> {
     let origin = reference.to_string();
     let pulled = crate::net::runtime()?
-        .block_on(oci::pull_artifact(store, reference, &oci::PullOptions::default()))
-        .map_err(|e| Exit::user(format!("pulling the bundle {origin}: {e}; nothing from it was stored")))?;
+        .block_on(oci::pull_artifact(
+            store,
+            reference,
+            &oci::PullOptions::default(),
+        ))
+        .map_err(|e| {
+            Exit::user(format!(
+                "pulling the bundle {origin}: {e}; nothing from it was stored"
+            ))
+        })?;
     let mut blobs = BTreeMap::new();
     let manifest = store.blob_writer()?;
     let mut manifest = manifest;
-    manifest.write_all(&pulled.manifest).context("staging the manifest")?;
+    manifest
+        .write_all(&pulled.manifest)
+        .context("staging the manifest")?;
     let staged = manifest.stage(&origin, Some(&reference.digest), None)?;
-    blobs.insert(reference.digest, Blob { size: staged.size(), loc: Loc::Staged(staged) });
+    blobs.insert(
+        reference.digest,
+        Blob {
+            size: staged.size(),
+            loc: Loc::Staged(staged),
+        },
+    );
     for b in pulled.blobs {
-        blobs.insert(b.digest(), Blob { size: b.size(), loc: Loc::Staged(b) });
+        blobs.insert(
+            b.digest(),
+            Blob {
+                size: b.size(),
+                loc: Loc::Staged(b),
+            },
+        );
     }
     Ok(Scanned {
         origin,
@@ -757,12 +908,19 @@ struct Manifest {
 pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
     let origin = scanned.origin.clone();
     let digest_of = |what: &str, s: &str| -> anyhow::Result<Digest> {
-        s.parse::<Digest>()
-            .map_err(|e| bad(&origin, format!("{what} names a malformed or path-like digest: {e}")))
+        s.parse::<Digest>().map_err(|e| {
+            bad(
+                &origin,
+                format!("{what} names a malformed or path-like digest: {e}"),
+            )
+        })
     };
     let present = |what: &str, d: &Digest, size: u64| -> anyhow::Result<()> {
         match scanned.blobs.get(d) {
-            None => Err(bad(&origin, format!("{what} names blob {d}, which the bundle does not hold"))),
+            None => Err(bad(
+                &origin,
+                format!("{what} names blob {d}, which the bundle does not hold"),
+            )),
             Some(b) if b.size != size => Err(bad(
                 &origin,
                 format!("{what} says blob {d} is {size} bytes, but it is {}", b.size),
@@ -773,13 +931,23 @@ pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
     let manifest_digest = match (&scanned.index, scanned.pinned) {
         (_, Some(d)) => d,
         (Some(bytes), None) => {
-            let index: Index = serde_json::from_slice(bytes)
-                .map_err(|e| bad(&origin, format!("index.json is not an OCI image index: {e}")))?;
+            let index: Index = serde_json::from_slice(bytes).map_err(|e| {
+                bad(
+                    &origin,
+                    format!("index.json is not an OCI image index: {e}"),
+                )
+            })?;
             if index.schema_version != 2 {
                 return Err(bad(&origin, "index.json's schemaVersion is not 2"));
             }
             let [desc] = index.manifests.as_slice() else {
-                return Err(bad(&origin, format!("index.json names {} manifests; a bundle has one", index.manifests.len())));
+                return Err(bad(
+                    &origin,
+                    format!(
+                        "index.json names {} manifests; a bundle has one",
+                        index.manifests.len()
+                    ),
+                ));
             };
             let d = digest_of("index.json", &desc.digest)?;
             present("index.json", &d, desc.size)?;
@@ -788,10 +956,19 @@ pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
         (None, None) => return Err(bad(&origin, "no index.json")),
     };
     let mbytes = scanned.read_small(&manifest_digest, "the manifest")?;
-    let m: Manifest = serde_json::from_slice(&mbytes)
-        .map_err(|e| bad(&origin, format!("the manifest {manifest_digest} is not an OCI image manifest: {e}")))?;
+    let m: Manifest = serde_json::from_slice(&mbytes).map_err(|e| {
+        bad(
+            &origin,
+            format!("the manifest {manifest_digest} is not an OCI image manifest: {e}"),
+        )
+    })?;
     if m.schema_version != 2 || m.media_type.as_deref().is_some_and(|t| t != MANIFEST_TYPE) {
-        return Err(bad(&origin, format!("the manifest {manifest_digest} is not an OCI image manifest (schemaVersion 2)")));
+        return Err(bad(
+            &origin,
+            format!(
+                "the manifest {manifest_digest} is not an OCI image manifest (schemaVersion 2)"
+            ),
+        ));
     }
     if m.config.media_type != CONFIG_TYPE {
         return Err(Exit::user(format!(
@@ -804,9 +981,17 @@ pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
     let config_digest = digest_of(&what, &m.config.digest)?;
     present(&what, &config_digest, m.config.size)?;
     let cbytes = scanned.read_small(&config_digest, "the bundle config")?;
-    let version: VersionOnly = serde_json::from_slice(&cbytes)
-        .map_err(|e| bad(&origin, format!("the bundle config {config_digest} has no bundle_version: {e}")))?;
-    if !version.bundle_version.as_u64().is_some_and(|v| READS.iter().any(|&r| u64::from(r) == v)) {
+    let version: VersionOnly = serde_json::from_slice(&cbytes).map_err(|e| {
+        bad(
+            &origin,
+            format!("the bundle config {config_digest} has no bundle_version: {e}"),
+        )
+    })?;
+    if !version
+        .bundle_version
+        .as_u64()
+        .is_some_and(|v| READS.iter().any(|&r| u64::from(r) == v))
+    {
         return Err(Exit::user(format!(
             "{origin}: bundle format version {} is not one this hermit reads ({}); use a hermit release that reads it (see docs/bundles.md)",
             version.bundle_version,
@@ -814,39 +999,69 @@ pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
         ))
         .into());
     }
-    let config: Config = serde_json::from_slice(&cbytes)
-        .map_err(|e| bad(&origin, format!("the bundle config {config_digest} is not valid: {e}")))?;
+    let config: Config = serde_json::from_slice(&cbytes).map_err(|e| {
+        bad(
+            &origin,
+            format!("the bundle config {config_digest} is not valid: {e}"),
+        )
+    })?;
     let mut roles: BTreeMap<Digest, (Role, u64)> = BTreeMap::new();
     for l in &m.layers {
         let d = digest_of(&what, &l.digest)?;
         present(&what, &d, l.size)?;
-        let role = Role::from_media_type(&l.media_type)
-            .ok_or_else(|| bad(&origin, format!("layer {d} has media type {:?}, not one a bundle holds", l.media_type)))?;
+        let role = Role::from_media_type(&l.media_type).ok_or_else(|| {
+            bad(
+                &origin,
+                format!(
+                    "layer {d} has media type {:?}, not one a bundle holds",
+                    l.media_type
+                ),
+            )
+        })?;
         if roles.insert(d, (role, l.size)).is_some() {
             return Err(bad(&origin, format!("the manifest names blob {d} twice")));
         }
     }
     for d in scanned.blobs.keys() {
         if *d != manifest_digest && *d != config_digest && !roles.contains_key(d) {
-            return Err(bad(&origin, format!("blob {d} is in the archive but the manifest does not name it")));
+            return Err(bad(
+                &origin,
+                format!("blob {d} is in the archive but the manifest does not name it"),
+            ));
         }
     }
     // The records, each checked like any record `hermit rebuild` reads.
     let mut records = BTreeMap::new();
     for (key, blob) in &config.records {
         if roles.get(blob).map(|r| r.0) != Some(Role::Record) {
-            return Err(bad(&origin, format!("the config names record {blob}, which the manifest does not hold as a record")));
+            return Err(bad(
+                &origin,
+                format!(
+                    "the config names record {blob}, which the manifest does not hold as a record"
+                ),
+            ));
         }
         let bytes = scanned.read_small(blob, "record")?;
-        let text = String::from_utf8(bytes).map_err(|_| bad(&origin, format!("record {blob} is not UTF-8 text")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| bad(&origin, format!("record {blob} is not UTF-8 text")))?;
         let (record, spec) = check_record(&text, &format!("{origin}: record {blob}"))?;
         if record.build_key != *key {
             return Err(bad(&origin, format!("record {blob} is the record of build key {}, but the config files it under {key}", record.build_key)));
         }
-        records.insert(*key, HeldRecord { record, spec, blob: *blob });
+        records.insert(
+            *key,
+            HeldRecord {
+                record,
+                spec,
+                blob: *blob,
+            },
+        );
     }
     if !records.contains_key(&config.top) {
-        return Err(bad(&origin, format!("the config's top build key {} has no record", config.top)));
+        return Err(bad(
+            &origin,
+            format!("the config's top build key {} has no record", config.top),
+        ));
     }
     // The closure: every blob a record needs is held, and every blob held
     // is one a record accounts for.
@@ -869,20 +1084,37 @@ pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
         }
         if !matches!(h.spec.toolchain, Toolchain::Input { .. }) {
             let i = &r.image;
-            for d in i.index.iter().chain([&i.manifest, &i.config]).chain(i.layers.iter().map(|l| &l.digest)) {
+            for d in i
+                .index
+                .iter()
+                .chain([&i.manifest, &i.config])
+                .chain(i.layers.iter().map(|l| &l.digest))
+            {
                 needed.insert(*d, format!("the toolchain image of {who}"));
             }
         }
         for input in &r.inputs {
-            needed.insert(input.output, format!("the output of input {:?} of {who}", input.name));
+            needed.insert(
+                input.output,
+                format!("the output of input {:?} of {who}", input.name),
+            );
             match records.get(&input.build_key) {
                 None => {
-                    return Err(bad(&origin, format!("input {:?} of {who} (build key {}) has no record in the bundle", input.name, input.build_key)))
+                    return Err(bad(
+                        &origin,
+                        format!(
+                            "input {:?} of {who} (build key {}) has no record in the bundle",
+                            input.name, input.build_key
+                        ),
+                    ))
                 }
                 Some(ih) if ih.record.output.digest != input.output => {
                     return Err(bad(
                         &origin,
-                        format!("input {:?} of {who} names output {}, but its record says {}", input.name, input.output, ih.record.output.digest),
+                        format!(
+                            "input {:?} of {who} names output {}, but its record says {}",
+                            input.name, input.output, ih.record.output.digest
+                        ),
                     ))
                 }
                 Some(_) => {}
@@ -892,12 +1124,18 @@ pub fn check(scanned: Scanned) -> anyhow::Result<Checked> {
     }
     for (d, why) in &needed {
         if !roles.contains_key(d) {
-            return Err(bad(&origin, format!("{why} is blob {d}, which the bundle does not hold")));
+            return Err(bad(
+                &origin,
+                format!("{why} is blob {d}, which the bundle does not hold"),
+            ));
         }
     }
     for d in roles.keys() {
         if !needed.contains_key(d) && !allowed.contains(d) {
-            return Err(bad(&origin, format!("blob {d} is not one any record of the bundle names")));
+            return Err(bad(
+                &origin,
+                format!("blob {d} is not one any record of the bundle names"),
+            ));
         }
     }
     Ok(Checked {
@@ -1022,12 +1260,25 @@ pub struct Summary {
 pub fn summary(c: &Checked) -> Summary {
     let mut roles = Vec::new();
     for r in Role::ALL {
-        let v: Vec<u64> = c.roles.values().filter(|(x, _)| *x == r).map(|(_, s)| *s).collect();
+        let v: Vec<u64> = c
+            .roles
+            .values()
+            .filter(|(x, _)| *x == r)
+            .map(|(_, s)| *s)
+            .collect();
         if !v.is_empty() {
             roles.push((r, v.len(), v.iter().sum()));
         }
     }
-    let name = |h: &HeldRecord| format!("{} {} (build key {}, output {})", h.record.package.name, h.record.package.version, h.record.build_key, h.record.output.digest);
+    let name = |h: &HeldRecord| {
+        format!(
+            "{} {} (build key {}, output {})",
+            h.record.package.name,
+            h.record.package.version,
+            h.record.build_key,
+            h.record.output.digest
+        )
+    };
     Summary {
         manifest: c.manifest,
         version: c.config.bundle_version,
@@ -1040,13 +1291,22 @@ pub fn summary(c: &Checked) -> Summary {
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "bundle   {} (format {}, {})", self.manifest, self.version, self.made_by)?;
+        writeln!(
+            f,
+            "bundle   {} (format {}, {})",
+            self.manifest, self.version, self.made_by
+        )?;
         writeln!(f, "top      {}", self.top)?;
         for r in &self.records {
             writeln!(f, "record   {r}")?;
         }
         for (role, n, bytes) in &self.roles {
-            writeln!(f, "holds    {n} {} ({})", role.plural(), indicatif::HumanBytes(*bytes))?;
+            writeln!(
+                f,
+                "holds    {n} {} ({})",
+                role.plural(),
+                indicatif::HumanBytes(*bytes)
+            )?;
         }
         Ok(())
     }

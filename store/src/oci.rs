@@ -1586,7 +1586,10 @@ pub async fn pull_artifact(
             if size != d.size {
                 return Err(OciError::Invalid {
                     what: source,
-                    message: format!("blob {digest} is named with two sizes ({size} and {})", d.size),
+                    message: format!(
+                        "blob {digest} is named with two sizes ({size} and {})",
+                        d.size
+                    ),
                 });
             }
         }

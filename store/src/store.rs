@@ -1158,7 +1158,9 @@ impl Store {
                 })();
                 let digest = hasher
                     .join()
-                    .map_err(|_| StoreError::io("hashing", what)(io::Error::other("hasher panicked")))?
+                    .map_err(|_| {
+                        StoreError::io("hashing", what)(io::Error::other("hasher panicked"))
+                    })?
                     .map_err(StoreError::io("reading", what))?;
                 let copied = copied.map_err(StoreError::io("copying into", &path))?;
                 if copied != len {

@@ -86,18 +86,33 @@ fn bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store(who: As) {
     // Exported from the record and from the spec: the same bytes.
     let a = t.path().join("a.tar");
     let b = t.path().join("b.tar");
-    let o = run(who.hermit_in(&home).arg("export").arg(&record).arg("-o").arg(&a));
+    let o = run(who
+        .hermit_in(&home)
+        .arg("export")
+        .arg(&record)
+        .arg("-o")
+        .arg(&a));
     let manifest = manifest_line(&ok(&o));
-    let o = run(who.hermit_in(&home).arg("export").arg(&spec).arg("-o").arg(&b));
+    let o = run(who
+        .hermit_in(&home)
+        .arg("export")
+        .arg(&spec)
+        .arg("-o")
+        .arg(&b));
     assert_eq!(manifest_line(&ok(&o)), manifest);
-    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap(), "two exports differ");
+    assert_eq!(
+        fs::read(&a).unwrap(),
+        fs::read(&b).unwrap(),
+        "two exports differ"
+    );
 
     // Standard tools read it: GNU tar lists an OCI layout.
     let list = ok(&run(Command::new("tar").arg("tf").arg(&a)));
     assert!(list.lines().any(|l| l == "oci-layout"), "{list}");
     assert!(list.lines().any(|l| l == "index.json"), "{list}");
     assert!(
-        list.lines().any(|l| l == format!("blobs/sha256/{}", &manifest[7..])),
+        list.lines()
+            .any(|l| l == format!("blobs/sha256/{}", &manifest[7..])),
         "{list}"
     );
     let o = run(Command::new("skopeo")
@@ -124,7 +139,10 @@ fn bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store(who: As) {
         .trim()
         .to_string();
     assert!(!stored_blobs(&fresh).is_empty());
-    let o = run(who.hermit_in(&fresh).args(["rebuild", "--offline"]).arg(&rec));
+    let o = run(who
+        .hermit_in(&fresh)
+        .args(["rebuild", "--offline"])
+        .arg(&rec));
     assert!(ok(&o).starts_with("identical:"), "{}", both(&o));
 
     // rebuild BUNDLE straight into another empty store, offline.
@@ -151,11 +169,7 @@ fn blob_entries(bundle: &Path) -> Vec<(String, u64, u64)> {
 
 /// Rewrites a bundle: `f` gets each entry's name and bytes and returns the
 /// entries to write instead (none to drop it).
-fn rewrite(
-    from: &Path,
-    to: &Path,
-    mut f: impl FnMut(&str, Vec<u8>) -> Vec<(String, Vec<u8>)>,
-) {
+fn rewrite(from: &Path, to: &Path, mut f: impl FnMut(&str, Vec<u8>) -> Vec<(String, Vec<u8>)>) {
     let mut a = tar::Archive::new(fs::File::open(from).unwrap());
     let mut b = tar::Builder::new(fs::File::create(to).unwrap());
     for e in a.entries().unwrap() {
@@ -192,7 +206,12 @@ fn tampered_bundles_are_refused_and_nothing_is_stored(who: As) {
     who.give(t.path());
     let record = build_record(who, &home, &spec);
     let good = t.path().join("good.tar");
-    ok(&run(who.hermit_in(&home).arg("export").arg(&record).arg("-o").arg(&good)));
+    ok(&run(who
+        .hermit_in(&home)
+        .arg("export")
+        .arg(&record)
+        .arg("-o")
+        .arg(&good)));
     let fresh = t.path().join("fresh");
     let refused = |bundle: &Path, needle: &str| {
         for cmd in ["import", "verify", "rebuild"] {
@@ -240,10 +259,13 @@ fn tampered_bundles_are_refused_and_nothing_is_stored(who: As) {
     let old_hex = sha(raw.trim_end().as_bytes());
     rewrite(&good, &bad, |name, data| {
         if name == "index.json" {
-            let s = String::from_utf8(data).unwrap().replace(&old_hex, &evil_hex).replace(
-                &format!("\"size\":{}", raw.trim_end().len()),
-                &format!("\"size\":{}", evil_bytes.len()),
-            );
+            let s = String::from_utf8(data)
+                .unwrap()
+                .replace(&old_hex, &evil_hex)
+                .replace(
+                    &format!("\"size\":{}", raw.trim_end().len()),
+                    &format!("\"size\":{}", evil_bytes.len()),
+                );
             vec![(name.to_string(), s.into_bytes())]
         } else if name.ends_with(&old_hex) {
             vec![(format!("blobs/sha256/{evil_hex}"), evil_bytes.clone())]
@@ -279,7 +301,12 @@ fn a_bundle_pushed_to_a_registry_rebuilds_by_reference(who: As) {
     who.give(t.path());
     let record = build_record(who, &home, &spec);
     let bundle = t.path().join("app.tar");
-    let o = run(who.hermit_in(&home).arg("export").arg(&record).arg("-o").arg(&bundle));
+    let o = run(who
+        .hermit_in(&home)
+        .arg("export")
+        .arg(&record)
+        .arg("-o")
+        .arg(&bundle));
     let manifest = manifest_line(&ok(&o));
 
     let reg = crate::image::start_registry();
@@ -300,7 +327,11 @@ fn a_bundle_pushed_to_a_registry_rebuilds_by_reference(who: As) {
         .args(["rebuild", "--offline"])
         .arg(format!("{name}@{manifest}")));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--offline"), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--offline"),
+        "{}",
+        both(&o)
+    );
     let o = run(who
         .hermit_in(&fresh)
         .arg("rebuild")
@@ -327,13 +358,20 @@ fn a_bundle_pushed_to_a_registry_rebuilds_by_reference(who: As) {
         .arg("rebuild")
         .arg(format!("{name}@{manifest}")));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains(&victim), "{}", both(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains(&victim),
+        "{}",
+        both(&o)
+    );
     assert!(stored_blobs(&tampered).is_empty());
 
     // A digest the registry does not hold: refused, nothing stored.
     let empty = t.path().join("empty");
     let wrong = format!("sha256:{}", "3".repeat(64));
-    let o = run(who.hermit_in(&empty).arg("rebuild").arg(format!("{name}@{wrong}")));
+    let o = run(who
+        .hermit_in(&empty)
+        .arg("rebuild")
+        .arg(format!("{name}@{wrong}")));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     assert!(stored_blobs(&empty).is_empty());
 }
@@ -368,10 +406,17 @@ fn hello_bundle() -> &'static Path {
 /// `cmd` run in a new network namespace whose only interface is loopback.
 fn without_network(cmd: &Command) -> Command {
     let mut c = Command::new("unshare");
-    c.args(["--net", "--", "/bin/sh", "-c", "ip link set lo up && exec \"$@\"", "sh"])
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .env_clear();
+    c.args([
+        "--net",
+        "--",
+        "/bin/sh",
+        "-c",
+        "ip link set lo up && exec \"$@\"",
+        "sh",
+    ])
+    .arg(cmd.get_program())
+    .args(cmd.get_args())
+    .env_clear();
     for (k, v) in cmd.get_envs() {
         if let Some(v) = v {
             c.env(k, v);
@@ -389,7 +434,10 @@ fn years_later_a_debian_build_rebuilds_from_its_bundle_alone(who: As) {
     let copy = t.path().join("hello.tar");
     fs::copy(bundle, &copy).unwrap();
     who.give(t.path());
-    let out = ok(&run(who.hermit_in(&t.path().join("v")).arg("verify").arg(&copy)));
+    let out = ok(&run(who
+        .hermit_in(&t.path().join("v"))
+        .arg("verify")
+        .arg(&copy)));
     assert!(out.contains("top      hello 1.0.0"), "{out}");
     // Nothing but the bundle, a new empty store and no network.
     let o = run(&mut without_network(
@@ -407,7 +455,10 @@ fn the_committed_v1_bundle_rebuilds_identically(who: As) {
     let copy = t.path().join("minish-v1.tar");
     fs::copy(repo().join("tests/data/bundles/minish-v1.tar"), &copy).unwrap();
     who.give(t.path());
-    let out = ok(&run(who.hermit_in(&t.path().join("v")).arg("verify").arg(&copy)));
+    let out = ok(&run(who
+        .hermit_in(&t.path().join("v"))
+        .arg("verify")
+        .arg(&copy)));
     assert!(out.contains("(format 1, "), "{out}");
     let o = run(&mut without_network(
         who.hermit_in(&t.path().join("empty"))
