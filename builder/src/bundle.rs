@@ -334,7 +334,8 @@ pub fn export(
         top: top.build_key,
         records: record_blobs,
     };
-    let config_bytes = serde_json::to_vec(&config)?;
+    // Through a Value: keys sorted.
+    let config_bytes = serde_json::to_vec(&serde_json::to_value(&config)?)?;
     let config_digest = Digest::of(&config_bytes);
     // Layers: records first, then by role and digest.
     let mut order: Vec<(&Digest, &Item)> = items.iter().collect();
@@ -1316,4 +1317,59 @@ impl std::fmt::Display for Summary {
 pub fn verify(path: &Path) -> anyhow::Result<Summary> {
     let c = check(scan(path, None)?)?;
     Ok(summary(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bundle config's bytes are part of format 1: compact JSON, keys
+    /// sorted, digests as `sha256:<hex>`.
+    #[test]
+    fn config_bytes_are_format_1() {
+        let key = Digest::of(b"key");
+        let rec = Digest::of(b"record");
+        let c = Config {
+            bundle_version: 1,
+            made_by: "hermit 0.1.0".into(),
+            top: key,
+            records: BTreeMap::from([(key, rec)]),
+        };
+        let got =
+            String::from_utf8(serde_json::to_vec(&serde_json::to_value(&c).unwrap()).unwrap())
+                .unwrap();
+        assert_eq!(
+            got,
+            format!(
+                "{{\"bundle_version\":1,\"made_by\":\"hermit 0.1.0\",\"records\":{{\"{key}\":\"{rec}\"}},\"top\":\"{key}\"}}"
+            )
+        );
+        let back: Config = serde_json::from_str(&got).unwrap();
+        assert_eq!(back, c);
+        // Unknown fields are refused.
+        let extra = got.replacen('{', "{\"x\":1,", 1);
+        assert!(serde_json::from_str::<Config>(&extra).is_err());
+    }
+
+    #[test]
+    fn every_role_has_its_own_media_type() {
+        for r in Role::ALL {
+            assert_eq!(Role::from_media_type(r.media_type()), Some(r));
+        }
+        assert_eq!(
+            Role::from_media_type("application/vnd.oci.image.layer.v1.tar"),
+            None
+        );
+    }
+
+    #[test]
+    fn pax_records_are_read_and_garbage_is_not() {
+        let buf = b"29 path=blobs/sha256/../../x\n11 size=42\n";
+        assert_eq!(
+            pax_records(buf),
+            vec![("path", "blobs/sha256/../../x"), ("size", "42")]
+        );
+        assert!(pax_records(b"999 path=x\n").is_empty());
+        assert!(pax_records(b"x path=x\n").is_empty());
+    }
 }
