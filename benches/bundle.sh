@@ -27,12 +27,16 @@ NAME=bundle
 . "$(dirname "$0")/lib.sh"
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 
+# The spec (and the hermit.lock its first build writes) is kept beside the
+# store, so that a kept BUNDLE_HOME is a cache hit.
 SRC_HOME=${BUNDLE_HOME:-$W/src-home}
-mkdir -p "$W/hello"
-cp "$REPO/examples/hello/spec.toml" "$REPO/examples/hello/Makefile" "$REPO/examples/hello/hello.c" "$W/hello/"
-[ -f "$REPO/examples/hello/hermit.lock" ] && cp "$REPO/examples/hello/hermit.lock" "$W/hello/"
+HELLO="$SRC_HOME/bench-hello"
+if [ ! -f "$HELLO/spec.toml" ]; then
+  mkdir -p "$HELLO"
+  cp "$REPO/examples/hello/spec.toml" "$REPO/examples/hello/Makefile" "$REPO/examples/hello/hello.c" "$HELLO/"
+fi
 echo "building examples/hello with its Debian toolchain (store $SRC_HOME)"
-RECORD=$(HERMIT_HOME="$SRC_HOME" "$HERMIT" build -q --json "$W/hello/spec.toml" |
+RECORD=$(HERMIT_HOME="$SRC_HOME" "$HERMIT" build -q --json "$HELLO/spec.toml" |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["record"])')
 
 HERMIT_HOME="$SRC_HOME" "$HERMIT" export "$RECORD" -o "$W/ref.tar" >/dev/null
