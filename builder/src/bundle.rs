@@ -766,7 +766,13 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
             Some(store) if store.blob(&digest).is_none() => Loc::Staged(
                 store
                     .stage_range(&file, data, size, &what, &digest)
-                    .map_err(|e| bad(&origin, e))?,
+                    .map_err(|e| match e {
+                        hermit_store::StoreError::Mismatch { actual, .. } => {
+                            bad(&origin, format!("blob {digest} hashes to {actual}"))
+                        }
+                        e => anyhow::Error::new(e)
+                            .context(format!("importing {origin}; nothing from it was stored")),
+                    })?,
             ),
             // Verify only, or already stored: hashed, not copied.
             _ => {
