@@ -22,6 +22,7 @@
 //! | output normalisation, the canonical tar, the output digest | [`output`] |
 //! | the record of a build, the build key | [`record`] |
 //! | SLSA provenance from a record | [`provenance`] |
+//! | `hermit shell`: a build's environment, entered; failed builds kept for it | [`shell`] |
 //!
 //! # Files hermit writes
 //!
@@ -51,6 +52,7 @@ mod output;
 mod pipeline;
 mod provenance;
 mod record;
+mod shell;
 mod spec;
 mod timing;
 mod toolchain;
@@ -91,6 +93,8 @@ enum Command {
     Mirror(cmd::fetch::MirrorArgs),
     #[command(about = cmd::sandbox::ABOUT)]
     Sandbox(Box<cmd::sandbox::SandboxArgs>),
+    /// Open a shell (or run one command) in exactly a build's environment: a record's, a spec's, or a failed build's
+    Shell(cmd::shell::ShellArgs),
     /// Check that this machine can run hermit's sandbox, and say how to fix it if not
     Doctor(cmd::doctor::DoctorArgs),
     /// Import, pull and list toolchain images
@@ -134,6 +138,7 @@ fn main() -> ExitCode {
         Command::Fetch(a) => cmd::fetch::run_fetch(a),
         Command::Mirror(a) => cmd::fetch::run_mirror(a),
         Command::Sandbox(a) => cmd::sandbox::run(*a),
+        Command::Shell(a) => cmd::shell::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Output(c) => cmd::output::run(c),

@@ -444,10 +444,7 @@ impl Informational {
             let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".to_string());
-            let cpus = std::thread::available_parallelism()
-                .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-                .unwrap_or(1);
-            (kernel, cpus)
+            (kernel, crate::pipeline::resolve::host_cpus())
         });
         let (kernel, cpus) = (kernel.clone(), *cpus);
         let duration_ms = match (started, finished) {
@@ -694,6 +691,21 @@ impl Record {
     /// Parses and validates a record; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Record, RecordError> {
         let origin_s = || origin.to_string();
+        // The common case, a good record, parses once. Every field of
+        // REQUIRED is a non-optional field of `Record`, so a record that
+        // parses has them all; only the version is left to check.
+        if let Ok(r) = serde_json::from_str::<Record>(text) {
+            if r.record_version != RECORD_VERSION {
+                return Err(RecordError::Version {
+                    origin: origin_s(),
+                    found: Value::from(r.record_version),
+                });
+            }
+            r.validate(origin)?;
+            return Ok(r);
+        }
+        // A bad one: parsed step by step, so that the error says the most
+        // useful thing first (no JSON, no version, a missing field).
         let v: Value = serde_json::from_str(text).map_err(|source| RecordError::NotJson {
             origin: origin_s(),
             source,

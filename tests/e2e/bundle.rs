@@ -145,6 +145,16 @@ fn bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store(who: As) {
         .arg(&rec));
     assert!(ok(&o).starts_with("identical:"), "{}", both(&o));
 
+    // hermit shell BUNDLE: in the build's environment, from an empty store.
+    let shell = t.path().join("shell");
+    let o = run(who.hermit_in(&shell).arg("shell").arg(&a).args([
+        "--",
+        "sh",
+        "-c",
+        "cat /inputs/lib/msg /sources/src/msg.txt",
+    ]));
+    assert_eq!(ok(&o), "from lib\nfrom app\n");
+
     // rebuild BUNDLE straight into another empty store, offline.
     let other = t.path().join("other");
     let o = run(who.hermit_in(&other).args(["rebuild", "--offline"]).arg(&a));

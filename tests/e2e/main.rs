@@ -25,6 +25,7 @@ mod rootless;
 mod sandbox;
 mod sandbox_escape;
 mod sandbox_holes;
+mod shell;
 mod store;
 mod upstream;
 mod verify;

@@ -9,4 +9,5 @@ pub mod image;
 pub mod output;
 pub mod provenance;
 pub mod sandbox;
+pub mod shell;
 pub mod store;

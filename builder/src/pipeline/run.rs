@@ -34,6 +34,19 @@ pub struct Ran {
 /// environment ([`environment::sandbox_spec`]) with `/build`, `/out`, the
 /// sources and the inputs bound.
 pub fn sandbox_spec(plan: &Plan, m: &Materialised) -> SandboxSpec {
+    let command = vec![
+        "/bin/sh".into(),
+        "-e".into(),
+        "-c".into(),
+        plan.resolved.spec.build.script.clone(),
+        "hermit-build".into(),
+    ];
+    sandbox_spec_with(plan, m, command)
+}
+
+/// [`sandbox_spec`] running `command` instead of the build script
+/// (`hermit shell`).
+pub fn sandbox_spec_with(plan: &Plan, m: &Materialised, command: Vec<String>) -> SandboxSpec {
     let r = &plan.resolved;
     let env = &r.environment;
     let mut mounts = vec![
@@ -58,13 +71,6 @@ pub fn sandbox_spec(plan: &Plan, m: &Materialised) -> SandboxSpec {
             writable: false,
         });
     }
-    let command = vec![
-        "/bin/sh".into(),
-        "-e".into(),
-        "-c".into(),
-        r.spec.build.script.clone(),
-        "hermit-build".into(),
-    ];
     environment::sandbox_spec(env, &r.profile, &m.rootfs, command, mounts)
 }
 
@@ -162,6 +168,16 @@ pub fn run(
             failed.join("build").display(),
             failed.join("out").display()
         ));
+        // What `hermit shell --failed` needs to enter it again.
+        match crate::shell::note_kept(plan, &failed) {
+            Ok(()) => msg.push_str(&format!(
+                "\n  debug it in the build's environment: hermit shell --failed {}",
+                failed.display()
+            )),
+            Err(e) => msg.push_str(&format!(
+                "\n  (hermit shell --failed cannot enter it: {e:#})"
+            )),
+        }
         kept = Some(failed);
     } else {
         super::materialise::discard(&m.staging);
