@@ -12,6 +12,7 @@
 //! | local `path` sources: selection, canonical tar | [`localtree`] |
 //! | the network flags and the fetcher | [`net`] |
 //! | what a mirror must hold for a spec or a record's graph | [`mirror`] |
+//! | bundles: one file that holds a build (export, import, verify) | [`bundle`] |
 //! | a record is untrusted: everything re-derived from profile, spec and lock | [`derive`] |
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
@@ -30,6 +31,7 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
+mod bundle;
 mod check;
 mod cmd;
 mod config;
@@ -106,6 +108,12 @@ enum Command {
     Output(cmd::output::OutputCommand),
     /// Print a record's SLSA provenance v1 as an in-toto Statement
     Provenance(cmd::provenance::ProvenanceArgs),
+    /// Write one file (an oci-archive) that holds a build: records, sources, toolchain, inputs
+    Export(cmd::bundle::ExportArgs),
+    /// Check a bundle and bring everything it holds into the store
+    Import(cmd::bundle::ImportArgs),
+    /// Check a bundle without building or storing anything, and say what it holds
+    Verify(cmd::bundle::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +147,9 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::image::run(c),
         Command::Output(c) => cmd::output::run(c),
         Command::Provenance(a) => cmd::provenance::run(a),
+        Command::Export(a) => cmd::bundle::run_export(a),
+        Command::Import(a) => cmd::bundle::run_import(a),
+        Command::Verify(a) => cmd::bundle::run_verify(a),
     };
     match result {
         Ok(code) => code,

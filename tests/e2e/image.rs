@@ -259,6 +259,14 @@ pub struct Registry {
     _dir: tempfile::TempDir,
 }
 
+impl Registry {
+    /// Where the registry keeps its storage (blobs under
+    /// `data/docker/registry/v2/blobs/sha256/`).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         let _ = self.child.kill();
