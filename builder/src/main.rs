@@ -12,6 +12,7 @@
 //! | local `path` sources: selection, canonical tar | [`localtree`] |
 //! | the network flags and the fetcher | [`net`] |
 //! | what a mirror must hold for a spec or a record's graph | [`mirror`] |
+//! | bundles: one file that holds a build (export, import, verify) | [`bundle`] |
 //! | a record is untrusted: everything re-derived from profile, spec and lock | [`derive`] |
 //! | the store, fetching, unpacking, OCI images | the `hermit-store` crate |
 //! | namespaces, mounts, seccomp, the sandbox's init | the `hermit-sandbox` crate |
@@ -30,6 +31,8 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
+mod bundle;
+mod check;
 mod cmd;
 mod config;
 mod debian;
@@ -79,6 +82,8 @@ enum Command {
     Build(cmd::build::BuildArgs),
     /// Build a record again from the record alone and say whether the output is identical
     Rebuild(cmd::build::RebuildArgs),
+    /// Build twice or more, varying what hermit cannot normalise (CPUs, clock, uname, ASLR, …), and say whether the output changes
+    Check(cmd::check::CheckArgs),
     /// Print the closure of specs through their [inputs], in build order
     Graph(cmd::build::GraphArgs),
     /// Resolve the spec's toolchain and write hermit.lock beside it
@@ -104,8 +109,15 @@ enum Command {
     Output(cmd::output::OutputCommand),
     /// Print a record's SLSA provenance v1 as an in-toto Statement
     Provenance(cmd::provenance::ProvenanceArgs),
+    /// Make a locked Debian toolchain image again from the .debs its lock pins
     #[command(subcommand)]
     Toolchain(cmd::toolchain::ToolchainCommand),
+    /// Write one file (an oci-archive) that holds a build: records, sources, toolchain, inputs
+    Export(cmd::bundle::ExportArgs),
+    /// Check a bundle and bring everything it holds into the store
+    Import(cmd::bundle::ImportArgs),
+    /// Check a bundle without building or storing anything, and say what it holds
+    Verify(cmd::bundle::VerifyArgs),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +139,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
         Command::Rebuild(a) => cmd::build::run_rebuild(a),
+        Command::Check(a) => cmd::check::run(a),
         Command::Graph(a) => cmd::build::run_graph(a),
         Command::Lock(a) => cmd::build::run_lock(a),
         Command::Store(c) => cmd::store::run(c),
@@ -139,6 +152,9 @@ fn main() -> ExitCode {
         Command::Output(c) => cmd::output::run(c),
         Command::Provenance(a) => cmd::provenance::run(a),
         Command::Toolchain(c) => cmd::toolchain::run(c),
+        Command::Export(a) => cmd::bundle::run_export(a),
+        Command::Import(a) => cmd::bundle::run_import(a),
+        Command::Verify(a) => cmd::bundle::run_verify(a),
     };
     match result {
         Ok(code) => code,
@@ -155,6 +171,7 @@ impl Command {
             Command::Build(a) => a.common.json,
             Command::Rebuild(a) => a.common.json,
             Command::Graph(a) => a.json,
+            Command::Check(a) => a.json,
             Command::Image(cmd::image::ImageCommand::Bootstrap { json, .. })
             | Command::Image(cmd::image::ImageCommand::Ls { json })
             | Command::Output(cmd::output::OutputCommand::Hash { json, .. }) => *json,

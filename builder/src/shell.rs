@@ -86,8 +86,8 @@ pub fn enter(store: &Arc<Store>, source: Source, opts: &ShellOptions) -> anyhow:
 }
 
 /// Resolves and plans what `source` names; with `Some(dir)`, a kept
-/// failed build's directory to enter.
-fn prepare(
+/// failed build's directory to enter (`hermit check` plans with it too).
+pub(crate) fn prepare(
     store: &Arc<Store>,
     source: Source,
     opts: &ShellOptions,

@@ -445,11 +445,22 @@ fn prepare_command(
     )?;
 
     nix::sys::stat::umask(Mode::from_bits_truncate(spec.umask as libc::mode_t));
-    if !spec.aslr {
+    if !spec.aslr || spec.linux32 {
         use nix::sys::personality::{self, Persona};
-        let p = personality::get().map_err(|e| f("turn ASLR off", "personality", e))?;
-        personality::set(p | Persona::ADDR_NO_RANDOMIZE)
-            .map_err(|e| f("turn ASLR off", "personality", e))?;
+        let step = "set the personality (ASLR, machine name)";
+        let mut p = personality::get().map_err(|e| f(step, "personality", e))?;
+        if !spec.aslr {
+            p |= Persona::ADDR_NO_RANDOMIZE;
+        }
+        if spec.linux32 {
+            // The execution domain is the low byte: PER_LINUX (0) becomes
+            // PER_LINUX32, which only changes what uname(2) reports.
+            p = Persona::from_bits_retain((p.bits() & !0xff) | PER_LINUX32);
+        }
+        personality::set(p).map_err(|e| f(step, "personality", e))?;
+    }
+    if let Some(n) = spec.cpus {
+        restrict_cpus(n).map_err(|e| f("restrict the CPUs", "sched_setaffinity", e))?;
     }
     chdir(&spec.cwd).map_err(|e| {
         SetupFailure::new(
@@ -470,6 +481,28 @@ fn prepare_command(
     nix::sys::prctl::set_no_new_privs().map_err(|e| f("set no_new_privs", "prctl", e))?;
     sys::install_seccomp(&exec.filter).map_err(|e| f("install the seccomp filter", "prctl", e))?;
     Ok(())
+}
+
+/// `PER_LINUX32` of `<linux/personality.h>`.
+const PER_LINUX32: libc::c_int = 0x0008;
+
+/// Keeps the first `n` CPUs of the ones this process may run on.
+fn restrict_cpus(n: u32) -> Result<(), Errno> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let now = sched_getaffinity(Pid::from_raw(0))?;
+    let mut keep = CpuSet::new();
+    let mut kept = 0;
+    for cpu in 0..CpuSet::count() {
+        if kept == n {
+            break;
+        }
+        if now.is_set(cpu)? {
+            keep.set(cpu)?;
+            kept += 1;
+        }
+    }
+    sched_setaffinity(Pid::from_raw(0), &keep)
 }
 
 /// Empties the bounding, ambient, inheritable, effective and permitted sets.

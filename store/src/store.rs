@@ -74,7 +74,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::digest::{Digest, Hasher};
@@ -991,8 +991,9 @@ impl Session {
     }
 }
 
-/// A hold on the store-wide lock (shared or exclusive); released on drop.
-#[derive(Debug)]
+/// A hold on the store-wide lock (shared or exclusive); released on drop
+/// of the last clone.
+#[derive(Debug, Clone)]
 pub struct StoreLock {
     _lock: std::sync::Arc<nix::fcntl::Flock<File>>,
 }
@@ -1045,11 +1046,24 @@ impl BlobWriter {
     /// fsyncs, makes read-only and renames into the store. On a mismatch
     /// nothing is stored. Returns the digest of what was written.
     pub fn commit(
-        mut self,
+        self,
         what: &str,
         expected: Option<&Digest>,
         size: Option<u64>,
     ) -> Result<Digest> {
+        self.stage(what, expected, size)?.install()
+    }
+
+    /// Verifies the bytes like [`BlobWriter::commit`] but leaves them
+    /// outside `blobs/`: a [`StagedBlob`] enters the store only when
+    /// [`StagedBlob::install`] is called, so that a caller can check many
+    /// blobs (a bundle) and store all of them or none.
+    pub fn stage(
+        mut self,
+        what: &str,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<StagedBlob> {
         let actual = std::mem::take(&mut self.hasher).finish();
         if let Some(exp) = size {
             if exp != self.size {
@@ -1072,12 +1086,153 @@ impl BlobWriter {
         let file = self.file.take().ok_or_else(|| {
             StoreError::io("committing", &self.path)(io::Error::other("already committed"))
         })?;
-        let res = install_blob(&self.blobs, file, &self.path, &actual);
+        Ok(StagedBlob {
+            file: Some(file),
+            path: self.path.clone(),
+            blobs: self.blobs.clone(),
+            digest: actual,
+            size: self.size,
+            _store: self._store.clone(),
+        })
+    }
+}
+
+/// A blob whose bytes hashed to [`StagedBlob::digest`], kept in this
+/// process's temp directory until [`StagedBlob::install`] moves it into
+/// the store. Dropped without installing, it is deleted.
+pub struct StagedBlob {
+    file: Option<File>,
+    path: PathBuf,
+    blobs: PathBuf,
+    digest: Digest,
+    size: u64,
+    _store: StoreLock,
+}
+
+impl StagedBlob {
+    /// What the bytes hash to.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    /// How many bytes it holds.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// The temp file (to read a small blob before deciding to keep it).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Moves the blob into the store (fsync, read-only, rename).
+    pub fn install(mut self) -> Result<Digest> {
+        let file = self.file.take().ok_or_else(|| {
+            StoreError::io("installing", &self.path)(io::Error::other("already installed"))
+        })?;
+        let res = install_blob(&self.blobs, file, &self.path, &self.digest);
         if res.is_err() {
             let _ = fs::remove_file(&self.path);
         }
-        res.map(|()| actual)
+        res.map(|()| self.digest)
     }
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Store {
+    /// Stages `len` bytes of `src` starting at `offset` (a blob inside an
+    /// archive) as a [`StagedBlob`], checked against `expected`: the kernel
+    /// copies the bytes (`copy_file_range`) while a second thread hashes
+    /// them from `src`. Nothing enters `blobs/` until the caller installs it.
+    pub fn stage_range(
+        &self,
+        src: &File,
+        offset: u64,
+        len: u64,
+        what: &str,
+        expected: &Digest,
+    ) -> Result<StagedBlob> {
+        use std::io::SeekFrom;
+        let store = self.shared_lock()?;
+        let (mut file, path) = temp_file(&self.session.dir)?;
+        let mut guard = TempGuard(Some(path.clone()));
+        let digest = if len < SMALL_STAGE {
+            let mut buf = vec![0u8; len as usize];
+            src.read_exact_at(&mut buf, offset)
+                .map_err(StoreError::io("reading", what))?;
+            file.write_all(&buf)
+                .map_err(StoreError::io("writing", &path))?;
+            Digest::of(&buf)
+        } else {
+            std::thread::scope(|s| -> Result<Digest> {
+                let hasher = s.spawn(|| hash_range(src, offset, len));
+                let copied = (|| -> io::Result<u64> {
+                    let mut reader = src;
+                    reader.seek(SeekFrom::Start(offset))?;
+                    io::copy(&mut reader.take(len), &mut file)
+                })();
+                let digest = hasher
+                    .join()
+                    .map_err(|_| {
+                        StoreError::io("hashing", what)(io::Error::other("hasher panicked"))
+                    })?
+                    .map_err(StoreError::io("reading", what))?;
+                let copied = copied.map_err(StoreError::io("copying into", &path))?;
+                if copied != len {
+                    return Err(StoreError::SizeMismatch {
+                        what: what.to_string(),
+                        expected: len,
+                        actual: copied,
+                    });
+                }
+                Ok(digest)
+            })?
+        };
+        if digest != *expected {
+            return Err(StoreError::Mismatch {
+                what: what.to_string(),
+                expected: *expected,
+                actual: digest,
+            });
+        }
+        guard.0 = None;
+        Ok(StagedBlob {
+            file: Some(file),
+            path,
+            blobs: self.base.join("blobs/sha256"),
+            digest,
+            size: len,
+            _store: store,
+        })
+    }
+}
+
+/// Blobs below this size are staged through one buffer, on one thread.
+const SMALL_STAGE: u64 = 4 << 20;
+
+/// The sha256 of `len` bytes of `src` from `offset` (positional reads:
+/// the file's offset is not used).
+pub fn hash_range(src: &File, offset: u64, len: u64) -> io::Result<Digest> {
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; IO_BUF.min(len.max(1) as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let want = buf.len().min((len - done) as usize);
+        let n = src.read_at(&mut buf[..want], offset + done)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the file ends {} bytes early", len - done),
+            ));
+        }
+        hasher.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(hasher.finish())
 }
 
 /// The one way a blob enters `blobs/`: chmod 0444, fsync, rename (unless an

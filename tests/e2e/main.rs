@@ -5,7 +5,9 @@
 
 mod bounds;
 mod build;
+mod bundle;
 mod cache_hits;
+mod check;
 mod common;
 mod debian;
 mod debrestore;

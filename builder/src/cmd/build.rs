@@ -368,7 +368,8 @@ pub fn run_graph(args: GraphArgs) -> anyhow::Result<ExitCode> {
 
 #[derive(Args, Debug)]
 pub struct RebuildArgs {
-    /// A record.json written by `hermit build`
+    /// A record.json written by `hermit build`, a bundle written by `hermit
+    /// export`, or a bundle pushed to a registry (HOST/NAME@sha256:…)
     pub record: PathBuf,
     /// Rebuild every input from its own record first (found by build key in
     /// the store or a mirror) and say which node differs
@@ -382,6 +383,9 @@ pub fn run_rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let (store, _shared) = open_store()?;
     let net = args.common.net();
     let opts = args.common.opts();
+    // A bundle (file or registry reference) is imported; its top record is rebuilt.
+    let record = crate::bundle::record_for_rebuild(&store, &args.record, args.common.offline)?;
+    let args = RebuildArgs { record, ..args };
     let nodes: Vec<(String, pipeline::rebuild::Rebuilt)> = if args.deep {
         pipeline::rebuild::rebuild_deep(&store, &args.record, &net, &opts)?
             .into_iter()

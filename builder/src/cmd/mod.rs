@@ -2,6 +2,8 @@
 //! calls into the libraries; none holds logic another command needs.
 
 pub mod build;
+pub mod bundle;
+pub mod check;
 pub mod doctor;
 pub mod fetch;
 pub mod image;

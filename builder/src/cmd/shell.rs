@@ -15,9 +15,10 @@ use crate::shell::{self, ShellOptions, Source};
 
 #[derive(Args, Debug)]
 pub struct ShellArgs {
-    /// A record.json (its build's environment) or a spec (the environment
-    /// its build would have); not with --failed
-    #[arg(value_name = "RECORD|SPEC", required_unless_present = "failed")]
+    /// A record.json (its build's environment), a bundle written by `hermit
+    /// export` (imported first), or a spec (the environment its build would
+    /// have); not with --failed
+    #[arg(value_name = "RECORD|SPEC|BUNDLE", required_unless_present = "failed")]
     pub target: Option<PathBuf>,
     /// Enter a failed build kept with `--keep-failed`, over its kept /build
     /// and /out: the directory its message named, or the last one kept
@@ -55,6 +56,8 @@ pub fn run(args: ShellArgs) -> anyhow::Result<ExitCode> {
     let source = match (&args.failed, &args.target) {
         (Some(d), _) => Source::Failed(d.clone()),
         (None, Some(t)) => {
+            // A bundle (file or registry reference) is imported; its top record is entered.
+            let t = &crate::bundle::record_for_rebuild(&store, t, args.offline)?;
             let text = crate::limits::read_text(t, crate::limits::MAX_RECORD)
                 .map_err(|e| Exit::user(format!("{}: cannot read it: {e}", t.display())))?;
             if is_record(&text) {

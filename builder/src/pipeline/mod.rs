@@ -65,6 +65,9 @@ pub struct BuildOptions {
     /// when several builds run at once: two nodes that need the same
     /// toolchain bootstrapped or fetched do it once.
     pub resolve_gate: Option<Arc<std::sync::Mutex<()>>>,
+    /// Changes the build's sandbox after the environment made it: only
+    /// `hermit check` sets one (its variations, see [`crate::check`]).
+    pub vary: Option<run::SandboxHook>,
 }
 
 /// Where a running build's stdout and stderr go, besides the log.

@@ -30,6 +30,17 @@ pub struct Ran {
     pub rewritten_links: Vec<crate::output::RewrittenLink>,
 }
 
+/// A change to a build's sandbox after [`sandbox_spec`] made it from the
+/// environment: a `hermit check` variation.
+#[derive(Clone)]
+pub struct SandboxHook(pub std::sync::Arc<dyn Fn(&mut SandboxSpec) + Send + Sync>);
+
+impl std::fmt::Debug for SandboxHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SandboxHook")
+    }
+}
+
 /// The sandbox for a plan over its materialised inputs: the profile's
 /// environment ([`environment::sandbox_spec`]) with `/build`, `/out`, the
 /// sources and the inputs bound.
@@ -87,7 +98,10 @@ pub fn run(
     let r = &plan.resolved;
     let mut t = crate::timing::start();
     let env = &r.environment;
-    let spec = sandbox_spec(plan, &m);
+    let mut spec = sandbox_spec(plan, &m);
+    if let Some(vary) = &opts.vary {
+        (vary.0)(&mut spec);
+    }
     let log_path = m.staging.join("build.log");
     let mut guard = limits::Guard::new(
         &env.limits,
