@@ -52,16 +52,17 @@ mod record;
 mod spec;
 mod timing;
 mod toolchain;
+mod version;
 mod workdir;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "hermit",
-    version,
+    version = version::VERSION,
     about = "Hermetic, reproducible sandbox builds with a record to rebuild from",
     propagate_version = true
 )]
@@ -99,6 +100,10 @@ enum Command {
     Output(cmd::output::OutputCommand),
     /// Print a record's SLSA provenance v1 as an in-toto Statement
     Provenance(cmd::provenance::ProvenanceArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(cmd::generate::CompletionsArgs),
+    /// Write one man page per command (hermit.1, hermit-build.1, …) into a directory
+    Manpages(cmd::generate::ManpagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +135,8 @@ fn main() -> ExitCode {
         Command::Image(c) => cmd::image::run(c),
         Command::Output(c) => cmd::output::run(c),
         Command::Provenance(a) => cmd::provenance::run(a),
+        Command::Completions(a) => cmd::generate::completions(a, Cli::command()),
+        Command::Manpages(a) => cmd::generate::manpages(a, Cli::command()),
     };
     match result {
         Ok(code) => code,

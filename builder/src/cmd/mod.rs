@@ -4,6 +4,7 @@
 pub mod build;
 pub mod doctor;
 pub mod fetch;
+pub mod generate;
 pub mod image;
 pub mod output;
 pub mod provenance;
