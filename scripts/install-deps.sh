@@ -10,7 +10,7 @@ apt-get install -y -q --no-install-recommends \
   uidmap iproute2 procps util-linux passwd \
   bubblewrap busybox-static hyperfine python3 \
   skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal \
-  nix-bin
+  nix-bin man-db zsh fish
 # A Rust toolchain: keep one that is already installed (rustup or otherwise),
 # else take Debian's packaged 1.85 toolchain.
 if ! command -v cargo >/dev/null 2>&1; then
