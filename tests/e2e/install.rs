@@ -197,3 +197,37 @@ both_users!(
     man_pages_render_without_warnings,
     completions_load_and_complete_spec_files,
 );
+
+/// flake.nix evaluates (against a stub nixpkgs: CI has no network to fetch
+/// the real one) and builds hermit at Cargo.toml's version, stamped with the
+/// flake's revision, with its man pages and completions.
+#[test]
+fn flake_evaluates_against_a_stub_nixpkgs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = root.canonicalize().unwrap();
+    let o = run(Command::new("nix-instantiate")
+        .args(["--eval", "--strict", "--json"])
+        .arg(root.join("tests/data/flake/stub-eval.nix"))
+        .arg("--argstr")
+        .arg("root")
+        .arg(&root));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["pname"], "hermit");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        v["HERMIT_COMMIT"],
+        "0123456789abcdef0123456789abcdef01234567"
+    );
+    assert_eq!(v["lock"], true);
+    assert_eq!(v["main"], "hermit");
+    let installs = v["installs"].as_str().unwrap();
+    for want in [
+        "hermit manpages",
+        "completions bash",
+        "completions zsh",
+        "completions fish",
+    ] {
+        assert!(installs.contains(want), "{want}: {installs}");
+    }
+}
