@@ -87,7 +87,7 @@ for f in docs/*.md; do
   gzip -9n <"$f" >"$doc/docs/$(basename "$f").gz"
 done
 install -m 0644 examples/hello/* "$doc/examples/hello/"
-crates=$(cargo tree --locked --offline -p hermit -e normal --prefix none --format '{p} {l}' \
+crates=$(cargo tree --locked -p hermit -e normal --prefix none --format '{p} {l}' \
   | sed -e 's/ (\*)$//' -e 's/ ([^)]*)//' | sort -u | sed 's/^/ /')
 awk -v crates="$crates" '$0 == "@CRATES@" { print crates; next } { print }' \
   packaging/deb/copyright.in >"$doc/copyright"
