@@ -69,9 +69,13 @@ fn git(dir: &Path, args: &[&str]) -> String {
 /// `make deb` in `src`; returns the .deb's path.
 fn make_deb(src: &Path) -> PathBuf {
     let start = Instant::now();
+    // Not a sub-make of `make test`: that one would print its directory.
     let o = run(Command::new("make")
-        .arg("deb")
+        .args(["--no-print-directory", "deb"])
         .current_dir(src)
+        .env_remove("MAKEFLAGS")
+        .env_remove("MFLAGS")
+        .env_remove("MAKELEVEL")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("RUSTFLAGS")
         .env_remove("SOURCE_DATE_EPOCH"));
@@ -81,7 +85,13 @@ fn make_deb(src: &Path) -> PathBuf {
         src.display(),
         both(&o)
     );
-    let deb = PathBuf::from(String::from_utf8(o.stdout).unwrap().lines().last().unwrap());
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let deb = PathBuf::from(
+        stdout
+            .lines()
+            .rfind(|l| l.ends_with(".deb"))
+            .unwrap_or_else(|| panic!("make deb named no .deb: {stdout}")),
+    );
     eprintln!("make deb in {}: {:?}", src.display(), start.elapsed());
     assert!(
         deb.starts_with(src.join("target/debian")),
