@@ -10,7 +10,12 @@ apt-get install -y -q --no-install-recommends \
   uidmap iproute2 procps util-linux passwd \
   bubblewrap busybox-static hyperfine python3 \
   skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal \
+  disorderfs fuse3 libfaketime \
   nix-bin man-db zsh fish
+# `hermit check`'s directory-order variation mounts disorderfs as the caller:
+# /dev/fuse open to every user, as Debian's udev rule makes it (a container
+# without udev may leave it 0600).
+if [ -c /dev/fuse ]; then chmod 0666 /dev/fuse; fi
 # A Rust toolchain: keep one that is already installed (rustup or otherwise),
 # else take Debian's packaged 1.85 toolchain.
 if ! command -v cargo >/dev/null 2>&1; then

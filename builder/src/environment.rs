@@ -73,6 +73,10 @@ pub fn sandbox_spec(
         },
         aslr: env.aslr,
         umask: profile.system.umask,
+        // What hermit cannot normalise: the CPUs and machine name the host
+        // has (`hermit check` varies both).
+        cpus: None,
+        linux32: false,
     }
 }
 
@@ -191,6 +195,8 @@ mod tests {
         assert_eq!(s.limits.max_file_size, None);
         assert_eq!(s.umask, 0o022);
         assert!(!s.aslr);
+        // The host's CPUs and machine name: only `hermit check` varies them.
+        assert_eq!((s.cpus, s.linux32), (None, false));
         assert_eq!(s.timeout, Some(Duration::from_secs(21600)));
         assert_eq!((s.uid, s.gid, s.user.as_str()), (1000, 1000, "builder"));
         assert_eq!(s.home, Path::new("/homeless-shelter"));

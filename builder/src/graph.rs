@@ -207,6 +207,18 @@ pub fn run(store: &Arc<Store>, graph: &Graph, net: &NetArgs, opts: &RunOptions) 
     let gate = Arc::new(Mutex::new(()));
     let progress = Progress::new(n, opts);
     let workers = opts.parallel.clamp(1, n.max(1));
+    if n > 1 {
+        // Many sandboxes in one process: one zygote clones their helpers
+        // instead of one execution of hermit each (started with the first
+        // build that runs; a fully cached graph starts none).
+        hermit_sandbox::prefer_zygote();
+    }
+    if workers == 1 && !matches!(progress.mode, Mode::Bars { .. }) {
+        // One worker and no live lines to refresh: no thread to start.
+        work(store, graph, net, opts, &sched, &progress, &gate);
+        progress.finish();
+        return sched.states.into_inner().unwrap_or_else(|e| e.into_inner());
+    }
     std::thread::scope(|scope| {
         for _ in 0..workers {
             scope.spawn(|| work(store, graph, net, opts, &sched, &progress, &gate));

@@ -22,19 +22,19 @@ use anyhow::Context;
 use hermit_store::{Digest, Store};
 
 use crate::output::{self, FileEntry};
-use crate::record::Record;
+use crate::record::{KeyInputs, Record};
 
 /// Checks the output directory `dir` (`v1/outputs/<key>`). `Ok` carries its
 /// record; `Err` says what is wrong, for "… is corrupt: <reason>".
 pub fn check_output(dir: &Path) -> Result<Record, String> {
-    let record = check_record(dir)?;
+    let record = check_record(dir, None)?;
     check_content(dir, record)
 }
 
 /// The record of the output directory `dir`, checked: it parses, is
 /// consistent, names the build key `dir` is named by, in an output format
 /// this hermit can check.
-fn check_record(dir: &Path) -> Result<Record, String> {
+fn check_record(dir: &Path, expected: Option<&KeyInputs<'_>>) -> Result<Record, String> {
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -43,7 +43,8 @@ fn check_record(dir: &Path) -> Result<Record, String> {
     let record_path = dir.join("record.json");
     let text = fs::read_to_string(&record_path)
         .map_err(|e| format!("its record {} cannot be read: {e}", record_path.display()))?;
-    let record = Record::parse(&text, "its record").map_err(|e| e.to_string())?;
+    let record =
+        Record::parse_expecting(&text, "its record", expected).map_err(|e| e.to_string())?;
     if record.build_key != key {
         return Err(format!(
             "its record is the record of build key {}",
@@ -96,7 +97,14 @@ fn check_content(dir: &Path, record: Record) -> Result<Record, String> {
 /// check (a change within the same timestamp tick could otherwise keep a
 /// fingerprint). A missing, unreadable or foreign file only means the full
 /// check; writing it is best effort.
-pub fn check_output_quick(store: &Store, dir: &Path) -> Result<Record, String> {
+///
+/// `expected`: the key inputs of the plan looking the output up, if any
+/// (see [`Record::parse_expecting`]).
+pub fn check_output_quick(
+    store: &Store,
+    dir: &Path,
+    expected: Option<&KeyInputs<'_>>,
+) -> Result<Record, String> {
     use hermit_store::integrity::fingerprint;
     let out = dir.join("out");
     let saved = dir
@@ -105,13 +113,13 @@ pub fn check_output_quick(store: &Store, dir: &Path) -> Result<Record, String> {
     if let Some(saved) = &saved {
         if let (Ok(text), Ok(now)) = (fs::read_to_string(saved), fingerprint(&out)) {
             if text.trim() == now.to_string() {
-                return check_record(dir);
+                return check_record(dir, expected);
             }
         }
     }
     let started = std::time::SystemTime::now();
     let before = fingerprint(&out).ok();
-    let record = check_output(dir)?;
+    let record = check_content(dir, check_record(dir, expected)?)?;
     if let (Some(saved), Some(before)) = (saved, before) {
         if fingerprint(&out).ok() == Some(before) && settled(&out, started) {
             let _ = fs::create_dir_all(store.base().join("cache/outputs")).and_then(|()| {

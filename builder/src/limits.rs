@@ -246,13 +246,15 @@ pub fn read_text(path: &Path, limit: u64) -> std::io::Result<String> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)?;
-    if !f.metadata()?.is_file() {
+    let meta = f.metadata()?;
+    if !meta.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             "not a regular file",
         ));
     }
-    let mut text = String::new();
+    // Sized from the file's length (re-checked while reading: it may grow).
+    let mut text = String::with_capacity(meta.len().min(limit) as usize + 1);
     f.take(limit + 1).read_to_string(&mut text)?;
     if text.len() as u64 > limit {
         return Err(std::io::Error::new(

@@ -21,6 +21,7 @@
 //! | output normalisation, the canonical tar, the output digest | [`output`] |
 //! | the record of a build, the build key | [`record`] |
 //! | SLSA provenance from a record | [`provenance`] |
+//! | `hermit shell`: a build's environment, entered; failed builds kept for it | [`shell`] |
 //!
 //! # Files hermit writes
 //!
@@ -29,6 +30,7 @@
 //! in `hermit_store::store`. Outside the store hermit writes only what a
 //! command is asked to: `hermit mirror --to DIR`, `-o LINK`.
 
+mod check;
 mod cmd;
 mod config;
 mod debian;
@@ -49,6 +51,7 @@ mod output;
 mod pipeline;
 mod provenance;
 mod record;
+mod shell;
 mod spec;
 mod timing;
 mod toolchain;
@@ -77,6 +80,8 @@ enum Command {
     Build(cmd::build::BuildArgs),
     /// Build a record again from the record alone and say whether the output is identical
     Rebuild(cmd::build::RebuildArgs),
+    /// Build twice or more, varying what hermit cannot normalise (CPUs, clock, uname, ASLR, …), and say whether the output changes
+    Check(cmd::check::CheckArgs),
     /// Print the closure of specs through their [inputs], in build order
     Graph(cmd::build::GraphArgs),
     /// Resolve the spec's toolchain and write hermit.lock beside it
@@ -90,6 +95,8 @@ enum Command {
     Mirror(cmd::fetch::MirrorArgs),
     #[command(about = cmd::sandbox::ABOUT)]
     Sandbox(Box<cmd::sandbox::SandboxArgs>),
+    /// Open a shell (or run one command) in exactly a build's environment: a record's, a spec's, or a failed build's
+    Shell(cmd::shell::ShellArgs),
     /// Check that this machine can run hermit's sandbox, and say how to fix it if not
     Doctor(cmd::doctor::DoctorArgs),
     /// Import, pull and list toolchain images
@@ -125,12 +132,14 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(a) => cmd::build::run_build(a),
         Command::Rebuild(a) => cmd::build::run_rebuild(a),
+        Command::Check(a) => cmd::check::run(a),
         Command::Graph(a) => cmd::build::run_graph(a),
         Command::Lock(a) => cmd::build::run_lock(a),
         Command::Store(c) => cmd::store::run(c),
         Command::Fetch(a) => cmd::fetch::run_fetch(a),
         Command::Mirror(a) => cmd::fetch::run_mirror(a),
         Command::Sandbox(a) => cmd::sandbox::run(*a),
+        Command::Shell(a) => cmd::shell::run(a),
         Command::Doctor(a) => cmd::doctor::run(a),
         Command::Image(c) => cmd::image::run(c),
         Command::Output(c) => cmd::output::run(c),
@@ -153,6 +162,7 @@ impl Command {
             Command::Build(a) => a.common.json,
             Command::Rebuild(a) => a.common.json,
             Command::Graph(a) => a.json,
+            Command::Check(a) => a.json,
             Command::Image(cmd::image::ImageCommand::Bootstrap { json, .. })
             | Command::Image(cmd::image::ImageCommand::Ls { json })
             | Command::Output(cmd::output::OutputCommand::Hash { json, .. }) => *json,

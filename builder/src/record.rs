@@ -444,10 +444,7 @@ impl Informational {
             let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
                 .map(|s| s.trim().to_string())
                 .unwrap_or_else(|_| "unknown".to_string());
-            let cpus = std::thread::available_parallelism()
-                .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
-                .unwrap_or(1);
-            (kernel, cpus)
+            (kernel, crate::pipeline::resolve::host_cpus())
         });
         let (kernel, cpus) = (kernel.clone(), *cpus);
         let duration_ms = match (started, finished) {
@@ -507,7 +504,9 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 /// Everything that determines a build, borrowed from a record or from a
 /// build about to run. Its canonical JSON's sha256 is the build key.
-#[derive(Debug, Clone, Copy)]
+/// Equal key inputs give equal keys (the converse does not hold: the key
+/// leaves some fields out, see [`KeyInputs::canonical`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyInputs<'a> {
     pub spec: &'a Digest,
     pub lock: Option<&'a Digest>,
@@ -693,7 +692,36 @@ impl Record {
 
     /// Parses and validates a record; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Record, RecordError> {
+        Record::parse_expecting(text, origin, None)
+    }
+
+    /// [`Record::parse`], for a record expected to hold exactly the key
+    /// inputs `expected` (a cache hit: the plan's). When it does, its build
+    /// key is not computed again from them: equal key inputs give the key
+    /// the plan computed, which the caller compares with the record's.
+    /// Every other check of [`Record::validate`] is made.
+    pub fn parse_expecting(
+        text: &str,
+        origin: &str,
+        expected: Option<&KeyInputs<'_>>,
+    ) -> Result<Record, RecordError> {
         let origin_s = || origin.to_string();
+        // The common case, a good record, parses once. Every field of
+        // REQUIRED is a non-optional field of `Record`, so a record that
+        // parses has them all; only the version is left to check.
+        if let Ok(r) = serde_json::from_str::<Record>(text) {
+            if r.record_version != RECORD_VERSION {
+                return Err(RecordError::Version {
+                    origin: origin_s(),
+                    found: Value::from(r.record_version),
+                });
+            }
+            let known = expected.is_some_and(|e| *e == r.key_inputs());
+            r.validate_parts(origin, !known)?;
+            return Ok(r);
+        }
+        // A bad one: parsed step by step, so that the error says the most
+        // useful thing first (no JSON, no version, a missing field).
         let v: Value = serde_json::from_str(text).map_err(|source| RecordError::NotJson {
             origin: origin_s(),
             source,
@@ -729,6 +757,11 @@ impl Record {
     /// Checks what serde cannot: digests match their texts, the build key
     /// matches the inputs, the file list is sorted and complete.
     pub fn validate(&self, origin: &str) -> Result<(), RecordError> {
+        self.validate_parts(origin, true)
+    }
+
+    /// [`Record::validate`], recomputing the build key only when `key`.
+    fn validate_parts(&self, origin: &str, key: bool) -> Result<(), RecordError> {
         let bad = |what: String| {
             Err(RecordError::Inconsistent {
                 origin: origin.to_string(),
@@ -749,7 +782,11 @@ impl Record {
                 ));
             }
         }
-        let key = self.key_inputs().build_key();
+        let key = if key {
+            self.key_inputs().build_key()
+        } else {
+            self.build_key
+        };
         if key != self.build_key {
             return bad(format!(
                 "build_key {} does not match the recorded inputs (they give {key})",
@@ -1081,6 +1118,38 @@ pub(crate) mod tests {
         let r = Record::parse(&golden, "record-v1.json").unwrap();
         assert_eq!(r, sample());
         assert_eq!(r.to_json().unwrap(), golden);
+    }
+
+    #[test]
+    fn expected_key_inputs_spare_the_key_and_no_other_check() {
+        let good = sample();
+        let inputs = good.clone();
+        let expected = inputs.key_inputs();
+        let text = good.to_json().unwrap();
+        assert_eq!(
+            Record::parse_expecting(&text, "r", Some(&expected)).unwrap(),
+            good
+        );
+        // Other key inputs: the key is computed again, and a wrong one is
+        // refused as without them.
+        let mut other = sample();
+        other.environment.umask = "0077".into();
+        let mut wrong_key = good.clone();
+        wrong_key.build_key = Digest::of(b"not the key");
+        let wrong_text = wrong_key.to_json().unwrap();
+        assert!(Record::parse(&wrong_text, "r").is_err());
+        assert!(Record::parse_expecting(&wrong_text, "r", Some(&other.key_inputs())).is_err());
+        // The expected inputs themselves: the key is taken as stated (the
+        // caller compares it with the key it looked up), every other check
+        // still holds.
+        let spared = Record::parse_expecting(&wrong_text, "r", Some(&expected)).unwrap();
+        assert_eq!(spared.build_key, Digest::of(b"not the key"));
+        let mut bad_spec = good.clone();
+        bad_spec.spec.text.push_str("# edited\n");
+        let err = Record::parse_expecting(&bad_spec.to_json().unwrap(), "r", Some(&expected))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.digest"), "{err}");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub fn input_image(
     profile: &Profile,
 ) -> anyhow::Result<Image> {
     if store.blob(output).is_none() {
-        let Some(built) = crate::pipeline::cache::lookup(store, build_key) else {
+        let Some(built) = crate::pipeline::cache::lookup(store, build_key, None) else {
             bail!("the output {output} of toolchain input {name:?} is not in the store");
         };
         crate::mirror::output_tar_blob(store, build_key, &built.record)?;

@@ -77,6 +77,29 @@ pub fn overlay(
     })
 }
 
+/// The overlay at `dst` again over an upper layer a build already wrote
+/// (`hermit shell --failed`): the upper layer as the build left it, the
+/// work directory `work` emptied (overlayfs's scratch, from a mount that
+/// has ended).
+pub fn reopen(
+    w: &Workdir,
+    source_root: &Path,
+    upper: &Path,
+    work: &Path,
+    dst: &Path,
+) -> anyhow::Result<Mount> {
+    let lower = lower_dir(w, source_root)?;
+    hermit_store::store::remove_tree(work)
+        .with_context(|| format!("emptying {}", work.display()))?;
+    fs::create_dir(work).with_context(|| format!("creating {}", work.display()))?;
+    Ok(Mount::Overlay {
+        lower,
+        upper: upper.to_path_buf(),
+        work: work.to_path_buf(),
+        dst: dst.to_path_buf(),
+    })
+}
+
 /// The source's directory `w.subdir`, reached without following a symlink
 /// (a source's own symlinks must not lead the view out of the source).
 fn lower_dir(w: &Workdir, source_root: &Path) -> anyhow::Result<PathBuf> {

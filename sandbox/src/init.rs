@@ -16,7 +16,8 @@
 //!    in the namespace, daemons included.
 //!
 //! The command's process, before `execve`: new session (no controlling
-//! terminal, so no TIOCSTI into the caller's), limits, umask, personality,
+//! terminal, so no TIOCSTI into the caller's — or, for `hermit shell`, the
+//! sandbox's own pseudo-terminal as controlling terminal), limits, umask, personality,
 //! working directory, every descriptor above 2 closed on exec, capabilities
 //! dropped from every set, no_new_privs, and last the seccomp filter.
 
@@ -77,7 +78,7 @@ pub(crate) fn init_main(
     // Everything init keeps moves above the numbers handed to the command
     // (3–9), so that they can be put in place without clobbering any.
     let lifted = lift(&input, status, lifeline, cgroups);
-    let (status_hi, lifeline, cgroups, passed) = match lifted {
+    let (status_hi, lifeline, cgroups, passed, console) = match lifted {
         Ok(x) => x,
         Err(e) => die(
             status,
@@ -86,7 +87,14 @@ pub(crate) fn init_main(
         ),
     };
     let status = &status_hi;
-    if let Err(f) = own_descriptors(&mut input, status, &lifeline, &cgroups, &passed) {
+    if let Err(f) = own_descriptors(
+        &mut input,
+        status,
+        &lifeline,
+        &cgroups,
+        &passed,
+        console.as_ref(),
+    ) {
         die(status, f, 125);
     }
     let step = "watch init's parent";
@@ -145,9 +153,29 @@ pub(crate) fn init_main(
         die(status, f, 125);
     }
 
+    // The command's own terminal, in the sandbox's devpts: its slave
+    // becomes 0–2 (init's, and so the command's), its master goes to hermit.
+    if let Some(console) = console {
+        let step = "make the command's terminal";
+        let slave = match crate::terminal::make_terminal(&console, input.window.as_ref()) {
+            Ok(s) => s,
+            Err(f) => die(status, f, 125),
+        };
+        drop(console);
+        for r in [
+            nix::unistd::dup2_stdin(&slave),
+            nix::unistd::dup2_stdout(&slave),
+            nix::unistd::dup2_stderr(&slave),
+        ] {
+            if let Err(e) = r {
+                die(status, SetupFailure::new(step, "dup2", None, Some(e)), 125);
+            }
+        }
+    }
+
     // Everything that allocates is prepared here; the command's process
     // shares init's memory until it executes (no copy of the address space).
-    let exec = match Exec::new(spec) {
+    let exec = match Exec::new(spec, input.console.is_some()) {
         Ok(e) => e,
         Err(f) => die(status, f, 125),
     };
@@ -182,6 +210,7 @@ type Lifted = (
     OwnedFd,
     Vec<(&'static str, std::fs::File, std::path::PathBuf)>,
     Vec<(i32, OwnedFd)>,
+    Option<OwnedFd>,
 );
 
 fn lift(
@@ -203,7 +232,11 @@ fn lift(
     for &(number, raw) in &input.pass {
         passed.push((number, sys::dup_above(raw, above)?));
     }
-    Ok((status, lifeline, files, passed))
+    let console = match input.console {
+        Some(raw) => Some(sys::dup_above(raw, above)?),
+        None => None,
+    };
+    Ok((status, lifeline, files, passed, console))
 }
 
 /// Gives init (and so the command) the descriptors 0–2 chosen by hermit,
@@ -216,6 +249,7 @@ fn own_descriptors(
     lifeline: &OwnedFd,
     cgroups: &[(&str, std::fs::File, std::path::PathBuf)],
     passed: &[(i32, OwnedFd)],
+    console: Option<&OwnedFd>,
 ) -> Result<(), SetupFailure> {
     use std::os::fd::AsRawFd;
     let step = "set up the command's standard descriptors";
@@ -230,6 +264,7 @@ fn own_descriptors(
     let mut keep = vec![0, 1, 2, status.as_raw_fd(), lifeline.as_raw_fd()];
     keep.extend(cgroups.iter().map(|(_, file, _)| file.as_raw_fd()));
     keep.extend(passed.iter().map(|(_, fd)| fd.as_raw_fd()));
+    keep.extend(console.map(|fd| fd.as_raw_fd()));
     sys::close_all_except(&keep)
         .map_err(|e| SetupFailure::new("close inherited descriptors", "close_range", None, Some(e)))
 }
@@ -293,10 +328,13 @@ struct Exec {
     envp: Vec<CString>,
     shown: String,
     filter: Vec<libc::sock_filter>,
+    /// Descriptor 0 is the command's own terminal: make it the controlling
+    /// terminal of the command's session.
+    ctty: bool,
 }
 
 impl Exec {
-    fn new(spec: &SandboxSpec) -> Result<Exec, SetupFailure> {
+    fn new(spec: &SandboxSpec, ctty: bool) -> Result<Exec, SetupFailure> {
         let step = "prepare the command";
         let argv = spec
             .command
@@ -332,6 +370,7 @@ impl Exec {
             envp,
             shown: prog.clone(),
             filter: seccomp::filter(),
+            ctty,
         })
     }
 
@@ -370,6 +409,10 @@ fn prepare_command(
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| f("reset the signal mask", "sigprocmask", e))?;
     setsid().map_err(|e| f("start a new session", "setsid", e))?;
+    if exec.ctty {
+        sys::set_controlling_terminal(0)
+            .map_err(|e| f("take the terminal", "ioctl(TIOCSCTTY)", e))?;
+    }
 
     let limits = &spec.limits;
     let set = |what: &str, r: Resource, v: u64| {
@@ -402,11 +445,22 @@ fn prepare_command(
     )?;
 
     nix::sys::stat::umask(Mode::from_bits_truncate(spec.umask as libc::mode_t));
-    if !spec.aslr {
+    if !spec.aslr || spec.linux32 {
         use nix::sys::personality::{self, Persona};
-        let p = personality::get().map_err(|e| f("turn ASLR off", "personality", e))?;
-        personality::set(p | Persona::ADDR_NO_RANDOMIZE)
-            .map_err(|e| f("turn ASLR off", "personality", e))?;
+        let step = "set the personality (ASLR, machine name)";
+        let mut p = personality::get().map_err(|e| f(step, "personality", e))?;
+        if !spec.aslr {
+            p |= Persona::ADDR_NO_RANDOMIZE;
+        }
+        if spec.linux32 {
+            // The execution domain is the low byte: PER_LINUX (0) becomes
+            // PER_LINUX32, which only changes what uname(2) reports.
+            p = Persona::from_bits_retain((p.bits() & !0xff) | PER_LINUX32);
+        }
+        personality::set(p).map_err(|e| f(step, "personality", e))?;
+    }
+    if let Some(n) = spec.cpus {
+        restrict_cpus(n).map_err(|e| f("restrict the CPUs", "sched_setaffinity", e))?;
     }
     chdir(&spec.cwd).map_err(|e| {
         SetupFailure::new(
@@ -427,6 +481,28 @@ fn prepare_command(
     nix::sys::prctl::set_no_new_privs().map_err(|e| f("set no_new_privs", "prctl", e))?;
     sys::install_seccomp(&exec.filter).map_err(|e| f("install the seccomp filter", "prctl", e))?;
     Ok(())
+}
+
+/// `PER_LINUX32` of `<linux/personality.h>`.
+const PER_LINUX32: libc::c_int = 0x0008;
+
+/// Keeps the first `n` CPUs of the ones this process may run on.
+fn restrict_cpus(n: u32) -> Result<(), Errno> {
+    use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+    use nix::unistd::Pid;
+    let now = sched_getaffinity(Pid::from_raw(0))?;
+    let mut keep = CpuSet::new();
+    let mut kept = 0;
+    for cpu in 0..CpuSet::count() {
+        if kept == n {
+            break;
+        }
+        if now.is_set(cpu)? {
+            keep.set(cpu)?;
+            kept += 1;
+        }
+    }
+    sched_setaffinity(Pid::from_raw(0), &keep)
 }
 
 /// Empties the bounding, ambient, inheritable, effective and permitted sets.

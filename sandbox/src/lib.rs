@@ -13,8 +13,10 @@
 //! | `init.rs` | init (pid 1) | maps the uid, joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
+//! | `zygote.rs` | hermit, the zygote | for graphs: one single-threaded zygote clones each helper (`CLONE_PARENT`) instead of one `execve` of hermit per sandbox |
 //! | `cgroup.rs` | hermit | the per-sandbox pids and memory cgroups, where allowed |
 //! | [`probe`] | `hermit doctor` | can this machine run the sandbox, and the fix if not |
+//! | [`terminal`] | init, hermit | the command's own pseudo-terminal (made by init in the sandbox's devpts, its master sent to hermit), hermit's relay to the caller's terminal |
 //! | `sys.rs` | all | the only `unsafe`: raw system calls, each with a `// SAFETY:` line |
 //!
 //! # Entering
@@ -45,20 +47,26 @@ pub mod seccomp;
 mod setup;
 pub mod spec;
 mod sys;
+pub mod terminal;
+mod zygote;
 
 pub use outcome::{Outcome, SetupFailure};
 pub use plan::{plan, Op};
 pub use run::{
-    run, run_watched, run_watched_passing, run_watched_to, run_with_helper, run_with_stdin,
-    MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
+    run, run_full, run_watched, run_watched_passing, run_watched_to, run_with_helper,
+    run_with_stdin, MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
 };
 pub use spec::{Limits, Mount, SandboxSpec, SpecError};
+pub use zygote::prefer as prefer_zygote;
 
 /// The namespaces every sandbox gets, by name (for records).
 pub const NAMESPACES: [&str; 7] = ["user", "mount", "pid", "network", "uts", "ipc", "cgroup"];
 
 /// The hidden first argument that turns hermit into the sandbox helper.
 pub const HELPER_ARG: &str = "__sandbox-init";
+/// The hidden first argument that turns hermit into the zygote that starts
+/// helpers (see `zygote.rs`).
+pub const ZYGOTE_ARG: &str = "__sandbox-zygote";
 /// The hidden first argument for `hermit doctor`'s probes.
 pub const PROBE_ARG: &str = "__sandbox-probe";
 
@@ -71,6 +79,9 @@ pub fn enter_if_requested() -> Option<u8> {
     if first == HELPER_ARG {
         let rest: Vec<_> = args.collect();
         Some(intermediate::helper_main(&rest))
+    } else if first == ZYGOTE_ARG {
+        let rest: Vec<_> = args.collect();
+        Some(zygote::zygote_main(&rest))
     } else if first == PROBE_ARG {
         let rest: Vec<_> = args.collect();
         Some(probe::probe_main(&rest))

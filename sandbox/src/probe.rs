@@ -233,6 +233,8 @@ fn end_to_end() -> Result<String, String> {
         },
         aslr: false,
         umask: 0o022,
+        cpus: None,
+        linux32: false,
     };
     match crate::run(&spec) {
         Ok(Outcome::Exited(0)) => Ok("ran".into()),

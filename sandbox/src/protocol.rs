@@ -39,6 +39,13 @@ pub(crate) struct HelperInput {
     /// the process that starts init, where it is open).
     #[serde(default)]
     pub pass: Vec<(i32, i32)>,
+    /// The socket to send the command's terminal's master on (a number
+    /// where `pass` numbers are), when the command gets a terminal.
+    #[serde(default)]
+    pub console: Option<i32>,
+    /// That terminal's first window size.
+    #[serde(default)]
+    pub window: Option<crate::terminal::WindowSize>,
 }
 
 /// Sandbox → parent.

@@ -3,13 +3,11 @@
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::unistd::Pid;
 
 use crate::outcome::{Outcome, SetupFailure};
 use crate::plan::{plan, Op};
@@ -73,6 +71,14 @@ pub enum Stdin {
     Null,
     /// This pipe or file. A terminal is refused ([`RunError::StdinIsTerminal`]).
     From(OwnedFd),
+    /// A pseudo-terminal init makes in the sandbox's own devpts, of `size`:
+    /// the command's descriptors 0–2 and its controlling terminal. Its
+    /// master is sent over `console` (the second end of
+    /// [`crate::terminal::console`]); see [`crate::terminal::relay`].
+    Terminal {
+        console: OwnedFd,
+        size: Option<crate::terminal::WindowSize>,
+    },
 }
 
 /// Runs `spec.command` in the sandbox and waits for it. Blocks the calling
@@ -140,6 +146,13 @@ fn command_stdio(
     };
     let fd0 = match stdin {
         Stdin::Null => above_2(null(false).map_err(io)?).map_err(io)?,
+        Stdin::Terminal { .. } => {
+            // Init replaces all three with the terminal's slave.
+            let fd0 = above_2(null(false).map_err(io)?).map_err(io)?;
+            let fd1 = above_2(null(true).map_err(io)?).map_err(io)?;
+            let fd2 = fd1.try_clone().map_err(io)?;
+            return Ok(([fd0, fd1, fd2], Vec::new()));
+        }
         Stdin::From(fd) => {
             if nix::unistd::isatty(&fd).unwrap_or(false) {
                 return Err(RunError::StdinIsTerminal);
@@ -293,6 +306,20 @@ pub fn run_watched_to(
     run_inner(spec, helper, Stdin::Null, Some(output), watch, pass)
 }
 
+/// The most general run: the command's standard input as `stdin` says
+/// (with [`Stdin::Terminal`], a terminal of its own on 0–2), its stdout
+/// and stderr hermit's own (a terminal through a pipe, see [`run`]), the
+/// caller's [`Watch`], and `pass` handed over at their numbers.
+pub fn run_full(
+    spec: &SandboxSpec,
+    helper: &Path,
+    stdin: Stdin,
+    watch: Option<Watch<'_>>,
+    pass: Vec<PassFd>,
+) -> Result<RunReport, RunError> {
+    run_inner(spec, helper, stdin, None, watch, pass)
+}
+
 /// Checks the numbers of `pass` and moves each descriptor to 10 or above
 /// (close-on-exec), clear of the command's 0–9.
 fn lift_passed(pass: Vec<PassFd>) -> Result<Vec<(i32, OwnedFd)>, RunError> {
@@ -350,6 +377,13 @@ fn run_inner(
         spec.limits.max_data = max_memory.or(spec.limits.max_data);
     }
 
+    let (console, window) = match &stdin {
+        Stdin::Terminal { console, size } => (
+            Some(sys::dup_above(console.as_raw_fd(), PASS_MAX + 1).map_err(RunError::Pass)?),
+            *size,
+        ),
+        _ => (None, None),
+    };
     let (stdio, mut relays) = command_stdio(stdin, output)?;
     let (in_r, in_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
     let (st_r, st_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(RunError::Pipe)?;
@@ -363,6 +397,8 @@ fn run_inner(
         outer_gid: nix::unistd::getegid().as_raw(),
         stdio: None,
         pass: passed.iter().map(|(n, fd)| (*n, fd.as_raw_fd())).collect(),
+        console: console.as_ref().map(|fd| fd.as_raw_fd()),
+        window,
     };
     let timeout = input.spec.timeout;
     let start = Instant::now();
@@ -390,36 +426,59 @@ fn run_inner(
             Err(_) => (None, true, None),
         }
     } else {
+        // The helper's (and so init's) 0–2 are the command's, its input
+        // and status pipes are 3 and 4, passed descriptors follow; and it
+        // needs none of hermit's environment (which init, pid 1 inside,
+        // would otherwise carry).
+        let mut input = input;
+        const FIRST_PASSED: i32 = 5;
+        input.pass = passed
+            .iter()
+            .zip(FIRST_PASSED..)
+            .map(|((n, _), at)| (*n, at))
+            .collect();
+        // The terminal's socket (hermit shell) after the passed ones.
+        let console_at = FIRST_PASSED + passed.len() as i32;
+        input.console = console.as_ref().map(|_| console_at);
         let payload = serde_json::to_vec(&input).map_err(|e| RunError::Protocol(e.to_string()))?;
-        let mut cmd = Command::new(helper);
-        std::os::unix::process::CommandExt::arg0(&mut cmd, "hermit");
-        let [fd0, fd1, fd2] = stdio;
-        // The helper's (and so init's) 0–2 are the command's; and it needs
-        // none of hermit's environment (which init, pid 1 inside, would
-        // otherwise carry).
-        cmd.stdin(fd0)
-            .stdout(fd1)
-            .stderr(fd2)
-            .env_clear()
-            .arg(HELPER_ARG)
-            .arg(in_r.as_raw_fd().to_string())
-            .arg(st_w.as_raw_fd().to_string());
-        let mut keep = vec![in_r.as_raw_fd(), st_w.as_raw_fd()];
-        keep.extend(passed.iter().map(|(_, fd)| fd.as_raw_fd()));
-        sys::arm_helper(&mut cmd, nix::unistd::getpid(), keep);
-        let child = cmd.spawn().map_err(|source| RunError::Spawn {
-            exe: helper.to_path_buf(),
-            source,
-        })?;
+        let mut fds: Vec<(std::os::fd::BorrowedFd<'_>, i32)> = vec![
+            (stdio[0].as_fd(), 0),
+            (stdio[1].as_fd(), 1),
+            (stdio[2].as_fd(), 2),
+            (in_r.as_fd(), 3),
+            (st_w.as_fd(), 4),
+        ];
+        fds.extend(
+            passed
+                .iter()
+                .zip(FIRST_PASSED..)
+                .map(|((_, fd), at)| (fd.as_fd(), at)),
+        );
+        if let Some(c) = console.as_ref() {
+            fds.push((c.as_fd(), console_at));
+        }
+        let in_order: Vec<_> = fds.iter().map(|(fd, _)| *fd).collect();
+        let child =
+            match crate::zygote::spawn(helper, &in_order) {
+                Some(pid) => pid,
+                None => sys::spawn_helper(helper, &["hermit", HELPER_ARG, "3", "4"], &fds)
+                    .map_err(|e| RunError::Spawn {
+                        exe: helper.to_path_buf(),
+                        source: e.into(),
+                    })?,
+            };
+        drop(in_order);
+        drop(fds);
+        drop(stdio);
         drop(in_r);
-        drop(cmd);
         // A write error means the helper died early; its status tells why.
         let _ = std::fs::File::from(in_w).write_all(&payload);
-        (Some(Pid::from_raw(child.id() as i32)), false, None)
+        (Some(child), false, None)
     };
     drop(st_w);
     // init has its own copies now (or never will).
     drop(passed);
+    drop(console);
     let mut status_open = true;
 
     let deadline = timeout.map(|t| (start + t, t));

@@ -47,6 +47,13 @@ pub struct SandboxSpec {
     /// Address-space layout randomisation.
     pub aslr: bool,
     pub umask: u32,
+    /// Run the command on at most this many of the CPUs it may run on
+    /// (`sched_setaffinity`: what `nproc` and `sched_getaffinity` report);
+    /// `None` keeps the affinity hermit runs with. `hermit check` varies it.
+    pub cpus: Option<u32>,
+    /// The `PER_LINUX32` personality: `uname -m` reports the 32-bit machine
+    /// (`i686` on x86-64). `hermit check` varies it; builds run without.
+    pub linux32: bool,
 }
 
 /// A mount over the root image.
@@ -147,6 +154,8 @@ pub enum SpecError {
     BadName(String),
     #[error("umask {0:#o} has bits outside 0777")]
     BadUmask(u32),
+    #[error("the command must be allowed at least one CPU")]
+    NoCpus,
     #[error("uid/gid 0 inside the sandbox is not supported (the build runs unprivileged)")]
     RootUid,
     #[error("{what} {path:?} holds `,`, `:` or `\\`, which overlayfs's mount options cannot carry; use a store path without them (HERMIT_HOME)")]
@@ -246,6 +255,9 @@ impl SandboxSpec {
         if self.uid == 0 || self.gid == 0 {
             return Err(SpecError::RootUid);
         }
+        if self.cpus == Some(0) {
+            return Err(SpecError::NoCpus);
+        }
         Ok(())
     }
 }
@@ -311,6 +323,8 @@ pub(crate) fn test_spec(root: &str, command: &[&str]) -> SandboxSpec {
         },
         aslr: false,
         umask: 0o022,
+        cpus: None,
+        linux32: false,
     }
 }
 

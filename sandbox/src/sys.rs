@@ -2,7 +2,7 @@
 //! does not cover (or covers only as `unsafe`). Each block says why it is sound.
 
 use std::ffi::CStr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
@@ -250,30 +250,49 @@ pub fn set_domainname(name: &str) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
-/// Arms the helper's process between `fork` and `execve`: PR_SET_PDEATHSIG
-/// (SIGKILL) so it dies with the thread that spawned it, a check that the
-/// parent did not die before that, and `keep` made to survive `execve`.
-pub fn arm_helper(cmd: &mut std::process::Command, parent: Pid, keep: Vec<i32>) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before `execve` and makes
-    // only async-signal-safe system calls (prctl, getppid, fcntl); it does not
-    // allocate or take locks.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent.as_raw() {
-                libc::_exit(125);
-            }
-            for &fd in &keep {
-                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
+/// Starts the helper with `posix_spawn` (a `vfork`-style clone: hermit's
+/// address space is not copied, which a `fork` of a multi-threaded hermit
+/// with a large heap would do for every build). `fds` are `(descriptor,
+/// number in the helper)`; the helper gets exactly those, each without
+/// close-on-exec, an empty environment, an empty signal mask and default
+/// SIGPIPE. The helper ties itself to hermit (PR_SET_PDEATHSIG, then a
+/// check of its parent) as its first act.
+pub fn spawn_helper(
+    exe: &std::path::Path,
+    args: &[&str],
+    fds: &[(BorrowedFd<'_>, i32)],
+) -> Result<Pid, Errno> {
+    use nix::spawn::{posix_spawn, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| Errno::EINVAL);
+    let path = cstr(exe.as_os_str().as_bytes())?;
+    let argv = args
+        .iter()
+        .map(|a| cstr(a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Copies above every target number, so that no dup2 below overwrites a
+    // descriptor a later one still reads; close-on-exec, so they vanish in
+    // the helper (and in any other process started meanwhile).
+    let top = fds.iter().map(|&(_, n)| n).max().unwrap_or(2).max(2) + 1;
+    let sources = fds
+        .iter()
+        .map(|(fd, _)| dup_above(fd.as_raw_fd(), top.max(64)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    for (src, &(_, n)) in sources.iter().zip(fds) {
+        actions.add_dup2(src.as_raw_fd(), n)?;
     }
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&nix::sys::signal::SigSet::empty())?;
+    let mut default = nix::sys::signal::SigSet::empty();
+    default.add(nix::sys::signal::Signal::SIGPIPE);
+    attr.set_sigdefault(&default)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    let env: [CString; 0] = [];
+    posix_spawn(path.as_c_str(), &actions, &attr, &argv, &env)
 }
 
 /// `fcntl(F_DUPFD_CLOEXEC)`: a close-on-exec copy of descriptor `raw` at
@@ -460,4 +479,112 @@ pub fn close_all_except(keep: &[i32]) -> Result<(), Errno> {
         first = k.saturating_add(1);
     }
     Ok(())
+}
+
+/// `ioctl(TIOCSCTTY)`: makes the terminal on `fd` the controlling terminal
+/// of the calling process, which must be a session leader without one.
+/// Called in the command's process just before `execve`.
+pub fn set_controlling_terminal(fd: i32) -> Result<(), Errno> {
+    // SAFETY: plain system call on integers; the argument 0 means "do not
+    // steal the terminal from another session".
+    let r = unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) };
+    Errno::result(r).map(drop)
+}
+
+/// `ioctl(TIOCGWINSZ)`: the window size of the terminal on `fd`.
+pub fn window_size(fd: std::os::fd::BorrowedFd<'_>) -> Result<libc::winsize, Errno> {
+    // SAFETY: `winsize` is plain old data; all-zero is a valid value.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one `struct winsize` to the pointer, which
+    // points at `ws` for the whole call; `fd` is open (borrowed).
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TIOCGWINSZ,
+            &mut ws as *mut libc::winsize,
+        )
+    };
+    Errno::result(r).map(|_| ws)
+}
+
+/// `ioctl(TIOCSWINSZ)`: sets the window size of the terminal on `fd` (the
+/// kernel sends SIGWINCH to its foreground process group when it changes).
+pub fn set_window_size(fd: std::os::fd::BorrowedFd<'_>, ws: &libc::winsize) -> Result<(), Errno> {
+    // SAFETY: TIOCSWINSZ reads one `struct winsize` from the pointer, which
+    // points at `ws` for the whole call; `fd` is open (borrowed).
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, ws as *const libc::winsize) };
+    Errno::result(r).map(drop)
+}
+
+/// Takes ownership of a descriptor the kernel just installed in this
+/// process (one received with SCM_RIGHTS).
+pub fn received_fd(raw: i32) -> OwnedFd {
+    // SAFETY: the kernel installed `raw` for this process in the `recvmsg`
+    // the caller just made; nothing else knows the number, so nothing else
+    // owns it.
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
+
+/// Where [`on_signal`] writes: the write end of a non-blocking pipe, or -1.
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The handler of [`catch_signals`]: writes the signal's number as one byte
+/// into the signal pipe. Only async-signal-safe calls (an atomic load and
+/// `write`), and errno is saved and restored.
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(std::sync::atomic::Ordering::SeqCst);
+    if fd < 0 {
+        return;
+    }
+    let byte = sig as u8;
+    // SAFETY: `__errno_location` returns this thread's errno; `write` is
+    // async-signal-safe and reads one byte from a local.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, &byte as *const u8 as *const libc::c_void, 1);
+        *libc::__errno_location() = errno;
+    }
+}
+
+/// Catches `signals` in this process: each one delivered writes its number
+/// as one byte into `pipe` (the write end of a non-blocking pipe, which
+/// must stay open until [`restore_signals`]). Returns the old dispositions.
+pub fn catch_signals(
+    pipe: std::os::fd::BorrowedFd<'_>,
+    signals: &[i32],
+) -> Result<Vec<(i32, libc::sigaction)>, Errno> {
+    SIGNAL_PIPE.store(pipe.as_raw_fd(), std::sync::atomic::Ordering::SeqCst);
+    let mut old = Vec::new();
+    for &sig in signals {
+        // SAFETY: `sigaction` is plain old data; all-zero is a valid value
+        // (no flags, an empty mask) that the fields below complete.
+        let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+        new.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        new.sa_flags = libc::SA_RESTART;
+        // SAFETY: as above.
+        let mut prev: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: both pointers point at live `sigaction`s for the call;
+        // the handler only makes async-signal-safe calls.
+        let r = unsafe { libc::sigaction(sig, &new, &mut prev) };
+        if let Err(e) = Errno::result(r) {
+            restore_signals(&old);
+            return Err(e);
+        }
+        old.push((sig, prev));
+    }
+    Ok(old)
+}
+
+/// Puts back the dispositions [`catch_signals`] replaced; the signal pipe
+/// is no longer written to.
+pub fn restore_signals(old: &[(i32, libc::sigaction)]) {
+    // First: a handler running from now on writes nothing (the pipe may be
+    // closed, and its number reused, once this returns).
+    SIGNAL_PIPE.store(-1, std::sync::atomic::Ordering::SeqCst);
+    for (sig, prev) in old.iter().rev() {
+        // SAFETY: `prev` is a disposition `sigaction` returned for `sig`.
+        unsafe {
+            libc::sigaction(*sig, prev, std::ptr::null_mut());
+        }
+    }
 }

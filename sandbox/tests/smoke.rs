@@ -82,6 +82,8 @@ fn explicit_spec(root: &Path, command: Vec<String>) -> SandboxSpec {
         },
         aslr: false,
         umask: 0o022,
+        cpus: None,
+        linux32: false,
     }
 }
 

@@ -287,9 +287,11 @@ impl Store {
             "tmp",
         ] {
             let p = base.join(d);
-            check_owned(root, &p, false)?;
-            fs::create_dir_all(&p).map_err(StoreError::io("creating", &p))?;
-            check_owned(root, &p, true)?;
+            // One lstat when it is there (every open but the first).
+            if !check_owned_dir(root, &p)? {
+                fs::create_dir_all(&p).map_err(StoreError::io("creating", &p))?;
+                check_owned(root, &p, true)?;
+            }
         }
         // The parts other modules create on first use, and the files every
         // process writes or locks.
@@ -709,17 +711,34 @@ impl Store {
     }
 }
 
+/// [`check_owned`] of a directory that should exist: `Ok(true)` when it is
+/// a directory that passes, `Ok(false)` when it is missing (for the caller
+/// to create and check again).
+fn check_owned_dir(root: &Path, path: &Path) -> Result<bool> {
+    match fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StoreError::io("reading", path)(e)),
+        // Not a directory: `create_dir_all` then fails on it, naming it.
+        Ok(m) => check_meta(root, path, &m).map(|()| m.is_dir()),
+    }
+}
+
 /// Refuses `path` (when it exists; always when `must_exist`) unless it is
 /// owned by the user hermit runs as and, if a directory, writable by them.
 /// A store belongs to one user: files another user (root included) made in
 /// it could be neither locked nor removed by its owner.
 fn check_owned(root: &Path, path: &Path, must_exist: bool) -> Result<()> {
-    use std::os::unix::fs::MetadataExt;
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !must_exist => return Ok(()),
         Err(e) => return Err(StoreError::io("reading", path)(e)),
     };
+    check_meta(root, path, &meta)
+}
+
+/// [`check_owned`] of what `path`'s `lstat` gave.
+fn check_meta(root: &Path, path: &Path, meta: &fs::Metadata) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
         let name = |uid: u32| {

@@ -667,6 +667,143 @@ fn a_toolchain_input_must_be_an_input(who: As) {
     );
 }
 
+/// The host pids of processes whose parent is `parent` and whose command
+/// line is hermit's sandbox helper (or its zygote).
+fn sandbox_children(parent: u32) -> Vec<u32> {
+    crate::fixtures::pids_with_cmdline("hermit-sandbox")
+        .into_iter()
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let (_, rest) = s.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Several sandboxes of a graph are started by one zygote that clones each
+/// helper as hermit's own child: killing hermit mid-graph still takes every
+/// build, helper and the zygote with it.
+fn killing_hermit_mid_graph_leaves_nothing_running(who: As) {
+    let t = who.scratch();
+    let tag = format!(
+        "37{}",
+        std::process::id() % 100 + if who == As::Root { 0 } else { 100 }
+    );
+    let a = format!("sleep 9{tag}1");
+    let b = format!("sleep 9{tag}2");
+    let specs = graph_project(t.path(), &[("a", &a, &[]), ("b", &b, &[])]);
+    who.give(t.path());
+    let home = t.path().join("home");
+    let mut child = who
+        .hermit_in(&home)
+        .args([
+            "build",
+            specs[0].to_str().unwrap(),
+            specs[1].to_str().unwrap(),
+            "-j",
+            "2",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hermit_pid = child.id();
+    let started = Instant::now();
+    let needles = [format!("sleep 9{tag}1"), format!("sleep 9{tag}2")];
+    let running = || {
+        needles
+            .iter()
+            .all(|n| !crate::fixtures::pids_with_cmdline(n).is_empty())
+    };
+    while !running() {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "the two builds never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Both helpers and the zygote are hermit's children.
+    let helpers = sandbox_children(hermit_pid);
+    assert!(
+        helpers.len() >= 3,
+        "helpers and zygote of {hermit_pid}: {helpers:?}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for n in &needles {
+        crate::fixtures::assert_no_survivors(n);
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(2);
+    while helpers
+        .iter()
+        .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A dead process's pid may be reused, but not by a hermit-sandbox
+    // within two seconds of this test.
+    let left: Vec<_> = helpers
+        .iter()
+        .filter(|p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("hermit-sandbox"))
+                .unwrap_or(false)
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "helpers or the zygote survived hermit: {left:?}"
+    );
+}
+
+/// A node's time limit holds in a graph (the helper, started by the
+/// zygote, is still hermit's to stop), and fails only that node.
+fn a_graph_node_that_times_out_fails_alone(who: As) {
+    let t = who.scratch();
+    let specs = graph_project(
+        t.path(),
+        &[
+            ("slow", "sleep 600", &[]),
+            ("quick", "echo q > $out/q", &[]),
+        ],
+    );
+    let mut text = fs::read_to_string(&specs[0]).unwrap();
+    text.push_str("timeout = 1\n");
+    fs::write(&specs[0], text).unwrap();
+    who.give(t.path());
+    let start = Instant::now();
+    let o = hermit(
+        who,
+        &t.path().join("home"),
+        &[
+            "build",
+            specs[0].to_str().unwrap(),
+            specs[1].to_str().unwrap(),
+            "-j",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(!o.status.success(), "{}", both(&o));
+    assert!(start.elapsed().as_secs() < 30, "took {:?}", start.elapsed());
+    let v = json(&o);
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("slow"), "{v}");
+    let n = nodes(&v);
+    assert_eq!(node(&n, "slow")["status"], "failed", "{v}");
+    assert_eq!(node(&n, "quick")["status"], "built", "{v}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("time limit") || err.contains("timed out"),
+        "{err}"
+    );
+}
+
 both_users!(
     a_toolchain_built_by_hermit_roots_its_dependants,
     a_toolchain_input_must_be_an_input,
@@ -679,4 +816,6 @@ both_users!(
     a_failing_node_skips_its_dependants_and_not_its_siblings,
     two_hermits_build_one_graph_once,
     hermit_graph_prints_the_closure,
+    killing_hermit_mid_graph_leaves_nothing_running,
+    a_graph_node_that_times_out_fails_alone,
 );

@@ -21,6 +21,12 @@ fn sha(data: &[u8]) -> String {
 /// Writes an OCI image layout at `dir` holding one gzip layer with a static
 /// busybox and a few applet links. Returns the manifest digest.
 pub fn busybox_layout(dir: &Path) -> String {
+    busybox_layout_with(dir, &[])
+}
+
+/// [`busybox_layout`] with host files added to the layer: `(host path,
+/// path in the image)`, each with its parent directories.
+pub fn busybox_layout_with(dir: &Path, extra: &[(&str, &str)]) -> String {
     let blobs = dir.join("blobs/sha256");
     fs::create_dir_all(&blobs).unwrap();
     let mut layer = Vec::new();
@@ -48,6 +54,28 @@ pub fn busybox_layout(dir: &Path) -> String {
             h.set_size(0);
             b.append_link(&mut h, format!("bin/{applet}"), "busybox")
                 .unwrap();
+        }
+        let mut dirs = std::collections::BTreeSet::new();
+        for (host, inside) in extra {
+            let mut parents: Vec<&Path> = Path::new(inside).ancestors().skip(1).collect();
+            parents.reverse();
+            for d in parents.into_iter().filter(|d| !d.as_os_str().is_empty()) {
+                if d != Path::new("bin") && dirs.insert(d.to_path_buf()) {
+                    let mut h = tar::Header::new_gnu();
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_mode(0o755);
+                    h.set_mtime(0);
+                    h.set_size(0);
+                    b.append_data(&mut h, format!("{}/", d.display()), &[][..])
+                        .unwrap();
+                }
+            }
+            let bytes = fs::read(host).unwrap_or_else(|e| panic!("{host}: {e}"));
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o755);
+            h.set_mtime(0);
+            h.set_size(bytes.len() as u64);
+            b.append_data(&mut h, inside, &bytes[..]).unwrap();
         }
         b.finish().unwrap();
     }

@@ -6,6 +6,7 @@
 mod bounds;
 mod build;
 mod cache_hits;
+mod check;
 mod common;
 mod debian;
 mod environment;
@@ -25,6 +26,7 @@ mod rootless;
 mod sandbox;
 mod sandbox_escape;
 mod sandbox_holes;
+mod shell;
 mod store;
 mod upstream;
 mod verify;

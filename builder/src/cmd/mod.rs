@@ -2,6 +2,7 @@
 //! calls into the libraries; none holds logic another command needs.
 
 pub mod build;
+pub mod check;
 pub mod doctor;
 pub mod fetch;
 pub mod generate;
@@ -9,4 +10,5 @@ pub mod image;
 pub mod output;
 pub mod provenance;
 pub mod sandbox;
+pub mod shell;
 pub mod store;

@@ -26,13 +26,16 @@ pub enum Stored {
     Corrupt(String),
 }
 
-/// The stored output of `key`, checked against its record.
-pub fn check(store: &Store, key: &Digest) -> Stored {
+/// The stored output of `key`, checked against its record. `plan`: the
+/// plan looking it up, when there is one (its key inputs spare computing
+/// the record's key again; see [`crate::record::Record::parse_expecting`]).
+pub fn check(store: &Store, key: &Digest, plan: Option<&super::plan::Plan>) -> Stored {
     let dir = outputs_dir(store).join(key.hex());
     if fs::symlink_metadata(&dir).is_err() {
         return Stored::Absent;
     }
-    match crate::integrity::check_output_quick(store, &dir) {
+    let expected = plan.map(|p| p.key_inputs());
+    match crate::integrity::check_output_quick(store, &dir, expected.as_ref()) {
         Ok(record) => Stored::Good(Box::new(Built {
             output: dir.join("out"),
             record_path: dir.join("record.json"),
@@ -45,8 +48,8 @@ pub fn check(store: &Store, key: &Digest) -> Stored {
 
 /// The stored output of `key`, checked; `None` when there is none or it is
 /// corrupt (then said on stderr, and the caller builds it again).
-pub fn lookup(store: &Store, key: &Digest) -> Option<Built> {
-    match check(store, key) {
+pub fn lookup(store: &Store, key: &Digest, plan: Option<&super::plan::Plan>) -> Option<Built> {
+    match check(store, key, plan) {
         Stored::Good(b) => Some(*b),
         Stored::Absent => None,
         Stored::Corrupt(why) => {

@@ -43,6 +43,44 @@ pub fn materialise(
     opts: &BuildOptions,
 ) -> anyhow::Result<Materialised> {
     let r = &plan.resolved;
+    let (rootfs, sources, inputs) = bound(store, plan, net, opts)?;
+    let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
+    let build_dir = staging.join("build");
+    let out_dir = staging.join("out");
+    for d in [&build_dir, &out_dir] {
+        fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let build_mount = crate::workdir::build_mount(
+        r.spec.build.workdir.as_ref(),
+        &sources,
+        &build_dir,
+        Path::new(&r.environment.build_path),
+    )
+    .inspect_err(|_| discard(&staging))?;
+    Ok(Materialised {
+        rootfs,
+        sources,
+        inputs,
+        staging,
+        build_dir,
+        out_dir,
+        build_mount,
+    })
+}
+
+/// Everything the sandbox binds read-only, on disk: the checked root
+/// filesystem, `(name, host path)` of every source and of every input.
+pub type Bound = (PathBuf, Vec<(String, PathBuf)>, Vec<(String, PathBuf)>);
+
+/// The read-only part of [`materialise`] (`hermit shell --failed` binds
+/// these over a kept `/build` and `/out`).
+pub fn bound(
+    store: &Arc<Store>,
+    plan: &Plan,
+    net: &NetArgs,
+    opts: &BuildOptions,
+) -> anyhow::Result<Bound> {
+    let r = &plan.resolved;
     let rootfs = checked_rootfs(store, &r.image, opts.quiet)?;
     fetch(
         store,
@@ -76,28 +114,7 @@ pub fn materialise(
         .iter()
         .map(|i| (i.record.name.clone(), i.path.clone()))
         .collect();
-    let staging = hermit_store::store::temp_dir(store.tmp_dir())?;
-    let build_dir = staging.join("build");
-    let out_dir = staging.join("out");
-    for d in [&build_dir, &out_dir] {
-        fs::create_dir(d).with_context(|| format!("creating {}", d.display()))?;
-    }
-    let build_mount = crate::workdir::build_mount(
-        r.spec.build.workdir.as_ref(),
-        &sources,
-        &build_dir,
-        Path::new(&r.environment.build_path),
-    )
-    .inspect_err(|_| discard(&staging))?;
-    Ok(Materialised {
-        rootfs,
-        sources,
-        inputs,
-        staging,
-        build_dir,
-        out_dir,
-        build_mount,
-    })
+    Ok((rootfs, sources, inputs))
 }
 
 /// The host path a source is bound from: its unpacked tree, or the blob

@@ -65,6 +65,9 @@ pub struct BuildOptions {
     /// when several builds run at once: two nodes that need the same
     /// toolchain bootstrapped or fetched do it once.
     pub resolve_gate: Option<Arc<std::sync::Mutex<()>>>,
+    /// Changes the build's sandbox after the environment made it: only
+    /// `hermit check` sets one (its variations, see [`crate::check`]).
+    pub vary: Option<run::SandboxHook>,
 }
 
 /// Where a running build's stdout and stderr go, besides the log.
@@ -110,14 +113,14 @@ pub fn build(
     t.lap(spec_path, "resolve");
     let plan = plan::Plan::new(resolved)?;
     t.lap(spec_path, "plan");
-    let hit = cache::lookup(store, &plan.key);
+    let hit = cache::lookup(store, &plan.key, Some(&plan));
     t.lap(spec_path, "lookup");
     if let Some(hit) = hit {
         return Ok(hit);
     }
     let _key_lock = cache::lock_key(store, &plan.key, opts.quiet)?;
     // Another hermit may have built and installed it while we waited.
-    if let Some(hit) = cache::lookup(store, &plan.key) {
+    if let Some(hit) = cache::lookup(store, &plan.key, Some(&plan)) {
         return Ok(hit);
     }
     t.lap(spec_path, "lock");

@@ -18,6 +18,8 @@ pub struct Plan {
     pub sources: Vec<SourceRecord>,
     pub inputs: Vec<InputRecord>,
     pub profile: ProfileRecord,
+    pub spec_digest: Digest,
+    pub lock_digest: Option<Digest>,
     /// The build key: the sha256 of [`record::KeyInputs::canonical`].
     pub key: Digest,
 }
@@ -37,24 +39,31 @@ impl Plan {
             .lock_text
             .as_ref()
             .map(|t| Digest::of(t.as_bytes()));
-        let key = record::KeyInputs {
-            spec: &spec_digest,
-            lock: lock_digest.as_ref(),
-            image: &image,
-            sources: &sources,
-            inputs: &inputs,
-            profile: &profile,
-            environment: &resolved.environment,
-        }
-        .build_key();
-        Ok(Plan {
+        let mut plan = Plan {
             resolved,
             image,
             sources,
             inputs,
             profile,
-            key,
-        })
+            spec_digest,
+            lock_digest,
+            key: Digest::of(b""),
+        };
+        plan.key = plan.key_inputs().build_key();
+        Ok(plan)
+    }
+
+    /// What the build key is computed from.
+    pub fn key_inputs(&self) -> record::KeyInputs<'_> {
+        record::KeyInputs {
+            spec: &self.spec_digest,
+            lock: self.lock_digest.as_ref(),
+            image: &self.image,
+            sources: &self.sources,
+            inputs: &self.inputs,
+            profile: &self.profile,
+            environment: &self.resolved.environment,
+        }
     }
 
     /// The package, as the spec names it.

@@ -98,7 +98,7 @@ pub fn rebuild_record(
         // Identical: install it where the store lacks this output or holds
         // a corrupt one.
         let _lock = cache::lock_key(store, &plan.key, true)?;
-        match cache::check(store, &plan.key) {
+        match cache::check(store, &plan.key, Some(&plan)) {
             cache::Stored::Good(_) => super::materialise::discard(&staged.dir),
             cache::Stored::Absent => {
                 cache::install(store, staged, &plan.key)?;
@@ -208,7 +208,7 @@ pub fn restore_input(
     net: &NetArgs,
     origin: &str,
 ) -> anyhow::Result<InputOutput> {
-    if let cache::Stored::Good(built) = cache::check(store, &input.build_key) {
+    if let cache::Stored::Good(built) = cache::check(store, &input.build_key, None) {
         if built.record.output.digest == input.output {
             return Ok(InputOutput {
                 record: input.clone(),

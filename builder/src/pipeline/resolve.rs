@@ -436,10 +436,15 @@ pub(crate) fn spec_limits(spec: &Spec) -> record::SpecLimits {
     }
 }
 
+/// The CPUs hermit may use, asked once per process (the standard library
+/// reads the cgroup's quota files on every call; a graph asks per node).
 pub(crate) fn host_cpus() -> u32 {
-    std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1)
+    static CPUS: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX))
+            .unwrap_or(1)
+    })
 }
 
 pub(crate) fn parse_urls(urls: &[String], name: &str) -> anyhow::Result<Vec<hermit_store::Url>> {

@@ -30,10 +30,34 @@ pub struct Ran {
     pub rewritten_links: Vec<crate::output::RewrittenLink>,
 }
 
+/// A change to a build's sandbox after [`sandbox_spec`] made it from the
+/// environment: a `hermit check` variation.
+#[derive(Clone)]
+pub struct SandboxHook(pub std::sync::Arc<dyn Fn(&mut SandboxSpec) + Send + Sync>);
+
+impl std::fmt::Debug for SandboxHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SandboxHook")
+    }
+}
+
 /// The sandbox for a plan over its materialised inputs: the profile's
 /// environment ([`environment::sandbox_spec`]) with `/build`, `/out`, the
 /// sources and the inputs bound.
 pub fn sandbox_spec(plan: &Plan, m: &Materialised) -> SandboxSpec {
+    let command = vec![
+        "/bin/sh".into(),
+        "-e".into(),
+        "-c".into(),
+        plan.resolved.spec.build.script.clone(),
+        "hermit-build".into(),
+    ];
+    sandbox_spec_with(plan, m, command)
+}
+
+/// [`sandbox_spec`] running `command` instead of the build script
+/// (`hermit shell`).
+pub fn sandbox_spec_with(plan: &Plan, m: &Materialised, command: Vec<String>) -> SandboxSpec {
     let r = &plan.resolved;
     let env = &r.environment;
     let mut mounts = vec![
@@ -58,13 +82,6 @@ pub fn sandbox_spec(plan: &Plan, m: &Materialised) -> SandboxSpec {
             writable: false,
         });
     }
-    let command = vec![
-        "/bin/sh".into(),
-        "-e".into(),
-        "-c".into(),
-        r.spec.build.script.clone(),
-        "hermit-build".into(),
-    ];
     environment::sandbox_spec(env, &r.profile, &m.rootfs, command, mounts)
 }
 
@@ -81,7 +98,10 @@ pub fn run(
     let r = &plan.resolved;
     let mut t = crate::timing::start();
     let env = &r.environment;
-    let spec = sandbox_spec(plan, &m);
+    let mut spec = sandbox_spec(plan, &m);
+    if let Some(vary) = &opts.vary {
+        (vary.0)(&mut spec);
+    }
     let log_path = m.staging.join("build.log");
     let mut guard = limits::Guard::new(
         &env.limits,
@@ -162,6 +182,16 @@ pub fn run(
             failed.join("build").display(),
             failed.join("out").display()
         ));
+        // What `hermit shell --failed` needs to enter it again.
+        match crate::shell::note_kept(plan, &failed) {
+            Ok(()) => msg.push_str(&format!(
+                "\n  debug it in the build's environment: hermit shell --failed {}",
+                failed.display()
+            )),
+            Err(e) => msg.push_str(&format!(
+                "\n  (hermit shell --failed cannot enter it: {e:#})"
+            )),
+        }
         kept = Some(failed);
     } else {
         super::materialise::discard(&m.staging);

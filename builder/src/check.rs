@@ -1,0 +1,1069 @@
+//! `hermit check SPEC|RECORD`: builds a control and one variant per
+//! variation of the build environment, and compares each variant's output
+//! with the control's file by file (the records' file lists).
+//!
+//! Every build runs through the pipeline's own stages
+//! ([`pipeline::run_stages`]: materialise → run → collect) from one plan
+//! ([`crate::shell::prepare`]: a spec's inputs built or found cached, a
+//! record's restored by digest). A variation changes the build in one of two
+//! ways, both explicit: the plan's environment (HERMIT_JOBS, the jobserver's
+//! slots), or the [`hermit_sandbox::SandboxSpec`] that
+//! [`crate::environment::sandbox_spec`] made from the pinned profile, through
+//! [`SandboxHook`] (CPU affinity, personality, ASLR, variables, user, …).
+//! Nothing a spec or record says decides a variation.
+//!
+//! Nothing is installed: the control and the variants are staged outputs,
+//! discarded when identical; a differing variant is kept with the control
+//! under `v1/checks/<build-key>/` with diffoscope's report of its first
+//! differing files (when diffoscope is installed).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use hermit_sandbox::SandboxSpec;
+use hermit_store::Store;
+use serde::Serialize;
+
+use crate::exit::Exit;
+use crate::net::NetArgs;
+use crate::pipeline::plan::Plan;
+use crate::pipeline::rebuild::differing_files;
+use crate::pipeline::run::SandboxHook;
+use crate::pipeline::{self, BuildOptions, Echo};
+use crate::shell::{self, ShellOptions, Source};
+
+/// One variation of the build environment.
+#[derive(Debug)]
+pub struct Variation {
+    pub name: &'static str,
+    /// Varied by default: hermit cannot normalise it.
+    pub default: bool,
+    /// The reproducible-builds cause a difference under it points to.
+    pub cause: &'static str,
+}
+
+/// Every variation `hermit check` knows, in the order it runs them.
+pub const VARIATIONS: &[Variation] = &[
+    Variation {
+        name: "repeat",
+        default: true,
+        cause: PLAIN,
+    },
+    Variation {
+        name: "jobs",
+        default: true,
+        cause: "parallelism (HERMIT_JOBS)",
+    },
+    Variation {
+        name: "cpus",
+        default: true,
+        cause: "CPU count",
+    },
+    Variation {
+        name: "uname",
+        default: true,
+        cause: "architecture information (uname)",
+    },
+    Variation {
+        name: "randomness",
+        default: true,
+        cause: "randomness / snippet encoding (random seeds)",
+    },
+    Variation {
+        name: "aslr",
+        default: true,
+        cause: "references to memory addresses (ASLR)",
+    },
+    Variation {
+        name: "clock",
+        default: true,
+        cause: "build timestamp (the clock)",
+    },
+    Variation {
+        name: "dirorder",
+        default: true,
+        cause: "filesystem ordering",
+    },
+    Variation {
+        name: "umask",
+        default: false,
+        cause: "file permissions (umask)",
+    },
+    Variation {
+        name: "hostname",
+        default: false,
+        cause: "system DNS name (host and domain name)",
+    },
+    Variation {
+        name: "user",
+        default: false,
+        cause: "user information",
+    },
+    Variation {
+        name: "locale",
+        default: false,
+        cause: "locale / file encoding",
+    },
+    Variation {
+        name: "timezone",
+        default: false,
+        cause: "time zone",
+    },
+    Variation {
+        name: "malloc",
+        default: false,
+        cause: "uninitialised memory",
+    },
+];
+
+/// The cause of a difference a build with nothing varied shows too.
+const PLAIN: &str = "plain nondeterminism (randomness, the clock, thread scheduling)";
+
+/// Where a libfaketime may be in an image, as a path inside it.
+const FAKETIME_LIBS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+    "/usr/lib64/faketime/libfaketime.so.1",
+];
+
+/// How far `clock` moves the clock: about ten years ahead.
+const CLOCK_OFFSET: &str = "+3653d";
+
+/// The variations to run: `vary` (names, or `all`; the defaults when
+/// empty) less `no_vary`.
+pub fn select(vary: &[String], no_vary: &[String]) -> anyhow::Result<Vec<&'static Variation>> {
+    let known = || {
+        VARIATIONS
+            .iter()
+            .map(|v| v.name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let find = |n: &str| -> anyhow::Result<&'static Variation> {
+        VARIATIONS.iter().find(|v| v.name == n).ok_or_else(|| {
+            Exit::user(format!(
+                "unknown variation {n:?}; the variations are: {}, and `all`",
+                known()
+            ))
+            .into()
+        })
+    };
+    let split = |l: &[String]| -> Vec<String> {
+        l.iter()
+            .flat_map(|s| s.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    let (vary, no_vary) = (split(vary), split(no_vary));
+    let mut chosen: Vec<&'static Variation> = Vec::new();
+    if vary.is_empty() {
+        chosen.extend(VARIATIONS.iter().filter(|v| v.default));
+    }
+    for n in &vary {
+        if n == "all" {
+            chosen.extend(VARIATIONS.iter());
+        } else {
+            chosen.push(find(n)?);
+        }
+    }
+    let mut drop = Vec::new();
+    for n in &no_vary {
+        drop.push(find(n)?.name);
+    }
+    // In the table's order, each once.
+    let out: Vec<&'static Variation> = VARIATIONS
+        .iter()
+        .filter(|v| chosen.iter().any(|c| c.name == v.name) && !drop.contains(&v.name))
+        .collect();
+    if out.is_empty() {
+        return Err(Exit::user("no variation left to check (--no-vary removed them all)").into());
+    }
+    Ok(out)
+}
+
+/// What `hermit check` was asked.
+pub struct CheckOptions {
+    pub variations: Vec<&'static Variation>,
+    pub net: NetArgs,
+    /// HERMIT_JOBS of the control build (the machine's CPU count when not
+    /// given).
+    pub jobs: Option<u32>,
+    pub quiet: bool,
+}
+
+/// One differing path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Difference {
+    /// `changed`, `missing` (in the variant) or `added` (by the variant).
+    pub how: String,
+    pub path: String,
+}
+
+/// What one variation found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VariationReport {
+    pub name: String,
+    /// Whether the build environment was varied at all (a variation this
+    /// machine or image cannot apply is not).
+    pub varied: bool,
+    /// What was varied, from what to what (or why nothing was).
+    pub what: String,
+    /// The variant's output equals the control's (`None`: not varied, or
+    /// the variant's build failed).
+    pub identical: Option<bool>,
+    pub differing_files: Vec<Difference>,
+    /// Likely causes of the difference (empty when identical).
+    pub causes: Vec<String>,
+    /// The variant's output, kept when it differs.
+    pub output: Option<PathBuf>,
+    /// diffoscope's text report of the first differing files.
+    pub diffoscope: Option<PathBuf>,
+    /// The same as one HTML page.
+    pub diffoscope_html: Option<PathBuf>,
+    /// The variant's build failed (while the control's succeeded).
+    pub error: Option<String>,
+}
+
+impl VariationReport {
+    fn reproducible(&self) -> bool {
+        self.error.is_none() && self.identical != Some(false)
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub reproducible: bool,
+    pub package: String,
+    pub build_key: String,
+    pub control_digest: String,
+    /// The control's output, kept when a variant differs.
+    pub control_output: Option<PathBuf>,
+    pub variations: Vec<VariationReport>,
+}
+
+/// How one variant is built: the plan's job count and a change to the
+/// sandbox, with what it varies.
+struct Variant {
+    jobs: Option<u32>,
+    hook: Option<SandboxHook>,
+    /// What is varied; the hook may replace it (e.g. when the image turns
+    /// out to lack what the variation needs).
+    what: Arc<Mutex<(bool, String)>>,
+    /// FUSE mounts the hook made, unmounted when the build has ended.
+    fuse: Arc<Mutex<Vec<PathBuf>>>,
+}
+
+fn hook(f: impl Fn(&mut SandboxSpec) + Send + Sync + 'static) -> Option<SandboxHook> {
+    Some(SandboxHook(Arc::new(f)))
+}
+
+/// The CPUs hermit may run on (its affinity).
+fn affinity_cpus() -> u32 {
+    crate::pipeline::resolve::host_cpus()
+}
+
+/// How to build the variant of `v`, or why this machine cannot vary it.
+fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, String> {
+    let what = |s: String| Arc::new(Mutex::new((true, s)));
+    Ok(match v.name {
+        "repeat" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: None,
+            what: what("nothing: a second control build, to tell plain nondeterminism from one variation's effect".into()),
+        },
+        "jobs" => {
+            let other = if control_jobs == 1 { 2 } else { 1 };
+            Variant {
+                fuse: Arc::default(),
+                jobs: Some(other),
+                hook: None,
+                what: what(format!(
+                    "HERMIT_JOBS and the jobserver's slots: {control_jobs} → {other}"
+                )),
+            }
+        }
+        "cpus" => {
+            let have = affinity_cpus();
+            if have < 2 {
+                return Err(format!(
+                    "not varied: hermit may run on {have} CPU only here, and affinity can only take CPUs away"
+                ));
+            }
+            Variant {
+                fuse: Arc::default(),
+                jobs: None,
+                hook: hook(|s| s.cpus = Some(1)),
+                what: what(format!(
+                    "the CPUs the build may run on (sched_setaffinity; what nproc reports): {have} → 1"
+                )),
+            }
+        }
+        "uname" => {
+            let (from, to) = match std::env::consts::ARCH {
+                "x86_64" => ("x86_64", "i686"),
+                "aarch64" => ("aarch64", "armv8l"),
+                other => (other, "its 32-bit name"),
+            };
+            Variant {
+                fuse: Arc::default(),
+                jobs: None,
+                hook: hook(|s| s.linux32 = true),
+                what: what(format!(
+                    "the machine name uname reports (personality PER_LINUX32): {from} → {to}; \
+                     the kernel release and version (uname -r, -v) are not varied yet"
+                )),
+            }
+        }
+        "randomness" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| {
+                s.set_env("PYTHONHASHSEED", "4242");
+                s.set_env("PERL_HASH_SEED", "4242");
+                s.set_env("PERL_PERTURB_KEYS", "2");
+            }),
+            what: what(
+                "the random seeds interpreters take from the environment (PYTHONHASHSEED, PERL_HASH_SEED): unset → 4242; \
+                 /dev/urandom and getrandom(2) cannot be made deterministic, so two builds draw different values anyway"
+                    .into(),
+            ),
+        },
+        "aslr" => {
+            let what = what(
+                "address-space layout randomisation (personality ADDR_NO_RANDOMIZE): the profile's setting → the other"
+                    .into(),
+            );
+            let note = what.clone();
+            Variant {
+                fuse: Arc::default(),
+                jobs: None,
+                hook: hook(move |s| {
+                    let word = |on: bool| if on { "on" } else { "off" };
+                    *lock(&note) = (
+                        true,
+                        format!(
+                            "address-space layout randomisation (personality ADDR_NO_RANDOMIZE): {} → {}",
+                            word(s.aslr),
+                            word(!s.aslr)
+                        ),
+                    );
+                    s.aslr = !s.aslr;
+                }),
+                what,
+            }
+        }
+        "clock" => {
+            let what = what(String::new());
+            let note = what.clone();
+            Variant {
+                fuse: Arc::default(),
+                jobs: None,
+                hook: hook(move |s| {
+                    let lib = FAKETIME_LIBS
+                        .iter()
+                        .find(|l| s.root.join(l.trim_start_matches('/')).is_file());
+                    let mut note = lock(&note);
+                    match lib {
+                        Some(lib) => {
+                            let preload = match s.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
+                                Some((_, v)) if !v.is_empty() => format!("{lib}:{v}"),
+                                _ => lib.to_string(),
+                            };
+                            s.set_env("LD_PRELOAD", &preload);
+                            s.set_env("FAKETIME", CLOCK_OFFSET);
+                            s.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+                            *note = (
+                                true,
+                                format!(
+                                    "the wall clock (libfaketime of the image, {lib}): now → now {CLOCK_OFFSET}; \
+                                     statically linked programs still see the real clock"
+                                ),
+                            );
+                        }
+                        None => {
+                            *note = (
+                                false,
+                                "not varied: the image has no libfaketime, and a time namespace cannot move CLOCK_REALTIME; \
+                                 the variant only ran at a later real time"
+                                    .into(),
+                            );
+                        }
+                    }
+                }),
+                what,
+            }
+        }
+        "umask" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| s.umask = if s.umask == 0o002 { 0o022 } else { 0o002 }),
+            what: what("the umask: the profile's → 0002 (or 0022)".into()),
+        },
+        "hostname" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| {
+                s.hostname = "hermit-check-variant".into();
+                s.domainname = "check.invalid".into();
+            }),
+            what: what(
+                "the host and domain name: the profile's → hermit-check-variant, check.invalid"
+                    .into(),
+            ),
+        },
+        "user" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| {
+                s.user = "checker".into();
+                s.group = "checkers".into();
+                s.uid = s.uid.wrapping_add(1000).max(1);
+                s.gid = s.gid.wrapping_add(1000).max(1);
+                for k in ["USER", "LOGNAME"] {
+                    if s.env.iter().any(|(n, _)| n == k) {
+                        s.set_env(k, "checker");
+                    }
+                }
+            }),
+            what: what("the user and group (name, uid, gid): the profile's → checker/checkers, uid and gid + 1000".into()),
+        },
+        "locale" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| {
+                s.set_env("LANG", "fr_FR.ISO-8859-1");
+                s.set_env("LC_ALL", "fr_FR.ISO-8859-1");
+            }),
+            what: what(
+                "LANG and LC_ALL: the profile's → fr_FR.ISO-8859-1 (another charset and collation where the image has that locale)"
+                    .into(),
+            ),
+        },
+        "timezone" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| s.set_env("TZ", "CHK-13:45")),
+            what: what(
+                "TZ: the profile's → CHK-13:45 (a POSIX zone 13 h 45 min ahead of UTC; needs no zoneinfo)"
+                    .into(),
+            ),
+        },
+        "malloc" => Variant {
+            fuse: Arc::default(),
+            jobs: None,
+            hook: hook(|s| s.set_env("MALLOC_PERTURB_", "165")),
+            what: what("glibc's MALLOC_PERTURB_: unset → 165 (freed and fresh memory filled)".into()),
+        },
+        "dirorder" => dirorder(ctx, what(String::new()))?,
+        other => return Err(format!("not varied: hermit does not know variation {other:?}")),
+    })
+}
+
+/// What the variations need to know of the build.
+struct Ctx {
+    /// Where FUSE mount points go (the store's session directory).
+    scratch: PathBuf,
+    sources_path: PathBuf,
+    build_path: PathBuf,
+}
+
+/// `dirorder`: the sources and `/build` seen through disorderfs, which
+/// lists every directory in reverse order.
+fn dirorder(ctx: &Ctx, what: Arc<Mutex<(bool, String)>>) -> Result<Variant, String> {
+    let Some(tool) = find_in_path("disorderfs") else {
+        return Err(
+            "not varied: disorderfs is not installed (Debian package disorderfs, with fuse3)"
+                .into(),
+        );
+    };
+    if !Path::new("/dev/fuse").exists() {
+        return Err("not varied: this machine has no /dev/fuse".into());
+    }
+    use nix::unistd::{access, AccessFlags};
+    if access("/dev/fuse", AccessFlags::R_OK | AccessFlags::W_OK).is_err() {
+        return Err(
+            "not varied: /dev/fuse is not open to this user (Debian's default is mode 0666: chmod 0666 /dev/fuse)"
+                .into(),
+        );
+    }
+    let fuse: Arc<Mutex<Vec<PathBuf>>> = Arc::new(Mutex::new(Vec::new()));
+    let (done, note) = (fuse.clone(), what.clone());
+    let scratch = ctx.scratch.clone();
+    let (sources, build) = (ctx.sources_path.clone(), ctx.build_path.clone());
+    let hook = hook(move |s| {
+        let mut done = lock(&done);
+        let mut wrapped = Vec::new();
+        let mut failed = None;
+        for m in s.mounts.iter_mut() {
+            let hermit_sandbox::Mount::Bind { src, dst, .. } = m else {
+                continue;
+            };
+            if !(dst.starts_with(&sources) || *dst == build) || !src.is_dir() {
+                continue;
+            }
+            let mnt = match hermit_store::store::temp_dir(&scratch) {
+                Ok(d) => d,
+                Err(e) => {
+                    failed = Some(format!("a mount point: {e}"));
+                    break;
+                }
+            };
+            match Command::new(&tool)
+                .args(["-q", "--reverse-dirents=yes", "--pad-blocks=0"])
+                .arg(&*src)
+                .arg(&mnt)
+                .output()
+            {
+                Ok(o) if o.status.success() => {
+                    done.push(mnt.clone());
+                    wrapped.push(dst.display().to_string());
+                    *src = mnt;
+                }
+                Ok(o) => {
+                    let _ = fs::remove_dir(&mnt);
+                    failed = Some(format!(
+                        "disorderfs {}: {}",
+                        src.display(),
+                        String::from_utf8_lossy(&o.stderr).trim()
+                    ));
+                    break;
+                }
+                Err(e) => {
+                    let _ = fs::remove_dir(&mnt);
+                    failed = Some(format!("running disorderfs: {e}"));
+                    break;
+                }
+            }
+        }
+        *lock(&note) = match failed {
+            Some(why) => (false, format!("not varied: {why}")),
+            None if wrapped.is_empty() => (
+                false,
+                "not varied: no source or /build directory to reorder".into(),
+            ),
+            None => (
+                true,
+                format!(
+                    "the order directories list their entries in (disorderfs, reversed): {}",
+                    wrapped.join(", ")
+                ),
+            ),
+        };
+        if !matches!(*lock(&note), (true, _)) {
+            // Nothing half-varied: undo what was mounted.
+            unmount_all(&mut done);
+        }
+    });
+    Ok(Variant {
+        jobs: None,
+        hook,
+        what,
+        fuse,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+/// Unmounts (and removes) FUSE mount points a variation made.
+fn unmount_all(mounts: &mut Vec<PathBuf>) {
+    for m in mounts.drain(..) {
+        let ok = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&m)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&m)
+                .output();
+        }
+        let _ = fs::remove_dir(&m);
+    }
+}
+
+/// Runs the check: a control build, then one variant per variation, each
+/// compared with the control.
+pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::Result<Report> {
+    let text = crate::limits::read_text(target, crate::limits::MAX_RECORD)
+        .map_err(|e| Exit::user(format!("{}: cannot read it: {e}", target.display())))?;
+    let source = if text.trim_start().starts_with('{') {
+        Source::Record {
+            text,
+            origin: target.display().to_string(),
+        }
+    } else {
+        Source::Spec(target.to_path_buf())
+    };
+    let bopts = BuildOptions {
+        jobs: opts.jobs,
+        quiet: opts.quiet,
+        echo: Echo::Nowhere,
+        ..BuildOptions::default()
+    };
+    let sopts = ShellOptions {
+        command: vec![],
+        no_tty: true,
+        net: opts.net.clone(),
+        build: bopts.clone(),
+    };
+    let (mut plan, _) = shell::prepare(store, source, &sopts)?;
+    let name = plan.resolved.spec.package.name.clone();
+    let control_jobs = plan.resolved.environment.jobs;
+    let say = |m: &str| {
+        if !opts.quiet {
+            eprintln!("hermit: check {name}: {m}");
+        }
+    };
+
+    say("control build");
+    let control = pipeline::run_stages(store, &plan, &opts.net, &bopts)
+        .context("the control build (nothing varied) failed; fix the build first")?;
+    let dir = store.base().join("checks").join(plan.key.hex());
+    let _ = hermit_store::store::remove_tree(&dir);
+
+    // The control stays in staging until a variant differs; then it is
+    // kept beside it, for diffoscope and the user.
+    let ctx = Ctx {
+        scratch: store.tmp_dir().to_path_buf(),
+        sources_path: PathBuf::from(&plan.resolved.environment.sources_path),
+        build_path: PathBuf::from(&plan.resolved.environment.build_path),
+    };
+    let mut control_dir = control.dir.clone();
+    let mut control_kept = false;
+    let mut reports = Vec::new();
+    for v in &opts.variations {
+        let variant = match variant(v, control_jobs, &ctx) {
+            Ok(x) => x,
+            Err(why) => {
+                say(&format!("{}: {why}", v.name));
+                reports.push(VariationReport {
+                    name: v.name.into(),
+                    varied: false,
+                    what: why,
+                    identical: None,
+                    differing_files: vec![],
+                    causes: vec![],
+                    output: None,
+                    diffoscope: None,
+                    diffoscope_html: None,
+                    error: None,
+                });
+                continue;
+            }
+        };
+        say(&format!("varying {}", v.name));
+        // HERMIT_JOBS is no part of the build key: the plan's environment
+        // takes the variant's job count for this build only.
+        if let Some(j) = variant.jobs {
+            set_jobs(&mut plan, j);
+        }
+        let vopts = BuildOptions {
+            vary: variant.hook.clone(),
+            ..bopts.clone()
+        };
+        let built = pipeline::run_stages(store, &plan, &opts.net, &vopts);
+        set_jobs(&mut plan, control_jobs);
+        unmount_all(&mut lock(&variant.fuse));
+        let (varied, what) = lock(&variant.what).clone();
+        let mut rep = VariationReport {
+            name: v.name.into(),
+            varied,
+            what,
+            identical: None,
+            differing_files: vec![],
+            causes: vec![],
+            output: None,
+            diffoscope: None,
+            diffoscope_html: None,
+            error: None,
+        };
+        match built {
+            Err(e) => {
+                rep.error = Some(format!("{e:#}"));
+                rep.causes = vec![v.cause.into()];
+            }
+            Ok(staged) => {
+                let diffs = differences(&control.record, &staged.record);
+                if diffs.is_empty() && staged.record.output.digest == control.record.output.digest {
+                    rep.identical = Some(true);
+                    pipeline::materialise::discard(&staged.dir);
+                } else {
+                    rep.identical = Some(false);
+                    rep.causes = vec![if varied {
+                        v.cause.into()
+                    } else {
+                        "plain nondeterminism (nothing was varied)".into()
+                    }];
+                    let keep = dir.join(v.name);
+                    fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    if !control_kept {
+                        let c = dir.join("control");
+                        fs::rename(&control_dir, &c)
+                            .with_context(|| format!("keeping the control at {}", c.display()))?;
+                        control_dir = c;
+                        control_kept = true;
+                    }
+                    fs::rename(&staged.dir, &keep)
+                        .with_context(|| format!("keeping the variant at {}", keep.display()))?;
+                    rep.output = Some(keep.join("out"));
+                    if let Some((text, html)) =
+                        diffoscope(&control_dir.join("out"), &keep.join("out"), &diffs, &keep)?
+                    {
+                        rep.diffoscope = Some(text);
+                        rep.diffoscope_html = html.is_file().then_some(html);
+                    }
+                    rep.differing_files = diffs;
+                }
+            }
+        }
+        reports.push(rep);
+    }
+
+    classify(&mut reports);
+    let reproducible = reports.iter().all(|r| r.reproducible());
+    let control_output = if control_kept {
+        Some(control_dir.join("out"))
+    } else {
+        pipeline::materialise::discard(&control_dir);
+        None
+    };
+    Ok(Report {
+        reproducible,
+        package: format!(
+            "{} {}",
+            plan.resolved.spec.package.name, plan.resolved.spec.package.version
+        ),
+        build_key: plan.key.to_string(),
+        control_digest: control.record.output.digest.to_string(),
+        control_output,
+        variations: reports,
+    })
+}
+
+/// A file that differs with nothing varied (`repeat`) points to plain
+/// nondeterminism under every variation too; only the other files point to
+/// the variation.
+fn classify(reports: &mut [VariationReport]) {
+    let noisy: Vec<String> = reports
+        .iter()
+        .filter(|r| r.name == "repeat")
+        .flat_map(|r| r.differing_files.iter().map(|d| d.path.clone()))
+        .collect();
+    if noisy.is_empty() {
+        return;
+    }
+    for r in reports.iter_mut().filter(|r| r.name != "repeat") {
+        if r.differing_files.is_empty() {
+            continue;
+        }
+        let own = r
+            .differing_files
+            .iter()
+            .filter(|d| !noisy.contains(&d.path))
+            .count();
+        let mut causes = Vec::new();
+        if own > 0 {
+            causes.append(&mut r.causes);
+        }
+        if own < r.differing_files.len() {
+            causes.push(PLAIN.to_string());
+        }
+        r.causes = causes;
+    }
+}
+
+/// HERMIT_JOBS (and the slots of the build's own jobserver) of `plan`.
+fn set_jobs(plan: &mut Plan, jobs: u32) {
+    let env = &mut plan.resolved.environment;
+    env.jobs = jobs;
+    env.env.insert("HERMIT_JOBS".into(), jobs.to_string());
+}
+
+/// The paths whose entries differ between the control's and a variant's
+/// file lists ([`differing_files`]).
+fn differences(
+    control: &crate::record::Record,
+    variant: &crate::record::Record,
+) -> Vec<Difference> {
+    differing_files(control, variant)
+        .into_iter()
+        .map(|d| {
+            let (how, path) = d.split_once(' ').unwrap_or(("changed", d.as_str()));
+            Difference {
+                how: how.to_string(),
+                path: path.trim_start().to_string(),
+            }
+        })
+        .collect()
+}
+
+/// How many differing files diffoscope is run on.
+const DIFFOSCOPE_FILES: usize = 3;
+
+/// Runs diffoscope (when installed) once over copies of the first changed
+/// regular files of both outputs, writing its text report to `dir/diffoscope.txt`
+/// and its HTML page to `dir/diffoscope.html`. Returns the two paths.
+fn diffoscope(
+    control: &Path,
+    variant: &Path,
+    diffs: &[Difference],
+    dir: &Path,
+) -> anyhow::Result<Option<(PathBuf, PathBuf)>> {
+    let Some(tool) = find_in_path("diffoscope") else {
+        return Ok(None);
+    };
+    let is_file = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    let picked: Vec<&Difference> = diffs
+        .iter()
+        .filter(|d| d.how == "changed")
+        .filter(|d| is_file(&control.join(&d.path)) && is_file(&variant.join(&d.path)))
+        .take(DIFFOSCOPE_FILES)
+        .collect();
+    if picked.is_empty() {
+        return Ok(None);
+    }
+    // Short names in the report: `control/<path>`, `variant/<path>`.
+    let work = dir.join("diffoscope");
+    for d in &picked {
+        for (side, root) in [("control", control), ("variant", variant)] {
+            let to = work.join(side).join(&d.path);
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            fs::copy(root.join(&d.path), &to)
+                .with_context(|| format!("copying {} for diffoscope", d.path))?;
+        }
+    }
+    let (text, html) = (dir.join("diffoscope.txt"), dir.join("diffoscope.html"));
+    let out = Command::new(&tool)
+        .current_dir(&work)
+        .args(["--no-progress", "--text"])
+        .arg(&text)
+        .arg("--html")
+        .arg(&html)
+        .args(["control", "variant"])
+        .output()
+        .with_context(|| format!("running {}", tool.display()));
+    let _ = hermit_store::store::remove_tree(&work);
+    let out = out?;
+    if !out.status.success() && out.status.code() != Some(1) {
+        fs::write(
+            &text,
+            format!(
+                "diffoscope ended with {}: {}\n",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        )
+        .with_context(|| format!("writing {}", text.display()))?;
+    }
+    Ok(Some((text, html)))
+}
+
+fn find_in_path(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
+
+/// The report for people.
+pub fn render(r: &Report) -> String {
+    let mut s = format!(
+        "check of {} (build key {}): control output {}\n",
+        r.package, r.build_key, r.control_digest
+    );
+    for v in &r.variations {
+        let verdict = match (&v.error, v.identical, v.varied) {
+            (Some(_), _, _) => "FAILED",
+            (None, Some(false), _) => "DIFFERS",
+            (None, Some(true), true) => "identical",
+            (None, Some(true), false) | (None, None, _) => "not varied",
+        };
+        s.push_str(&format!("{:<11} {verdict}\n", v.name));
+        if v.varied {
+            s.push_str(&format!("    varied: {}\n", v.what));
+        } else {
+            s.push_str(&format!("    {}\n", v.what));
+        }
+        if let Some(e) = &v.error {
+            s.push_str(&format!(
+                "    the variant's build failed: {}\n",
+                e.replace('\n', "\n    ")
+            ));
+        }
+        for d in &v.differing_files {
+            s.push_str(&format!("    {:<8} {}\n", d.how, d.path));
+        }
+        if !v.causes.is_empty() {
+            s.push_str(&format!("    likely cause: {}\n", v.causes.join("; ")));
+        }
+        if let Some(o) = &v.output {
+            s.push_str(&format!("    variant output: {}\n", o.display()));
+        }
+        if let Some(d) = &v.diffoscope {
+            s.push_str(&format!("    diffoscope: {}\n", d.display()));
+        }
+        if let Some(d) = &v.diffoscope_html {
+            s.push_str(&format!("    diffoscope (HTML): {}\n", d.display()));
+        }
+    }
+    if let Some(c) = &r.control_output {
+        s.push_str(&format!("control output: {}\n", c.display()));
+    }
+    let bad = r.variations.iter().filter(|v| !v.reproducible()).count();
+    if r.reproducible {
+        s.push_str("reproducible under every variation checked\n");
+    } else {
+        s.push_str(&format!(
+            "NOT reproducible: {bad} of {} variations changed the output\n",
+            r.variations.len()
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&Variation]) -> Vec<&'static str> {
+        v.iter().map(|v| v.name).collect()
+    }
+
+    #[test]
+    fn the_defaults_are_what_hermit_cannot_normalise() {
+        assert_eq!(
+            names(&select(&[], &[]).unwrap()),
+            [
+                "repeat",
+                "jobs",
+                "cpus",
+                "uname",
+                "randomness",
+                "aslr",
+                "clock",
+                "dirorder"
+            ]
+        );
+        assert_eq!(
+            select(&["all".into()], &[]).unwrap().len(),
+            VARIATIONS.len()
+        );
+        assert_eq!(
+            names(&select(&["aslr,uname".into(), "aslr".into()], &["clock".into()]).unwrap()),
+            ["uname", "aslr"]
+        );
+        assert_eq!(
+            names(&select(&[], &["jobs,clock".into()]).unwrap()),
+            ["repeat", "cpus", "uname", "randomness", "aslr", "dirorder"]
+        );
+    }
+
+    #[test]
+    fn files_that_differ_unvaried_are_plain_nondeterminism() {
+        let rep = |name: &str, files: &[&str], cause: &str| VariationReport {
+            name: name.into(),
+            varied: true,
+            what: String::new(),
+            identical: Some(files.is_empty()),
+            differing_files: files
+                .iter()
+                .map(|p| Difference {
+                    how: "changed".into(),
+                    path: p.to_string(),
+                })
+                .collect(),
+            causes: if files.is_empty() {
+                vec![]
+            } else {
+                vec![cause.into()]
+            },
+            output: None,
+            diffoscope: None,
+            diffoscope_html: None,
+            error: None,
+        };
+        let mut r = vec![
+            rep("repeat", &["seed"], PLAIN),
+            rep("cpus", &["seed"], "CPU count"),
+            rep("uname", &["seed", "m"], "uname"),
+            rep("aslr", &[], "ASLR"),
+        ];
+        classify(&mut r);
+        assert_eq!(r[1].causes, [PLAIN]);
+        assert_eq!(r[2].causes, ["uname", PLAIN]);
+        assert!(r[3].causes.is_empty());
+    }
+
+    #[test]
+    fn unknown_or_empty_selections_are_bad_input() {
+        let e = select(&["colour".into()], &[]).unwrap_err();
+        assert!(
+            e.to_string().contains("unknown variation \"colour\""),
+            "{e}"
+        );
+        assert!(e.to_string().contains("jobs, cpus"), "{e}");
+        let e = select(&["aslr".into()], &["aslr".into()]).unwrap_err();
+        assert!(e.to_string().contains("no variation left"), "{e}");
+    }
+
+    #[test]
+    fn every_variation_changes_the_sandbox_or_the_jobs() {
+        let mut base = hermit_sandbox::SandboxSpec::clone(&crate_spec());
+        base.root = std::env::temp_dir();
+        for v in VARIATIONS {
+            let ctx = Ctx {
+                scratch: std::env::temp_dir(),
+                sources_path: "/sources".into(),
+                build_path: "/build".into(),
+            };
+            if v.name == "dirorder" {
+                continue; // mounts: tested end to end
+            }
+            let Ok(x) = variant(v, 4, &ctx) else { continue };
+            let mut s = base.clone();
+            if let Some(h) = &x.hook {
+                (h.0)(&mut s);
+            }
+            assert!(
+                s != base || x.jobs.is_some() || matches!(v.name, "clock" | "repeat"),
+                "{} changed nothing",
+                v.name
+            );
+            s.validate().unwrap();
+        }
+    }
+
+    fn crate_spec() -> SandboxSpec {
+        let p = hermit_profiles::Profile::get("v3").unwrap();
+        let env = crate::record::Environment::from_profile(
+            &p,
+            &hermit_profiles::EnvInputs {
+                image_path: None,
+                source_date_epoch: None,
+                jobs: 4,
+                extra: &Default::default(),
+            },
+            &Default::default(),
+        )
+        .unwrap();
+        crate::environment::sandbox_spec(&env, &p, Path::new("/r"), vec!["/bin/sh".into()], vec![])
+    }
+}

@@ -1,0 +1,390 @@
+//! `hermit check`: a control build and one variant per variation, compared
+//! file by file — a reproducible spec passes every default variation, and a
+//! spec that observes one varied thing is caught by exactly that variation,
+//! with the differing file named. Over a busybox OCI image in real
+//! namespaces, as root and as an ordinary user.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use crate::common::{both, run};
+use crate::fixtures::{both_users, As};
+use crate::graph::graph_project;
+
+const DEFAULTS: [&str; 8] = [
+    "repeat",
+    "jobs",
+    "cpus",
+    "uname",
+    "randomness",
+    "aslr",
+    "clock",
+    "dirorder",
+];
+
+fn hermit(who: As, home: &Path, args: &[&str]) -> Output {
+    run(who.hermit_in(home).args(args))
+}
+
+fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(o)))
+}
+
+/// `name → report` of `--json`'s variations.
+fn variation<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["variations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no variations in {v}"))
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("no variation {name} in {v}"))
+}
+
+/// Whether `who` may open /dev/fuse (disorderfs needs it; Debian makes it
+/// 0666, a bare container may leave it 0600).
+fn fuse_open_to(who: As) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = fs::metadata("/dev/fuse") else {
+        return false;
+    };
+    matches!(who, As::Root) || m.permissions().mode() & 0o006 == 0o006
+}
+
+fn project(dir: &Path, nodes: &[(&str, &str)]) -> Vec<PathBuf> {
+    let defs: Vec<crate::graph::NodeDef<'_>> =
+        nodes.iter().map(|(n, s)| (*n, *s, &[][..])).collect();
+    graph_project(dir, &defs)
+}
+
+fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "clean",
+            "mkdir $out/d\necho hello > $out/a\nprintf 'x\\n' > $out/d/b\nls / | sort > $out/d/root",
+        )],
+    );
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(who, &home, &["check", spec, "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let v = json(&o);
+    assert_eq!(v["reproducible"], true, "{v}");
+    assert!(v["control_digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(v["control_output"], serde_json::Value::Null);
+    let names: Vec<&str> = v["variations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, DEFAULTS);
+    for n in DEFAULTS {
+        let x = variation(&v, n);
+        assert_eq!(x["differing_files"], serde_json::json!([]), "{n}: {x}");
+        assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
+        if n == "dirorder" && !fuse_open_to(who) {
+            assert_eq!(x["varied"], false, "{x}");
+            assert!(x["what"].as_str().unwrap().contains("/dev/fuse"), "{x}");
+        } else if n == "clock" {
+            // The busybox image has no libfaketime: said, not hidden.
+            assert_eq!(x["varied"], false, "{x}");
+            assert!(x["what"].as_str().unwrap().contains("libfaketime"), "{x}");
+        } else {
+            assert_eq!(x["varied"], true, "{n}: {x}");
+            assert_eq!(x["identical"], true, "{n}: {x}");
+        }
+    }
+    // Nothing was installed: a build afterwards is not a cache hit.
+    let o = hermit(who, &home, &["build", spec, "--json"]);
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(
+        json(&o)["cached"],
+        false,
+        "hermit check installed an output"
+    );
+    // The text report says it too.
+    let o = hermit(
+        who,
+        &home,
+        &["check", spec, "--no-vary", "clock,randomness"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("reproducible under every variation checked"),
+        "{text}"
+    );
+    assert!(!text.contains("randomness"), "{text}");
+    // A record checks like its spec.
+    let rec = json(&hermit(who, &home, &["build", spec, "--json"]))["record"]
+        .as_str()
+        .map(PathBuf::from)
+        .unwrap();
+    let o = hermit(
+        who,
+        &home,
+        &["check", rec.to_str().unwrap(), "--vary", "uname"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+}
+
+/// `(spec name, script, --vary, the one variation that must catch it, the
+/// file that must differ)`.
+const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
+    ("ncpu", "nproc > $out/n", "", "cpus", "n"),
+    ("jobs", "echo $HERMIT_JOBS > $out/j", "", "jobs", "j"),
+    ("arch", "uname -m > $out/m", "", "uname", "m"),
+    (
+        "seed",
+        "echo \"seed ${PYTHONHASHSEED:-none}\" > $out/s",
+        "",
+        "randomness",
+        "s",
+    ),
+    (
+        "aslr",
+        "grep -F '[stack]' /proc/self/maps | cut -d' ' -f1 > $out/maps",
+        "",
+        "aslr",
+        "maps",
+    ),
+    (
+        "order",
+        "mkdir d1 d2 d3\nfind /build > $out/order",
+        "",
+        "dirorder",
+        "order",
+    ),
+    ("mask", "umask > $out/u", "all", "umask", "u"),
+    ("who", "id -un > $out/u", "all", "user", "u"),
+    ("host", "hostname > $out/h", "all", "hostname", "h"),
+    ("zone", "date -d @0 +%H%M > $out/z", "all", "timezone", "z"),
+];
+
+fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
+    let t = who.scratch();
+    let nodes: Vec<(&str, &str)> = UNREPRODUCIBLE.iter().map(|c| (c.0, c.1)).collect();
+    let specs = project(t.path(), &nodes);
+    who.give(t.path());
+    let home = t.path().join("home");
+    for (case, spec) in UNREPRODUCIBLE.iter().zip(&specs) {
+        let (name, _, vary, culprit, file) = *case;
+        let mut args = vec!["check", spec.to_str().unwrap(), "--json"];
+        if !vary.is_empty() {
+            args.extend(["--vary", vary]);
+        }
+        let o = hermit(who, &home, &args);
+        if culprit == "dirorder" && !fuse_open_to(who) {
+            // Said, not hidden: nothing else varies the order.
+            assert_eq!(o.status.code(), Some(0), "{name}: {}", both(&o));
+            let x = variation(&json(&o), "dirorder").clone();
+            assert_eq!(x["varied"], false, "{x}");
+            continue;
+        }
+        assert_eq!(o.status.code(), Some(1), "{name}: {}", both(&o));
+        let v = json(&o);
+        assert_eq!(v["reproducible"], false, "{name}: {v}");
+        for x in v["variations"].as_array().unwrap() {
+            let n = x["name"].as_str().unwrap();
+            if n == culprit {
+                assert_eq!(x["identical"], false, "{name}: {x}");
+                assert_eq!(
+                    x["differing_files"],
+                    serde_json::json!([{"how": "changed", "path": file}]),
+                    "{name}: {x}"
+                );
+                assert_eq!(x["causes"].as_array().unwrap().len(), 1, "{name}: {x}");
+                // The variant is kept, and differs from the kept control.
+                let out = PathBuf::from(x["output"].as_str().unwrap());
+                let control = PathBuf::from(v["control_output"].as_str().unwrap());
+                assert_ne!(
+                    fs::read(out.join(file)).unwrap(),
+                    fs::read(control.join(file)).unwrap(),
+                    "{name}"
+                );
+                // diffoscope is installed here (scripts/install-deps.sh).
+                let d = PathBuf::from(
+                    x["diffoscope"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{name}: no diffoscope report: {x}")),
+                );
+                let report = fs::read_to_string(&d).unwrap();
+                assert!(
+                    report.contains(&format!("control/{file}"))
+                        && report.contains(&format!("variant/{file}")),
+                    "{name}: {report}"
+                );
+                let html = PathBuf::from(x["diffoscope_html"].as_str().unwrap());
+                assert!(
+                    fs::read_to_string(&html).unwrap().contains("<html"),
+                    "{name}"
+                );
+                // Only the reports stay beside the kept output.
+                assert!(!d.parent().unwrap().join("diffoscope").exists(), "{name}");
+            } else {
+                assert_ne!(x["identical"], false, "{name}: {n} differs too: {x}");
+                assert_eq!(x["differing_files"], serde_json::json!([]), "{name}: {x}");
+            }
+        }
+    }
+    // The text report names the variation, the file and the cause.
+    let o = hermit(who, &home, &["check", specs[2].to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("uname       DIFFERS"), "{text}");
+    assert!(text.contains("changed  m"), "{text}");
+    assert!(text.contains("architecture information (uname)"), "{text}");
+    assert!(text.contains("NOT reproducible: 1 of"), "{text}");
+}
+
+/// Output that differs with nothing varied: `repeat` catches it, and the
+/// variations that differ in the same file point to plain nondeterminism,
+/// not to themselves.
+fn check_tells_plain_nondeterminism_from_a_variation(who: As) {
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "noisy",
+            "head -c 16 /dev/urandom | od -An -tx1 > $out/r\nuname -m > $out/m",
+        )],
+    );
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(
+        who,
+        &home,
+        &["check", spec, "--vary", "repeat,cpus,uname", "--json"],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let plain = "plain nondeterminism (randomness, the clock, thread scheduling)";
+    let repeat = variation(&v, "repeat");
+    assert_eq!(
+        repeat["differing_files"],
+        serde_json::json!([{"how": "changed", "path": "r"}]),
+        "{repeat}"
+    );
+    assert_eq!(repeat["causes"], serde_json::json!([plain]));
+    assert_eq!(variation(&v, "cpus")["causes"], serde_json::json!([plain]));
+    let uname = variation(&v, "uname");
+    assert_eq!(
+        uname["differing_files"],
+        serde_json::json!([{"how": "changed", "path": "m"}, {"how": "changed", "path": "r"}]),
+        "{uname}"
+    );
+    assert_eq!(
+        uname["causes"],
+        serde_json::json!(["architecture information (uname)", plain])
+    );
+}
+
+fn check_refuses_bad_input_and_fails_with_its_build(who: As) {
+    let t = who.scratch();
+    let specs = project(t.path(), &[("ok", "true"), ("broken", "exit 3")]);
+    who.give(t.path());
+    let home = t.path().join("home");
+    let ok = specs[0].to_str().unwrap();
+    let o = hermit(who, &home, &["check", ok, "--vary", "colour"]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown variation \"colour\""));
+    let o = hermit(
+        who,
+        &home,
+        &["check", ok, "--vary", "aslr", "--no-vary", "aslr"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    let missing = t.path().join("nope.toml");
+    let o = hermit(who, &home, &["check", missing.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", both(&o));
+    // A build that fails without any variation is no check result.
+    let o = hermit(who, &home, &["check", specs[1].to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    assert!(
+        v["error"].as_str().unwrap().contains("control build"),
+        "{v}"
+    );
+}
+
+/// A busybox image with a dynamically linked `date` and libfaketime: the
+/// clock variation preloads it, and `date` sees the clock ten years ahead.
+fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
+    let t = who.scratch();
+    let lib = "usr/lib/x86_64-linux-gnu";
+    let manifest = crate::image::busybox_layout_with(
+        &t.path().join("image"),
+        &[
+            ("/usr/bin/date", "usr/bin/date"),
+            ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+            (
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                &format!("{lib}/libc.so.6"),
+            ),
+            (
+                "/lib/x86_64-linux-gnu/libm.so.6",
+                &format!("{lib}/libm.so.6"),
+            ),
+            (
+                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+                &format!("{lib}/faketime/libfaketime.so.1"),
+            ),
+        ],
+    );
+    let d = t.path().join("year");
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[package]\nname = \"year\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
+             [build]\nscript = \"\"\"\n/usr/bin/date -u +%Y > $out/year\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(who, &home, &["check", spec.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let clock = variation(&v, "clock");
+    assert_eq!(clock["varied"], true, "{clock}");
+    assert!(
+        clock["what"].as_str().unwrap().contains("libfaketime"),
+        "{clock}"
+    );
+    assert_eq!(
+        clock["differing_files"],
+        serde_json::json!([{"how": "changed", "path": "year"}]),
+        "{clock}"
+    );
+    let year = |p: &serde_json::Value| -> i32 {
+        let out = PathBuf::from(p.as_str().unwrap());
+        fs::read_to_string(out.join("year"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    // About ten years ahead (the build may straddle a new year).
+    let ahead = year(&clock["output"]) - year(&v["control_output"]);
+    assert!((9..=11).contains(&ahead), "{ahead} years ahead");
+    for x in v["variations"].as_array().unwrap() {
+        if x["name"] != "clock" {
+            assert_ne!(x["identical"], false, "{x}");
+        }
+    }
+}
+
+both_users!(
+    check_tells_plain_nondeterminism_from_a_variation,
+    check_moves_the_clock_where_the_image_has_libfaketime,
+    check_passes_a_reproducible_build_under_every_default_variation,
+    check_catches_each_unreproducible_build_by_its_variation,
+    check_refuses_bad_input_and_fails_with_its_build,
+);
