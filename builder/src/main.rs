@@ -58,16 +58,17 @@ mod shell;
 mod spec;
 mod timing;
 mod toolchain;
+mod version;
 mod workdir;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "hermit",
-    version,
+    version = version::VERSION,
     about = "Hermetic, reproducible sandbox builds with a record to rebuild from",
     propagate_version = true
 )]
@@ -118,6 +119,10 @@ enum Command {
     Import(cmd::bundle::ImportArgs),
     /// Check a bundle without building or storing anything, and say what it holds
     Verify(cmd::bundle::VerifyArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(cmd::generate::CompletionsArgs),
+    /// Write one man page per command (hermit.1, hermit-build.1, …) into a directory
+    Manpages(cmd::generate::ManpagesArgs),
 }
 
 fn main() -> ExitCode {
@@ -155,6 +160,8 @@ fn main() -> ExitCode {
         Command::Export(a) => cmd::bundle::run_export(a),
         Command::Import(a) => cmd::bundle::run_import(a),
         Command::Verify(a) => cmd::bundle::run_verify(a),
+        Command::Completions(a) => cmd::generate::completions(a, Cli::command()),
+        Command::Manpages(a) => cmd::generate::manpages(a, Cli::command()),
     };
     match result {
         Ok(code) => code,

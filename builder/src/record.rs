@@ -631,7 +631,7 @@ impl Record {
         let mut r = Record {
             record_version: RECORD_VERSION,
             hermit: HermitInfo {
-                version: env!("CARGO_PKG_VERSION").to_string(),
+                version: crate::version::VERSION.to_string(),
             },
             build_key: Digest::of(b""),
             package: parts.package,
@@ -939,7 +939,7 @@ pub(crate) mod tests {
         informational.arch = "x86_64".into();
         informational.cpus = 2;
         informational.hermit_build = "release x86_64-linux".into();
-        Record::assemble(RecordParts {
+        let mut r = Record::assemble(RecordParts {
             build_key: None,
             package: Package {
                 name: "hello".into(),
@@ -993,7 +993,13 @@ pub(crate) mod tests {
             },
             informational,
         })
-        .unwrap()
+        .unwrap();
+        // The golden files keep the version their records were written
+        // with; this hermit states its own (with the commit it is built
+        // from), which is neither read back nor part of the build key.
+        assert_eq!(r.hermit.version, crate::version::VERSION);
+        r.hermit.version = "0.1.0".into();
+        r
     }
 
     fn golden_path() -> std::path::PathBuf {
@@ -1089,6 +1095,21 @@ pub(crate) mod tests {
             e.contains("memory_mib = 1048576 is above profile v2's limit of 8192 MiB"),
             "{e}"
         );
+    }
+
+    /// A record states the version `hermit --version` prints; records of
+    /// older hermits, which state only the package version, still read.
+    #[test]
+    fn record_states_the_version_hermit_prints() {
+        let json = sample().to_json().unwrap();
+        let mut v: Value = serde_json::from_str(&json).unwrap();
+        v["hermit"]["version"] = Value::from(crate::version::VERSION);
+        let r = Record::parse(&v.to_string(), "r.json").unwrap();
+        assert_eq!(r.hermit.version, crate::version::VERSION);
+        assert_eq!(r.build_key, sample().build_key);
+        let golden = std::fs::read_to_string(golden_path()).unwrap();
+        let old = Record::parse(&golden, "record-v1.json").unwrap();
+        assert_eq!(old.hermit.version, "0.1.0");
     }
 
     #[test]

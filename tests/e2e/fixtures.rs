@@ -285,6 +285,12 @@ impl As {
     /// HERMIT_HOME the caller owns. For `User`, `setpriv` execs hermit, so the
     /// child's pid is hermit's own.
     pub fn hermit(self) -> Command {
+        self.program(&fixture().hermit)
+    }
+
+    /// Like [`As::hermit`], for another hermit binary (one installed from a
+    /// package, say).
+    pub fn program(self, hermit: &Path) -> Command {
         let f = fixture();
         let home = f.base.join(format!("home-{}", self.uid()));
         if !home.exists() {
@@ -292,14 +298,14 @@ impl As {
             chown(&home, self.uid(), self.gid());
         }
         let mut c = match self {
-            As::Root => Command::new(&f.hermit),
+            As::Root => Command::new(hermit),
             As::User => {
                 let mut c = Command::new("setpriv");
                 c.arg(format!("--reuid={}", f.user.0))
                     .arg(format!("--regid={}", f.user.1))
                     .arg("--clear-groups")
                     .arg("--")
-                    .arg(&f.hermit);
+                    .arg(hermit);
                 c
             }
         };

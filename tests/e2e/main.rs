@@ -19,6 +19,7 @@ mod graph;
 mod graph_upstream;
 mod http_server;
 mod image;
+mod install;
 mod limits;
 
 mod output;

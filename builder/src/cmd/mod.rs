@@ -6,6 +6,7 @@ pub mod bundle;
 pub mod check;
 pub mod doctor;
 pub mod fetch;
+pub mod generate;
 pub mod image;
 pub mod output;
 pub mod provenance;

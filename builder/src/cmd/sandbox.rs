@@ -41,7 +41,7 @@ pub fn command() -> clap::Command {
             .bin_name("hermit sandbox")
             .display_name("hermit-sandbox")
             .about(ABOUT)
-            .version(env!("CARGO_PKG_VERSION")),
+            .version(crate::version::VERSION),
     )
 }
 
