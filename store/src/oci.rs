@@ -1230,13 +1230,12 @@ fn is_loopback_host(registry: &str) -> bool {
     }
 }
 
-/// Pulls an image from a registry by digest (anonymous bearer-token flow),
-/// verifying every blob, and records it.
-pub async fn pull(
-    store: &Store,
+/// The repository's base URL (`http` for loopback and insecure
+/// registries) and a pull session for it.
+fn pull_session(
     reference: &Reference,
     opts: &PullOptions,
-) -> Result<Image, OciError> {
+) -> Result<(String, RegistrySession), OciError> {
     let scheme = if is_loopback_host(&reference.registry)
         || opts.insecure_registries.contains(&reference.registry)
     {
@@ -1256,11 +1255,22 @@ pub async fn pull(
             url: base.clone(),
             source: e,
         })?;
-    let mut session = RegistrySession {
+    let session = RegistrySession {
         client,
         token: None,
         scope: format!("repository:{}:pull", reference.repository),
     };
+    Ok((base, session))
+}
+
+/// Pulls an image from a registry by digest (anonymous bearer-token flow),
+/// verifying every blob, and records it.
+pub async fn pull(
+    store: &Store,
+    reference: &Reference,
+    opts: &PullOptions,
+) -> Result<Image, OciError> {
+    let (base, mut session) = pull_session(reference, opts)?;
     let source = reference.to_string();
     let top = reference.digest;
     let (bytes, media_type) = session
@@ -1538,30 +1548,7 @@ pub async fn pull_artifact(
     reference: &Reference,
     opts: &PullOptions,
 ) -> Result<PulledArtifact, OciError> {
-    let scheme = if is_loopback_host(&reference.registry)
-        || opts.insecure_registries.contains(&reference.registry)
-    {
-        "http"
-    } else {
-        "https"
-    };
-    let base = format!(
-        "{scheme}://{}/v2/{}",
-        reference.registry, reference.repository
-    );
-    let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .read_timeout(std::time::Duration::from_secs(60))
-        .build()
-        .map_err(|e| OciError::Http {
-            url: base.clone(),
-            source: e,
-        })?;
-    let mut session = RegistrySession {
-        client,
-        token: None,
-        scope: format!("repository:{}:pull", reference.repository),
-    };
+    let (base, mut session) = pull_session(reference, opts)?;
     let source = reference.to_string();
     let (bytes, _) = session
         .get_manifest(&format!("{base}/manifests/{}", reference.digest))
