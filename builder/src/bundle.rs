@@ -1163,11 +1163,82 @@ pub struct Imported {
     pub record_path: PathBuf,
     pub top: Record,
     pub new_blobs: usize,
+    /// The gc root that keeps the bundle's blobs, unless `--no-root`.
+    pub root: Option<String>,
 }
 
-/// Moves a checked bundle's blobs into the store and records its images.
-pub fn install(store: &Store, checked: Checked) -> anyhow::Result<Imported> {
+/// The gc root that keeps an imported bundle's blobs in the store.
+pub fn root_name(manifest: &Digest) -> String {
+    format!("bundle-{}", manifest.hex())
+}
+
+/// The text of an imported bundle's gc root: one `record <build key hex>
+/// sha256:<record blob>` line per record (so that the records of a
+/// bundle's inputs are found by build key: [`imported_record`]), then every
+/// blob the bundle holds. Every `sha256:` digest in it is kept by `hermit
+/// store gc` (see `hermit_store::gc`).
+fn root_text(checked: &Checked) -> String {
+    let name = root_name(&checked.manifest);
+    let mut text = format!(
+        "# the blobs of the bundle {} (`hermit store root rm {name}` releases them)\n",
+        checked.manifest
+    );
+    for (key, blob) in &checked.config.records {
+        text.push_str(&format!("record {} {blob}\n", key.hex()));
+    }
+    for d in checked.scanned.blobs.keys() {
+        text.push_str(&format!("{d}\n"));
+    }
+    text
+}
+
+/// The record of build key `key` held by a bundle imported into `store`
+/// (found through the bundles' gc roots): its text and where it is, or
+/// `None`. The caller checks it like any record.
+pub fn imported_record(store: &Store, key: &Digest) -> anyhow::Result<Option<(String, String)>> {
+    let dir = store.base().join("gcroots");
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("bundle-"))
+            .collect(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    names.sort();
+    let want = format!("record {} ", key.hex());
+    for n in names {
+        let p = dir.join(&n);
+        let Ok(text) = crate::limits::read_text(&p, 64 << 20) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(blob) = line.strip_prefix(&want) else {
+                continue;
+            };
+            let Ok(blob) = blob.trim().parse::<Digest>() else {
+                continue;
+            };
+            let Some(path) = store.blob(&blob) else {
+                continue;
+            };
+            let rec = crate::limits::read_text(&path, crate::limits::MAX_RECORD)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(Some((
+                rec,
+                format!("record {blob} of the imported bundle {n}"),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Moves a checked bundle's blobs into the store and records its images;
+/// with `root`, a gc root named after the bundle ([`root_name`]) keeps
+/// them.
+pub fn install(store: &Store, checked: Checked, root: bool) -> anyhow::Result<Imported> {
     let summary = summary(&checked);
+    let root_text = root.then(|| root_text(&checked));
     let mut new_blobs = 0;
     for (d, b) in checked.scanned.blobs {
         if let Loc::Staged(s) = b.loc {
@@ -1187,6 +1258,16 @@ pub fn install(store: &Store, checked: Checked) -> anyhow::Result<Imported> {
                 .with_context(|| format!("recording the toolchain image {}", i.manifest))?;
         }
     }
+    let root = match root_text {
+        Some(text) => {
+            let name = root_name(&checked.manifest);
+            let dest = store.base().join("gcroots").join(&name);
+            hermit_store::store::write_small_atomic(store.tmp_dir(), &dest, text.as_bytes())
+                .with_context(|| format!("writing the gc root {}", dest.display()))?;
+            Some(name)
+        }
+        None => None,
+    };
     let top = checked
         .records
         .get(&checked.config.top)
@@ -1196,13 +1277,15 @@ pub fn install(store: &Store, checked: Checked) -> anyhow::Result<Imported> {
         record_path: store.blob_path(&top.blob),
         top: top.record.clone(),
         new_blobs,
+        root,
     })
 }
 
-/// Imports a bundle file: scan, check, then store everything or nothing.
-pub fn import(store: &Store, path: &Path) -> anyhow::Result<Imported> {
+/// Imports a bundle file: scan, check, then store everything or nothing
+/// (with a gc root for it when `root`).
+pub fn import(store: &Store, path: &Path, root: bool) -> anyhow::Result<Imported> {
     let scanned = scan(path, Some(store))?;
-    install(store, check(scanned)?)
+    install(store, check(scanned)?, root)
 }
 
 /// For `hermit shell BUNDLE` and the like: imports the bundle at `path`
@@ -1210,7 +1293,7 @@ pub fn import(store: &Store, path: &Path) -> anyhow::Result<Imported> {
 /// its top record inside the store, to be used like any record file.
 #[allow(dead_code)]
 pub fn import_for_use(store: &Store, path: &Path) -> anyhow::Result<(PathBuf, Record)> {
-    let i = import(store, path)?;
+    let i = import(store, path, true)?;
     Ok((i.record_path, i.top))
 }
 
@@ -1219,12 +1302,12 @@ pub fn import_for_use(store: &Store, path: &Path) -> anyhow::Result<(PathBuf, Re
 /// the bundle is imported first and its top record is returned.
 pub fn record_for_rebuild(store: &Store, arg: &Path, offline: bool) -> anyhow::Result<PathBuf> {
     match kind_of(arg) {
-        Kind::Bundle => Ok(import(store, arg)?.record_path),
+        Kind::Bundle => Ok(import(store, arg, true)?.record_path),
         Kind::Reference(r) if offline => Err(Exit::user(format!(
             "{r} is a registry reference, and --offline forbids pulling it; drop --offline, or rebuild from the bundle file (`skopeo copy docker://… oci-archive:FILE`)"
         ))
         .into()),
-        Kind::Reference(r) => Ok(install(store, check(pull(store, &r)?)?)?.record_path),
+        Kind::Reference(r) => Ok(install(store, check(pull(store, &r)?)?, true)?.record_path),
         Kind::Other => Ok(arg.to_path_buf()),
     }
 }

@@ -149,6 +149,9 @@ pub fn find_record(
         found = Some((text, stored.display().to_string()));
     }
     if found.is_none() {
+        found = crate::bundle::imported_record(store, key)?;
+    }
+    if found.is_none() {
         let mirrors = crate::config::mirrors(&net.mirrors)?;
         if !mirrors.is_empty() {
             let rt = crate::net::runtime()?;

@@ -302,6 +302,7 @@ impl Store {
             "rootfs",
             "failed",
             "rebuilds",
+            "debian-reuse",
             "store.lock",
             "VERSION",
         ] {

@@ -161,6 +161,92 @@ fn bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store(who: As) {
     assert!(ok(&o).starts_with("identical:"), "{}", both(&o));
 }
 
+/// `hermit rebuild --deep BUNDLE` rebuilds every input from the record the
+/// bundle holds for it; an import writes a gc root named after the bundle,
+/// which keeps its blobs through `hermit store gc` (and the records of its
+/// inputs findable by build key) until `hermit store root rm` releases
+/// them; `hermit import --no-root` writes none.
+fn imported_bundles_are_gc_roots_and_rebuild_deeply(who: As) {
+    let t = who.scratch();
+    let spec = graph(t.path());
+    let home = t.path().join("home");
+    who.give(t.path());
+    let record = build_record(who, &home, &spec);
+    let a = t.path().join("a.tar");
+    let manifest = manifest_line(&ok(&run(who
+        .hermit_in(&home)
+        .arg("export")
+        .arg(&record)
+        .arg("-o")
+        .arg(&a))));
+    let manifest_hex = manifest[7..].to_string();
+    let root = format!("bundle-{manifest_hex}");
+    let deep_identical = |out: &str| {
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("identical:"))
+            .collect();
+        assert!(
+            lines.len() == 2 && lines[0].contains(" lib 1 ") && lines[1].contains(" app 1 "),
+            "{out}"
+        );
+        assert!(!out.contains("differs"), "{out}");
+    };
+
+    // Straight from the bundle, in an empty store, offline: both nodes.
+    let deep = t.path().join("deep");
+    let o = run(who
+        .hermit_in(&deep)
+        .args(["rebuild", "--deep", "--offline"])
+        .arg(&a));
+    deep_identical(&ok(&o));
+
+    // Imported: a root named after the bundle keeps everything through gc.
+    let kept = t.path().join("kept");
+    let out = ok(&run(who.hermit_in(&kept).arg("import").arg(&a)));
+    assert!(out.contains(&format!("root     {root} ")), "{out}");
+    let rec = out
+        .lines()
+        .find_map(|l| l.strip_prefix("top record file "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let imported = stored_blobs(&kept);
+    assert!(imported.contains(&manifest_hex));
+    ok(&run(who.hermit_in(&kept).args(["store", "gc"])));
+    assert_eq!(stored_blobs(&kept), imported, "gc removed imported blobs");
+    // The record the import printed, deeply, after gc: its input's record
+    // is found by build key among the imported blobs.
+    let o = run(who
+        .hermit_in(&kept)
+        .args(["rebuild", "--deep", "--offline"])
+        .arg(&rec));
+    deep_identical(&ok(&o));
+    // Released: gc removes what no build uses, the bundle's manifest first.
+    ok(&run(who
+        .hermit_in(&kept)
+        .args(["store", "root", "rm", &root])));
+    ok(&run(who.hermit_in(&kept).args(["store", "gc"])));
+    let left = stored_blobs(&kept);
+    assert!(!left.contains(&manifest_hex), "{left:?}");
+    assert!(
+        !Path::new(&rec).exists(),
+        "the top record outlived its root"
+    );
+
+    // --no-root: nothing keeps the import; gc removes it.
+    let loose = t.path().join("loose");
+    let out = ok(&run(who
+        .hermit_in(&loose)
+        .args(["import", "--no-root"])
+        .arg(&a)));
+    assert!(!out.contains("root     "), "{out}");
+    assert!(stored_blobs(&loose).contains(&manifest_hex));
+    assert!(!loose.join("v1/gcroots").join(&root).exists());
+    ok(&run(who.hermit_in(&loose).args(["store", "gc"])));
+    assert!(!stored_blobs(&loose).contains(&manifest_hex));
+}
+
 /// The offsets of each blob's data in a bundle: (digest hex, offset, size).
 fn blob_entries(bundle: &Path) -> Vec<(String, u64, u64)> {
     let mut a = tar::Archive::new(fs::File::open(bundle).unwrap());
@@ -480,6 +566,7 @@ fn the_committed_v1_bundle_rebuilds_identically(who: As) {
 
 both_users!(
     bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store,
+    imported_bundles_are_gc_roots_and_rebuild_deeply,
     tampered_bundles_are_refused_and_nothing_is_stored,
     a_bundle_pushed_to_a_registry_rebuilds_by_reference,
     years_later_a_debian_build_rebuilds_from_its_bundle_alone,
