@@ -630,6 +630,8 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
     let mut off = 0u64;
     let mut pax_path: Option<String> = None;
     let mut pax_size: Option<u64> = None;
+    // (digest, offset of its data, size) of every blob, in archive order.
+    let mut pending: Vec<(Digest, u64, u64)> = Vec::new();
     loop {
         if off + 512 > len {
             if off == len && out.index.is_some() {
@@ -761,30 +763,61 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
                 format!("entry {name:?} is not named by a sha256 digest (64 lowercase hex digits)"),
             )
         })?;
-        let what = format!("{origin}: blob {digest}");
-        let loc = match store {
-            Some(store) if store.blob(&digest).is_none() => Loc::Staged(
-                store
-                    .stage_range(&file, data, size, &what, &digest)
-                    .map_err(|e| match e {
-                        hermit_store::StoreError::Mismatch { actual, .. } => {
-                            bad(&origin, format!("blob {digest} hashes to {actual}"))
-                        }
-                        e => anyhow::Error::new(e)
-                            .context(format!("importing {origin}; nothing from it was stored")),
-                    })?,
-            ),
-            // Verify only, or already stored: hashed, not copied.
-            _ => {
-                let actual = hermit_store::store::hash_range(&file, data, size)
-                    .with_context(|| format!("reading {origin}"))?;
-                if actual != digest {
-                    return Err(bad(&origin, format!("blob {digest} hashes to {actual}")));
-                }
-                Loc::At(data)
-            }
-        };
-        out.blobs.insert(digest, Blob { size, loc });
+        pending.push((digest, data, size));
+    }
+    // Every blob, hashed, and (importing) copied into the store's temp
+    // directory: in one pass over the archive on two threads
+    // ([`Store::stage_ranges`]). Blobs the store holds already, or every
+    // blob when only verifying, are hashed, not copied.
+    let (copy, hash_only): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|(d, _, _)| store.is_some_and(|s| s.blob(d).is_none()));
+    let mismatch = |e: hermit_store::StoreError| match e {
+        hermit_store::StoreError::Mismatch {
+            expected, actual, ..
+        } => bad(&origin, format!("blob {expected} hashes to {actual}")),
+        e => {
+            anyhow::Error::new(e).context(format!("importing {origin}; nothing from it was stored"))
+        }
+    };
+    if let Some(store) = store {
+        let ranges: Vec<hermit_store::store::Range> = copy
+            .iter()
+            .map(|(d, off, size)| hermit_store::store::Range {
+                offset: *off,
+                len: *size,
+                expected: *d,
+                what: format!("{origin}: blob {d}"),
+            })
+            .collect();
+        let staged = store.stage_ranges(&file, &ranges).map_err(mismatch)?;
+        for ((d, _, size), s) in copy.into_iter().zip(staged) {
+            out.blobs.insert(
+                d,
+                Blob {
+                    size,
+                    loc: Loc::Staged(s),
+                },
+            );
+        }
+    }
+    let ranges: Vec<(u64, u64)> = hash_only
+        .iter()
+        .map(|(_, off, size)| (*off, *size))
+        .collect();
+    let hashes = hermit_store::store::hash_ranges(&file, &ranges);
+    for ((d, off, size), h) in hash_only.into_iter().zip(hashes) {
+        let actual = h.with_context(|| format!("reading {origin}"))?;
+        if actual != d {
+            return Err(bad(&origin, format!("blob {d} hashes to {actual}")));
+        }
+        out.blobs.insert(
+            d,
+            Blob {
+                size,
+                loc: Loc::At(off),
+            },
+        );
     }
     if out.index.is_none() {
         return Err(Exit::user(format!(
@@ -1240,14 +1273,17 @@ pub fn install(store: &Store, checked: Checked, root: bool) -> anyhow::Result<Im
     let summary = summary(&checked);
     let root_text = root.then(|| root_text(&checked));
     let mut new_blobs = 0;
+    let mut staged = Vec::new();
     for (d, b) in checked.scanned.blobs {
         if let Loc::Staged(s) = b.loc {
             if store.blob(&d).is_none() {
                 new_blobs += 1;
             }
-            s.install().with_context(|| format!("storing blob {d}"))?;
+            staged.push(s);
         }
     }
+    // One syncfs for all of them, then the renames.
+    StagedBlob::install_all(staged).context("storing the bundle's blobs")?;
     for h in checked.records.values() {
         if matches!(h.spec.toolchain, Toolchain::Input { .. }) {
             continue;

@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use crate::common::{both, run};
 use crate::fixtures::{both_users, As};
+use crate::hello::without_network;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -472,56 +473,24 @@ fn a_bundle_pushed_to_a_registry_rebuilds_by_reference(who: As) {
     assert!(stored_blobs(&empty).is_empty());
 }
 
-/// `examples/hello` built once with the Debian toolchain (as root, in a
-/// store of its own) and exported: the bundle's path.
+/// `examples/hello` built with the Debian toolchain (as root, the shared
+/// fixture) and exported once: the bundle's path, readable by both users.
 fn hello_bundle() -> &'static Path {
     static B: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &B.get_or_init(|| {
-        crate::fixtures::ensure_subids();
+        let hello = crate::hello::built(As::Root);
         let t = As::User.scratch();
-        let dir = t.path().join("hello");
-        fs::create_dir(&dir).unwrap();
-        for f in ["spec.toml", "Makefile", "hello.c"] {
-            fs::copy(repo().join("examples/hello").join(f), dir.join(f)).unwrap();
-        }
-        let home = t.path().join("home");
-        let record = build_record(As::Root, &home, &dir.join("spec.toml"));
         let bundle = t.path().join("hello.tar");
         ok(&run(As::Root
-            .hermit_in(&home)
+            .hermit_in(&hello.home)
             .arg("export")
-            .arg(&record)
+            .arg(&hello.record)
             .arg("-o")
             .arg(&bundle)));
         As::User.give(t.path());
         (t, bundle)
     })
     .1
-}
-
-/// `cmd` run in a new network namespace whose only interface is loopback.
-fn without_network(cmd: &Command) -> Command {
-    let mut c = Command::new("unshare");
-    c.args([
-        "--net",
-        "--",
-        "/bin/sh",
-        "-c",
-        "ip link set lo up && exec \"$@\"",
-        "sh",
-    ])
-    .arg(cmd.get_program())
-    .args(cmd.get_args())
-    .env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        c.current_dir(d);
-    }
-    c
 }
 
 fn years_later_a_debian_build_rebuilds_from_its_bundle_alone(who: As) {
