@@ -163,7 +163,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     let o = run(who
         .hermit_in(&home_c)
         .arg("build")
-        .arg(&spec)
+        .arg(spec)
         .arg("--json")
         .arg("--debian-archive")
         .arg(server.url("/debian")));
@@ -206,7 +206,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     fs::write(&bad_deb, bytes).unwrap();
     server.serve_dir("/bad/", &bad);
     let home_d = t.path().join("d");
-    let o = restore(who, &home_d, &spec, &server.url("/bad"));
+    let o = restore(who, &home_d, spec, &server.url("/bad"));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let url = server.url(&format!("/bad/{gcc_pool}"));
