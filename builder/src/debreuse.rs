@@ -378,43 +378,52 @@ fn fetch_releases(bases: &[String], net: &NetArgs) -> Result<Vec<Digest>, String
         .timeout(Duration::from_secs_f64(net.read_timeout.clamp(1.0, 600.0)))
         .build()
         .map_err(|e| format!("starting an HTTP client: {e}"))?;
+    // All at once: the wall time is the slowest source's, not their sum.
     rt.block_on(async {
-        let mut out = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
         for base in bases {
-            let mut got = None;
-            for name in ["InRelease", "Release"] {
-                let url = format!("{base}/{name}");
-                let resp = client
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(|e| format!("fetching {url}: {e}"))?;
-                if resp.status() == reqwest::StatusCode::NOT_FOUND {
-                    continue;
-                }
-                if !resp.status().is_success() {
-                    return Err(format!("fetching {url}: {}", resp.status()));
-                }
-                let mut body = Vec::new();
-                let mut resp = resp;
-                while let Some(chunk) = resp
-                    .chunk()
-                    .await
-                    .map_err(|e| format!("fetching {url}: {e}"))?
-                {
-                    body.extend_from_slice(&chunk);
-                    if body.len() > MAX_RELEASE {
-                        return Err(format!("{url} is larger than {MAX_RELEASE} bytes"));
-                    }
-                }
-                got = Some(Digest::of(&body));
-                break;
-            }
-            out.push(got.ok_or_else(|| format!("{base} has neither InRelease nor Release"))?);
+            tasks.spawn(fetch_release(client.clone(), base.clone()));
+        }
+        let mut out = Vec::new();
+        while let Some(r) = tasks.join_next().await {
+            out.push(r.map_err(|e| format!("fetching an InRelease: {e}"))??);
         }
         out.sort();
         Ok(out)
     })
+}
+
+/// The sha256 of `BASE/InRelease`, else of `BASE/Release`.
+async fn fetch_release(client: reqwest::Client, base: String) -> Result<Digest, String> {
+    for name in ["InRelease", "Release"] {
+        let url = format!("{base}/{name}");
+        let mut resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            continue;
+        }
+        if !resp.status().is_success() {
+            return Err(format!("fetching {url}: {}", resp.status()));
+        }
+        let mut hasher = hermit_store::digest::Hasher::new();
+        let mut len = 0usize;
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| format!("fetching {url}: {e}"))?
+        {
+            len += chunk.len();
+            if len > MAX_RELEASE {
+                return Err(format!("{url} is larger than {MAX_RELEASE} bytes"));
+            }
+            hasher.update(&chunk);
+        }
+        return Ok(hasher.finish());
+    }
+    Err(format!("{base} has neither InRelease nor Release"))
 }
 
 fn native_architecture() -> Result<String, String> {
