@@ -1236,25 +1236,48 @@ impl Store {
     /// temp file is deleted). Nothing enters `blobs/`.
     pub fn stage_ranges(&self, src: &File, ranges: &[Range]) -> Result<Vec<StagedBlob>> {
         use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Mutex;
         let store = self.shared_lock()?;
         let blobs = self.base.join("blobs/sha256");
         let stop = AtomicBool::new(false);
+        // The ranges not hashed yet: the hasher takes them from the front;
+        // the copier, once every copy is made, from the back — so that the
+        // two threads finish together when one large blob takes long to
+        // hash.
+        let left = Mutex::new((0usize, ranges.len()));
+        let hashes: Mutex<Vec<Option<io::Result<Digest>>>> =
+            Mutex::new((0..ranges.len()).map(|_| None).collect());
+        let hash = |i: usize| {
+            let r = &ranges[i];
+            let h = hash_range(src, r.offset, r.len);
+            if !matches!(&h, Ok(d) if *d == r.expected) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if let Ok(mut v) = hashes.lock() {
+                v[i] = Some(h);
+            }
+        };
+        let take = |front: bool| -> Option<usize> {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let mut l = left.lock().ok()?;
+            if l.0 >= l.1 {
+                return None;
+            }
+            if front {
+                l.0 += 1;
+                Some(l.0 - 1)
+            } else {
+                l.1 -= 1;
+                Some(l.1)
+            }
+        };
         std::thread::scope(|s| -> Result<Vec<StagedBlob>> {
             let hasher = s.spawn(|| {
-                let mut out = Vec::with_capacity(ranges.len());
-                for r in ranges {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let h = hash_range(src, r.offset, r.len);
-                    let bad = !matches!(&h, Ok(d) if *d == r.expected);
-                    out.push(h);
-                    if bad {
-                        stop.store(true, Ordering::Relaxed);
-                        break;
-                    }
+                while let Some(i) = take(true) {
+                    hash(i);
                 }
-                out
             });
             let mut staged = Vec::with_capacity(ranges.len());
             let mut copy_err = None;
@@ -1278,33 +1301,38 @@ impl Store {
                     }
                 }
             }
-            let hashes = hasher.join().map_err(|_| {
+            while let Some(i) = take(false) {
+                hash(i);
+            }
+            hasher.join().map_err(|_| {
                 StoreError::io("hashing", "an archive")(io::Error::other("hasher panicked"))
             })?;
+            let hashes = std::mem::take(&mut *hashes.lock().unwrap_or_else(|p| p.into_inner()));
             // The first problem in archive order: a read error or a mismatch
-            // the hasher found, else a copy error.
+            // a hasher found, else a copy error.
             for (r, h) in ranges.iter().zip(&hashes) {
                 match h {
-                    Ok(d) if *d == r.expected => {}
-                    Ok(d) => {
+                    Some(Ok(d)) if *d == r.expected => {}
+                    Some(Ok(d)) => {
                         return Err(StoreError::Mismatch {
                             what: r.what.clone(),
                             expected: r.expected,
                             actual: *d,
                         })
                     }
-                    Err(e) => {
+                    Some(Err(e)) => {
                         return Err(StoreError::io("reading", &r.what)(io::Error::new(
                             e.kind(),
                             e.to_string(),
                         )))
                     }
+                    None => {}
                 }
             }
             if let Some(e) = copy_err {
                 return Err(e);
             }
-            if hashes.len() != ranges.len() || staged.len() != ranges.len() {
+            if hashes.iter().any(Option::is_none) || staged.len() != ranges.len() {
                 return Err(StoreError::io("staging", "an archive")(io::Error::other(
                     "stopped early without a reason",
                 )));
