@@ -1144,77 +1144,6 @@ impl Drop for StagedBlob {
     }
 }
 
-impl Store {
-    /// Stages `len` bytes of `src` starting at `offset` (a blob inside an
-    /// archive) as a [`StagedBlob`], checked against `expected`: the kernel
-    /// copies the bytes (`copy_file_range`) while a second thread hashes
-    /// them from `src`. Nothing enters `blobs/` until the caller installs it.
-    pub fn stage_range(
-        &self,
-        src: &File,
-        offset: u64,
-        len: u64,
-        what: &str,
-        expected: &Digest,
-    ) -> Result<StagedBlob> {
-        use std::io::SeekFrom;
-        let store = self.shared_lock()?;
-        let (mut file, path) = temp_file(&self.session.dir)?;
-        let mut guard = TempGuard(Some(path.clone()));
-        let digest = if len < SMALL_STAGE {
-            let mut buf = vec![0u8; len as usize];
-            src.read_exact_at(&mut buf, offset)
-                .map_err(StoreError::io("reading", what))?;
-            file.write_all(&buf)
-                .map_err(StoreError::io("writing", &path))?;
-            Digest::of(&buf)
-        } else {
-            std::thread::scope(|s| -> Result<Digest> {
-                let hasher = s.spawn(|| hash_range(src, offset, len));
-                let copied = (|| -> io::Result<u64> {
-                    let mut reader = src;
-                    reader.seek(SeekFrom::Start(offset))?;
-                    io::copy(&mut reader.take(len), &mut file)
-                })();
-                let digest = hasher
-                    .join()
-                    .map_err(|_| {
-                        StoreError::io("hashing", what)(io::Error::other("hasher panicked"))
-                    })?
-                    .map_err(StoreError::io("reading", what))?;
-                let copied = copied.map_err(StoreError::io("copying into", &path))?;
-                if copied != len {
-                    return Err(StoreError::SizeMismatch {
-                        what: what.to_string(),
-                        expected: len,
-                        actual: copied,
-                    });
-                }
-                Ok(digest)
-            })?
-        };
-        if digest != *expected {
-            return Err(StoreError::Mismatch {
-                what: what.to_string(),
-                expected: *expected,
-                actual: digest,
-            });
-        }
-        guard.0 = None;
-        Ok(StagedBlob {
-            file: Some(file),
-            path,
-            blobs: self.base.join("blobs/sha256"),
-            digest,
-            size: len,
-            _store: store,
-        })
-    }
-}
-
-/// Blobs below this size are staged through one buffer, on one thread.
-const SMALL_STAGE: u64 = 4 << 20;
-
 /// One blob inside an archive, for [`Store::stage_ranges`]: `len` bytes
 /// from `offset`, which must hash to `expected`; `what` names it in errors.
 #[derive(Debug, Clone)]
@@ -1226,8 +1155,9 @@ pub struct Range {
 }
 
 impl Store {
-    /// Stages many blobs of one archive `src` (see [`Store::stage_range`])
-    /// in one pass over the archive on two threads: this thread has the
+    /// Stages many blobs of one archive `src` as [`StagedBlob`]s, each
+    /// checked against its expected digest, in one pass over the archive
+    /// on two threads: this thread has the
     /// kernel copy every range into its temp file (`copy_file_range`, no
     /// bytes through user space) while a second thread hashes every range
     /// from `src`, so copying and hashing overlap over the whole archive,
