@@ -11,7 +11,7 @@ apt-get install -y -q --no-install-recommends \
   bubblewrap busybox-static hyperfine python3 \
   skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal \
   disorderfs fuse3 libfaketime \
-  nix-bin man-db zsh fish
+  nix-bin man-db zsh fish postgresql
 # `hermit check`'s directory-order variation mounts disorderfs as the caller:
 # /dev/fuse open to every user, as Debian's udev rule makes it (a container
 # without udev may leave it 0600).

@@ -5,6 +5,7 @@
 
 mod bounds;
 mod build;
+mod buildgrid_exec;
 mod bundle;
 mod cache_hits;
 mod check;
