@@ -54,6 +54,7 @@ mod output;
 mod pipeline;
 mod provenance;
 mod record;
+mod remote;
 mod shell;
 mod spec;
 mod timing;
@@ -123,6 +124,9 @@ enum Command {
     Completions(cmd::generate::CompletionsArgs),
     /// Write one man page per command (hermit.1, hermit-build.1, …) into a directory
     Manpages(cmd::generate::ManpagesArgs),
+    /// Run one remote action (plumbing for `hermit worker`)
+    #[command(name = "__remote-action", hide = true)]
+    RemoteAction(cmd::worker::RemoteActionArgs),
 }
 
 fn main() -> ExitCode {
@@ -162,6 +166,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::bundle::run_verify(a),
         Command::Completions(a) => cmd::generate::completions(a, Cli::command()),
         Command::Manpages(a) => cmd::generate::manpages(a, Cli::command()),
+        Command::RemoteAction(a) => cmd::worker::run_remote_action(a),
     };
     match result {
         Ok(code) => code,
