@@ -8,6 +8,8 @@
 //! # Archives of old Debian packages (their root, holding pool/), tried in
 //! # order for the .debs a hermit.lock pins.
 //! debian_archives = ["https://archive.example.org/debian/20240101T000000Z"]
+//! # Run builds on a remote execution service (docs/remote.md).
+//! remote_exec = "grpc://buildgrid.example.org:50051"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -27,6 +29,10 @@ pub struct Config {
     /// pool path when a toolchain image must be made again.
     #[serde(default)]
     pub debian_archives: Vec<String>,
+    /// The execution service `hermit build` sends builds to
+    /// (`grpc://HOST:PORT[/INSTANCE]`), as `--remote-exec` does.
+    #[serde(default)]
+    pub remote_exec: Option<String>,
 }
 
 /// Where the config file is looked for.
@@ -51,7 +57,7 @@ pub fn load() -> anyhow::Result<(Option<PathBuf>, Config)> {
     };
     let cfg: Config = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]` and `debian_archives = [\"URL\", ...]`",
+            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]` `debian_archives = [\"URL\", ...]` and `remote_exec = \"grpc://HOST:PORT\"`",
             path.display(),
             e.to_string().trim_end()
         )

@@ -14,10 +14,12 @@
 //!
 //! REAPI digests are sha256 + size, the digests hermit uses everywhere.
 
+pub mod bots;
 pub mod client;
 pub mod digest;
 pub mod endpoint;
 pub mod error;
+pub mod execution;
 pub mod proto;
 
 pub use client::{Options, Remote};

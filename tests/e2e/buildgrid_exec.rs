@@ -135,7 +135,7 @@ impl Postgres {
 
     /// The connection string BuildGrid uses.
     pub fn url(&self) -> String {
-        format!("postgresql://bgd@127.0.0.1:{}/bgd", self.port)
+        format!("postgresql+psycopg2://bgd@127.0.0.1:{}/bgd", self.port)
     }
 }
 

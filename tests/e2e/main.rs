@@ -25,6 +25,7 @@ mod limits;
 
 mod output;
 mod record_trust;
+mod remote_exec;
 mod rootless;
 mod sandbox;
 mod sandbox_escape;

@@ -88,6 +88,11 @@ pub struct BuildArgs {
     /// No live progress lines (one plain line per event instead)
     #[arg(long)]
     pub no_progress: bool,
+    /// Send the builds the store lacks to this remote execution service
+    /// (grpc://HOST:PORT[/INSTANCE], grpcs://…; e.g. BuildGrid with `hermit
+    /// worker`s); also `remote_exec` in config.toml
+    #[arg(long, value_name = "URL")]
+    pub remote_exec: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -116,13 +121,20 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         opts.jobserver =
             Some(crate::jobserver::Jobserver::new(jobs).context("creating the jobserver")?);
     }
+    let mut parallel = jobs as usize;
+    if let Some(rx) = crate::remote::exec::from_args(args.remote_exec.as_deref(), opts.quiet)? {
+        // Builds run elsewhere: every ready node at once, no local job slots.
+        parallel = parallel.max(g.nodes.len());
+        opts.jobserver = None;
+        opts.remote_exec = Some(rx);
+    }
     let states = graph::run(
         &store,
         &g,
         &args.common.net(),
         &RunOptions {
             build: opts,
-            parallel: jobs as usize,
+            parallel,
             fail_fast: args.fail_fast,
             no_progress: args.no_progress,
         },

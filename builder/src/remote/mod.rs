@@ -3,4 +3,7 @@
 //! bot), `run_action` the process it runs each action in, `exec` the client
 //! side of `hermit build --remote-exec`.
 
+pub mod action;
+pub mod exec;
 pub mod run_action;
+pub mod worker;
