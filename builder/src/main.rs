@@ -54,6 +54,7 @@ mod output;
 mod pipeline;
 mod provenance;
 mod record;
+mod remote;
 mod shell;
 mod spec;
 mod timing;

@@ -124,10 +124,17 @@ pub fn build(
         return Ok(hit);
     }
     t.lap(spec_path, "lock");
+    // The remote cache, if any (see crate::remote::cache).
+    if let Some(hit) = crate::remote::cache::lookup(store, &plan, net, opts.quiet) {
+        return Ok(hit);
+    }
     let staged = run_stages(store, &plan, net, opts)?;
     t.lap(spec_path, "run_stages");
     let built = cache::install(store, staged, &plan.key);
     t.lap(spec_path, "install");
+    if let Ok(b) = &built {
+        crate::remote::cache::upload(store, &plan, b, net);
+    }
     built
 }
 
