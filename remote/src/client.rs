@@ -378,70 +378,68 @@ impl Remote {
         Ok(buf)
     }
 
-    /// ByteStream.Read of one blob into `out`, chunk by chunk, hashing as it
-    /// goes. Returns only once the whole blob arrived and matched `digest`;
-    /// on any error `out` holds partial or wrong data and must be discarded
-    /// (write to a staging file, move it into place on success).
-    pub async fn read_to<W: AsyncWrite + Unpin>(&self, digest: &Digest, out: &mut W) -> Result<()> {
-        if digest.size == 0 {
-            return digest.verify(b"");
-        }
-        let req = ReadRequest {
-            resource_name: self.endpoint.read_resource(&digest.hash, digest.size),
-            read_offset: 0,
-            read_limit: 0,
+    /// Starts a ByteStream.Read of one blob: [`BlobReader::next`] hands
+    /// out its chunks, checked against `digest` at the end.
+    pub async fn open_read(&self, digest: &Digest) -> Result<BlobReader> {
+        let missing = || Error::Missing {
+            digest: digest.to_string(),
         };
-        let mut bs = self.bytestream();
-        let mut stream = match self.call("ByteStream.Read", bs.read(req)).await {
-            Err(Error::Rpc {
-                code: tonic::Code::NotFound,
-                ..
-            }) => {
-                return Err(Error::Missing {
-                    digest: digest.to_string(),
-                })
-            }
-            r => r?,
-        };
-        let mut hasher = Hasher::default();
-        let mut got = 0u64;
-        loop {
-            let msg = match tokio::time::timeout(self.options.rpc_timeout, stream.message()).await {
-                Err(_) => return Err(self.timeout("ByteStream.Read")),
-                Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
-                    return Err(Error::Missing {
-                        digest: digest.to_string(),
-                    })
-                }
-                Ok(Err(s)) => return Err(self.status("ByteStream.Read", s)),
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(m))) => m,
+        let stream = if digest.size == 0 {
+            None
+        } else {
+            let req = ReadRequest {
+                resource_name: self.endpoint.read_resource(&digest.hash, digest.size),
+                read_offset: 0,
+                read_limit: 0,
             };
-            got += msg.data.len() as u64;
-            if got > digest.size {
-                return Err(Error::Corrupt {
-                    digest: digest.to_string(),
-                    got: format!("more than {} bytes", digest.size),
-                });
+            let mut bs = self.bytestream();
+            match self.call("ByteStream.Read", bs.read(req)).await {
+                Err(Error::Rpc {
+                    code: tonic::Code::NotFound,
+                    ..
+                }) => return Err(missing()),
+                r => Some(r?),
             }
-            hasher.update(&msg.data);
-            out.write_all(&msg.data).await.map_err(|e| Error::Io {
+        };
+        Ok(BlobReader {
+            remote: self.clone(),
+            digest: digest.clone(),
+            stream,
+            hasher: Hasher::default(),
+            got: 0,
+            done: false,
+        })
+    }
+
+    /// ByteStream.Read of one blob, each chunk handed to `sink` as it
+    /// arrives (memory: one chunk). Returns only once the whole blob
+    /// arrived and matched `digest`; on any error what `sink` saw must be
+    /// discarded.
+    pub async fn read_with<F>(&self, digest: &Digest, mut sink: F) -> Result<()>
+    where
+        F: FnMut(&[u8]) -> std::io::Result<()>,
+    {
+        let mut r = self.open_read(digest).await?;
+        while let Some(chunk) = r.next().await? {
+            sink(&chunk).map_err(|e| Error::Io {
                 path: "(download target)".into(),
                 source: e,
             })?;
         }
-        out.flush().await.map_err(|e| Error::Io {
+        Ok(())
+    }
+
+    /// [`Remote::read_with`] into an async writer.
+    pub async fn read_to<W: AsyncWrite + Unpin>(&self, digest: &Digest, out: &mut W) -> Result<()> {
+        let io = |e| Error::Io {
             path: "(download target)".into(),
             source: e,
-        })?;
-        let have = hasher.finish();
-        if &have != digest {
-            return Err(Error::Corrupt {
-                digest: digest.to_string(),
-                got: have.to_string(),
-            });
+        };
+        let mut r = self.open_read(digest).await?;
+        while let Some(chunk) = r.next().await? {
+            out.write_all(&chunk).await.map_err(io)?;
         }
-        Ok(())
+        out.flush().await.map_err(io)
     }
 
     /// Downloads a blob to `staging` (created or truncated), verified; the
@@ -612,6 +610,66 @@ impl Remote {
         let mut ac = self.action_cache();
         self.call("UpdateActionResult", ac.update_action_result(req))
             .await
+    }
+}
+
+/// A blob being read from ByteStream, chunk by chunk.
+pub struct BlobReader {
+    remote: Remote,
+    digest: Digest,
+    stream: Option<tonic::Streaming<crate::proto::google::bytestream::ReadResponse>>,
+    hasher: Hasher,
+    got: u64,
+    done: bool,
+}
+
+impl BlobReader {
+    /// The next chunk; `None` at the end, once the blob matched its digest.
+    /// A wrong size or hash is [`Error::Corrupt`]; a stream that stalls for
+    /// the RPC timeout is [`Error::Timeout`].
+    pub async fn next(&mut self) -> Result<Option<prost::bytes::Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        let msg = match &mut self.stream {
+            None => None,
+            Some(s) => {
+                match tokio::time::timeout(self.remote.options.rpc_timeout, s.message()).await {
+                    Err(_) => return Err(self.remote.timeout("ByteStream.Read")),
+                    Ok(Err(s)) if s.code() == tonic::Code::NotFound => {
+                        return Err(Error::Missing {
+                            digest: self.digest.to_string(),
+                        })
+                    }
+                    Ok(Err(s)) => return Err(self.remote.status("ByteStream.Read", s)),
+                    Ok(Ok(m)) => m,
+                }
+            }
+        };
+        match msg {
+            Some(m) => {
+                self.got += m.data.len() as u64;
+                if self.got > self.digest.size {
+                    return Err(Error::Corrupt {
+                        digest: self.digest.to_string(),
+                        got: format!("more than {} bytes", self.digest.size),
+                    });
+                }
+                self.hasher.update(&m.data);
+                Ok(Some(m.data))
+            }
+            None => {
+                self.done = true;
+                let have = std::mem::take(&mut self.hasher).finish();
+                if have != self.digest {
+                    return Err(Error::Corrupt {
+                        digest: self.digest.to_string(),
+                        got: have.to_string(),
+                    });
+                }
+                Ok(None)
+            }
+        }
     }
 }
 

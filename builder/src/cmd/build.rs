@@ -45,14 +45,19 @@ pub struct CommonArgs {
     /// Do not stream the build log to the terminal (it is kept in the store)
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub remote: crate::remote::client::RemoteArgs,
 }
 
 impl CommonArgs {
-    fn net(&self) -> NetArgs {
+    fn net(&self) -> anyhow::Result<NetArgs> {
         // --json changes stdout only: progress stays on stderr.
         let mut net = NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet);
         net.debian_archives = self.debian_archives.clone();
-        net
+        if !self.offline {
+            net.remote = self.remote.session()?;
+        }
+        Ok(net)
     }
     fn opts(&self) -> BuildOptions {
         // Run by make (`+hermit build …` in a Makefile): join its jobserver.
@@ -131,7 +136,7 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     let states = graph::run(
         &store,
         &g,
-        &args.common.net(),
+        &args.common.net()?,
         &RunOptions {
             build: opts,
             parallel,
@@ -222,6 +227,7 @@ fn built_json(b: &pipeline::Built) -> serde_json::Value {
     serde_json::json!({
         "build_key": b.record.build_key,
         "cached": b.cached,
+        "remote": crate::remote::cache::served_from(&b.record.build_key),
         "output": b.output,
         "output_digest": b.record.output.digest,
         "record": b.record_path,
@@ -247,6 +253,8 @@ fn graph_json(g: &Graph, states: &[State]) -> serde_json::Value {
                     v["build_key"] = serde_json::json!(b.record.build_key);
                     v["output_digest"] = serde_json::json!(b.record.output.digest);
                     v["cached"] = serde_json::json!(b.cached);
+                    v["remote"] =
+                        serde_json::json!(crate::remote::cache::served_from(&b.record.build_key));
                     v["output"] = serde_json::json!(b.output);
                     v["status"] = serde_json::json!(if b.cached { "cached" } else { "built" });
                 }
@@ -393,7 +401,7 @@ pub struct RebuildArgs {
 
 pub fn run_rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let (store, _shared) = open_store()?;
-    let net = args.common.net();
+    let net = args.common.net()?;
     let opts = args.common.opts();
     // A bundle (file or registry reference) is imported; its top record is rebuilt.
     let record = crate::bundle::record_for_rebuild(&store, &args.record, args.common.offline)?;

@@ -127,6 +127,11 @@ pub fn build(
         return Ok(hit);
     }
     t.lap(spec_path, "lock");
+    // The remote cache, if any (see crate::remote::cache).
+    if let Some(hit) = crate::remote::cache::lookup(store, &plan, net, opts.quiet) {
+        return Ok(hit);
+    }
+    // Remote execution, if asked for (see crate::remote::exec).
     if let Some(rx) = &opts.remote_exec {
         if let Some(built) = crate::remote::exec::build(store, &plan, net, opts, rx)? {
             return Ok(built);
@@ -136,6 +141,9 @@ pub fn build(
     t.lap(spec_path, "run_stages");
     let built = cache::install(store, staged, &plan.key);
     t.lap(spec_path, "install");
+    if let Ok(b) = &built {
+        crate::remote::cache::upload(store, &plan, b, net);
+    }
     built
 }
 

@@ -286,18 +286,43 @@ fn build_on(
             plan.key
         );
     }
-    // For `--remote` users: the result under the cache's Action digest.
+    // For `--remote` users: the result under the cache's Action digest,
+    // with the record as installed here (its inputs' build keys filled in).
     if remote.action_cache_writable() {
-        if let Err(e) = rx
-            .rt
-            .block_on(remote.update_action_result(&cache_action.digest, result.clone()))
-        {
+        if let Err(e) = publish_for_cache(rx, remote, &cache_action, &result, &built) {
             if !opts.quiet {
                 eprintln!("hermit: warning: writing the ActionCache entry of {}: {e}", plan.key);
             }
         }
     }
     Ok(built)
+}
+
+/// Writes `result`, with `built`'s record, under the cache's Action digest.
+fn publish_for_cache(
+    rx: &RemoteExec,
+    remote: &Remote,
+    cache_action: &Action,
+    result: &reapi::ActionResult,
+    built: &Built,
+) -> anyhow::Result<()> {
+    let text = fs::read(&built.record_path)
+        .with_context(|| format!("reading {}", built.record_path.display()))?;
+    let d = RDigest::of(&text);
+    rx.rt.block_on(remote.upload_blob(&d, &text))?;
+    let mut result = result.clone();
+    for f in &mut result.output_files {
+        if f.path == act::OUTPUT_RECORD {
+            f.digest = Some(d.to_proto());
+        }
+    }
+    // The cache's own Action and its messages, so the entry is complete.
+    for (bd, bytes) in cache_action.blobs() {
+        rx.rt.block_on(remote.upload_blob(&bd, bytes))?;
+    }
+    rx.rt
+        .block_on(remote.update_action_result(&cache_action.digest, result))?;
+    Ok(())
 }
 
 /// Brings into the store every blob the worker will need: remote sources,

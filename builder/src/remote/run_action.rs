@@ -256,7 +256,17 @@ pub fn resolve_action(
         let record = match str_at(s, "/kind", origin)? {
             "remote" => SourceRecord::Remote {
                 name: name.clone(),
-                urls: vec![],
+                // Not in the key; the spec's, so the record says what a
+                // local build's does.
+                urls: spec
+                    .sources
+                    .iter()
+                    .find(|x| x.name == name)
+                    .and_then(|x| match &x.kind {
+                        crate::spec::SourceKind::Remote { urls, .. } => Some(urls.clone()),
+                        _ => None,
+                    })
+                    .unwrap_or_default(),
                 sha256: digest_at(ki, &format!("/sources/{i}/sha256"), origin)?,
                 size: s
                     .get("size")
