@@ -92,7 +92,10 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
             std::process::id()
         ),
     };
-    let work_dir = store.base().join("worker").join(crate::remote::worker::dir_name(&name));
+    let work_dir = store
+        .base()
+        .join("worker")
+        .join(crate::remote::worker::dir_name(&name));
     let hermit = std::env::current_exe().context("finding this hermit's executable")?;
     crate::remote::worker::run(
         store,

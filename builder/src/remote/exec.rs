@@ -275,7 +275,9 @@ fn build_on(
         .map(|m| m.worker.clone())
         .unwrap_or_default();
     if result.exit_code != 0 {
-        return Err(Failed::Build(build_failed(store, rx, remote, &result, &shown, &worker)));
+        return Err(Failed::Build(build_failed(
+            store, rx, remote, &result, &shown, &worker,
+        )));
     }
 
     // 5. Check and install.
@@ -291,7 +293,10 @@ fn build_on(
     if remote.action_cache_writable() {
         if let Err(e) = publish_for_cache(rx, remote, &cache_action, &result, &built) {
             if !opts.quiet {
-                eprintln!("hermit: warning: writing the ActionCache entry of {}: {e}", plan.key);
+                eprintln!(
+                    "hermit: warning: writing the ActionCache entry of {}: {e}",
+                    plan.key
+                );
             }
         }
     }
@@ -440,7 +445,8 @@ fn install_result(
         anyhow::bail!("record.json {rd} is larger than a record may be");
     }
     let text = rx.rt.block_on(remote.read_blob(&rd))?;
-    let text = String::from_utf8(text).map_err(|_| anyhow::anyhow!("record.json {rd} is not UTF-8"))?;
+    let text =
+        String::from_utf8(text).map_err(|_| anyhow::anyhow!("record.json {rd} is not UTF-8"))?;
     let origin = format!("record.json {rd} from the remote");
     let (mut record, _spec) = crate::pipeline::rebuild::check_record(&text, &origin)?;
     if record.build_key != plan.key || record.key_inputs().build_key() != plan.key {
@@ -519,11 +525,17 @@ fn install_result(
     )?;
     // Hashed again against the record (the first lookup checks the content).
     match cache::check(store, &plan.key, Some(plan)) {
-        cache::Stored::Good(b) => Ok(Built { cached: false, ..*b }),
+        cache::Stored::Good(b) => Ok(Built {
+            cached: false,
+            ..*b
+        }),
         cache::Stored::Corrupt(why) => {
             let dir = crate::pipeline::outputs_dir(store).join(plan.key.hex());
             let _ = hermit_store::store::remove_tree(&dir);
-            anyhow::bail!("the remote output of build key {} does not match its record: {why}; refused", plan.key)
+            anyhow::bail!(
+                "the remote output of build key {} does not match its record: {why}; refused",
+                plan.key
+            )
         }
         cache::Stored::Absent => anyhow::bail!("internal error: the installed output vanished"),
     }
@@ -561,7 +573,12 @@ fn fetch_blob(
         .with_context(|| format!("opening {}", staging.display()))
         .and_then(|mut f| {
             store
-                .add_reader(&mut f, &format!("{what} {d} from the remote"), Some(&hd), Some(d.size))
+                .add_reader(
+                    &mut f,
+                    &format!("{what} {d} from the remote"),
+                    Some(&hd),
+                    Some(d.size),
+                )
                 .map_err(anyhow::Error::from)
         });
     let _ = fs::remove_file(&staging);

@@ -247,9 +247,9 @@ pub fn resolve_action(
             array_at(s, key, origin)?
                 .iter()
                 .map(|x| {
-                    x.as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| bad(origin, format!("source {name:?}: {key} holds a non-string")))
+                    x.as_str().map(str::to_string).ok_or_else(|| {
+                        bad(origin, format!("source {name:?}: {key} holds a non-string"))
+                    })
                 })
                 .collect()
         };
@@ -292,7 +292,12 @@ pub fn resolve_action(
                         crate::spec::SourceKind::Local { path, .. } => Some(path.clone()),
                         _ => None,
                     })
-                    .ok_or_else(|| bad(origin, format!("source {name:?} is not a local source of the spec")))?;
+                    .ok_or_else(|| {
+                        bad(
+                            origin,
+                            format!("source {name:?} is not a local source of the spec"),
+                        )
+                    })?;
                 SourceRecord::Local {
                     name: name.clone(),
                     path,

@@ -42,6 +42,10 @@ const CODE_FAILED_PRECONDITION: i32 = 9;
 const CODE_INTERNAL: i32 = 13;
 const CODE_UNAVAILABLE: i32 = 14;
 
+/// How often a worker with a running action calls UpdateBotSession (well
+/// within any sensible `bot-session-keepalive-timeout`).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// The name of the input root's directory of blobs the action needs (see
 /// [`super::exec`]).
 pub const BLOBS_DIR: &str = "blobs";
@@ -75,7 +79,9 @@ fn catch_stop_signals() -> anyhow::Result<()> {
         .name("signals".into())
         .spawn(move || loop {
             if let Ok(sig) = set.wait() {
-                eprintln!("hermit worker: {sig}: finishing (the running action, if any, is handed back)");
+                eprintln!(
+                    "hermit worker: {sig}: finishing (the running action, if any, is handed back)"
+                );
                 STOP.store(true, Ordering::SeqCst);
             }
         })
@@ -92,11 +98,14 @@ pub fn unblock_stop_signals() {
     let _ = set.thread_unblock();
 }
 
+/// How a lease ended: its status code and message, and the result.
+type Outcome = (i32, String, Option<reapi::ActionResult>);
+
 /// A lease being worked on, on a thread of its own.
 struct Job {
     lease_id: String,
     /// Set by the thread when it has finished: the lease's status and result.
-    done: Arc<Mutex<Option<(i32, String, Option<reapi::ActionResult>)>>>,
+    done: Arc<Mutex<Option<Outcome>>>,
     /// The `__remote-action` process, while it runs.
     child: Arc<Mutex<Option<Child>>>,
     cancel: Arc<AtomicBool>,
@@ -170,7 +179,7 @@ pub fn run(store: Arc<Store>, opts: WorkerOptions) -> anyhow::Result<()> {
         }
         // Report, and wait for work (or beat the heart while working).
         let wait = if job.is_some() {
-            Duration::from_secs(1)
+            HEARTBEAT
         } else {
             Duration::from_secs(5)
         };
@@ -219,11 +228,14 @@ pub fn run(store: Arc<Store>, opts: WorkerOptions) -> anyhow::Result<()> {
                 }
             }
         }
-        // While a job runs the server answers at once: pace the heartbeat.
-        if job.is_some() {
-            let left = Duration::from_millis(500).saturating_sub(started.elapsed());
-            if !left.is_zero() {
-                std::thread::sleep(left);
+        // While a job runs the server answers at once: beat about once a
+        // second, but report an ended job as soon as it ends.
+        if let Some(j) = &job {
+            while started.elapsed() < HEARTBEAT
+                && !STOP.load(Ordering::SeqCst)
+                && j.done.lock().is_ok_and(|d| d.is_none())
+            {
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
@@ -232,10 +244,7 @@ pub fn run(store: Arc<Store>, opts: WorkerOptions) -> anyhow::Result<()> {
 /// A fresh session for bot `name`: status OK, one device with the
 /// platform properties actions are matched on, capacity 1.
 fn new_session(name: &str) -> rwapi::BotSession {
-    let props = [
-        ("OSFamily", "linux".to_string()),
-        ("ISA", act::host_isa()),
-    ];
+    let props = [("OSFamily", "linux".to_string()), ("ISA", act::host_isa())];
     rwapi::BotSession {
         bot_id: name.to_string(),
         status: rwapi::BotStatus::Ok as i32,
@@ -328,7 +337,12 @@ fn start_job(
         cancel: Arc::default(),
     };
     let (done, child, cancel) = (job.done.clone(), job.child.clone(), job.cancel.clone());
-    let (handle, remote, store, opts) = (rt.handle().clone(), remote.clone(), store.clone(), opts.clone());
+    let (handle, remote, store, opts) = (
+        rt.handle().clone(),
+        remote.clone(),
+        store.clone(),
+        opts.clone(),
+    );
     std::thread::spawn(move || {
         let r = run_lease(&handle, &remote, &store, &opts, &lease, &child, &cancel);
         let outcome = match r {
@@ -372,13 +386,20 @@ fn run_lease(
         .payload
         .as_ref()
         .ok_or_else(|| LeaseError(CODE_INVALID_ARGUMENT, "the lease has no payload".into()))?;
-    let action = if payload.type_url.ends_with("build.bazel.remote.execution.v2.Action") {
+    let action = if payload
+        .type_url
+        .ends_with("build.bazel.remote.execution.v2.Action")
+    {
         reapi::Action::decode(payload.value.as_slice())
             .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, format!("the lease's Action: {e}")))?
-    } else if payload.type_url.ends_with("build.bazel.remote.execution.v2.Digest") {
+    } else if payload
+        .type_url
+        .ends_with("build.bazel.remote.execution.v2.Digest")
+    {
         let d = reapi::Digest::decode(payload.value.as_slice())
             .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, format!("the lease's Digest: {e}")))?;
-        let d = RDigest::from_proto(&d).map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, e.to_string()))?;
+        let d = RDigest::from_proto(&d)
+            .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, e.to_string()))?;
         let bytes = rt
             .block_on(remote.read_blob(&d))
             .map_err(|e| unavailable("reading the Action", e))?;
@@ -387,15 +408,19 @@ fn run_lease(
     } else {
         return Err(LeaseError(
             CODE_INVALID_ARGUMENT,
-            format!("the lease's payload is a {}, not an Action", payload.type_url),
+            format!(
+                "the lease's payload is a {}, not an Action",
+                payload.type_url
+            ),
         ));
     };
     let action_digest = RDigest::of(&action.encode_to_vec());
     let read_msg = |d: &Option<reapi::Digest>, what: &str| -> Result<Vec<u8>, LeaseError> {
-        let d = d
-            .as_ref()
-            .ok_or_else(|| LeaseError(CODE_INVALID_ARGUMENT, format!("the Action has no {what}")))?;
-        let d = RDigest::from_proto(d).map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, e.to_string()))?;
+        let d = d.as_ref().ok_or_else(|| {
+            LeaseError(CODE_INVALID_ARGUMENT, format!("the Action has no {what}"))
+        })?;
+        let d =
+            RDigest::from_proto(d).map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, e.to_string()))?;
         rt.block_on(remote.read_blob(&d))
             .map_err(|e| unavailable(&format!("reading the {what} {d}"), e))
     };
@@ -411,27 +436,39 @@ fn run_lease(
             ),
         ));
     }
-    let root = reapi::Directory::decode(read_msg(&action.input_root_digest, "input root")?.as_slice())
-        .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, format!("the input root: {e}")))?;
+    let root =
+        reapi::Directory::decode(read_msg(&action.input_root_digest, "input root")?.as_slice())
+            .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, format!("the input root: {e}")))?;
     let action_file = root
         .files
         .iter()
         .find(|f| f.name == act::ACTION_FILE)
-        .ok_or_else(|| LeaseError(CODE_INVALID_ARGUMENT, "the input root has no action.json".into()))?;
+        .ok_or_else(|| {
+            LeaseError(
+                CODE_INVALID_ARGUMENT,
+                "the input root has no action.json".into(),
+            )
+        })?;
     let action_json = read_msg(&action_file.digest, "action.json")?;
 
     // Every blob the input root lists under blobs/: from the store, else
     // from the CAS (checked against its digest before it is stored).
     let mut blobs = Vec::new();
     if let Some(dir) = root.directories.iter().find(|d| d.name == BLOBS_DIR) {
-        let listing = reapi::Directory::decode(read_msg(&dir.digest, "blobs directory")?.as_slice())
-            .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, format!("the blobs directory: {e}")))?;
+        let listing =
+            reapi::Directory::decode(read_msg(&dir.digest, "blobs directory")?.as_slice())
+                .map_err(|e| {
+                    LeaseError(CODE_INVALID_ARGUMENT, format!("the blobs directory: {e}"))
+                })?;
         for f in listing.files {
-            let d = f
-                .digest
-                .as_ref()
-                .ok_or_else(|| LeaseError(CODE_INVALID_ARGUMENT, format!("blob {} has no digest", f.name)))?;
-            let d = RDigest::from_proto(d).map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, e.to_string()))?;
+            let d = f.digest.as_ref().ok_or_else(|| {
+                LeaseError(
+                    CODE_INVALID_ARGUMENT,
+                    format!("blob {} has no digest", f.name),
+                )
+            })?;
+            let d = RDigest::from_proto(d)
+                .map_err(|e| LeaseError(CODE_INVALID_ARGUMENT, e.to_string()))?;
             if d.hash != f.name {
                 return Err(LeaseError(
                     CODE_INVALID_ARGUMENT,
@@ -446,36 +483,52 @@ fn run_lease(
         if store.blob(&hd).is_some() {
             continue;
         }
-        fetch_into_store(rt, remote, store, d).map_err(|e| match e.downcast::<hermit_remote::Error>() {
-            Ok(e) => unavailable(&format!("fetching blob {d}"), e),
-            Err(e) => LeaseError(CODE_INTERNAL, format!("storing blob {d}: {e:#}")),
+        fetch_into_store(rt, remote, store, d).map_err(|e| {
+            match e.downcast::<hermit_remote::Error>() {
+                Ok(e) => unavailable(&format!("fetching blob {d}"), e),
+                Err(e) => LeaseError(CODE_INTERNAL, format!("storing blob {d}: {e:#}")),
+            }
         })?;
     }
 
     // Run it.
     let dir = opts.work_dir.join(sanitize(&lease.id));
     let _ = hermit_store::store::remove_tree(&dir);
-    fs::create_dir_all(&dir).map_err(|e| LeaseError(CODE_INTERNAL, format!("creating {}: {e}", dir.display())))?;
+    fs::create_dir_all(&dir)
+        .map_err(|e| LeaseError(CODE_INTERNAL, format!("creating {}: {e}", dir.display())))?;
     let action_path = dir.join(act::ACTION_FILE);
-    fs::write(&action_path, &action_json)
-        .map_err(|e| LeaseError(CODE_INTERNAL, format!("writing {}: {e}", action_path.display())))?;
+    fs::write(&action_path, &action_json).map_err(|e| {
+        LeaseError(
+            CODE_INTERNAL,
+            format!("writing {}: {e}", action_path.display()),
+        )
+    })?;
     let (key, package) = describe(&action_json);
     eprintln!(
         "hermit worker {}: running action {} (package {package}, build key {key})",
         opts.name, action_digest
     );
     let stderr_path = dir.join("stderr.log");
-    let stderr = fs::File::create(&stderr_path)
-        .map_err(|e| LeaseError(CODE_INTERNAL, format!("creating {}: {e}", stderr_path.display())))?;
+    let stderr = fs::File::create(&stderr_path).map_err(|e| {
+        LeaseError(
+            CODE_INTERNAL,
+            format!("creating {}: {e}", stderr_path.display()),
+        )
+    })?;
     let mut cmd = Command::new(&opts.hermit);
     cmd.arg("__remote-action").arg(&action_path);
     if let Some(n) = opts.cpus {
         cmd.arg("--jobs").arg(n.to_string());
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr);
-    let child = cmd
-        .spawn()
-        .map_err(|e| LeaseError(CODE_INTERNAL, format!("starting {}: {e}", opts.hermit.display())))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    let child = cmd.spawn().map_err(|e| {
+        LeaseError(
+            CODE_INTERNAL,
+            format!("starting {}: {e}", opts.hermit.display()),
+        )
+    })?;
     if let Ok(mut slot) = child_slot.lock() {
         *slot = Some(child);
     }
@@ -486,18 +539,36 @@ fn run_lease(
         let polled = match child_slot.lock() {
             Ok(mut slot) => match slot.as_mut() {
                 Some(c) => c.try_wait(),
-                None => return Err(LeaseError(CODE_INTERNAL, "the action's process was lost".into())),
+                None => {
+                    return Err(LeaseError(
+                        CODE_INTERNAL,
+                        "the action's process was lost".into(),
+                    ))
+                }
             },
-            Err(_) => return Err(LeaseError(CODE_INTERNAL, "the action's process was lost".into())),
+            Err(_) => {
+                return Err(LeaseError(
+                    CODE_INTERNAL,
+                    "the action's process was lost".into(),
+                ))
+            }
         };
         match polled {
             Ok(Some(s)) => break s,
             Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => return Err(LeaseError(CODE_INTERNAL, format!("waiting for the action: {e}"))),
+            Err(e) => {
+                return Err(LeaseError(
+                    CODE_INTERNAL,
+                    format!("waiting for the action: {e}"),
+                ))
+            }
         }
     };
     if cancel.load(Ordering::SeqCst) {
-        return Err(LeaseError(CODE_UNAVAILABLE, "the action was stopped".into()));
+        return Err(LeaseError(
+            CODE_UNAVAILABLE,
+            "the action was stopped".into(),
+        ));
     }
     let stderr_text = fs::read(&stderr_path).unwrap_or_default();
     let mut result = reapi::ActionResult {
@@ -540,8 +611,11 @@ fn run_lease(
         }
     }
     eprintln!(
-        "hermit worker {}: finished action {} (package {package}, build key {key}): exit code {}",
-        opts.name, action_digest, result.exit_code
+        "hermit worker {}: finished action {} (package {package}, build key {key}) in {:.1} s: exit code {}",
+        opts.name,
+        action_digest,
+        started.elapsed().unwrap_or_default().as_secs_f64(),
+        result.exit_code
     );
     let _ = hermit_store::store::remove_tree(&dir);
     Ok(result)
@@ -566,7 +640,13 @@ pub fn dir_name(id: &str) -> String {
 /// A lease id as a directory name.
 fn sanitize(id: &str) -> String {
     id.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -593,8 +673,14 @@ fn fetch_into_store(
         let _ = fs::remove_file(&staging);
         return Err(e.into());
     }
-    let mut f = fs::File::open(&staging).with_context(|| format!("opening {}", staging.display()))?;
-    let stored = store.add_reader(&mut f, &format!("blob {d} from the CAS"), Some(&hd), Some(d.size));
+    let mut f =
+        fs::File::open(&staging).with_context(|| format!("opening {}", staging.display()))?;
+    let stored = store.add_reader(
+        &mut f,
+        &format!("blob {d} from the CAS"),
+        Some(&hd),
+        Some(d.size),
+    );
     let _ = fs::remove_file(&staging);
     stored?;
     Ok(())
