@@ -24,6 +24,7 @@ mod limits;
 
 mod output;
 mod record_trust;
+mod remote;
 mod rootless;
 mod sandbox;
 mod sandbox_escape;
