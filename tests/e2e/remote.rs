@@ -123,7 +123,9 @@ impl Drop for BuildGrid {
     }
 }
 
-/// The server config docs/remote.md shows for a cache-only remote.
+/// The server config docs/remote.md shows for a cache-only remote (with
+/// failed results kept, so that a forged failed result reaches hermit;
+/// hermit never uploads one).
 pub fn cache_config(port: u16, cas: &Path) -> String {
     format!(
         r#"server:
@@ -138,7 +140,7 @@ caches:
     storage: *cas
     max-cached-refs: 10000
     allow-updates: true
-    cache-failed-actions: false
+    cache-failed-actions: true
 instances:
   - name: ""
     services:
@@ -229,7 +231,9 @@ fn client(url: &str) -> (tokio::runtime::Runtime, Remote) {
 }
 
 fn action_of(v: &serde_json::Value) -> Digest {
-    let a = v["remote"]["action"].as_str().unwrap_or_else(|| panic!("{v}"));
+    let a = v["remote"]["action"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
     let (hash, size) = a.strip_prefix("sha256:").unwrap().split_once('/').unwrap();
     Digest::new(hash, size.parse().unwrap()).unwrap()
 }
@@ -245,18 +249,34 @@ fn remote_cache_hit_on_another_machine(who: As) {
     let home_b = home_of(b, t.path(), "home-b");
 
     // A: a local build, uploaded (--remote-upload: the flag alone does not upload).
-    let (va, oa) = build(who, &home_a, &spec, &["--remote", &bg.url(), "--remote-upload"]);
+    let (va, oa) = build(
+        who,
+        &home_a,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
     assert_eq!(va["cached"], false);
     assert_eq!(va["remote"]["hit"], false, "{va}");
-    assert!(stderr(&oa).contains(&marker), "A ran the build: {}", both(&oa));
+    assert!(
+        stderr(&oa).contains(&marker),
+        "A ran the build: {}",
+        both(&oa)
+    );
     let action = action_of(&va);
 
     // The ActionResult in BuildGrid names the three files.
     let (rt, remote) = client(&bg.url());
-    let ar = rt.block_on(remote.get_action_result(&action)).unwrap().expect("A's result");
+    let ar = rt
+        .block_on(remote.get_action_result(&action))
+        .unwrap()
+        .expect("A's result");
     let names: Vec<&str> = ar.output_files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(names, ["build.log", "output.tar", "record.json"]);
-    let tar = ar.output_files.iter().find(|f| f.path == "output.tar").unwrap();
+    let tar = ar
+        .output_files
+        .iter()
+        .find(|f| f.path == "output.tar")
+        .unwrap();
     assert_eq!(
         format!("sha256:{}", tar.digest.as_ref().unwrap().hash),
         va["output_digest"].as_str().unwrap()
@@ -266,7 +286,10 @@ fn remote_cache_hit_on_another_machine(who: As) {
     // project (with A's hermit.lock, as committed): a remote cache hit,
     // and nothing ran.
     let checkout = t.path().join("p-b");
-    let o = run(Command::new("cp").arg("-a").arg(t.path().join("p")).arg(&checkout));
+    let o = run(Command::new("cp")
+        .arg("-a")
+        .arg(t.path().join("p"))
+        .arg(&checkout));
     assert!(o.status.success(), "{}", both(&o));
     b.give(&checkout);
     let spec_b = checkout.join("spec.toml");
@@ -278,7 +301,11 @@ fn remote_cache_hit_on_another_machine(who: As) {
     assert_eq!(vb["output_digest"], va["output_digest"]);
     assert_eq!(vb["build_key"], va["build_key"]);
     assert_eq!(action_of(&vb), action);
-    assert!(!stderr(&ob).contains(&marker), "B ran the build: {}", both(&ob));
+    assert!(
+        !stderr(&ob).contains(&marker),
+        "B ran the build: {}",
+        both(&ob)
+    );
     assert!(stderr(&ob).contains("remote cache hit"), "{}", both(&ob));
     assert!(
         ran_builds(&home_b).is_empty(),
@@ -299,8 +326,7 @@ fn remote_cache_hit_on_another_machine(who: As) {
     );
     // The record and the log are stored as a local build's are.
     let rec: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(vb["record"].as_str().unwrap()).unwrap())
-            .unwrap();
+        serde_json::from_str(&fs::read_to_string(vb["record"].as_str().unwrap()).unwrap()).unwrap();
     let log = rec["log"]["digest"].as_str().unwrap();
     let log_b = fs::read_to_string(home_b.join("v1/blobs/sha256").join(&log[7..])).unwrap();
     assert!(log_b.contains(&marker), "the log is A's");
@@ -347,11 +373,24 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
     let other_spec = project(&t.path().join("q"), "echo other > $out/other", "");
     who.give(t.path());
     let home_a = home_of(who, t.path(), "home-a");
-    let (va, _) = build(who, &home_a, &spec, &["--remote", &bg.url(), "--remote-upload"]);
-    let (vo, _) = build(who, &home_a, &other_spec, &["--remote", &bg.url(), "--remote-upload"]);
+    let (va, _) = build(
+        who,
+        &home_a,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    let (vo, _) = build(
+        who,
+        &home_a,
+        &other_spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
     let action = action_of(&va);
     let (rt, remote) = client(&bg.url());
-    let good = rt.block_on(remote.get_action_result(&action)).unwrap().unwrap();
+    let good = rt
+        .block_on(remote.get_action_result(&action))
+        .unwrap()
+        .unwrap();
     let other_result = rt
         .block_on(remote.get_action_result(&action_of(&vo)))
         .unwrap()
@@ -375,7 +414,8 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
         r
     };
     let forge = |r: reapi::ActionResult| {
-        rt.block_on(remote.update_action_result(&action, r)).unwrap();
+        rt.block_on(remote.update_action_result(&action, r))
+            .unwrap();
     };
 
     // 1. Another build's record (a real record, of the wrong key).
@@ -386,7 +426,10 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
         "h1",
         &spec,
         &bg.url(),
-        &["is the record of build key", vo["build_key"].as_str().unwrap()],
+        &[
+            "is the record of build key",
+            vo["build_key"].as_str().unwrap(),
+        ],
         &marker,
         &va,
     );
@@ -417,7 +460,10 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
     assert_eq!(v["cached"], false, "{err}");
     assert!(err.contains(&marker), "{err}");
     assert!(!err.contains("remote cache hit"), "{err}");
-    assert!(!err.contains("refused") || err.contains(&ghost.hash), "{err}");
+    assert!(
+        !err.contains("refused") || err.contains(&ghost.hash),
+        "{err}"
+    );
     assert_eq!(v["output_digest"], va["output_digest"]);
     let e = rt.block_on(remote.read_blob(&ghost)).unwrap_err();
     assert!(e.is_integrity(), "{e}");
@@ -547,7 +593,12 @@ fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
     // And the build uses it (the fetch made it a local blob already; a
     // fresh store fetches it during the build).
     let home2 = home_of(who, t.path(), "home2");
-    let (v, _) = build(who, &home2, &spec, &["--remote", &bg.url(), "--remote-upload"]);
+    let (v, _) = build(
+        who,
+        &home2,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
     let out = Path::new(v["output"].as_str().unwrap());
     assert_eq!(fs::read(out.join("payload")).unwrap(), bytes);
 
@@ -557,7 +608,11 @@ fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
         .block_on(remote.get_action_result(&action_of(&v)))
         .unwrap()
         .unwrap();
-    let tar = ar.output_files.iter().find(|f| f.path == "output.tar").unwrap();
+    let tar = ar
+        .output_files
+        .iter()
+        .find(|f| f.path == "output.tar")
+        .unwrap();
     let td = tar.digest.as_ref().unwrap();
     let got = t.path().join("got.tar");
     let o = run(bg
@@ -568,7 +623,10 @@ fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
     assert!(o.status.success(), "{}", both(&o));
     let tar_bytes = fs::read(&got).unwrap();
     assert_eq!(Digest::of(&tar_bytes).hash, td.hash);
-    assert_eq!(format!("sha256:{}", td.hash), v["output_digest"].as_str().unwrap());
+    assert_eq!(
+        format!("sha256:{}", td.hash),
+        v["output_digest"].as_str().unwrap()
+    );
     // It is the canonical tar of the output: tar lists the file.
     let o = run(Command::new("tar").arg("tf").arg(&got));
     assert!(stdout_of(&o).contains("payload"), "{}", both(&o));

@@ -345,7 +345,12 @@ pub fn upload(store: &Arc<Store>, plan: &Plan, built: &Built, net: &NetArgs) {
         return;
     };
     let action = Action::of_plan(plan);
-    note(&plan.key, &session.endpoint.to_string(), &action.digest, false);
+    note(
+        &plan.key,
+        &session.endpoint.to_string(),
+        &action.digest,
+        false,
+    );
     if let Err(e) = upload_built(store, &action, built, &conn) {
         match e.downcast_ref::<hermit_remote::Error>() {
             Some(re) if re.is_unavailable() => session.fail(re),
