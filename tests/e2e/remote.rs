@@ -342,18 +342,20 @@ fn remote_cache_hit_on_another_machine(who: As) {
 
 /// B's build when the remote's answer is bad: refused with `needle` and
 /// the digest named, then built locally with the same output.
-fn refused_then_local(
+/// What every forged-result case shares.
+struct Forged<'a> {
     who: As,
-    base: &Path,
-    name: &str,
-    spec: &Path,
-    url: &str,
-    needles: &[&str],
-    marker: &str,
-    expect: &serde_json::Value,
-) {
-    let home = home_of(who, base, name);
-    let (v, o) = build(who, &home, spec, &["--remote", url]);
+    base: &'a Path,
+    spec: &'a Path,
+    url: &'a str,
+    marker: &'a str,
+    expect: &'a serde_json::Value,
+}
+
+fn refused_then_local(f: &Forged<'_>, name: &str, needles: &[&str]) {
+    let (who, marker, expect) = (f.who, f.marker, f.expect);
+    let home = home_of(who, f.base, name);
+    let (v, o) = build(who, &home, f.spec, &["--remote", f.url]);
     let err = stderr(&o);
     assert_eq!(v["cached"], false, "{name}: {v} {err}");
     assert_eq!(v["remote"]["hit"], false);
@@ -418,35 +420,30 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
             .unwrap();
     };
 
+    let url = bg.url();
+    let f = Forged {
+        who,
+        base: t.path(),
+        spec: &spec,
+        url: &url,
+        marker: &marker,
+        expect: &va,
+    };
     // 1. Another build's record (a real record, of the wrong key).
     forge(with("record.json", file(&other_result, "record.json")));
     refused_then_local(
-        who,
-        t.path(),
+        &f,
         "h1",
-        &spec,
-        &bg.url(),
         &[
             "is the record of build key",
             vo["build_key"].as_str().unwrap(),
         ],
-        &marker,
-        &va,
     );
 
     // 2. Another build's output tar under the right record.
     let other_tar = file(&other_result, "output.tar");
     forge(with("output.tar", other_tar.clone()));
-    refused_then_local(
-        who,
-        t.path(),
-        "h2",
-        &spec,
-        &bg.url(),
-        &[&other_tar.hash],
-        &marker,
-        &va,
-    );
+    refused_then_local(&f, "h2", &[&other_tar.hash]);
 
     // 3. A result naming a blob the CAS does not have. BuildGrid's own
     //    ActionCache already hides such a result (it checks the blobs a
@@ -476,16 +473,7 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
     let mut failed = good.clone();
     failed.exit_code = 2;
     forge(failed);
-    refused_then_local(
-        who,
-        t.path(),
-        "h4",
-        &spec,
-        &bg.url(),
-        &["exited with code 2"],
-        &marker,
-        &va,
-    );
+    refused_then_local(&f, "h4", &["exited with code 2"]);
 
     // 5. The genuine result, but the output tar's bytes changed in the
     //    server's storage (same size): wrong bytes, refused by digest.
@@ -496,16 +484,7 @@ fn tampered_blobs_and_forged_results_are_refused(who: As) {
     let i = bytes.len() / 2;
     bytes[i] ^= 0x55;
     fs::write(&path, &bytes).unwrap();
-    refused_then_local(
-        who,
-        t.path(),
-        "h5",
-        &spec,
-        &bg.url(),
-        &["wrong content", &tar.hash],
-        &marker,
-        &va,
-    );
+    refused_then_local(&f, "h5", &["wrong content", &tar.hash]);
 }
 
 fn dead_or_silent_remote_warns_once_and_builds_locally(who: As) {
