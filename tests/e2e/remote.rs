@@ -540,9 +540,11 @@ fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
     let bg = BuildGrid::start(&t.path().join("bg"));
     // A blob uploaded with BuildGrid's own client is a source for hermit.
     let payload = t.path().join("payload.txt");
-    fs::write(&payload, format!("{}\n", nonce("from-bgd")).repeat(1000)).unwrap();
+    // Over 4 MiB: both clients go through ByteStream, not the batch calls.
+    fs::write(&payload, format!("{}\n", nonce("from-bgd")).repeat(250_000)).unwrap();
     let bytes = fs::read(&payload).unwrap();
     let d = Digest::of(&bytes);
+    assert!(bytes.len() > 4 << 20);
     let o = run(bg.cas().arg("upload-file").arg(&payload));
     assert!(o.status.success(), "{}", both(&o));
     assert!(stdout_of(&o).contains(&d.hash), "{}", both(&o));
