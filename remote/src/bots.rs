@@ -51,7 +51,12 @@ impl Remote {
             .await
     }
 
-    async fn long_poll<F>(&self, op: &'static str, wait: Duration, fut: F) -> Result<rwapi::BotSession>
+    async fn long_poll<F>(
+        &self,
+        op: &'static str,
+        wait: Duration,
+        fut: F,
+    ) -> Result<rwapi::BotSession>
     where
         F: std::future::Future<Output = Result<tonic::Response<rwapi::BotSession>, tonic::Status>>,
     {

@@ -32,7 +32,8 @@ impl Remote {
         limit: Duration,
     ) -> Result<(reapi::ExecuteResponse, String)> {
         let deadline = Instant::now() + limit;
-        let mut client = ExecutionClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE);
+        let mut client =
+            ExecutionClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE);
         let req = reapi::ExecuteRequest {
             instance_name: self.endpoint().instance.clone(),
             skip_cache_lookup,
@@ -83,18 +84,21 @@ impl Remote {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
             let req = reapi::WaitExecutionRequest { name: name.clone() };
-            stream = self.call("WaitExecution", client.wait_execution(req)).await?;
+            stream = self
+                .call("WaitExecution", client.wait_execution(req))
+                .await?;
         }
     }
 
     /// The ExecuteResponse of a finished operation.
     fn finished(&self, op: Operation) -> Result<reapi::ExecuteResponse> {
         match op.result {
-            Some(operation::Result::Response(any)) => reapi::ExecuteResponse::decode(any.value.as_slice())
-                .map_err(|e| Error::Protocol {
+            Some(operation::Result::Response(any)) => {
+                reapi::ExecuteResponse::decode(any.value.as_slice()).map_err(|e| Error::Protocol {
                     what: "ExecuteResponse",
                     why: e.to_string(),
-                }),
+                })
+            }
             Some(operation::Result::Error(st)) => Err(Error::Rpc {
                 endpoint: self.endpoint().to_string(),
                 op: "Execute",
@@ -103,7 +107,10 @@ impl Remote {
             }),
             None => Err(Error::Protocol {
                 what: "Operation",
-                why: format!("{} is done but has neither a response nor an error", op.name),
+                why: format!(
+                    "{} is done but has neither a response nor an error",
+                    op.name
+                ),
             }),
         }
     }

@@ -25,6 +25,7 @@ mod limits;
 
 mod output;
 mod record_trust;
+mod remote;
 mod remote_exec;
 mod rootless;
 mod sandbox;

@@ -227,7 +227,7 @@ fn built_json(b: &pipeline::Built) -> serde_json::Value {
     serde_json::json!({
         "build_key": b.record.build_key,
         "cached": b.cached,
-        "remote": crate::remote::cache::served_from(&b.record.build_key),
+        "remote": crate::remote::cache::json(&b.record.build_key),
         "output": b.output,
         "output_digest": b.record.output.digest,
         "record": b.record_path,
@@ -253,8 +253,7 @@ fn graph_json(g: &Graph, states: &[State]) -> serde_json::Value {
                     v["build_key"] = serde_json::json!(b.record.build_key);
                     v["output_digest"] = serde_json::json!(b.record.output.digest);
                     v["cached"] = serde_json::json!(b.cached);
-                    v["remote"] =
-                        serde_json::json!(crate::remote::cache::served_from(&b.record.build_key));
+                    v["remote"] = crate::remote::cache::json(&b.record.build_key);
                     v["output"] = serde_json::json!(b.output);
                     v["status"] = serde_json::json!(if b.cached { "cached" } else { "built" });
                 }

@@ -21,7 +21,7 @@
 //! ActionCache decides who can make everyone else skip a build; see
 //! docs/remote.md.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -38,12 +38,25 @@ use crate::pipeline::plan::Plan;
 use crate::pipeline::{cache, collect::Staged, Built};
 use crate::record::Record;
 
-/// Build keys this process installed from a remote (for `--json`'s `"remote"`).
-static SERVED: Mutex<BTreeSet<Digest>> = Mutex::new(BTreeSet::new());
+/// What this process asked the remote about each build key: the Action
+/// digest and whether the output came from the remote (`--json`'s `"remote"`).
+static ASKED: Mutex<BTreeMap<Digest, (String, String, bool)>> = Mutex::new(BTreeMap::new());
 
-/// Whether the output of `key` came from the remote in this process.
-pub fn served_from(key: &Digest) -> bool {
-    SERVED.lock().is_ok_and(|s| s.contains(key))
+fn note(key: &Digest, endpoint: &str, action: &RDigest, hit: bool) {
+    if let Ok(mut m) = ASKED.lock() {
+        m.insert(*key, (endpoint.to_string(), action.to_string(), hit));
+    }
+}
+
+/// `--json`'s `"remote"` of a build: `null` when no remote was asked, else
+/// `{"endpoint", "action", "hit"}` (`hit`: the output came from the remote).
+pub fn json(key: &Digest) -> serde_json::Value {
+    match ASKED.lock().ok().and_then(|m| m.get(key).cloned()) {
+        Some((endpoint, action, hit)) => {
+            serde_json::json!({"endpoint": endpoint, "action": action, "hit": hit})
+        }
+        None => serde_json::Value::Null,
+    }
 }
 
 /// A remote result refused: why, naming the digest.
@@ -62,6 +75,8 @@ pub fn lookup(store: &Arc<Store>, plan: &Plan, net: &NetArgs, quiet: bool) -> Op
     let session = net.remote.as_ref()?;
     let conn = session.get()?;
     let action = Action::of_plan(plan);
+    let endpoint = session.endpoint.to_string();
+    note(&plan.key, &endpoint, &action.digest, false);
     let result = match conn.run(conn.remote.get_action_result(&action.digest)) {
         Ok(Some(r)) => r,
         Ok(None) => return None,
@@ -80,9 +95,7 @@ pub fn lookup(store: &Arc<Store>, plan: &Plan, net: &NetArgs, quiet: bool) -> Op
     match install_result(store, plan, &conn, &result) {
         Ok(Ok(mut built)) => {
             built.cached = true;
-            if let Ok(mut s) = SERVED.lock() {
-                s.insert(plan.key);
-            }
+            note(&plan.key, &endpoint, &action.digest, true);
             if !quiet {
                 eprintln!(
                     "hermit: {} {}: remote cache hit from {} (output {})",
@@ -271,6 +284,7 @@ fn stage(
         Err(e) => return Ok(Err(e.into())),
     }
     let out = staging.join("out");
+    fs::create_dir(&out).with_context(|| format!("creating {}", out.display()))?;
     let tar =
         fs::File::open(&tar_path).with_context(|| format!("opening {}", tar_path.display()))?;
     if let Err(e) = hermit_store::unpack::extract_tar(
@@ -330,7 +344,14 @@ pub fn upload(store: &Arc<Store>, plan: &Plan, built: &Built, net: &NetArgs) {
     let Some(conn) = session.get() else {
         return;
     };
-    if let Err(e) = upload_built(store, &Action::of_plan(plan), built, &conn) {
+    let action = Action::of_plan(plan);
+    note(
+        &plan.key,
+        &session.endpoint.to_string(),
+        &action.digest,
+        false,
+    );
+    if let Err(e) = upload_built(store, &action, built, &conn) {
         match e.downcast_ref::<hermit_remote::Error>() {
             Some(re) if re.is_unavailable() => session.fail(re),
             _ => eprintln!(
