@@ -127,8 +127,15 @@ impl Postgres {
             dir: dir.to_path_buf(),
             port,
         };
-        let o = run(Command::new(Path::new(PG_BIN).join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", "bgd", "bgd"]));
+        let o = run(Command::new(Path::new(PG_BIN).join("createdb")).args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "bgd",
+            "bgd",
+        ]));
         assert!(o.status.success(), "createdb: {}", both(&o));
         pg
     }

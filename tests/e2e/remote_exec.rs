@@ -146,8 +146,13 @@ fn remote_exec_graph_runs_on_two_workers_identical_to_local(who: As) {
 
     let app = specs[4].to_str().unwrap();
     let o = output_within(
-        who.hermit_in(&t.path().join("home-client"))
-            .args(["build", app, "--json", "--remote-exec", &url]),
+        who.hermit_in(&t.path().join("home-client")).args([
+            "build",
+            app,
+            "--json",
+            "--remote-exec",
+            &url,
+        ]),
         Duration::from_secs(300),
     );
     assert!(
@@ -213,7 +218,11 @@ fn remote_exec_graph_runs_on_two_workers_identical_to_local(who: As) {
         if let Some(s) = w1.child.try_wait().unwrap() {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "worker ignored SIGTERM:\n{}", w1.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker ignored SIGTERM:\n{}",
+            w1.log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}:\n{}", w1.log());
@@ -234,7 +243,13 @@ fn remote_exec_worker_killed_mid_action_is_retried_elsewhere(who: As) {
     w1.wait_for("session", Duration::from_secs(30));
     let client = who
         .hermit_in(&t.path().join("home-client"))
-        .args(["build", specs[0].to_str().unwrap(), "--json", "--remote-exec", &url])
+        .args([
+            "build",
+            specs[0].to_str().unwrap(),
+            "--json",
+            "--remote-exec",
+            &url,
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
