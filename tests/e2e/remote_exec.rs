@@ -277,7 +277,120 @@ fn remote_exec_worker_killed_mid_action_is_retried_elsewhere(who: As) {
     assert_eq!(w2.finished_keys(), vec![key], "{}", w2.log());
 }
 
+fn remote_exec_worker_stopped_mid_action_hands_it_back(who: As) {
+    let t = who.scratch();
+    let bgdir = As::Root.scratch();
+    let bg = BuildGridExec::start(bgdir.path(), &ExecConfig::default());
+    let specs = graph_project(
+        &t.path().join("p"),
+        &[("slow", "sleep 4\necho done > $out/done", &[])],
+    );
+    who.give(t.path());
+    let url = bg.url();
+    let mut w1 = Worker::start(who, t.path(), &url, "w1", &[]);
+    w1.wait_for("session", Duration::from_secs(30));
+    let client = who
+        .hermit_in(&t.path().join("home-client"))
+        .args([
+            "build",
+            specs[0].to_str().unwrap(),
+            "--json",
+            "--remote-exec",
+            &url,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    w1.wait_for("running action", Duration::from_secs(60));
+    w1.signal("-TERM");
+    let status = w1.child.wait().unwrap();
+    assert!(status.success(), "{status}:\n{}", w1.log());
+    assert!(w1.finished_keys().is_empty(), "{}", w1.log());
+    // The lease went back to the queue at once (not after a keepalive
+    // timeout): the next worker gets it.
+    let w2 = Worker::start(who, t.path(), &url, "w2", &[]);
+    let o = crate::fixtures::wait_within(client, Duration::from_secs(180));
+    assert!(
+        o.status.success(),
+        "{}\n--- w1\n{}\n--- w2\n{}",
+        both(&o),
+        w1.log(),
+        w2.log()
+    );
+    let v = json(&o);
+    assert_eq!(
+        w2.finished_keys(),
+        vec![v["build_key"].as_str().unwrap().to_string()]
+    );
+}
+
+fn remote_exec_failed_build_fails_with_the_workers_log(who: As) {
+    let t = who.scratch();
+    let bgdir = As::Root.scratch();
+    let bg = BuildGridExec::start(bgdir.path(), &ExecConfig::default());
+    let specs = graph_project(
+        &t.path().join("p"),
+        &[("bad", "echo the-marker-line\nexit 3", &[])],
+    );
+    who.give(t.path());
+    let url = bg.url();
+    let w = Worker::start(who, t.path(), &url, "w", &[]);
+    w.wait_for("session", Duration::from_secs(30));
+    let o = output_within(
+        who.hermit_in(&t.path().join("home-client")).args([
+            "build",
+            specs[0].to_str().unwrap(),
+            "--remote-exec",
+            &url,
+        ]),
+        Duration::from_secs(180),
+    );
+    assert_eq!(o.status.code(), Some(1), "a failed build: {}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("failed on worker w"), "{err}");
+    // The log came back with the result: its tail is printed here.
+    assert!(err.contains("the-marker-line"), "{err}");
+    assert!(
+        !err.contains("building here"),
+        "no local retry of a failed build: {err}"
+    );
+}
+
+/// No BuildGrid: a remote that is not there means a local build, warned.
+fn remote_exec_unreachable_service_builds_locally(who: As) {
+    let t = who.scratch();
+    let specs = graph_project(&t.path().join("p"), &[("x", "echo x > $out/x", &[])]);
+    who.give(t.path());
+    let port = crate::buildgrid_exec::free_port();
+    let o = output_within(
+        who.hermit_in(&t.path().join("home")).args([
+            "build",
+            specs[0].to_str().unwrap(),
+            "--json",
+            "--remote-exec",
+            &format!("grpc://127.0.0.1:{port}"),
+        ]),
+        Duration::from_secs(120),
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("is unavailable") && err.contains("building here"),
+        "{err}"
+    );
+    let v = json(&o);
+    assert_eq!(
+        fs::read_to_string(PathBuf::from(v["output"].as_str().unwrap()).join("x")).unwrap(),
+        "x\n"
+    );
+}
+
 both_users!(
     remote_exec_graph_runs_on_two_workers_identical_to_local,
     remote_exec_worker_killed_mid_action_is_retried_elsewhere,
+    remote_exec_worker_stopped_mid_action_hands_it_back,
+    remote_exec_failed_build_fails_with_the_workers_log,
+    remote_exec_unreachable_service_builds_locally,
 );

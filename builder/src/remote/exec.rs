@@ -378,7 +378,8 @@ fn gather_blobs(store: &Arc<Store>, plan: &Plan, net: &NetArgs) -> anyhow::Resul
     Ok(())
 }
 
-/// A failed remote build: its log (or stderr) printed, as a build failure.
+/// A failed remote build, as a build failure: the worker's error, its log
+/// (fetched into this store, named and its tail shown).
 fn build_failed(
     store: &Store,
     rx: &RemoteExec,
@@ -387,7 +388,7 @@ fn build_failed(
     shown: &str,
     worker: &str,
 ) -> anyhow::Error {
-    let mut text = String::new();
+    let mut why = String::new();
     if let Some(d) = result
         .stderr_digest
         .as_ref()
@@ -395,26 +396,44 @@ fn build_failed(
     {
         if d.size <= 1 << 20 {
             if let Ok(bytes) = rx.rt.block_on(remote.read_blob(&d)) {
-                text = String::from_utf8_lossy(&bytes).into_owned();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                // The worker's own message; its "log:" line names a path
+                // on the worker, the log is fetched below.
+                why = text
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim_start_matches("error: ")
+                    .to_string();
             }
         }
     }
-    let e = Exit::with_code(
-        exit::BUILD_FAILED,
-        format!(
-            "{shown}: the build failed on worker {worker} (exit code {}):\n{}",
-            result.exit_code,
-            text.trim_end()
-        ),
+    let mut message = format!(
+        "{shown}: the build failed on worker {worker} (exit code {}){}{why}",
+        result.exit_code,
+        if why.is_empty() { "" } else { ": " }
     );
-    // Its log, into this store, for the failure report.
-    match output_digest(result, act::OUTPUT_LOG) {
-        Ok(d) if fetch_blob(rx, remote, store, &d, "build.log").is_ok() => match hdigest(&d) {
-            Ok(h) => e.with_log(h).into(),
-            Err(_) => e.into(),
-        },
-        _ => e.into(),
+    let mut log = None;
+    if let Ok(d) = output_digest(result, act::OUTPUT_LOG) {
+        if let (Ok(()), Ok(h)) = (fetch_blob(rx, remote, store, &d, "build.log"), hdigest(&d)) {
+            let path = store.blob_path(&h);
+            message.push_str(&format!(
+                "\n  log: {}\n  its last lines:\n{}",
+                path.display(),
+                crate::graph::log_tail(&path, 20)
+                    .lines()
+                    .map(|l| format!("    {l}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+            log = Some((h, path));
+        }
     }
+    let mut e = Exit::with_code(exit::BUILD_FAILED, message);
+    if let Some((h, path)) = log {
+        e = e.with_log(h).detail("log", path.display().to_string());
+    }
+    e.into()
 }
 
 /// The digest of output file `name` of a result.
