@@ -181,7 +181,7 @@ timed() {
 echo "preparing: BuildGrid on $URL, the workers' stores (image from the CAS), the specs' locks..."
 workers 2
 specs warm
-client
+client >/dev/null 2>"$W/stderr" || { cat "$W/stderr" >&2; die "the warm-up build failed"; }
 stop_workers
 
 # The timed runs' specs, with their hermit.lock written beforehand (as a
