@@ -128,10 +128,12 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     }
     let mut parallel = jobs as usize;
     if let Some(rx) = crate::remote::exec::from_args(args.remote_exec.as_deref(), opts.quiet)? {
-        // Builds run elsewhere: every ready node at once, no local job slots.
-        parallel = parallel.max(g.nodes.len());
-        opts.jobserver = None;
-        opts.remote_exec = Some(rx);
+        if rx.connected() {
+            // Builds run elsewhere: every ready node at once, no local job slots.
+            parallel = parallel.max(g.nodes.len());
+            opts.jobserver = None;
+            opts.remote_exec = Some(rx);
+        }
     }
     let states = graph::run(
         &store,

@@ -113,6 +113,13 @@ pub fn from_args(flag: Option<&str>, quiet: bool) -> anyhow::Result<Option<Arc<R
     Ok(Some(RemoteExec::connect(&url, quiet)?))
 }
 
+impl RemoteExec {
+    /// Whether the service answered when connecting (else builds are local).
+    pub fn connected(&self) -> bool {
+        self.remote.is_some()
+    }
+}
+
 /// Why a remote build did not give an output.
 enum Failed {
     /// The service failed (down, refused, served something wrong): the
