@@ -580,7 +580,11 @@ fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
     // A blob uploaded with BuildGrid's own client is a source for hermit.
     let payload = t.path().join("payload.txt");
     // Over 4 MiB: both clients go through ByteStream, not the batch calls.
-    fs::write(&payload, format!("{}\n", nonce("from-bgd")).repeat(250_000)).unwrap();
+    fs::write(
+        &payload,
+        format!("{:<40}\n", nonce("from-bgd")).repeat(150_000),
+    )
+    .unwrap();
     let bytes = fs::read(&payload).unwrap();
     let d = Digest::of(&bytes);
     assert!(bytes.len() > 4 << 20);
