@@ -56,12 +56,41 @@ pub struct BuildGrid {
 
 impl BuildGrid {
     pub fn start(dir: &Path) -> BuildGrid {
+        BuildGrid::start_with(dir, "")
+    }
+
+    /// A server requiring a JWT signed with HS256 and `secret` from every client.
+    pub fn start_with_jwt(dir: &Path, secret: &str) -> BuildGrid {
+        fs::create_dir_all(dir).unwrap();
+        let path = dir.join("jwt.secret");
+        fs::write(&path, secret).unwrap();
+        BuildGrid::start_with(
+            dir,
+            &format!(
+                "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+                path.display()
+            ),
+        )
+    }
+
+    /// A token for [`BuildGrid::start_with_jwt`]'s server, made with the
+    /// virtualenv's PyJWT.
+    pub fn jwt(secret: &str) -> String {
+        let python = bgd_path().with_file_name("python");
+        let o = run(Command::new(python).arg("-c").arg(format!(
+            "import jwt, time; print(jwt.encode({{'exp': int(time.time()) + 3600, 'sub': 'ci'}}, {secret:?}, algorithm='HS256'))"
+        )));
+        assert!(o.status.success(), "{}", both(&o));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+
+    fn start_with(dir: &Path, extra_config: &str) -> BuildGrid {
         let bgd = bgd_path();
         fs::create_dir_all(dir).unwrap();
         for _ in 0..3 {
             let port = free_port();
             let config = dir.join("buildgrid.yml");
-            fs::write(&config, cache_config(port, &dir.join("cas"))).unwrap();
+            fs::write(&config, cache_config(port, &dir.join("cas")) + extra_config).unwrap();
             let log = fs::File::create(dir.join("buildgrid.log")).unwrap();
             let child = Command::new(&bgd)
                 .args(["server", "start"])
@@ -248,7 +277,17 @@ fn remote_cache_hit_on_another_machine(who: As) {
     let home_a = home_of(who, t.path(), "home-a");
     let home_b = home_of(b, t.path(), "home-b");
 
-    // A: a local build, uploaded (--remote-upload: the flag alone does not upload).
+    // `--remote` alone reads and never writes: a local build, nothing uploaded.
+    let home_a0 = home_of(who, t.path(), "home-a0");
+    let (v0, _) = build(who, &home_a0, &spec, &["--remote", &bg.url()]);
+    assert_eq!(v0["remote"]["hit"], false, "{v0}");
+    let (rt, remote) = client(&bg.url());
+    assert!(rt
+        .block_on(remote.get_action_result(&action_of(&v0)))
+        .unwrap()
+        .is_none());
+
+    // A: a local build, uploaded (--remote-upload).
     let (va, oa) = build(
         who,
         &home_a,
@@ -264,8 +303,8 @@ fn remote_cache_hit_on_another_machine(who: As) {
     );
     let action = action_of(&va);
 
+    assert_eq!(action, action_of(&v0), "one action for one build key");
     // The ActionResult in BuildGrid names the three files.
-    let (rt, remote) = client(&bg.url());
     let ar = rt
         .block_on(remote.get_action_result(&action))
         .unwrap()
@@ -541,7 +580,11 @@ fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
     // A blob uploaded with BuildGrid's own client is a source for hermit.
     let payload = t.path().join("payload.txt");
     // Over 4 MiB: both clients go through ByteStream, not the batch calls.
-    fs::write(&payload, format!("{}\n", nonce("from-bgd")).repeat(250_000)).unwrap();
+    fs::write(
+        &payload,
+        format!("{:<40}\n", nonce("from-bgd")).repeat(150_000),
+    )
+    .unwrap();
     let bytes = fs::read(&payload).unwrap();
     let d = Digest::of(&bytes);
     assert!(bytes.len() > 4 << 20);
@@ -665,7 +708,79 @@ fn mirror_to_grpc_fills_the_remote_cas(who: As) {
     assert!(stdout_of(&o).contains("added 0"), "{}", both(&o));
 }
 
+fn a_token_opens_an_authenticated_remote(who: As) {
+    let t = who.scratch();
+    let secret = nonce("jwt-secret-that-is-long-enough-for-hs256");
+    let bg = BuildGrid::start_with_jwt(&t.path().join("bg"), &secret);
+    let token = BuildGrid::jwt(&secret);
+    let marker = nonce("remote-auth");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    who.give(t.path());
+
+    // Without a token: refused by the server, one warning, a local build.
+    let home = home_of(who, t.path(), "h-none");
+    let (v, o) = build(
+        who,
+        &home,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    let err = stderr(&o);
+    assert_eq!(v["cached"], false);
+    assert_eq!(err.matches("warning: the remote").count(), 1, "{err}");
+    assert!(err.contains("Unauthenticated"), "{err}");
+    assert!(err.contains(&marker), "{err}");
+
+    // With $HERMIT_REMOTE_TOKEN: uploaded.
+    let home = home_of(who, t.path(), "h-env");
+    let o = run(who
+        .hermit_in(&home)
+        .env("HERMIT_REMOTE_TOKEN", &token)
+        .arg("build")
+        .arg(&spec)
+        .args(["--json", "--remote", &bg.url(), "--remote-upload"]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+
+    // From config.toml: [remote] with a token file, a fresh store: a hit.
+    let cfg = t.path().join("xdg");
+    fs::create_dir_all(cfg.join("hermit")).unwrap();
+    fs::write(cfg.join("hermit/token"), format!("{token}\n")).unwrap();
+    fs::write(
+        cfg.join("hermit/config.toml"),
+        format!("[remote]\nurl = \"{}\"\ntoken_file = \"token\"\n", bg.url()),
+    )
+    .unwrap();
+    who.give(&cfg);
+    let home = home_of(who, t.path(), "h-config");
+    let o = run(who
+        .hermit_in(&home)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("build")
+        .arg(&spec)
+        .arg("--json"));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["hit"], true, "{v} {}", both(&o));
+    assert!(!stderr(&o).contains(&marker), "{}", both(&o));
+    // The token is never printed.
+    assert!(!both(&o).contains(&token));
+    // --no-remote ignores the configured remote.
+    let home = home_of(who, t.path(), "h-no-remote");
+    let o = run(who
+        .hermit_in(&home)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("build")
+        .arg(&spec)
+        .args(["--json", "--no-remote"]));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["remote"].is_null(), "{v}");
+    assert!(stderr(&o).contains(&marker));
+}
+
 both_users!(
+    a_token_opens_an_authenticated_remote,
     remote_cache_hit_on_another_machine,
     tampered_blobs_and_forged_results_are_refused,
     dead_or_silent_remote_warns_once_and_builds_locally,

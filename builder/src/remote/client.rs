@@ -206,7 +206,7 @@ impl Session {
 
     fn warn(&self, why: &str) {
         eprintln!(
-            "hermit: warning: the remote {} is unavailable ({why}); carrying on without it, building locally",
+            "hermit: warning: the remote {} is unavailable ({why}); carrying on without it (builds run locally)",
             self.endpoint
         );
     }
