@@ -11,7 +11,7 @@ apt-get install -y -q --no-install-recommends \
   bubblewrap busybox-static hyperfine python3 \
   skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal \
   disorderfs fuse3 libfaketime \
-  nix-bin man-db zsh fish
+  nix-bin man-db zsh fish postgresql
 # `hermit check`'s directory-order variation mounts disorderfs as the caller:
 # /dev/fuse open to every user, as Debian's udev rule makes it (a container
 # without udev may leave it 0600).
@@ -60,3 +60,18 @@ fetch_orig_tarballs() {
 # GNU hello (autotools), and zlib and libpng for a library graph.
 ORIG_TARBALLS="hello zlib libpng1.6"
 fetch_orig_tarballs
+
+# BuildGrid (a Remote Execution API server) for the remote cache tests and
+# benchmarks, in a virtualenv at HERMIT_TEST_BUILDGRID (default
+# /var/cache/hermit-tests/buildgrid; `bin/bgd`). Its CAS, ByteStream and
+# ActionCache need no database; its Execution and Bots services (remote
+# execution tests) need PostgreSQL: the [database] extra.
+install_buildgrid() {
+  venv=${HERMIT_TEST_BUILDGRID:-/var/cache/hermit-tests/buildgrid}
+  if [ -x "$venv/bin/bgd" ] && "$venv/bin/python" -c 'import psycopg2' 2>/dev/null; then return 0; fi
+  apt-get install -y -q --no-install-recommends python3-venv
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  "$venv/bin/pip" install -q 'buildgrid[database]==0.4.4'
+  chmod -R a+rX "$venv"
+}
+install_buildgrid

@@ -8,6 +8,11 @@
 //! # Archives of old Debian packages (their root, holding pool/), tried in
 //! # order for the .debs a hermit.lock pins.
 //! debian_archives = ["https://archive.example.org/debian/20240101T000000Z"]
+//! # Run builds on a remote execution service (docs/remote.md).
+//! remote_exec = "grpc://buildgrid.example.org:50051"
+//! # A shared cache on the Remote Execution API (docs/remote.md).
+//! [remote]
+//! url = "grpc://cache.example.org:50051/main"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -27,6 +32,13 @@ pub struct Config {
     /// pool path when a toolchain image must be made again.
     #[serde(default)]
     pub debian_archives: Vec<String>,
+    /// The execution service `hermit build` sends builds to
+    /// (`grpc://HOST:PORT[/INSTANCE]`), as `--remote-exec` does.
+    #[serde(default)]
+    pub remote_exec: Option<String>,
+    /// A REAPI remote used as a shared cache (see docs/remote.md).
+    #[serde(default)]
+    pub remote: Option<crate::remote::client::RemoteConfig>,
 }
 
 /// Where the config file is looked for.
@@ -51,7 +63,7 @@ pub fn load() -> anyhow::Result<(Option<PathBuf>, Config)> {
     };
     let cfg: Config = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]` and `debian_archives = [\"URL\", ...]`",
+            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]`, `debian_archives = [\"URL\", ...]`, `remote_exec = \"grpc://HOST:PORT\"` and `[remote]` (url, upload, token_file, timeout)",
             path.display(),
             e.to_string().trim_end()
         )

@@ -55,6 +55,7 @@ mod output;
 mod pipeline;
 mod provenance;
 mod record;
+mod remote;
 mod shell;
 mod spec;
 mod timing;
@@ -124,6 +125,11 @@ enum Command {
     Completions(cmd::generate::CompletionsArgs),
     /// Write one man page per command (hermit.1, hermit-build.1, …) into a directory
     Manpages(cmd::generate::ManpagesArgs),
+    /// Run builds for a remote execution service (a Remote Workers API bot, e.g. for BuildGrid)
+    Worker(cmd::worker::WorkerArgs),
+    /// Run one remote action (plumbing for `hermit worker`)
+    #[command(name = "__remote-action", hide = true)]
+    RemoteAction(cmd::worker::RemoteActionArgs),
 }
 
 fn main() -> ExitCode {
@@ -163,6 +169,8 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::bundle::run_verify(a),
         Command::Completions(a) => cmd::generate::completions(a, Cli::command()),
         Command::Manpages(a) => cmd::generate::manpages(a, Cli::command()),
+        Command::Worker(a) => cmd::worker::run_worker(a),
+        Command::RemoteAction(a) => cmd::worker::run_remote_action(a),
     };
     match result {
         Ok(code) => code,

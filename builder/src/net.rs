@@ -62,6 +62,10 @@ pub struct NetArgs {
     /// (`--debian-archive`), see [`crate::debrestore::archives`].
     #[arg(skip)]
     pub debian_archives: Vec<String>,
+    /// The REAPI remote, when the command has one (`--remote` or config):
+    /// its CAS is tried after the mirrors and before the URLs.
+    #[arg(skip)]
+    pub remote: Option<std::sync::Arc<crate::remote::client::Session>>,
 }
 
 fn seconds(v: f64, flag: &str) -> anyhow::Result<Duration> {
@@ -103,6 +107,7 @@ impl NetArgs {
             quiet,
             no_progress: false,
             debian_archives: Vec::new(),
+            remote: None,
         }
     }
 }
@@ -134,6 +139,10 @@ pub fn fetch(store: &Arc<Store>, net: &NetArgs, wants: Vec<Want>) -> anyhow::Res
         .into_iter()
         .filter(|w| store.blob(&w.digest).is_none())
         .collect();
+    if wants.is_empty() {
+        return Ok(());
+    }
+    let wants = crate::remote::cache::fetch_from_remote(store, net, wants)?;
     if wants.is_empty() {
         return Ok(());
     }

@@ -5,6 +5,7 @@
 
 mod bounds;
 mod build;
+mod buildgrid_exec;
 mod bundle;
 mod cache_hits;
 mod check;
@@ -26,6 +27,8 @@ mod limits;
 
 mod output;
 mod record_trust;
+mod remote;
+mod remote_exec;
 mod rootless;
 mod sandbox;
 mod sandbox_escape;

@@ -45,14 +45,19 @@ pub struct CommonArgs {
     /// Do not stream the build log to the terminal (it is kept in the store)
     #[arg(short, long)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub remote: crate::remote::client::RemoteArgs,
 }
 
 impl CommonArgs {
-    fn net(&self) -> NetArgs {
+    fn net(&self) -> anyhow::Result<NetArgs> {
         // --json changes stdout only: progress stays on stderr.
         let mut net = NetArgs::defaults(self.mirrors.clone(), self.offline, self.quiet);
         net.debian_archives = self.debian_archives.clone();
-        net
+        if !self.offline {
+            net.remote = self.remote.session()?;
+        }
+        Ok(net)
     }
     fn opts(&self) -> BuildOptions {
         // Run by make (`+hermit build …` in a Makefile): join its jobserver.
@@ -88,6 +93,11 @@ pub struct BuildArgs {
     /// No live progress lines (one plain line per event instead)
     #[arg(long)]
     pub no_progress: bool,
+    /// Send the builds the store lacks to this remote execution service
+    /// (grpc://HOST:PORT[/INSTANCE], grpcs://…; e.g. BuildGrid with `hermit
+    /// worker`s); also `remote_exec` in config.toml
+    #[arg(long, value_name = "URL")]
+    pub remote_exec: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -116,13 +126,22 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         opts.jobserver =
             Some(crate::jobserver::Jobserver::new(jobs).context("creating the jobserver")?);
     }
+    let mut parallel = jobs as usize;
+    if let Some(rx) = crate::remote::exec::from_args(args.remote_exec.as_deref(), opts.quiet)? {
+        if rx.connected() {
+            // Builds run elsewhere: every ready node at once, no local job slots.
+            parallel = parallel.max(g.nodes.len());
+            opts.jobserver = None;
+            opts.remote_exec = Some(rx);
+        }
+    }
     let states = graph::run(
         &store,
         &g,
-        &args.common.net(),
+        &args.common.net()?,
         &RunOptions {
             build: opts,
-            parallel: jobs as usize,
+            parallel,
             fail_fast: args.fail_fast,
             no_progress: args.no_progress,
         },
@@ -210,6 +229,7 @@ fn built_json(b: &pipeline::Built) -> serde_json::Value {
     serde_json::json!({
         "build_key": b.record.build_key,
         "cached": b.cached,
+        "remote": crate::remote::cache::json(&b.record.build_key),
         "output": b.output,
         "output_digest": b.record.output.digest,
         "record": b.record_path,
@@ -235,6 +255,7 @@ fn graph_json(g: &Graph, states: &[State]) -> serde_json::Value {
                     v["build_key"] = serde_json::json!(b.record.build_key);
                     v["output_digest"] = serde_json::json!(b.record.output.digest);
                     v["cached"] = serde_json::json!(b.cached);
+                    v["remote"] = crate::remote::cache::json(&b.record.build_key);
                     v["output"] = serde_json::json!(b.output);
                     v["status"] = serde_json::json!(if b.cached { "cached" } else { "built" });
                 }
@@ -381,7 +402,7 @@ pub struct RebuildArgs {
 
 pub fn run_rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
     let (store, _shared) = open_store()?;
-    let net = args.common.net();
+    let net = args.common.net()?;
     let opts = args.common.opts();
     // A bundle (file or registry reference) is imported; its top record is rebuilt.
     let record = crate::bundle::record_for_rebuild(&store, &args.record, args.common.offline)?;

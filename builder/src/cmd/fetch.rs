@@ -24,6 +24,8 @@ pub struct FetchArgs {
     pub specs: Vec<PathBuf>,
     #[command(flatten)]
     pub net: NetArgs,
+    #[command(flatten)]
+    pub remote: crate::remote::client::RemoteArgs,
 }
 
 #[derive(Args)]
@@ -35,14 +37,17 @@ pub struct MirrorArgs {
     #[arg(required = true, value_name = "SPEC|RECORD")]
     pub specs: Vec<PathBuf>,
     /// The mirror directory to fill (DIR/sha256/<hex>, DIR/index.json and
-    /// DIR/records/<build-key>.json)
-    #[arg(long, value_name = "DIR")]
+    /// DIR/records/<build-key>.json), or a REAPI remote's CAS to fill
+    /// (grpc://HOST:PORT[/INSTANCE], grpcs://…)
+    #[arg(long, value_name = "DIR|URL")]
     pub to: PathBuf,
     /// Re-hash blobs already in DIR instead of only checking their size
     #[arg(long)]
     pub verify: bool,
     #[command(flatten)]
     pub net: NetArgs,
+    #[command(flatten)]
+    pub remote: crate::remote::client::RemoteArgs,
 }
 
 /// One downloaded source of one spec: the fetch plan's unit.
@@ -119,14 +124,30 @@ fn wants(plan: &[PlannedSource]) -> anyhow::Result<Vec<Want>> {
 /// Opens the store and fetches every planned source into it.
 fn fetch_plan(net: &NetArgs, plan: &[PlannedSource]) -> anyhow::Result<(Arc<Store>, FetchSummary)> {
     let store = Arc::new(Store::open_default().context("opening the store")?);
-    let fetcher = fetcher(net, store.clone())?;
     let wants = wants(plan)?;
-    let summary = runtime()?.block_on(fetcher.fetch_all(wants))?;
+    // Blobs the remote CAS supplies count as fetched.
+    let before: Vec<(Digest, Option<u64>)> = wants
+        .iter()
+        .filter(|w| store.blob(&w.digest).is_none())
+        .map(|w| (w.digest, w.size))
+        .collect();
+    let wants = crate::remote::cache::fetch_from_remote(&store, net, wants)?;
+    let fetcher = fetcher(net, store.clone())?;
+    let mut summary = runtime()?.block_on(fetcher.fetch_all(wants))?;
+    for (d, size) in before {
+        if !summary.fetched.iter().any(|(f, _)| *f == d) && store.blob(&d).is_some() {
+            summary.present.retain(|p| *p != d);
+            summary.fetched.push((d, size.unwrap_or(0)));
+        }
+    }
     Ok((store, summary))
 }
 
-pub fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
+pub fn run_fetch(mut args: FetchArgs) -> anyhow::Result<ExitCode> {
     let plan = plan(&args.specs)?;
+    if !args.net.offline {
+        args.net.remote = args.remote.session()?;
+    }
     let (store, summary) = fetch_plan(&args.net, &plan)?;
     for (name, digest, u) in unpack_sources(&plan) {
         let opts = hermit_store::UnpackOptions {
@@ -147,7 +168,10 @@ pub fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn run_mirror(args: MirrorArgs) -> anyhow::Result<ExitCode> {
+pub fn run_mirror(mut args: MirrorArgs) -> anyhow::Result<ExitCode> {
+    if !args.net.offline {
+        args.net.remote = args.remote.session()?;
+    }
     let (records, specs): (Vec<PathBuf>, Vec<PathBuf>) = args
         .specs
         .iter()
@@ -211,6 +235,19 @@ pub fn run_mirror(args: MirrorArgs) -> anyhow::Result<ExitCode> {
         item.urls.extend(p.urls.iter().cloned());
     }
     let items: Vec<MirrorItem> = items.into_values().collect();
+    if let Some(url) = args
+        .to
+        .to_str()
+        .filter(|s| s.starts_with("grpc://") || s.starts_with("grpcs://"))
+    {
+        return crate::remote::cache::fill_remote(
+            &store,
+            url,
+            &items,
+            &keep_records,
+            args.net.quiet,
+        );
+    }
     let report = write_mirror(&store, &args.to, &items, args.verify)
         .with_context(|| format!("writing the mirror {}", args.to.display()))?;
     for (key, text) in &keep_records {

@@ -14,3 +14,4 @@ pub mod sandbox;
 pub mod shell;
 pub mod store;
 pub mod toolchain;
+pub mod worker;

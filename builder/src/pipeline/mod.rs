@@ -68,6 +68,9 @@ pub struct BuildOptions {
     /// Changes the build's sandbox after the environment made it: only
     /// `hermit check` sets one (its variations, see [`crate::check`]).
     pub vary: Option<run::SandboxHook>,
+    /// `--remote-exec`: builds the store lacks run on the execution service
+    /// (see [`crate::remote::exec`]); a service that fails means a local build.
+    pub remote_exec: Option<Arc<crate::remote::exec::RemoteExec>>,
 }
 
 /// Where a running build's stdout and stderr go, besides the log.
@@ -124,10 +127,23 @@ pub fn build(
         return Ok(hit);
     }
     t.lap(spec_path, "lock");
+    // The remote cache, if any (see crate::remote::cache).
+    if let Some(hit) = crate::remote::cache::lookup(store, &plan, net, opts.quiet) {
+        return Ok(hit);
+    }
+    // Remote execution, if asked for (see crate::remote::exec).
+    if let Some(rx) = &opts.remote_exec {
+        if let Some(built) = crate::remote::exec::build(store, &plan, net, opts, rx)? {
+            return Ok(built);
+        }
+    }
     let staged = run_stages(store, &plan, net, opts)?;
     t.lap(spec_path, "run_stages");
     let built = cache::install(store, staged, &plan.key);
     t.lap(spec_path, "install");
+    if let Ok(b) = &built {
+        crate::remote::cache::upload(store, &plan, b, net);
+    }
     built
 }
 

@@ -306,7 +306,7 @@ fn quick_image(
 
 /// The image made from the output of the spec's toolchain input, and the
 /// input's name; `None` when the toolchain is not an input.
-fn toolchain_from_input(
+pub(crate) fn toolchain_from_input(
     store: &Store,
     spec: &Spec,
     inputs: &[InputOutput],

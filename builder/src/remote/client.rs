@@ -1,0 +1,213 @@
+//! The remote of one hermit command: where it is (`--remote URL`, else
+//! `[remote]` in config.toml), its token (`$HERMIT_REMOTE_TOKEN`, else the
+//! config's `token_file`), whether local builds are uploaded, and one
+//! connection made on first use.
+//!
+//! A remote that cannot be reached or does not answer in time is reported
+//! once ("warning: … building locally") and not asked again by this
+//! command: it never fails a build that can run locally.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use hermit_remote::{Endpoint, Options, Remote};
+use serde::Deserialize;
+
+/// `[remote]` in config.toml.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `grpc://HOST:PORT[/INSTANCE]` or `grpcs://HOST[:PORT][/INSTANCE]`.
+    pub url: String,
+    /// Upload local builds (default true: a configured remote is one the
+    /// user means to share with).
+    pub upload: Option<bool>,
+    /// A file holding the bearer token (relative to the config file).
+    pub token_file: Option<String>,
+    /// Seconds to wait for a connection and for each answer (default 10).
+    pub timeout: Option<f64>,
+}
+
+/// The remote flags of `build`, `rebuild`, `fetch` and `mirror`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RemoteArgs {
+    /// A REAPI remote used as a shared cache and content store (BuildGrid,
+    /// Buildbarn, …): grpc://HOST:PORT[/INSTANCE] or grpcs://…; overrides
+    /// [remote] in config.toml. Token: $HERMIT_REMOTE_TOKEN
+    #[arg(long = "remote", value_name = "URL")]
+    pub remote: Option<String>,
+    /// Upload local builds to the remote (the default only for a remote from config.toml)
+    #[arg(long = "remote-upload", overrides_with = "no_remote_upload")]
+    pub remote_upload: bool,
+    /// Do not upload local builds to the remote
+    #[arg(long = "no-remote-upload")]
+    pub no_remote_upload: bool,
+    /// Use no remote, not even the one in config.toml
+    #[arg(long = "no-remote", conflicts_with = "remote")]
+    pub no_remote: bool,
+}
+
+impl RemoteArgs {
+    /// The session these flags and the config file describe, if any.
+    pub fn session(&self) -> anyhow::Result<Option<Arc<Session>>> {
+        if self.no_remote {
+            return Ok(None);
+        }
+        let (url, from_config, cfg, base) = match &self.remote {
+            Some(u) => (u.clone(), false, None, None),
+            None => {
+                let (path, cfg) = crate::config::load()?;
+                match cfg.remote {
+                    Some(r) => (
+                        r.url.clone(),
+                        true,
+                        Some(r),
+                        path.and_then(|p| p.parent().map(PathBuf::from)),
+                    ),
+                    None => return Ok(None),
+                }
+            }
+        };
+        let endpoint = Endpoint::parse(&url)?;
+        let token = match std::env::var("HERMIT_REMOTE_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Some(t),
+            _ => match cfg.as_ref().and_then(|c| c.token_file.as_ref()) {
+                Some(f) => {
+                    let p = base.unwrap_or_default().join(f);
+                    Some(std::fs::read_to_string(&p).with_context(|| {
+                        format!("reading the remote token file {}", p.display())
+                    })?)
+                }
+                None => None,
+            },
+        };
+        let upload = if self.no_remote_upload {
+            false
+        } else if self.remote_upload {
+            true
+        } else {
+            from_config && cfg.as_ref().and_then(|c| c.upload).unwrap_or(true)
+        };
+        let secs = cfg.as_ref().and_then(|c| c.timeout).unwrap_or_else(|| {
+            std::env::var("HERMIT_REMOTE_TIMEOUT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10.0)
+        });
+        let t = Duration::try_from_secs_f64(secs)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .with_context(|| {
+                format!("the remote timeout must be a positive number of seconds, not {secs}")
+            })?;
+        Ok(Some(Arc::new(Session::new(
+            endpoint.with_token(token),
+            upload,
+            Options {
+                connect_timeout: t,
+                rpc_timeout: t,
+            },
+        ))))
+    }
+}
+
+enum State {
+    New,
+    Up(Arc<Connected>),
+    Down,
+}
+
+/// A connection and the runtime that drives it.
+pub struct Connected {
+    pub rt: tokio::runtime::Runtime,
+    pub remote: Remote,
+}
+
+impl Connected {
+    /// Runs a future of the remote client to its end.
+    pub fn run<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
+    }
+}
+
+/// One command's remote.
+pub struct Session {
+    pub endpoint: Endpoint,
+    /// Whether local builds are uploaded.
+    pub upload: bool,
+    options: Options,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Session({:?}, upload {})", self.endpoint, self.upload)
+    }
+}
+
+impl Session {
+    pub fn new(endpoint: Endpoint, upload: bool, options: Options) -> Session {
+        Session {
+            endpoint,
+            upload,
+            options,
+            state: Mutex::new(State::New),
+        }
+    }
+
+    /// The connection, made on first use; `None` once the remote proved
+    /// unavailable (said once on stderr).
+    pub fn get(&self) -> Option<Arc<Connected>> {
+        let mut st = self.state.lock().ok()?;
+        match &*st {
+            State::Up(c) => return Some(c.clone()),
+            State::Down => return None,
+            State::New => {}
+        }
+        let made = (|| -> anyhow::Result<Connected> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            let remote =
+                rt.block_on(Remote::connect(self.endpoint.clone(), self.options.clone()))?;
+            Ok(Connected { rt, remote })
+        })();
+        match made {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *st = State::Up(c.clone());
+                Some(c)
+            }
+            Err(e) => {
+                *st = State::Down;
+                drop(st);
+                self.warn(&format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    /// Stops using the remote after a failure that is not the remote's
+    /// content's fault (down, slow), saying so once.
+    pub fn fail(&self, e: &hermit_remote::Error) {
+        let first = match self.state.lock() {
+            Ok(mut st) => !matches!(std::mem::replace(&mut *st, State::Down), State::Down),
+            Err(_) => false,
+        };
+        if first {
+            self.warn(&e.to_string());
+        }
+    }
+
+    fn warn(&self, why: &str) {
+        eprintln!(
+            "hermit: warning: the remote {} is unavailable ({why}); carrying on without it (builds run locally)",
+            self.endpoint
+        );
+    }
+}

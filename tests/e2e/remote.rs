@@ -1,0 +1,789 @@
+//! The remote cache against a real BuildGrid (`bgd server start`) on
+//! loopback: CAS, ByteStream and ActionCache on disk storage, no database.
+//!
+//! "Machines" are separate stores (HERMIT_HOME) run by different users: A
+//! builds and uploads; B, with a fresh store, gets a remote cache hit
+//! without running the build. Forged and tampered results are refused and
+//! B builds locally; a dead or silent remote costs one warning.
+//!
+//! BuildGrid comes from the virtualenv `scripts/install-deps.sh` makes at
+//! `${HERMIT_TEST_BUILDGRID:-/var/cache/hermit-tests/buildgrid}`; a missing
+//! one fails the test with the fix named.
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use hermit_remote::{reapi, Digest, Endpoint, Options, Remote};
+
+use crate::build::project;
+use crate::common::{both, run};
+use crate::fixtures::{both_users, nonce, As};
+
+/// The BuildGrid virtualenv's `bgd`.
+pub fn bgd_path() -> PathBuf {
+    let venv = std::env::var_os("HERMIT_TEST_BUILDGRID")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/hermit-tests/buildgrid"));
+    let bgd = venv.join("bin/bgd");
+    assert!(
+        bgd.exists(),
+        "BuildGrid is not installed at {} (no bin/bgd): run scripts/install-deps.sh as root, \
+         or set HERMIT_TEST_BUILDGRID to a virtualenv with `buildgrid`",
+        venv.display()
+    );
+    bgd
+}
+
+/// A free TCP port on 127.0.0.1 (closed again; taken by the caller soon after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A cache-only BuildGrid: CAS + ByteStream + ActionCache (writable by
+/// every client) over disk storage in `dir/cas`; killed when dropped.
+pub struct BuildGrid {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl BuildGrid {
+    pub fn start(dir: &Path) -> BuildGrid {
+        BuildGrid::start_with(dir, "")
+    }
+
+    /// A server requiring a JWT signed with HS256 and `secret` from every client.
+    pub fn start_with_jwt(dir: &Path, secret: &str) -> BuildGrid {
+        fs::create_dir_all(dir).unwrap();
+        let path = dir.join("jwt.secret");
+        fs::write(&path, secret).unwrap();
+        BuildGrid::start_with(
+            dir,
+            &format!(
+                "authorization:\n  method: jwt\n  secret: {}\n  algorithm: hs256\n",
+                path.display()
+            ),
+        )
+    }
+
+    /// A token for [`BuildGrid::start_with_jwt`]'s server, made with the
+    /// virtualenv's PyJWT.
+    pub fn jwt(secret: &str) -> String {
+        let python = bgd_path().with_file_name("python");
+        let o = run(Command::new(python).arg("-c").arg(format!(
+            "import jwt, time; print(jwt.encode({{'exp': int(time.time()) + 3600, 'sub': 'ci'}}, {secret:?}, algorithm='HS256'))"
+        )));
+        assert!(o.status.success(), "{}", both(&o));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    }
+
+    fn start_with(dir: &Path, extra_config: &str) -> BuildGrid {
+        let bgd = bgd_path();
+        fs::create_dir_all(dir).unwrap();
+        for _ in 0..3 {
+            let port = free_port();
+            let config = dir.join("buildgrid.yml");
+            fs::write(&config, cache_config(port, &dir.join("cas")) + extra_config).unwrap();
+            let log = fs::File::create(dir.join("buildgrid.log")).unwrap();
+            let child = Command::new(&bgd)
+                .args(["server", "start"])
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            let mut bg = BuildGrid {
+                port,
+                dir: dir.to_path_buf(),
+                child,
+            };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return bg;
+                }
+                if bg.child.try_wait().unwrap().is_some() {
+                    break; // the port was taken meanwhile: another one
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = bg.child.kill();
+        }
+        panic!(
+            "BuildGrid did not start; its log:\n{}",
+            fs::read_to_string(dir.join("buildgrid.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://127.0.0.1:{}", self.port)
+    }
+
+    /// `bgd cas …` against this server.
+    pub fn cas(&self) -> Command {
+        let mut c = Command::new(bgd_path());
+        c.arg("cas")
+            .arg("--remote")
+            .arg(format!("http://127.0.0.1:{}", self.port));
+        c
+    }
+
+    /// Where BuildGrid's disk storage keeps a blob.
+    pub fn blob_path(&self, hash: &str) -> PathBuf {
+        self.dir
+            .join("cas/cas/objects")
+            .join(&hash[..2])
+            .join(&hash[2..])
+    }
+}
+
+impl Drop for BuildGrid {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server config docs/remote.md shows for a cache-only remote (with
+/// failed results kept, so that a forged failed result reaches hermit;
+/// hermit never uploads one).
+pub fn cache_config(port: u16, cas: &Path) -> String {
+    format!(
+        r#"server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+storages:
+  - !disk-storage &cas
+    path: {cas}
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 10000
+    allow-updates: true
+    cache-failed-actions: true
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+"#,
+        cas = cas.display()
+    )
+}
+
+/// The other user: machine B is another person's.
+fn other(who: As) -> As {
+    match who {
+        As::Root => As::User,
+        As::User => As::Root,
+    }
+}
+
+/// A directory owned by `who` for its HERMIT_HOME.
+fn home_of(who: As, base: &Path, name: &str) -> PathBuf {
+    let h = base.join(name);
+    fs::create_dir_all(&h).unwrap();
+    who.give(&h);
+    h
+}
+
+fn build(who: As, home: &Path, spec: &Path, extra: &[&str]) -> (serde_json::Value, Output) {
+    let o = run(who
+        .hermit_in(home)
+        .arg("build")
+        .arg(spec)
+        .arg("--json")
+        .args(extra));
+    assert!(o.status.success(), "{}", both(&o));
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(&o)));
+    (v, o)
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A spec whose build prints `marker` (so its running shows on stderr)
+/// and writes a few files, one executable, and a symlink.
+fn remote_project(dir: &Path, marker: &str) -> PathBuf {
+    project(
+        dir,
+        &format!(
+            "echo {marker}\nmkdir -p $out/bin $out/share\ncp /sources/src/hello.txt $out/share/greeting\n\
+             echo '#!/bin/sh' > $out/bin/hi\necho 'echo hi' >> $out/bin/hi\nchmod 755 $out/bin/hi\n\
+             ln -s ../share/greeting $out/bin/link\nyes x | head -c 300000 > $out/share/big"
+        ),
+        "",
+    )
+}
+
+/// Whether a store holds an unpacked toolchain root or any build's
+/// materialised inputs: what running a build leaves behind.
+fn ran_builds(home: &Path) -> Vec<String> {
+    ["unpacked", "trees", "rootfs", "roots"]
+        .iter()
+        .filter(|d| {
+            fs::read_dir(home.join("v1").join(d))
+                .map(|mut r| r.next().is_some())
+                .unwrap_or(false)
+        })
+        .map(|d| d.to_string())
+        .collect()
+}
+
+fn client(url: &str) -> (tokio::runtime::Runtime, Remote) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let remote = rt
+        .block_on(Remote::connect(
+            Endpoint::parse(url).unwrap(),
+            Options::default(),
+        ))
+        .unwrap();
+    (rt, remote)
+}
+
+fn action_of(v: &serde_json::Value) -> Digest {
+    let a = v["remote"]["action"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"));
+    let (hash, size) = a.strip_prefix("sha256:").unwrap().split_once('/').unwrap();
+    Digest::new(hash, size.parse().unwrap()).unwrap()
+}
+
+fn remote_cache_hit_on_another_machine(who: As) {
+    let t = who.scratch();
+    let bg = BuildGrid::start(&t.path().join("bg"));
+    let marker = nonce("remote-build-ran");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    who.give(t.path());
+    let b = other(who);
+    let home_a = home_of(who, t.path(), "home-a");
+    let home_b = home_of(b, t.path(), "home-b");
+
+    // `--remote` alone reads and never writes: a local build, nothing uploaded.
+    let home_a0 = home_of(who, t.path(), "home-a0");
+    let (v0, _) = build(who, &home_a0, &spec, &["--remote", &bg.url()]);
+    assert_eq!(v0["remote"]["hit"], false, "{v0}");
+    let (rt, remote) = client(&bg.url());
+    assert!(rt
+        .block_on(remote.get_action_result(&action_of(&v0)))
+        .unwrap()
+        .is_none());
+
+    // A: a local build, uploaded (--remote-upload).
+    let (va, oa) = build(
+        who,
+        &home_a,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload", "-j", "3"],
+    );
+    assert_eq!(va["cached"], false);
+    assert_eq!(va["remote"]["hit"], false, "{va}");
+    assert!(
+        stderr(&oa).contains(&marker),
+        "A ran the build: {}",
+        both(&oa)
+    );
+    let action = action_of(&va);
+
+    assert_eq!(action, action_of(&v0), "one action for one build key");
+    // The ActionResult in BuildGrid names the three files.
+    let ar = rt
+        .block_on(remote.get_action_result(&action))
+        .unwrap()
+        .expect("A's result");
+    let names: Vec<&str> = ar.output_files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(names, ["build.log", "output.tar", "record.json"]);
+    let tar = ar
+        .output_files
+        .iter()
+        .find(|f| f.path == "output.tar")
+        .unwrap();
+    assert_eq!(
+        format!("sha256:{}", tar.digest.as_ref().unwrap().hash),
+        va["output_digest"].as_str().unwrap()
+    );
+
+    // B, another user with a fresh store and its own checkout of the
+    // project (with A's hermit.lock, as committed) and another job count
+    // (not in the build key): a remote cache hit, and nothing ran.
+    let checkout = t.path().join("p-b");
+    let o = run(Command::new("cp")
+        .arg("-a")
+        .arg(t.path().join("p"))
+        .arg(&checkout));
+    assert!(o.status.success(), "{}", both(&o));
+    b.give(&checkout);
+    let spec_b = checkout.join("spec.toml");
+    let start = Instant::now();
+    let (vb, ob) = build(b, &home_b, &spec_b, &["--remote", &bg.url(), "-j", "1"]);
+    let took = start.elapsed();
+    assert_eq!(vb["cached"], true, "{vb} {}", both(&ob));
+    assert_eq!(vb["remote"]["hit"], true, "{vb}");
+    assert_eq!(vb["output_digest"], va["output_digest"]);
+    assert_eq!(vb["build_key"], va["build_key"]);
+    assert_eq!(action_of(&vb), action);
+    assert!(
+        !stderr(&ob).contains(&marker),
+        "B ran the build: {}",
+        both(&ob)
+    );
+    assert!(stderr(&ob).contains("remote cache hit"), "{}", both(&ob));
+    assert!(
+        ran_builds(&home_b).is_empty(),
+        "B's store holds {:?}: something was materialised",
+        ran_builds(&home_b)
+    );
+    assert!(!ran_builds(&home_a).is_empty(), "the probe sees A's build");
+    eprintln!("remote cache hit on a fresh store took {took:?}");
+
+    // B's output is the same tree, executable bits and symlink included.
+    let out_a = Path::new(va["output"].as_str().unwrap());
+    let out_b = Path::new(vb["output"].as_str().unwrap());
+    let o = run(Command::new("diff").arg("-r").arg(out_a).arg(out_b));
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(
+        fs::read_link(out_b.join("bin/link")).unwrap(),
+        Path::new("../share/greeting")
+    );
+    // The record and the log are stored as a local build's are.
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(vb["record"].as_str().unwrap()).unwrap()).unwrap();
+    let log = rec["log"]["digest"].as_str().unwrap();
+    let log_b = fs::read_to_string(home_b.join("v1/blobs/sha256").join(&log[7..])).unwrap();
+    assert!(log_b.contains(&marker), "the log is A's");
+    // `hermit store verify` on B finds everything intact.
+    let o = run(b.hermit_in(&home_b).args(["store", "verify"]));
+    assert!(o.status.success(), "{}", both(&o));
+
+    // B again: a local cache hit now, no remote needed.
+    let (vb2, _) = build(b, &home_b, &spec_b, &["--remote", "grpc://127.0.0.1:1"]);
+    assert_eq!(vb2["cached"], true);
+    assert!(vb2["remote"].is_null(), "{vb2}");
+}
+
+/// B's build when the remote's answer is bad: refused with `needle` and
+/// the digest named, then built locally with the same output.
+/// What every forged-result case shares.
+struct Forged<'a> {
+    who: As,
+    base: &'a Path,
+    spec: &'a Path,
+    url: &'a str,
+    marker: &'a str,
+    expect: &'a serde_json::Value,
+}
+
+fn refused_then_local(f: &Forged<'_>, name: &str, needles: &[&str]) {
+    let (who, marker, expect) = (f.who, f.marker, f.expect);
+    let home = home_of(who, f.base, name);
+    let (v, o) = build(who, &home, f.spec, &["--remote", f.url]);
+    let err = stderr(&o);
+    assert_eq!(v["cached"], false, "{name}: {v} {err}");
+    assert_eq!(v["remote"]["hit"], false);
+    assert!(err.contains("refused"), "{name}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{name}: no {n:?} in: {err}");
+    }
+    assert!(err.contains(marker), "{name}: the local build ran: {err}");
+    assert_eq!(v["output_digest"], expect["output_digest"], "{name}");
+}
+
+fn tampered_blobs_and_forged_results_are_refused(who: As) {
+    let t = who.scratch();
+    let bg = BuildGrid::start(&t.path().join("bg"));
+    let marker = nonce("remote-forged");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    let other_spec = project(&t.path().join("q"), "echo other > $out/other", "");
+    who.give(t.path());
+    let home_a = home_of(who, t.path(), "home-a");
+    let (va, _) = build(
+        who,
+        &home_a,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    let (vo, _) = build(
+        who,
+        &home_a,
+        &other_spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    let action = action_of(&va);
+    let (rt, remote) = client(&bg.url());
+    let good = rt
+        .block_on(remote.get_action_result(&action))
+        .unwrap()
+        .unwrap();
+    let other_result = rt
+        .block_on(remote.get_action_result(&action_of(&vo)))
+        .unwrap()
+        .unwrap();
+    let file = |r: &reapi::ActionResult, name: &str| -> reapi::Digest {
+        r.output_files
+            .iter()
+            .find(|f| f.path == name)
+            .unwrap()
+            .digest
+            .clone()
+            .unwrap()
+    };
+    let with = |name: &str, d: reapi::Digest| -> reapi::ActionResult {
+        let mut r = good.clone();
+        for f in &mut r.output_files {
+            if f.path == name {
+                f.digest = Some(d.clone());
+            }
+        }
+        r
+    };
+    let forge = |r: reapi::ActionResult| {
+        rt.block_on(remote.update_action_result(&action, r))
+            .unwrap();
+    };
+
+    let url = bg.url();
+    let f = Forged {
+        who,
+        base: t.path(),
+        spec: &spec,
+        url: &url,
+        marker: &marker,
+        expect: &va,
+    };
+    // 1. Another build's record (a real record, of the wrong key).
+    forge(with("record.json", file(&other_result, "record.json")));
+    refused_then_local(
+        &f,
+        "h1",
+        &[
+            "is the record of build key",
+            vo["build_key"].as_str().unwrap(),
+        ],
+    );
+
+    // 2. Another build's output tar under the right record.
+    let other_tar = file(&other_result, "output.tar");
+    forge(with("output.tar", other_tar.clone()));
+    refused_then_local(&f, "h2", &[&other_tar.hash]);
+
+    // 3. A result naming a blob the CAS does not have. BuildGrid's own
+    //    ActionCache already hides such a result (it checks the blobs a
+    //    result names on every read): a miss, a local build. hermit's check
+    //    behind it names the digest when a server does not.
+    let ghost = Digest::of(nonce("no-such-blob").as_bytes());
+    forge(with("record.json", ghost.to_proto()));
+    let home = home_of(who, t.path(), "h3");
+    let (v, o) = build(who, &home, &spec, &["--remote", &bg.url()]);
+    let err = stderr(&o);
+    assert_eq!(v["cached"], false, "{err}");
+    assert!(err.contains(&marker), "{err}");
+    assert!(!err.contains("remote cache hit"), "{err}");
+    assert!(
+        !err.contains("refused") || err.contains(&ghost.hash),
+        "{err}"
+    );
+    assert_eq!(v["output_digest"], va["output_digest"]);
+    let e = rt.block_on(remote.read_blob(&ghost)).unwrap_err();
+    assert!(e.is_integrity(), "{e}");
+    assert!(e.to_string().contains(&ghost.hash), "{e}");
+    let big = Digest::new(&ghost.hash, 10 << 20).unwrap();
+    let e = rt.block_on(remote.read_blob(&big)).unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
+
+    // 4. A failed build's result.
+    let mut failed = good.clone();
+    failed.exit_code = 2;
+    forge(failed);
+    refused_then_local(&f, "h4", &["exited with code 2"]);
+
+    // 5. The genuine result, but the output tar's bytes changed in the
+    //    server's storage (same size): wrong bytes, refused by digest.
+    forge(good.clone());
+    let tar = file(&good, "output.tar");
+    let path = bg.blob_path(&tar.hash);
+    let mut bytes = fs::read(&path).unwrap();
+    let i = bytes.len() / 2;
+    bytes[i] ^= 0x55;
+    fs::write(&path, &bytes).unwrap();
+    refused_then_local(&f, "h5", &["wrong content", &tar.hash]);
+}
+
+fn dead_or_silent_remote_warns_once_and_builds_locally(who: As) {
+    let t = who.scratch();
+    let marker = nonce("remote-dead");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    who.give(t.path());
+    // Nothing listens there.
+    let dead = format!("grpc://127.0.0.1:{}", free_port());
+    let home = home_of(who, t.path(), "h-dead");
+    let (v, o) = build(who, &home, &spec, &["--remote", &dead, "--remote-upload"]);
+    let err = stderr(&o);
+    assert_eq!(v["cached"], false);
+    assert!(err.contains(&marker), "{err}");
+    assert_eq!(
+        err.matches("warning: the remote").count(),
+        1,
+        "one warning: {err}"
+    );
+    assert!(err.contains(&dead), "{err}");
+
+    // A server that accepts connections and never answers: the timeout
+    // ends the wait, the build runs locally.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in silent.incoming().take(4) {
+            conns.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(30));
+    });
+    let home = home_of(who, t.path(), "h-silent");
+    let start = Instant::now();
+    let o = run(who
+        .hermit_in(&home)
+        .env("HERMIT_REMOTE_TIMEOUT", "1")
+        .arg("build")
+        .arg(&spec)
+        .arg("--json")
+        .args(["--remote", &format!("grpc://127.0.0.1:{port}")]));
+    let took = start.elapsed();
+    assert!(o.status.success(), "{}", both(&o));
+    let err = stderr(&o);
+    assert_eq!(err.matches("warning: the remote").count(), 1, "{err}");
+    assert!(err.contains(&marker), "{err}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    drop(held);
+}
+
+fn buildgrid_and_hermit_read_each_others_blobs(who: As) {
+    let t = who.scratch();
+    let bg = BuildGrid::start(&t.path().join("bg"));
+    // A blob uploaded with BuildGrid's own client is a source for hermit.
+    let payload = t.path().join("payload.txt");
+    // Over 4 MiB: both clients go through ByteStream, not the batch calls.
+    fs::write(
+        &payload,
+        format!("{:<40}\n", nonce("from-bgd")).repeat(150_000),
+    )
+    .unwrap();
+    let bytes = fs::read(&payload).unwrap();
+    let d = Digest::of(&bytes);
+    assert!(bytes.len() > 4 << 20);
+    let o = run(bg.cas().arg("upload-file").arg(&payload));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(stdout_of(&o).contains(&d.hash), "{}", both(&o));
+    let dir = t.path().join("p");
+    // The URL is dead: only the remote CAS can supply the bytes.
+    let spec = project(
+        &dir,
+        "cp /sources/payload $out/payload",
+        &format!(
+            "[[source]]\nname = \"payload\"\nurls = [\"http://127.0.0.1:1/payload.txt\"]\nsha256 = \"{}\"\nsize = {}\n",
+            d.hash, d.size
+        ),
+    );
+    who.give(t.path());
+    let home = home_of(who, t.path(), "home");
+    let o = run(who
+        .hermit_in(&home)
+        .arg("fetch")
+        .arg(&spec)
+        .args(["--remote", &bg.url()]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(stderr(&o).contains("from the remote"), "{}", both(&o));
+    assert_eq!(
+        fs::read(home.join("v1/blobs/sha256").join(&d.hash)).unwrap(),
+        bytes
+    );
+    // And the build uses it (the fetch made it a local blob already; a
+    // fresh store fetches it during the build).
+    let home2 = home_of(who, t.path(), "home2");
+    let (v, _) = build(
+        who,
+        &home2,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    let out = Path::new(v["output"].as_str().unwrap());
+    assert_eq!(fs::read(out.join("payload")).unwrap(), bytes);
+
+    // hermit's uploads are readable by `bgd cas download-file`: the output tar.
+    let (rt, remote) = client(&bg.url());
+    let ar = rt
+        .block_on(remote.get_action_result(&action_of(&v)))
+        .unwrap()
+        .unwrap();
+    let tar = ar
+        .output_files
+        .iter()
+        .find(|f| f.path == "output.tar")
+        .unwrap();
+    let td = tar.digest.as_ref().unwrap();
+    let got = t.path().join("got.tar");
+    let o = run(bg
+        .cas()
+        .arg("download-file")
+        .arg(format!("{}/{}", td.hash, td.size_bytes))
+        .arg(&got));
+    assert!(o.status.success(), "{}", both(&o));
+    let tar_bytes = fs::read(&got).unwrap();
+    assert_eq!(Digest::of(&tar_bytes).hash, td.hash);
+    assert_eq!(
+        format!("sha256:{}", td.hash),
+        v["output_digest"].as_str().unwrap()
+    );
+    // It is the canonical tar of the output: tar lists the file.
+    let o = run(Command::new("tar").arg("tf").arg(&got));
+    assert!(stdout_of(&o).contains("payload"), "{}", both(&o));
+}
+
+fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn mirror_to_grpc_fills_the_remote_cas(who: As) {
+    let t = who.scratch();
+    let bg = BuildGrid::start(&t.path().join("bg"));
+    let payload = nonce("mirror-payload").repeat(3000);
+    let d = Digest::of(payload.as_bytes());
+    let server = crate::http_server::Server::start();
+    server.route(
+        "/payload.txt",
+        crate::http_server::Behaviour::File(payload.clone().into_bytes()),
+    );
+    let spec = project(
+        &t.path().join("p"),
+        "cp /sources/payload $out/payload",
+        &format!(
+            "[[source]]\nname = \"payload\"\nurls = [\"{}\"]\nsha256 = \"{}\"\nsize = {}\n",
+            server.url("/payload.txt"),
+            d.hash,
+            d.size
+        ),
+    );
+    who.give(t.path());
+    let home = home_of(who, t.path(), "home");
+    let o = run(who
+        .hermit_in(&home)
+        .arg("mirror")
+        .arg(&spec)
+        .args(["--to", &bg.url()]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(stdout_of(&o).contains(&d.hash), "{}", both(&o));
+    // BuildGrid holds it: `bgd cas download-file` reads it back.
+    let got = t.path().join("got");
+    let o = run(bg
+        .cas()
+        .arg("download-file")
+        .arg(format!("{}/{}", d.hash, d.size))
+        .arg(&got));
+    assert!(o.status.success(), "{}", both(&o));
+    assert_eq!(fs::read_to_string(&got).unwrap(), payload);
+    // Again: nothing new to add.
+    let o = run(who
+        .hermit_in(&home)
+        .arg("mirror")
+        .arg(&spec)
+        .args(["--to", &bg.url()]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(stdout_of(&o).contains("added 0"), "{}", both(&o));
+}
+
+fn a_token_opens_an_authenticated_remote(who: As) {
+    let t = who.scratch();
+    let secret = nonce("jwt-secret-that-is-long-enough-for-hs256");
+    let bg = BuildGrid::start_with_jwt(&t.path().join("bg"), &secret);
+    let token = BuildGrid::jwt(&secret);
+    let marker = nonce("remote-auth");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    who.give(t.path());
+
+    // Without a token: refused by the server, one warning, a local build.
+    let home = home_of(who, t.path(), "h-none");
+    let (v, o) = build(
+        who,
+        &home,
+        &spec,
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    let err = stderr(&o);
+    assert_eq!(v["cached"], false);
+    assert_eq!(err.matches("warning: the remote").count(), 1, "{err}");
+    assert!(err.contains("Unauthenticated"), "{err}");
+    assert!(err.contains(&marker), "{err}");
+
+    // With $HERMIT_REMOTE_TOKEN: uploaded.
+    let home = home_of(who, t.path(), "h-env");
+    let o = run(who
+        .hermit_in(&home)
+        .env("HERMIT_REMOTE_TOKEN", &token)
+        .arg("build")
+        .arg(&spec)
+        .args(["--json", "--remote", &bg.url(), "--remote-upload"]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+
+    // From config.toml: [remote] with a token file, a fresh store: a hit.
+    let cfg = t.path().join("xdg");
+    fs::create_dir_all(cfg.join("hermit")).unwrap();
+    fs::write(cfg.join("hermit/token"), format!("{token}\n")).unwrap();
+    fs::write(
+        cfg.join("hermit/config.toml"),
+        format!("[remote]\nurl = \"{}\"\ntoken_file = \"token\"\n", bg.url()),
+    )
+    .unwrap();
+    who.give(&cfg);
+    let home = home_of(who, t.path(), "h-config");
+    let o = run(who
+        .hermit_in(&home)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("build")
+        .arg(&spec)
+        .arg("--json"));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["hit"], true, "{v} {}", both(&o));
+    assert!(!stderr(&o).contains(&marker), "{}", both(&o));
+    // The token is never printed.
+    assert!(!both(&o).contains(&token));
+    // --no-remote ignores the configured remote.
+    let home = home_of(who, t.path(), "h-no-remote");
+    let o = run(who
+        .hermit_in(&home)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("build")
+        .arg(&spec)
+        .args(["--json", "--no-remote"]));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["remote"].is_null(), "{v}");
+    assert!(stderr(&o).contains(&marker));
+}
+
+both_users!(
+    a_token_opens_an_authenticated_remote,
+    remote_cache_hit_on_another_machine,
+    tampered_blobs_and_forged_results_are_refused,
+    dead_or_silent_remote_warns_once_and_builds_locally,
+    buildgrid_and_hermit_read_each_others_blobs,
+    mirror_to_grpc_fills_the_remote_cas,
+);
