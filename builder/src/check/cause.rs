@@ -233,7 +233,7 @@ pub fn classify(
     // 1. A varied value in the variant's differing bytes, not in the
     //    control's.
     for m in markers {
-        if m.variant.len() < 1 {
+        if m.variant.is_empty() {
             continue;
         }
         let needle = m.variant.as_bytes();
