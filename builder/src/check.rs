@@ -734,9 +734,13 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
         }
         // The build path likewise: a check-only override of the profile's,
         // which the variant's record states (environment.build_path).
+        // The variant's record is the record of that environment: its key
+        // is that environment's key (never installed, never looked up).
         let profile_build_path = plan.resolved.environment.build_path.clone();
+        let control_key = plan.key;
         if let Some(p) = &variant.build_path {
             plan.resolved.environment.build_path = p.clone();
+            plan.key = plan.key_inputs().build_key();
         }
         let vopts = BuildOptions {
             vary: with_markers(variant.hook.clone(), variant.markers.clone()),
@@ -745,6 +749,7 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
         let built = pipeline::run_stages(store, &plan, &opts.net, &vopts);
         set_jobs(&mut plan, control_jobs);
         plan.resolved.environment.build_path = profile_build_path;
+        plan.key = control_key;
         unmount_all(&mut lock(&variant.fuse));
         for d in lock(&variant.scratch).drain(..) {
             let _ = hermit_store::store::remove_tree(&d);

@@ -12,11 +12,12 @@ use crate::common::{both, run};
 use crate::fixtures::{both_users, As};
 use crate::graph::graph_project;
 
-const DEFAULTS: [&str; 8] = [
+const DEFAULTS: [&str; 9] = [
     "repeat",
     "jobs",
     "cpus",
     "uname",
+    "kernel",
     "randomness",
     "aslr",
     "clock",
@@ -39,6 +40,17 @@ fn variation<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
         .iter()
         .find(|x| x["name"] == name)
         .unwrap_or_else(|| panic!("no variation {name} in {v}"))
+}
+
+/// `[{"how", "path"}]` of a variation's differing files (their causes
+/// are checked apart).
+fn files(x: &serde_json::Value) -> serde_json::Value {
+    let list = x["differing_files"].as_array().cloned().unwrap_or_default();
+    serde_json::Value::Array(
+        list.iter()
+            .map(|d| serde_json::json!({"how": d["how"], "path": d["path"]}))
+            .collect(),
+    )
 }
 
 /// Whether `who` may open /dev/fuse (disorderfs needs it; Debian makes it
@@ -84,7 +96,7 @@ fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
     assert_eq!(names, DEFAULTS);
     for n in DEFAULTS {
         let x = variation(&v, n);
-        assert_eq!(x["differing_files"], serde_json::json!([]), "{n}: {x}");
+        assert_eq!(files(x), serde_json::json!([]), "{n}: {x}");
         assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
         if n == "dirorder" && !fuse_open_to(who) {
             assert_eq!(x["varied"], false, "{x}");
@@ -133,17 +145,40 @@ fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
 }
 
 /// `(spec name, script, --vary, the one variation that must catch it, the
-/// file that must differ)`.
-const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
-    ("ncpu", "nproc > $out/n", "", "cpus", "n"),
-    ("jobs", "echo $HERMIT_JOBS > $out/j", "", "jobs", "j"),
-    ("arch", "uname -m > $out/m", "", "uname", "m"),
+/// file that must differ, the cause the differing bytes must name)`.
+const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("ncpu", "nproc > $out/n", "", "cpus", "n", "CPU count"),
+    (
+        "jobs",
+        "echo $HERMIT_JOBS > $out/j",
+        "",
+        "jobs",
+        "j",
+        "parallelism (HERMIT_JOBS)",
+    ),
+    (
+        "arch",
+        "uname -m > $out/m",
+        "",
+        "uname",
+        "m",
+        "architecture information (uname)",
+    ),
+    (
+        "kernel",
+        "uname -r > $out/r",
+        "",
+        "kernel",
+        "r",
+        "kernel version (uname -r/-v)",
+    ),
     (
         "seed",
         "echo \"seed ${PYTHONHASHSEED:-none}\" > $out/s",
         "",
         "randomness",
         "s",
+        "randomness / snippet encoding (random seeds)",
     ),
     (
         "aslr",
@@ -151,6 +186,7 @@ const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
         "",
         "aslr",
         "maps",
+        "references to memory addresses (ASLR)",
     ),
     (
         "order",
@@ -158,21 +194,90 @@ const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
         "",
         "dirorder",
         "order",
+        "filesystem ordering",
     ),
-    ("mask", "umask > $out/u", "all", "umask", "u"),
-    ("who", "id -un > $out/u", "all", "user", "u"),
-    ("host", "hostname > $out/h", "all", "hostname", "h"),
-    ("zone", "date -d @0 +%H%M > $out/z", "all", "timezone", "z"),
+    (
+        "mask",
+        "umask > $out/u",
+        "all",
+        "umask",
+        "u",
+        "file permissions (umask)",
+    ),
+    (
+        "who",
+        "id -un > $out/u",
+        "all",
+        "user",
+        "u",
+        "user information",
+    ),
+    (
+        "host",
+        "hostname > $out/h",
+        "all",
+        "hostname",
+        "h",
+        "system DNS name (host and domain name)",
+    ),
+    (
+        "zone",
+        "date -d @0 +%H%M > $out/z",
+        "all",
+        "timezone",
+        "z",
+        "time zone",
+    ),
+    (
+        "path",
+        "pwd > $out/p",
+        "all",
+        "buildpath",
+        "p",
+        "build path",
+    ),
+    (
+        "extra",
+        "ls /usr/bin 2>/dev/null > $out/l || true",
+        "all",
+        "packages",
+        "l",
+        "package dependencies (an extra package present)",
+    ),
+    (
+        "unpacked",
+        "stat -c '%Y %a' /sources/src/f > $out/meta",
+        "all",
+        "archive",
+        "meta",
+        "archive metadata (mtimes, owners, modes of the sources)",
+    ),
 ];
+
+/// Adds `[[source]] src` (a local tree with one file, `f`) to a spec.
+fn with_source(spec: &Path) {
+    let dir = spec.parent().unwrap();
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(dir.join("src/f"), "data\n").unwrap();
+    let mut text = fs::read_to_string(spec).unwrap();
+    text.push_str("\n[[source]]\nname = \"src\"\npath = \"src\"\n");
+    fs::write(spec, text).unwrap();
+}
 
 fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
     let t = who.scratch();
     let nodes: Vec<(&str, &str)> = UNREPRODUCIBLE.iter().map(|c| (c.0, c.1)).collect();
     let specs = project(t.path(), &nodes);
+    // The archive case reads a source.
+    let unpacked = specs
+        .iter()
+        .find(|s| s.parent().unwrap().ends_with("unpacked"))
+        .unwrap();
+    with_source(unpacked);
     who.give(t.path());
     let home = t.path().join("home");
     for (case, spec) in UNREPRODUCIBLE.iter().zip(&specs) {
-        let (name, _, vary, culprit, file) = *case;
+        let (name, _, vary, culprit, file, cause) = *case;
         let mut args = vec!["check", spec.to_str().unwrap(), "--json"];
         if !vary.is_empty() {
             args.extend(["--vary", vary]);
@@ -193,11 +298,19 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
             if n == culprit {
                 assert_eq!(x["identical"], false, "{name}: {x}");
                 assert_eq!(
-                    x["differing_files"],
+                    files(x),
                     serde_json::json!([{"how": "changed", "path": file}]),
                     "{name}: {x}"
                 );
-                assert_eq!(x["causes"].as_array().unwrap().len(), 1, "{name}: {x}");
+                // Named from the differing bytes, not from the variation
+                // alone.
+                assert_eq!(x["causes"], serde_json::json!([cause]), "{name}: {x}");
+                let d = &x["differing_files"][0];
+                assert_eq!(d["cause"], cause, "{name}: {x}");
+                assert!(
+                    !d["evidence"].as_str().unwrap().contains("alone"),
+                    "{name}: {x}"
+                );
                 // The variant is kept, and differs from the kept control.
                 let out = PathBuf::from(x["output"].as_str().unwrap());
                 let control = PathBuf::from(v["control_output"].as_str().unwrap());
@@ -225,9 +338,28 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
                 );
                 // Only the reports stay beside the kept output.
                 assert!(!d.parent().unwrap().join("diffoscope").exists(), "{name}");
+                // The variant's record says what it varied; a build path
+                // override shows in its environment.
+                let rec: serde_json::Value = serde_json::from_slice(
+                    &fs::read(out.parent().unwrap().join("record.json")).unwrap(),
+                )
+                .unwrap();
+                assert!(
+                    rec["informational"]["check_variation"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(culprit),
+                    "{name}: {rec}"
+                );
+                if culprit == "buildpath" {
+                    assert_eq!(
+                        rec["environment"]["build_path"],
+                        "/build-hermitcheck/a-longer-build-path"
+                    );
+                }
             } else {
                 assert_ne!(x["identical"], false, "{name}: {n} differs too: {x}");
-                assert_eq!(x["differing_files"], serde_json::json!([]), "{name}: {x}");
+                assert_eq!(files(x), serde_json::json!([]), "{name}: {x}");
             }
         }
     }
@@ -266,7 +398,7 @@ fn check_tells_plain_nondeterminism_from_a_variation(who: As) {
     let plain = "plain nondeterminism (randomness, the clock, thread scheduling)";
     let repeat = variation(&v, "repeat");
     assert_eq!(
-        repeat["differing_files"],
+        files(repeat),
         serde_json::json!([{"how": "changed", "path": "r"}]),
         "{repeat}"
     );
@@ -274,7 +406,7 @@ fn check_tells_plain_nondeterminism_from_a_variation(who: As) {
     assert_eq!(variation(&v, "cpus")["causes"], serde_json::json!([plain]));
     let uname = variation(&v, "uname");
     assert_eq!(
-        uname["differing_files"],
+        files(uname),
         serde_json::json!([{"how": "changed", "path": "m"}, {"how": "changed", "path": "r"}]),
         "{uname}"
     );
@@ -359,8 +491,20 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
         "{clock}"
     );
     assert_eq!(
-        clock["differing_files"],
+        files(clock),
         serde_json::json!([{"how": "changed", "path": "year"}]),
+        "{clock}"
+    );
+    assert_eq!(
+        clock["causes"],
+        serde_json::json!(["build timestamp (the clock)"]),
+        "{clock}"
+    );
+    assert!(
+        clock["differing_files"][0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("moved clock"),
         "{clock}"
     );
     let year = |p: &serde_json::Value| -> i32 {
