@@ -525,7 +525,110 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
     }
 }
 
+/// glibc's `sort` in an image that has a compiled fr_FR.ISO-8859-1 locale:
+/// the locale variation changes the collation, and the cause is named from
+/// the bytes (the same lines in another order) as the locale's.
+fn check_names_the_locale_sort_order(who: As) {
+    let t = who.scratch();
+    // The locale, compiled from the host's sources (Debian package locales).
+    let loc = t.path().join("fr_FR.ISO-8859-1");
+    let o = run(std::process::Command::new("localedef")
+        .args(["-i", "fr_FR", "-f", "ISO-8859-1"])
+        .arg(&loc));
+    assert!(
+        loc.join("LC_COLLATE").is_file(),
+        "localedef (Debian package locales) made no locale: {}",
+        both(&o)
+    );
+    let lib = "usr/lib/x86_64-linux-gnu";
+    let mut extra: Vec<(String, String)> = vec![
+        ("/usr/bin/sort".into(), "usr/bin/sort".into()),
+        (
+            "/lib64/ld-linux-x86-64.so.2".into(),
+            "lib64/ld-linux-x86-64.so.2".into(),
+        ),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6".into(),
+            format!("{lib}/libc.so.6"),
+        ),
+    ];
+    let mut stack = vec![loc.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(t.path()).unwrap().display().to_string();
+                extra.push((p.display().to_string(), format!("usr/lib/locale/{rel}")));
+            }
+        }
+    }
+    extra.sort();
+    let pairs: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let manifest = crate::image::busybox_layout_with(&t.path().join("image"), &pairs);
+    let d = t.path().join("sorted");
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[package]\nname = \"sorted\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
+             [build]\nscript = \"\"\"\nprintf 'b\\nA\\na\\nB\\n' | /usr/bin/sort > $out/sorted\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(
+        who,
+        &home,
+        &[
+            "check",
+            spec.to_str().unwrap(),
+            "--vary",
+            "locale,umask",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "locale");
+    assert_eq!(
+        files(x),
+        serde_json::json!([{"how": "changed", "path": "sorted"}]),
+        "{x}"
+    );
+    assert_eq!(
+        x["causes"],
+        serde_json::json!(["locale / file encoding"]),
+        "{x}"
+    );
+    assert!(
+        x["differing_files"][0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("another order"),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    let control = PathBuf::from(v["control_output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(control.join("sorted")).unwrap(),
+        "A\nB\na\nb\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("sorted")).unwrap(),
+        "a\nA\nb\nB\n"
+    );
+    assert_eq!(variation(&v, "umask")["identical"], true, "{v}");
+}
+
 both_users!(
+    check_names_the_locale_sort_order,
     check_tells_plain_nondeterminism_from_a_variation,
     check_moves_the_clock_where_the_image_has_libfaketime,
     check_passes_a_reproducible_build_under_every_default_variation,
