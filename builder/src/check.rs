@@ -141,6 +141,11 @@ pub const VARIATIONS: &[Variation] = &[
         default: false,
         cause: cause::PACKAGES,
     },
+    Variation {
+        name: "environment",
+        default: false,
+        cause: cause::ENVIRONMENT,
+    },
 ];
 
 /// The cause of a difference a build with nothing varied shows too.
@@ -523,6 +528,14 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
         "buildpath" => vary::build_path(&ctx.build_path),
         "archive" => vary::archive(ctx),
         "packages" => vary::packages(ctx),
+        "environment" => Variant {
+            hook: hook(|s| s.set_env("HERMIT_CHECK_EXTRA", "hermit-check-extra-value")),
+            what: what(
+                "an extra environment variable: HERMIT_CHECK_EXTRA unset → hermit-check-extra-value"
+                    .into(),
+            ),
+            ..Variant::default()
+        },
         other => return Err(format!("not varied: hermit does not know variation {other:?}")),
     })
 }
@@ -774,7 +787,10 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
                 rep.causes = vec![v.cause.into()];
             }
             Ok(staged) => {
+                // Timed for benches/check.sh (HERMIT_TIMINGS=1).
+                let mut t = crate::timing::start();
                 let diffs = differences(&control.record, &staged.record);
+                t.lap(&plan.resolved.spec_path, "check.compare");
                 if diffs.is_empty() && staged.record.output.digest == control.record.output.digest {
                     rep.identical = Some(true);
                     pipeline::materialise::discard(&staged.dir);

@@ -627,7 +627,83 @@ fn check_names_the_locale_sort_order(who: As) {
     assert_eq!(variation(&v, "umask")["identical"], true, "{v}");
 }
 
+/// A real upstream project, GNU hello from its release tarball (served on
+/// loopback) with the Debian toolchain, is reproducible under every default
+/// variation, and `hermit check` leaves the cache as it was.
+fn check_passes_gnu_hello_from_its_tarball(who: As) {
+    use crate::http_server::{Behaviour, Server};
+    crate::fixtures::ensure_subids();
+    let tarball = crate::upstream::orig_tarball("hello");
+    let bytes = fs::read(&tarball).unwrap();
+    let sha = {
+        let o = run(std::process::Command::new("sha256sum").arg(&tarball));
+        String::from_utf8_lossy(&o.stdout)[..64].to_string()
+    };
+    let server = Server::start();
+    server.route("/hello-2.10.tar.gz", Behaviour::File(bytes));
+    let t = who.scratch();
+    let d = t.path().join("hello");
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            r#"[package]
+name = "hello"
+version = "2.10"
+
+[toolchain]
+debian = {{ suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }}
+
+[[source]]
+name = "hello"
+urls = ["{}"]
+sha256 = "{sha}"
+unpack = true
+
+[build]
+workdir = "hello/hello-2.10"
+script = """
+./configure --prefix=/usr
+make
+make install DESTDIR="$out"
+"""
+"#,
+            server.url("/hello-2.10.tar.gz")
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(
+        who,
+        &home,
+        &["check", spec.to_str().unwrap(), "--json", "-j", "2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let v = json(&o);
+    assert_eq!(v["reproducible"], true, "{v}");
+    for n in DEFAULTS {
+        let x = variation(&v, n);
+        assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
+        assert_eq!(files(x), serde_json::json!([]), "{n}: {x}");
+        if !matches!(n, "dirorder" | "clock") {
+            assert_eq!(x["varied"], true, "{n}: {x}");
+        }
+    }
+    let o = hermit(
+        who,
+        &home,
+        &["build", spec.to_str().unwrap(), "--json", "-j", "2"],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    let b = json(&o);
+    assert_eq!(b["cached"], false, "hermit check installed an output");
+    assert_eq!(b["output_digest"], v["control_digest"]);
+}
+
 both_users!(
+    check_passes_gnu_hello_from_its_tarball,
     check_names_the_locale_sort_order,
     check_tells_plain_nondeterminism_from_a_variation,
     check_moves_the_clock_where_the_image_has_libfaketime,
