@@ -702,7 +702,51 @@ make install DESTDIR="$out"
     assert_eq!(b["output_digest"], v["control_digest"]);
 }
 
+/// `archive` under a `[build] workdir` view: `/build` shows the varied copy
+/// too, and the build can still change a file of it (copy-up).
+fn check_varies_the_sources_under_a_workdir_view(who: As) {
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "view",
+            "stat -c '%Y %a' f > $out/meta\nchmod u+w f\necho more >> f\ncat f > $out/f",
+        )],
+    );
+    with_source(&specs[0]);
+    let text = fs::read_to_string(&specs[0]).unwrap();
+    fs::write(
+        &specs[0],
+        text.replace("[build]\n", "[build]\nworkdir = \"src\"\n"),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(who, &home, &["check", spec, "--vary", "archive", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "archive");
+    assert_eq!(
+        files(x),
+        serde_json::json!([{"how": "changed", "path": "meta"}]),
+        "{x}"
+    );
+    assert_eq!(
+        x["causes"],
+        serde_json::json!(["archive metadata (mtimes, owners, modes of the sources)"]),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.join("meta")).unwrap(),
+        "2000000000 664\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("f")).unwrap(), "data\nmore\n");
+}
+
 both_users!(
+    check_varies_the_sources_under_a_workdir_view,
     check_passes_gnu_hello_from_its_tarball,
     check_names_the_locale_sort_order,
     check_tells_plain_nondeterminism_from_a_variation,

@@ -100,6 +100,19 @@ pub fn archive(ctx: &Ctx) -> Variant {
     let h = hook(move |s| {
         let mut copied = Vec::new();
         let mut failed = None;
+        // A `[build] workdir` view's lower layer is a source too: it shows
+        // the same copy. Its files keep their owner (overlayfs cannot copy
+        // up a file of an owner the sandbox does not map).
+        let lowers: Vec<PathBuf> = s
+            .mounts
+            .iter()
+            .filter_map(|m| match m {
+                Mount::Overlay { lower, .. } => Some(lower.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut moved: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut kept_owner = false;
         for m in s.mounts.iter_mut() {
             let Mount::Bind { src, dst, .. } = m else {
                 continue;
@@ -107,6 +120,8 @@ pub fn archive(ctx: &Ctx) -> Variant {
             if !dst.starts_with(&sources) {
                 continue;
             }
+            let viewed = lowers.iter().any(|l| l.starts_with(&*src));
+            kept_owner |= viewed && root;
             let dir = match hermit_store::store::temp_dir(&tmp) {
                 Ok(d) => d,
                 Err(e) => {
@@ -116,9 +131,10 @@ pub fn archive(ctx: &Ctx) -> Variant {
             };
             lock(&made).push(dir.clone());
             let to = dir.join("src");
-            match varied_copy(src, &to, root) {
+            match varied_copy(src, &to, root && !viewed) {
                 Ok(()) => {
                     copied.push(dst.display().to_string());
+                    moved.push((src.clone(), to.clone()));
                     *src = to;
                 }
                 Err(e) => {
@@ -127,7 +143,25 @@ pub fn archive(ctx: &Ctx) -> Variant {
                 }
             }
         }
-        let owners = if root {
+        for m in s.mounts.iter_mut() {
+            if let Mount::Overlay { lower, .. } = m {
+                if let Some((from, to)) = moved.iter().find(|(f, _)| lower.starts_with(f)) {
+                    if let Ok(rest) = lower.strip_prefix(from) {
+                        *lower = if rest.as_os_str().is_empty() {
+                            to.clone()
+                        } else {
+                            to.join(rest)
+                        };
+                    }
+                }
+            }
+        }
+        let owners = if root && kept_owner {
+            format!(
+                "owners → uid/gid {ARCHIVE_OWNER} (nobody in the sandbox), except in the source \
+                 /build is a view of (overlayfs cannot copy up a file of an unmapped owner)"
+            )
+        } else if root {
             format!("owners → uid/gid {ARCHIVE_OWNER} (nobody in the sandbox)")
         } else {
             "owners not varied (that needs root: the sandbox maps one uid)".into()
