@@ -362,22 +362,7 @@ fn status(outcome: Outcome) -> anyhow::Result<u8> {
         Outcome::TimedOut(t) => {
             Err(Exit::with_code(exit::TIMEOUT, format!("timed out after {} s", t.as_secs())).into())
         }
-        Outcome::SetupFailed(f) => {
-            let code = match (f.exec, f.errno) {
-                (true, Some(libc::ENOENT)) => 127,
-                (true, _) => 126,
-                _ => exit::SANDBOX_SETUP,
-            };
-            let mut msg = if f.exec {
-                format!("cannot run the command: {f}")
-            } else {
-                format!("sandbox setup failed: {f}")
-            };
-            if let Some(h) = f.hint() {
-                msg.push_str(&format!("\n  hint: {h}"));
-            }
-            Err(Exit::with_code(code, msg).into())
-        }
+        Outcome::SetupFailed(f) => Err(crate::cmd::sandbox::setup_failed(&f)),
     }
 }
 

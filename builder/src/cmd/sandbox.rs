@@ -254,21 +254,26 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
             ),
         )
         .into()),
-        Outcome::SetupFailed(f) => {
-            let code = match (f.exec, f.errno) {
-                (true, Some(libc::ENOENT)) => 127,
-                (true, _) => 126,
-                _ => exit::SANDBOX_SETUP,
-            };
-            let mut msg = if f.exec {
-                format!("cannot run the command: {f}")
-            } else {
-                format!("sandbox setup failed: {f}")
-            };
-            if let Some(h) = f.hint() {
-                msg.push_str(&format!("\n  hint: {h}"));
-            }
-            Err(Exit::with_code(code, msg).into())
-        }
+        Outcome::SetupFailed(f) => Err(setup_failed(&f)),
     }
+}
+
+/// A sandbox that could not start its command, as hermit's error: 127 when
+/// the command was not found, 126 when it could not be executed, else the
+/// sandbox-setup exit status. Shared by `hermit sandbox` and `hermit shell`.
+pub(crate) fn setup_failed(f: &hermit_sandbox::SetupFailure) -> anyhow::Error {
+    let code = match (f.exec, f.errno) {
+        (true, Some(libc::ENOENT)) => 127,
+        (true, _) => 126,
+        _ => exit::SANDBOX_SETUP,
+    };
+    let mut msg = if f.exec {
+        format!("cannot run the command: {f}")
+    } else {
+        format!("sandbox setup failed: {f}")
+    };
+    if let Some(h) = f.hint() {
+        msg.push_str(&format!("\n  hint: {h}"));
+    }
+    Exit::with_code(code, msg).into()
 }
