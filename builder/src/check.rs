@@ -33,7 +33,6 @@ use serde::Serialize;
 use crate::exit::Exit;
 use crate::net::NetArgs;
 use crate::pipeline::plan::Plan;
-use crate::pipeline::rebuild::differing_files;
 use crate::pipeline::run::SandboxHook;
 use crate::pipeline::{self, BuildOptions, Echo};
 use crate::shell::{self, ShellOptions, Source};
@@ -996,24 +995,49 @@ fn set_jobs(plan: &mut Plan, jobs: u32) {
     env.env.insert("HERMIT_JOBS".into(), jobs.to_string());
 }
 
-/// The paths whose entries differ between the control's and a variant's
-/// file lists ([`differing_files`]).
+/// The paths whose entries (type, mode, size, sha256, link target) differ
+/// between the control's and a variant's file lists: changed and missing
+/// ones by path, then added ones. The common case — the same paths in the
+/// same order — is one pass over both lists.
 fn differences(
     control: &crate::record::Record,
     variant: &crate::record::Record,
 ) -> Vec<Difference> {
-    differing_files(control, variant)
-        .into_iter()
-        .map(|d| {
-            let (how, path) = d.split_once(' ').unwrap_or(("changed", d.as_str()));
-            Difference {
-                how: how.to_string(),
-                path: path.trim_start().to_string(),
-                cause: None,
-                evidence: None,
-            }
+    let (a, b) = (&control.output.files, &variant.output.files);
+    let diff = |how: &str, path: &str| Difference {
+        how: how.to_string(),
+        path: path.to_string(),
+        cause: None,
+        evidence: None,
+    };
+    if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path) {
+        return a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| diff("changed", &x.path))
+            .collect();
+    }
+    let theirs: std::collections::HashMap<&str, &crate::output::FileEntry> =
+        b.iter().map(|f| (f.path.as_str(), f)).collect();
+    let ours: std::collections::HashSet<&str> = a.iter().map(|f| f.path.as_str()).collect();
+    let mut out: Vec<Difference> = a
+        .iter()
+        .filter_map(|f| match theirs.get(f.path.as_str()) {
+            Some(g) if *g == f => None,
+            Some(_) => Some(diff("changed", &f.path)),
+            None => Some(diff("missing", &f.path)),
         })
-        .collect()
+        .collect();
+    out.sort_by(|x, y| x.path.cmp(&y.path));
+    let mut added: Vec<Difference> = b
+        .iter()
+        .filter(|f| !ours.contains(f.path.as_str()))
+        .map(|f| diff("added", &f.path))
+        .collect();
+    added.sort_by(|x, y| x.path.cmp(&y.path));
+    out.extend(added);
+    out
 }
 
 /// How many differing files diffoscope is run on.
