@@ -371,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn a_uname_release_must_fit_utsname() {
+        let mut s = spec();
+        s.uname = Some(Uname {
+            release: "4.4.0-hermit-check".into(),
+            version: "#1 SMP x".into(),
+        });
+        assert_eq!(s.validate(), Ok(()));
+        for (release, version) in [("", "v"), ("r", &"v".repeat(65)[..]), ("a\nb", "v")] {
+            s.uname = Some(Uname {
+                release: release.into(),
+                version: version.into(),
+            });
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadUname { .. })),
+                "{release:?} {version:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_complete_spec_is_valid_and_round_trips() {
         let s = spec();
         s.validate().unwrap();
