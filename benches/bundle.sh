@@ -19,7 +19,9 @@
 # (it is kept) to skip that.
 #
 # Usage: benches/bundle.sh [path/to/hermit]   (default target/release/hermit)
-# Env:   REPS (default 9), BENCH_DIR (default /dev/shm), BUNDLE_HOME
+# Env:   REPS (default 9), BENCH_DIR (default /dev/shm), BUNDLE_HOME,
+#        BASELINE: another hermit binary (e.g. one built from main) whose
+#        import is timed in the same runs, for a before/after row
 set -eu
 HERMIT=$(realpath "${1:-target/release/hermit}")
 REPS=${REPS:-9}
@@ -51,7 +53,8 @@ export_hermit() { HERMIT_HOME="$SRC_HOME" "$HERMIT" export "$RECORD" -o "$W/b.ta
 export_tar() { tar cf "$W/t.tar" -C "$W/layout" oci-layout index.json blobs; }
 import_hermit() { HERMIT_HOME="$W/imp" "$HERMIT" import "$W/ref.tar"; }
 import_tar() { tar xf "$W/ref.tar" -C "$W/x"; }
-fresh() { chmod -R u+w "$W/imp" "$W/x" 2>/dev/null || true; rm -rf "$W/imp" "$W/x" "$W/b.tar" "$W/t.tar"; mkdir -p "$W/x"; }
+import_base() { HERMIT_HOME="$W/base" "$BASELINE" import "$W/ref.tar"; }
+fresh() { chmod -R u+w "$W/imp" "$W/base" "$W/x" 2>/dev/null || true; rm -rf "$W/imp" "$W/base" "$W/x" "$W/b.tar" "$W/t.tar"; mkdir -p "$W/x"; }
 
 i=0
 while [ "$i" -lt "$REPS" ]; do
@@ -68,6 +71,9 @@ while [ "$i" -lt "$REPS" ]; do
     time_cmd import_hermit import_hermit
     time_cmd import_tar import_tar
   fi
+  if [ -n "${BASELINE:-}" ]; then
+    time_cmd import_base import_base
+  fi
   i=$((i + 1))
 done
 cmp "$W/b.tar" "$W/ref.tar" || { echo "the exports differ" >&2; exit 1; }
@@ -81,3 +87,6 @@ row() {
 }
 row "export vs tar cf (same files)" export_tar export_hermit
 row "import (checked) vs tar xf" import_tar import_hermit
+if [ -n "${BASELINE:-}" ]; then
+  row "import by BASELINE vs tar xf" import_tar import_base
+fi

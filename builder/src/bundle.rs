@@ -630,6 +630,8 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
     let mut off = 0u64;
     let mut pax_path: Option<String> = None;
     let mut pax_size: Option<u64> = None;
+    // (digest, offset of its data, size) of every blob, in archive order.
+    let mut pending: Vec<(Digest, u64, u64)> = Vec::new();
     loop {
         if off + 512 > len {
             if off == len && out.index.is_some() {
@@ -761,30 +763,61 @@ pub fn scan(path: &Path, store: Option<&Store>) -> anyhow::Result<Scanned> {
                 format!("entry {name:?} is not named by a sha256 digest (64 lowercase hex digits)"),
             )
         })?;
-        let what = format!("{origin}: blob {digest}");
-        let loc = match store {
-            Some(store) if store.blob(&digest).is_none() => Loc::Staged(
-                store
-                    .stage_range(&file, data, size, &what, &digest)
-                    .map_err(|e| match e {
-                        hermit_store::StoreError::Mismatch { actual, .. } => {
-                            bad(&origin, format!("blob {digest} hashes to {actual}"))
-                        }
-                        e => anyhow::Error::new(e)
-                            .context(format!("importing {origin}; nothing from it was stored")),
-                    })?,
-            ),
-            // Verify only, or already stored: hashed, not copied.
-            _ => {
-                let actual = hermit_store::store::hash_range(&file, data, size)
-                    .with_context(|| format!("reading {origin}"))?;
-                if actual != digest {
-                    return Err(bad(&origin, format!("blob {digest} hashes to {actual}")));
-                }
-                Loc::At(data)
-            }
-        };
-        out.blobs.insert(digest, Blob { size, loc });
+        pending.push((digest, data, size));
+    }
+    // Every blob, hashed, and (importing) copied into the store's temp
+    // directory: in one pass over the archive on two threads
+    // ([`Store::stage_ranges`]). Blobs the store holds already, or every
+    // blob when only verifying, are hashed, not copied.
+    let (copy, hash_only): (Vec<_>, Vec<_>) = pending
+        .into_iter()
+        .partition(|(d, _, _)| store.is_some_and(|s| s.blob(d).is_none()));
+    let mismatch = |e: hermit_store::StoreError| match e {
+        hermit_store::StoreError::Mismatch {
+            expected, actual, ..
+        } => bad(&origin, format!("blob {expected} hashes to {actual}")),
+        e => {
+            anyhow::Error::new(e).context(format!("importing {origin}; nothing from it was stored"))
+        }
+    };
+    if let Some(store) = store {
+        let ranges: Vec<hermit_store::store::Range> = copy
+            .iter()
+            .map(|(d, off, size)| hermit_store::store::Range {
+                offset: *off,
+                len: *size,
+                expected: *d,
+                what: format!("{origin}: blob {d}"),
+            })
+            .collect();
+        let staged = store.stage_ranges(&file, &ranges).map_err(mismatch)?;
+        for ((d, _, size), s) in copy.into_iter().zip(staged) {
+            out.blobs.insert(
+                d,
+                Blob {
+                    size,
+                    loc: Loc::Staged(s),
+                },
+            );
+        }
+    }
+    let ranges: Vec<(u64, u64)> = hash_only
+        .iter()
+        .map(|(_, off, size)| (*off, *size))
+        .collect();
+    let hashes = hermit_store::store::hash_ranges(&file, &ranges);
+    for ((d, off, size), h) in hash_only.into_iter().zip(hashes) {
+        let actual = h.with_context(|| format!("reading {origin}"))?;
+        if actual != d {
+            return Err(bad(&origin, format!("blob {d} hashes to {actual}")));
+        }
+        out.blobs.insert(
+            d,
+            Blob {
+                size,
+                loc: Loc::At(off),
+            },
+        );
     }
     if out.index.is_none() {
         return Err(Exit::user(format!(
@@ -1163,20 +1196,94 @@ pub struct Imported {
     pub record_path: PathBuf,
     pub top: Record,
     pub new_blobs: usize,
+    /// The gc root that keeps the bundle's blobs, unless `--no-root`.
+    pub root: Option<String>,
 }
 
-/// Moves a checked bundle's blobs into the store and records its images.
-pub fn install(store: &Store, checked: Checked) -> anyhow::Result<Imported> {
+/// The gc root that keeps an imported bundle's blobs in the store.
+pub fn root_name(manifest: &Digest) -> String {
+    format!("bundle-{}", manifest.hex())
+}
+
+/// The text of an imported bundle's gc root: one `record <build key hex>
+/// sha256:<record blob>` line per record (so that the records of a
+/// bundle's inputs are found by build key: [`imported_record`]), then every
+/// blob the bundle holds. Every `sha256:` digest in it is kept by `hermit
+/// store gc` (see `hermit_store::gc`).
+fn root_text(checked: &Checked) -> String {
+    let name = root_name(&checked.manifest);
+    let mut text = format!(
+        "# the blobs of the bundle {} (`hermit store root rm {name}` releases them)\n",
+        checked.manifest
+    );
+    for (key, blob) in &checked.config.records {
+        text.push_str(&format!("record {} {blob}\n", key.hex()));
+    }
+    for d in checked.scanned.blobs.keys() {
+        text.push_str(&format!("{d}\n"));
+    }
+    text
+}
+
+/// The record of build key `key` held by a bundle imported into `store`
+/// (found through the bundles' gc roots): its text and where it is, or
+/// `None`. The caller checks it like any record.
+pub fn imported_record(store: &Store, key: &Digest) -> anyhow::Result<Option<(String, String)>> {
+    let dir = store.base().join("gcroots");
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("bundle-"))
+            .collect(),
+        Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+    };
+    names.sort();
+    let want = format!("record {} ", key.hex());
+    for n in names {
+        let p = dir.join(&n);
+        let Ok(text) = crate::limits::read_text(&p, 64 << 20) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Some(blob) = line.strip_prefix(&want) else {
+                continue;
+            };
+            let Ok(blob) = blob.trim().parse::<Digest>() else {
+                continue;
+            };
+            let Some(path) = store.blob(&blob) else {
+                continue;
+            };
+            let rec = crate::limits::read_text(&path, crate::limits::MAX_RECORD)
+                .with_context(|| format!("reading {}", path.display()))?;
+            return Ok(Some((
+                rec,
+                format!("record {blob} of the imported bundle {n}"),
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Moves a checked bundle's blobs into the store and records its images;
+/// with `root`, a gc root named after the bundle ([`root_name`]) keeps
+/// them.
+pub fn install(store: &Store, checked: Checked, root: bool) -> anyhow::Result<Imported> {
     let summary = summary(&checked);
+    let root_text = root.then(|| root_text(&checked));
     let mut new_blobs = 0;
+    let mut staged = Vec::new();
     for (d, b) in checked.scanned.blobs {
         if let Loc::Staged(s) = b.loc {
             if store.blob(&d).is_none() {
                 new_blobs += 1;
             }
-            s.install().with_context(|| format!("storing blob {d}"))?;
+            staged.push(s);
         }
     }
+    // One syncfs for all of them, then the renames.
+    StagedBlob::install_all(staged).context("storing the bundle's blobs")?;
     for h in checked.records.values() {
         if matches!(h.spec.toolchain, Toolchain::Input { .. }) {
             continue;
@@ -1187,6 +1294,16 @@ pub fn install(store: &Store, checked: Checked) -> anyhow::Result<Imported> {
                 .with_context(|| format!("recording the toolchain image {}", i.manifest))?;
         }
     }
+    let root = match root_text {
+        Some(text) => {
+            let name = root_name(&checked.manifest);
+            let dest = store.base().join("gcroots").join(&name);
+            hermit_store::store::write_small_atomic(store.tmp_dir(), &dest, text.as_bytes())
+                .with_context(|| format!("writing the gc root {}", dest.display()))?;
+            Some(name)
+        }
+        None => None,
+    };
     let top = checked
         .records
         .get(&checked.config.top)
@@ -1196,13 +1313,15 @@ pub fn install(store: &Store, checked: Checked) -> anyhow::Result<Imported> {
         record_path: store.blob_path(&top.blob),
         top: top.record.clone(),
         new_blobs,
+        root,
     })
 }
 
-/// Imports a bundle file: scan, check, then store everything or nothing.
-pub fn import(store: &Store, path: &Path) -> anyhow::Result<Imported> {
+/// Imports a bundle file: scan, check, then store everything or nothing
+/// (with a gc root for it when `root`).
+pub fn import(store: &Store, path: &Path, root: bool) -> anyhow::Result<Imported> {
     let scanned = scan(path, Some(store))?;
-    install(store, check(scanned)?)
+    install(store, check(scanned)?, root)
 }
 
 /// For `hermit shell BUNDLE` and the like: imports the bundle at `path`
@@ -1210,7 +1329,7 @@ pub fn import(store: &Store, path: &Path) -> anyhow::Result<Imported> {
 /// its top record inside the store, to be used like any record file.
 #[allow(dead_code)]
 pub fn import_for_use(store: &Store, path: &Path) -> anyhow::Result<(PathBuf, Record)> {
-    let i = import(store, path)?;
+    let i = import(store, path, true)?;
     Ok((i.record_path, i.top))
 }
 
@@ -1219,12 +1338,12 @@ pub fn import_for_use(store: &Store, path: &Path) -> anyhow::Result<(PathBuf, Re
 /// the bundle is imported first and its top record is returned.
 pub fn record_for_rebuild(store: &Store, arg: &Path, offline: bool) -> anyhow::Result<PathBuf> {
     match kind_of(arg) {
-        Kind::Bundle => Ok(import(store, arg)?.record_path),
+        Kind::Bundle => Ok(import(store, arg, true)?.record_path),
         Kind::Reference(r) if offline => Err(Exit::user(format!(
             "{r} is a registry reference, and --offline forbids pulling it; drop --offline, or rebuild from the bundle file (`skopeo copy docker://… oci-archive:FILE`)"
         ))
         .into()),
-        Kind::Reference(r) => Ok(install(store, check(pull(store, &r)?)?)?.record_path),
+        Kind::Reference(r) => Ok(install(store, check(pull(store, &r)?)?, true)?.record_path),
         Kind::Other => Ok(arg.to_path_buf()),
     }
 }

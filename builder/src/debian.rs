@@ -72,6 +72,9 @@ pub struct Package {
 pub struct Bootstrapped {
     pub image: Image,
     pub packages: Vec<Package>,
+    /// The sha256 of every `InRelease` (or `Release`) apt fetched for it
+    /// ([`crate::debreuse::releases_in_lists`]).
+    pub releases: Vec<Digest>,
 }
 
 /// Bootstraps the requested Debian into the store. Every installed .deb
@@ -91,9 +94,11 @@ pub fn bootstrap(
     let run = mmdebstrap(store, req, source_date_epoch, &mirrors, false)?;
     let packages = packages(store, &run.debs(), &run.lists())?;
     keep_debs(store, &run.image, &packages)?;
+    let releases = crate::debreuse::releases_in_lists(&run.lists());
     Ok(Bootstrapped {
         image: run.image,
         packages,
+        releases,
     })
 }
 
@@ -268,7 +273,7 @@ fn unshare_ready() -> anyhow::Result<()> {
 }
 
 /// The host's apt source files, checked to name `suite`.
-fn host_sources(suite: &str) -> anyhow::Result<Vec<String>> {
+pub(crate) fn host_sources(suite: &str) -> anyhow::Result<Vec<String>> {
     let mut files: Vec<PathBuf> = Vec::new();
     let main = Path::new("/etc/apt/sources.list");
     if main.is_file() {

@@ -37,6 +37,7 @@ mod cmd;
 mod config;
 mod debian;
 mod debrestore;
+mod debreuse;
 mod derive;
 mod environment;
 mod exit;

@@ -129,6 +129,7 @@ pub fn record_name(key: &Digest) -> String {
 }
 
 /// The record of build key `key`: the store's (beside its output), else
+/// one an imported bundle holds ([`crate::bundle::imported_record`]), else
 /// the first mirror's that has one. A record from a mirror is untrusted:
 /// it must parse, be consistent (its build key is the hash of its inputs)
 /// and state `key`; then it is checked against its own spec and lock like
@@ -147,6 +148,9 @@ pub fn find_record(
         let text = crate::limits::read_text(&stored, crate::limits::MAX_RECORD)
             .with_context(|| format!("reading {}", stored.display()))?;
         found = Some((text, stored.display().to_string()));
+    }
+    if found.is_none() {
+        found = crate::bundle::imported_record(store, key)?;
     }
     if found.is_none() {
         let mirrors = crate::config::mirrors(&net.mirrors)?;

@@ -87,16 +87,29 @@ pub fn resolve_toolchain_fresh(
     net: &NetArgs,
     profile: &Profile,
 ) -> anyhow::Result<(Image, Vec<debian::Package>)> {
-    resolve_toolchain(store, req, spec_dir, net, profile)
+    resolve(store, req, spec_dir, net, profile, false)
 }
 
-/// Resolves a toolchain that has no lock yet.
+/// Resolves a toolchain that has no lock yet. A Debian request already
+/// bootstrapped from the same state of the archive reuses that image
+/// ([`crate::debreuse`]).
 pub fn resolve_toolchain(
     store: &Arc<Store>,
     req: &ToolchainRequest,
     spec_dir: &Path,
     net: &NetArgs,
     profile: &Profile,
+) -> anyhow::Result<(Image, Vec<debian::Package>)> {
+    resolve(store, req, spec_dir, net, profile, true)
+}
+
+fn resolve(
+    store: &Arc<Store>,
+    req: &ToolchainRequest,
+    spec_dir: &Path,
+    net: &NetArgs,
+    profile: &Profile,
+    reuse: bool,
 ) -> anyhow::Result<(Image, Vec<debian::Package>)> {
     match req {
         ToolchainRequest::Image { reference } => {
@@ -150,6 +163,22 @@ pub fn resolve_toolchain(
                     return Ok((image.clone(), packages.clone()));
                 }
             }
+            let sde = profile.source_date_epoch.default;
+            let state = crate::debreuse::state_now(d, sde, net);
+            if let (true, Ok(state)) = (reuse, &state) {
+                if let Some((image, packages)) = crate::debreuse::lookup(store, state, net.quiet) {
+                    if !net.quiet {
+                        eprintln!(
+                            "hermit: reusing the debian {} image {} bootstrapped from the same archive state",
+                            d.suite, image.manifest
+                        );
+                    }
+                    if let Ok(mut done) = BOOTSTRAPPED.lock() {
+                        done.push((key, image.clone(), packages.clone()));
+                    }
+                    return Ok((image, packages));
+                }
+            }
             if !net.quiet {
                 eprintln!(
                     "hermit: bootstrapping debian {} with {} (mmdebstrap)",
@@ -157,7 +186,20 @@ pub fn resolve_toolchain(
                     d.include.join(", ")
                 );
             }
-            let b = debian::bootstrap(store, d, profile.source_date_epoch.default)?;
+            let b = debian::bootstrap(store, d, sde)?;
+            match &state {
+                Ok(state) => {
+                    if !crate::debreuse::remember(store, state, &b.releases, &b.image, &b.packages)?
+                        && !net.quiet
+                    {
+                        eprintln!("hermit: the archive changed during the bootstrap; it is not indexed for reuse");
+                    }
+                }
+                Err(why) if !net.quiet => eprintln!(
+                    "hermit: the bootstrap is not indexed for reuse: the archive's state is unknown ({why})"
+                ),
+                Err(_) => {}
+            }
             if let Ok(mut done) = BOOTSTRAPPED.lock() {
                 done.push((key, b.image.clone(), b.packages.clone()));
             }

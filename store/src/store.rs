@@ -302,6 +302,7 @@ impl Store {
             "rootfs",
             "failed",
             "rebuilds",
+            "debian-reuse",
             "store.lock",
             "VERSION",
         ] {
@@ -1143,76 +1144,251 @@ impl Drop for StagedBlob {
     }
 }
 
+/// One blob inside an archive, for [`Store::stage_ranges`]: `len` bytes
+/// from `offset`, which must hash to `expected`; `what` names it in errors.
+#[derive(Debug, Clone)]
+pub struct Range {
+    pub offset: u64,
+    pub len: u64,
+    pub expected: Digest,
+    pub what: String,
+}
+
 impl Store {
-    /// Stages `len` bytes of `src` starting at `offset` (a blob inside an
-    /// archive) as a [`StagedBlob`], checked against `expected`: the kernel
-    /// copies the bytes (`copy_file_range`) while a second thread hashes
-    /// them from `src`. Nothing enters `blobs/` until the caller installs it.
-    pub fn stage_range(
-        &self,
-        src: &File,
-        offset: u64,
-        len: u64,
-        what: &str,
-        expected: &Digest,
-    ) -> Result<StagedBlob> {
-        use std::io::SeekFrom;
+    /// Stages many blobs of one archive `src` as [`StagedBlob`]s, each
+    /// checked against its expected digest, in one pass over the archive
+    /// on two threads: this thread has the
+    /// kernel copy every range into its temp file (`copy_file_range`, no
+    /// bytes through user space) while a second thread hashes every range
+    /// from `src`, so copying and hashing overlap over the whole archive,
+    /// small blobs included. Returns the staged blobs in the order of
+    /// `ranges`, or the first error or mismatch in that order (then every
+    /// temp file is deleted). Nothing enters `blobs/`.
+    pub fn stage_ranges(&self, src: &File, ranges: &[Range]) -> Result<Vec<StagedBlob>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Mutex;
         let store = self.shared_lock()?;
-        let (mut file, path) = temp_file(&self.session.dir)?;
-        let mut guard = TempGuard(Some(path.clone()));
-        let digest = if len < SMALL_STAGE {
-            let mut buf = vec![0u8; len as usize];
-            src.read_exact_at(&mut buf, offset)
-                .map_err(StoreError::io("reading", what))?;
-            file.write_all(&buf)
-                .map_err(StoreError::io("writing", &path))?;
-            Digest::of(&buf)
-        } else {
-            std::thread::scope(|s| -> Result<Digest> {
-                let hasher = s.spawn(|| hash_range(src, offset, len));
-                let copied = (|| -> io::Result<u64> {
-                    let mut reader = src;
-                    reader.seek(SeekFrom::Start(offset))?;
-                    io::copy(&mut reader.take(len), &mut file)
-                })();
-                let digest = hasher
-                    .join()
-                    .map_err(|_| {
-                        StoreError::io("hashing", what)(io::Error::other("hasher panicked"))
-                    })?
-                    .map_err(StoreError::io("reading", what))?;
-                let copied = copied.map_err(StoreError::io("copying into", &path))?;
-                if copied != len {
-                    return Err(StoreError::SizeMismatch {
-                        what: what.to_string(),
-                        expected: len,
-                        actual: copied,
-                    });
-                }
-                Ok(digest)
-            })?
+        let blobs = self.base.join("blobs/sha256");
+        let stop = AtomicBool::new(false);
+        // The ranges not hashed yet: the hasher takes them from the front;
+        // the copier, once every copy is made, from the back — so that the
+        // two threads finish together when one large blob takes long to
+        // hash.
+        let left = Mutex::new((0usize, ranges.len()));
+        let hashes: Mutex<Vec<Option<io::Result<Digest>>>> =
+            Mutex::new((0..ranges.len()).map(|_| None).collect());
+        let hash = |i: usize| {
+            let r = &ranges[i];
+            let h = hash_range(src, r.offset, r.len);
+            if !matches!(&h, Ok(d) if *d == r.expected) {
+                stop.store(true, Ordering::Relaxed);
+            }
+            if let Ok(mut v) = hashes.lock() {
+                v[i] = Some(h);
+            }
         };
-        if digest != *expected {
-            return Err(StoreError::Mismatch {
-                what: what.to_string(),
-                expected: *expected,
-                actual: digest,
+        let take = |front: bool| -> Option<usize> {
+            if stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            let mut l = left.lock().ok()?;
+            if l.0 >= l.1 {
+                return None;
+            }
+            if front {
+                l.0 += 1;
+                Some(l.0 - 1)
+            } else {
+                l.1 -= 1;
+                Some(l.1)
+            }
+        };
+        std::thread::scope(|s| -> Result<Vec<StagedBlob>> {
+            let hasher = s.spawn(|| {
+                while let Some(i) = take(true) {
+                    hash(i);
+                }
             });
-        }
-        guard.0 = None;
-        Ok(StagedBlob {
-            file: Some(file),
-            path,
-            blobs: self.base.join("blobs/sha256"),
-            digest,
-            size: len,
-            _store: store,
+            let mut staged = Vec::with_capacity(ranges.len());
+            let mut copy_err = None;
+            for r in ranges {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match copy_range_to_temp(src, r, &self.session.dir) {
+                    Ok((file, path)) => staged.push(StagedBlob {
+                        file: Some(file),
+                        path,
+                        blobs: blobs.clone(),
+                        digest: r.expected,
+                        size: r.len,
+                        _store: store.clone(),
+                    }),
+                    Err(e) => {
+                        stop.store(true, Ordering::Relaxed);
+                        copy_err = Some(e);
+                        break;
+                    }
+                }
+            }
+            while let Some(i) = take(false) {
+                hash(i);
+            }
+            hasher.join().map_err(|_| {
+                StoreError::io("hashing", "an archive")(io::Error::other("hasher panicked"))
+            })?;
+            let hashes = std::mem::take(&mut *hashes.lock().unwrap_or_else(|p| p.into_inner()));
+            // The first problem in archive order: a read error or a mismatch
+            // a hasher found, else a copy error.
+            for (r, h) in ranges.iter().zip(&hashes) {
+                match h {
+                    Some(Ok(d)) if *d == r.expected => {}
+                    Some(Ok(d)) => {
+                        return Err(StoreError::Mismatch {
+                            what: r.what.clone(),
+                            expected: r.expected,
+                            actual: *d,
+                        })
+                    }
+                    Some(Err(e)) => {
+                        return Err(StoreError::io("reading", &r.what)(io::Error::new(
+                            e.kind(),
+                            e.to_string(),
+                        )))
+                    }
+                    None => {}
+                }
+            }
+            if let Some(e) = copy_err {
+                return Err(e);
+            }
+            if hashes.iter().any(Option::is_none) || staged.len() != ranges.len() {
+                return Err(StoreError::io("staging", "an archive")(io::Error::other(
+                    "stopped early without a reason",
+                )));
+            }
+            Ok(staged)
         })
     }
 }
 
-/// Blobs below this size are staged through one buffer, on one thread.
-const SMALL_STAGE: u64 = 4 << 20;
+/// Copies one range of `src` into a new temp file in `dir`, by the kernel
+/// where the filesystems allow it (`copy_file_range` at explicit offsets:
+/// `src`'s file offset is not used), else through one buffer.
+fn copy_range_to_temp(src: &File, r: &Range, dir: &Path) -> Result<(File, PathBuf)> {
+    let (file, path) = temp_file(dir)?;
+    let mut guard = TempGuard(Some(path.clone()));
+    let mut off_in = r.offset;
+    let mut done = 0u64;
+    let mut kernel = true;
+    while done < r.len {
+        let want = (r.len - done).min(1 << 30) as usize;
+        let n = if kernel {
+            use rustix::io::Errno;
+            match rustix::fs::copy_file_range(src, Some(&mut off_in), &file, None, want) {
+                Ok(n) => n,
+                Err(Errno::XDEV | Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) if done == 0 => {
+                    kernel = false;
+                    continue;
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    return Err(StoreError::io("copying", &r.what)(io::Error::from(e)));
+                }
+            }
+        } else {
+            let mut buf = vec![0u8; IO_BUF.min(want)];
+            let n = src
+                .read_at(&mut buf, r.offset + done)
+                .map_err(StoreError::io("reading", &r.what))?;
+            (&file)
+                .write_all(&buf[..n])
+                .map_err(StoreError::io("writing", &path))?;
+            n
+        };
+        if n == 0 {
+            return Err(StoreError::SizeMismatch {
+                what: r.what.clone(),
+                expected: r.len,
+                actual: done,
+            });
+        }
+        done += n as u64;
+    }
+    guard.0 = None;
+    Ok((file, path))
+}
+
+impl StagedBlob {
+    /// Moves many staged blobs into the store at once: each is made
+    /// read-only, then one `syncfs` makes all their bytes durable (instead
+    /// of one fsync per blob), then each is renamed into `blobs/` (unless
+    /// an identical blob is there already) and `blobs/` is synced once.
+    /// A blob is only ever renamed complete and durable; should a rename
+    /// fail, the blobs not yet moved are deleted.
+    pub fn install_all(staged: Vec<StagedBlob>) -> Result<Vec<Digest>> {
+        let Some(first) = staged.first() else {
+            return Ok(vec![]);
+        };
+        let blobs = first.blobs.clone();
+        for b in &staged {
+            if let Some(f) = &b.file {
+                f.set_permissions(fs::Permissions::from_mode(0o444))
+                    .map_err(StoreError::io("making read-only", &b.path))?;
+            }
+        }
+        if let Some(f) = &first.file {
+            nix::unistd::syncfs(f).map_err(|e| {
+                StoreError::io("syncing the filesystem of", &first.path)(io::Error::from(e))
+            })?;
+        }
+        let mut out = Vec::with_capacity(staged.len());
+        for mut b in staged {
+            let dest = b.blobs.join(b.digest.hex());
+            // When an identical blob is there already (someone else stored
+            // the same bytes first), ours is deleted on drop.
+            if !dest.exists() {
+                fs::rename(&b.path, &dest).map_err(StoreError::io("renaming into", &dest))?;
+                b.file = None;
+            }
+            out.push(b.digest);
+        }
+        sync_dir(&blobs)?;
+        Ok(out)
+    }
+}
+
+/// The sha256 of each `(offset, len)` range of `src`, in order, hashed on
+/// two threads (each takes the next range not yet taken).
+pub fn hash_ranges(src: &File, ranges: &[(u64, u64)]) -> Vec<io::Result<Digest>> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let next = AtomicUsize::new(0);
+    let results: Mutex<Vec<Option<io::Result<Digest>>>> =
+        Mutex::new((0..ranges.len()).map(|_| None).collect());
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(&(off, len)) = ranges.get(i) else {
+            return;
+        };
+        let h = hash_range(src, off, len);
+        if let Ok(mut r) = results.lock() {
+            r[i] = Some(h);
+        }
+    };
+    std::thread::scope(|s| {
+        if ranges.len() > 1 {
+            s.spawn(work);
+        }
+        work();
+    });
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(io::Error::other("a hashing thread failed"))))
+        .collect()
+}
 
 /// The sha256 of `len` bytes of `src` from `offset` (positional reads:
 /// the file's offset is not used).
@@ -1505,6 +1681,89 @@ mod tests {
             let n = fs::read_dir(store.tmp_dir()).map_or(0, |d| d.count());
             assert_eq!(n, 1, "nothing left behind in tmp");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn staged_ranges_install_all_or_nothing() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(StoreError::io("tempdir", "/tmp"))?;
+        let store = Store::open(dir.path().join("s"))?;
+        // An "archive": three blobs, one big enough to take many copy calls.
+        let parts: Vec<Vec<u8>> = vec![
+            b"first".to_vec(),
+            (0..(3 << 20)).map(|i| (i % 251) as u8).collect(),
+            Vec::new(),
+        ];
+        let archive = dir.path().join("a");
+        let mut bytes = b"header".to_vec();
+        let mut ranges = Vec::new();
+        for p in &parts {
+            ranges.push(Range {
+                offset: bytes.len() as u64,
+                len: p.len() as u64,
+                expected: Digest::of(p),
+                what: "part".into(),
+            });
+            bytes.extend_from_slice(p);
+        }
+        fs::write(&archive, &bytes).map_err(StoreError::io("writing", &archive))?;
+        let src = File::open(&archive).map_err(StoreError::io("opening", &archive))?;
+        let tmp_files = |store: &Store| {
+            fs::read_dir(&store.session.dir)
+                .map(|d| d.count())
+                .unwrap_or(0)
+        };
+        let before = tmp_files(&store);
+
+        // One wrong digest: an error naming it, no temp file left, nothing stored.
+        let mut bad = ranges.clone();
+        bad[1].expected = Digest::of(b"else");
+        match store.stage_ranges(&src, &bad) {
+            Err(StoreError::Mismatch {
+                expected, actual, ..
+            }) => {
+                assert_eq!(expected, bad[1].expected);
+                assert_eq!(actual, ranges[1].expected);
+            }
+            other => panic!("{:?}", other.map(|v| v.len())),
+        }
+        assert_eq!(tmp_files(&store), before);
+        for r in &ranges {
+            assert!(store.blob(&r.expected).is_none());
+        }
+        // A range past the end of the archive.
+        let mut short = ranges.clone();
+        short[1].len += 1;
+        assert!(store.stage_ranges(&src, &short).is_err());
+        assert_eq!(tmp_files(&store), before);
+
+        // All good: staged, then installed at once, byte for byte.
+        let staged = store.stage_ranges(&src, &ranges)?;
+        assert_eq!(staged.len(), 3);
+        let digests = StagedBlob::install_all(staged)?;
+        assert_eq!(
+            digests,
+            ranges.iter().map(|r| r.expected).collect::<Vec<_>>()
+        );
+        for (r, p) in ranges.iter().zip(&parts) {
+            let path = store.blob(&r.expected).expect("stored");
+            assert_eq!(
+                &fs::read(&path).map_err(StoreError::io("reading", &path))?,
+                p
+            );
+        }
+        assert_eq!(tmp_files(&store), before);
+        // Again: already there, the staged copies are dropped.
+        let staged = store.stage_ranges(&src, &ranges)?;
+        StagedBlob::install_all(staged)?;
+        assert_eq!(tmp_files(&store), before);
+        // hash_ranges agrees, in order.
+        let plain: Vec<(u64, u64)> = ranges.iter().map(|r| (r.offset, r.len)).collect();
+        let hashed: Vec<Digest> = hash_ranges(&src, &plain)
+            .into_iter()
+            .collect::<io::Result<_>>()
+            .map_err(StoreError::io("hashing", &archive))?;
+        assert_eq!(hashed, digests);
         Ok(())
     }
 

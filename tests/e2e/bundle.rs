@@ -13,6 +13,7 @@ use std::sync::OnceLock;
 
 use crate::common::{both, run};
 use crate::fixtures::{both_users, As};
+use crate::hello::without_network;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -159,6 +160,92 @@ fn bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store(who: As) {
     let other = t.path().join("other");
     let o = run(who.hermit_in(&other).args(["rebuild", "--offline"]).arg(&a));
     assert!(ok(&o).starts_with("identical:"), "{}", both(&o));
+}
+
+/// `hermit rebuild --deep BUNDLE` rebuilds every input from the record the
+/// bundle holds for it; an import writes a gc root named after the bundle,
+/// which keeps its blobs through `hermit store gc` (and the records of its
+/// inputs findable by build key) until `hermit store root rm` releases
+/// them; `hermit import --no-root` writes none.
+fn imported_bundles_are_gc_roots_and_rebuild_deeply(who: As) {
+    let t = who.scratch();
+    let spec = graph(t.path());
+    let home = t.path().join("home");
+    who.give(t.path());
+    let record = build_record(who, &home, &spec);
+    let a = t.path().join("a.tar");
+    let manifest = manifest_line(&ok(&run(who
+        .hermit_in(&home)
+        .arg("export")
+        .arg(&record)
+        .arg("-o")
+        .arg(&a))));
+    let manifest_hex = manifest[7..].to_string();
+    let root = format!("bundle-{manifest_hex}");
+    let deep_identical = |out: &str| {
+        let lines: Vec<&str> = out
+            .lines()
+            .filter(|l| l.starts_with("identical:"))
+            .collect();
+        assert!(
+            lines.len() == 2 && lines[0].contains(" lib 1 ") && lines[1].contains(" app 1 "),
+            "{out}"
+        );
+        assert!(!out.contains("differs"), "{out}");
+    };
+
+    // Straight from the bundle, in an empty store, offline: both nodes.
+    let deep = t.path().join("deep");
+    let o = run(who
+        .hermit_in(&deep)
+        .args(["rebuild", "--deep", "--offline"])
+        .arg(&a));
+    deep_identical(&ok(&o));
+
+    // Imported: a root named after the bundle keeps everything through gc.
+    let kept = t.path().join("kept");
+    let out = ok(&run(who.hermit_in(&kept).arg("import").arg(&a)));
+    assert!(out.contains(&format!("root     {root} ")), "{out}");
+    let rec = out
+        .lines()
+        .find_map(|l| l.strip_prefix("top record file "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let imported = stored_blobs(&kept);
+    assert!(imported.contains(&manifest_hex));
+    ok(&run(who.hermit_in(&kept).args(["store", "gc"])));
+    assert_eq!(stored_blobs(&kept), imported, "gc removed imported blobs");
+    // The record the import printed, deeply, after gc: its input's record
+    // is found by build key among the imported blobs.
+    let o = run(who
+        .hermit_in(&kept)
+        .args(["rebuild", "--deep", "--offline"])
+        .arg(&rec));
+    deep_identical(&ok(&o));
+    // Released: gc removes what no build uses, the bundle's manifest first.
+    ok(&run(who
+        .hermit_in(&kept)
+        .args(["store", "root", "rm", &root])));
+    ok(&run(who.hermit_in(&kept).args(["store", "gc"])));
+    let left = stored_blobs(&kept);
+    assert!(!left.contains(&manifest_hex), "{left:?}");
+    assert!(
+        !Path::new(&rec).exists(),
+        "the top record outlived its root"
+    );
+
+    // --no-root: nothing keeps the import; gc removes it.
+    let loose = t.path().join("loose");
+    let out = ok(&run(who
+        .hermit_in(&loose)
+        .args(["import", "--no-root"])
+        .arg(&a)));
+    assert!(!out.contains("root     "), "{out}");
+    assert!(stored_blobs(&loose).contains(&manifest_hex));
+    assert!(!loose.join("v1/gcroots").join(&root).exists());
+    ok(&run(who.hermit_in(&loose).args(["store", "gc"])));
+    assert!(!stored_blobs(&loose).contains(&manifest_hex));
 }
 
 /// The offsets of each blob's data in a bundle: (digest hex, offset, size).
@@ -386,56 +473,24 @@ fn a_bundle_pushed_to_a_registry_rebuilds_by_reference(who: As) {
     assert!(stored_blobs(&empty).is_empty());
 }
 
-/// `examples/hello` built once with the Debian toolchain (as root, in a
-/// store of its own) and exported: the bundle's path.
+/// `examples/hello` built with the Debian toolchain (as root, the shared
+/// fixture) and exported once: the bundle's path, readable by both users.
 fn hello_bundle() -> &'static Path {
     static B: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     &B.get_or_init(|| {
-        crate::fixtures::ensure_subids();
+        let hello = crate::hello::built(As::Root);
         let t = As::User.scratch();
-        let dir = t.path().join("hello");
-        fs::create_dir(&dir).unwrap();
-        for f in ["spec.toml", "Makefile", "hello.c"] {
-            fs::copy(repo().join("examples/hello").join(f), dir.join(f)).unwrap();
-        }
-        let home = t.path().join("home");
-        let record = build_record(As::Root, &home, &dir.join("spec.toml"));
         let bundle = t.path().join("hello.tar");
         ok(&run(As::Root
-            .hermit_in(&home)
+            .hermit_in(&hello.home)
             .arg("export")
-            .arg(&record)
+            .arg(&hello.record)
             .arg("-o")
             .arg(&bundle)));
         As::User.give(t.path());
         (t, bundle)
     })
     .1
-}
-
-/// `cmd` run in a new network namespace whose only interface is loopback.
-fn without_network(cmd: &Command) -> Command {
-    let mut c = Command::new("unshare");
-    c.args([
-        "--net",
-        "--",
-        "/bin/sh",
-        "-c",
-        "ip link set lo up && exec \"$@\"",
-        "sh",
-    ])
-    .arg(cmd.get_program())
-    .args(cmd.get_args())
-    .env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        c.current_dir(d);
-    }
-    c
 }
 
 fn years_later_a_debian_build_rebuilds_from_its_bundle_alone(who: As) {
@@ -480,6 +535,7 @@ fn the_committed_v1_bundle_rebuilds_identically(who: As) {
 
 both_users!(
     bundle_roundtrip_is_deterministic_and_rebuilds_in_an_empty_store,
+    imported_bundles_are_gc_roots_and_rebuild_deeply,
     tampered_bundles_are_refused_and_nothing_is_stored,
     a_bundle_pushed_to_a_registry_rebuilds_by_reference,
     years_later_a_debian_build_rebuilds_from_its_bundle_alone,

@@ -15,37 +15,8 @@ use std::process::{Command, Output};
 
 use crate::common::{both, run};
 use crate::fixtures::{both_users, As};
+use crate::hello::without_network;
 use crate::http_server::Server;
-
-fn hello(dir: &Path) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hello");
-    fs::create_dir_all(dir).unwrap();
-    for f in ["spec.toml", "Makefile", "hello.c"] {
-        fs::copy(example.join(f), dir.join(f)).unwrap();
-    }
-    dir.join("spec.toml")
-}
-
-/// `cmd` run in a new network namespace whose only interface is loopback
-/// (brought up, so that hermit's own loopback apt repository works).
-fn without_network(cmd: &Command) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["--net", "--", "/bin/bash", "-c"])
-        .arg("ip link set lo up && exec \"$@\"")
-        .arg("netns")
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    if let Some(d) = cmd.get_current_dir() {
-        c.current_dir(d);
-    }
-    c
-}
 
 /// The `[[toolchain.package]]` entries of a lock: (sha256, pool path).
 fn lock_debs(lock: &Path) -> Vec<(String, String)> {
@@ -85,19 +56,13 @@ fn restore(who: As, home: &Path, spec: &Path, archive: &str) -> Output {
 }
 
 fn debian_toolchain_is_made_again_from_its_lock(who: As) {
-    crate::fixtures::ensure_subids();
-    let t = who.scratch();
-    let spec = hello(&t.path().join("hello"));
-    who.give(t.path());
-
     // The original build, bootstrapping the toolchain.
-    let home_a = t.path().join("a");
-    let o = run(who.hermit_in(&home_a).arg("build").arg(&spec).arg("--json"));
-    assert!(o.status.success(), "{}", both(&o));
-    let built: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let record_path = PathBuf::from(built["record"].as_str().unwrap());
+    let hello = crate::hello::built(who);
+    let (spec, home_a, record_path) = (&hello.spec, &hello.home, &hello.record);
+    let built = &hello.json;
+    let t = who.scratch();
     let record: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(&record_path).unwrap()).unwrap();
+        serde_json::from_str(&fs::read_to_string(record_path).unwrap()).unwrap();
     let manifest = record["image"]["manifest"].as_str().unwrap().to_string();
     let mut image_blobs = vec![
         manifest.clone(),
@@ -117,7 +82,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
             pool.starts_with("pool/") && pool.ends_with(".deb"),
             "{pool}"
         );
-        assert!(blob(&home_a, hex).is_file(), "{pool} is not in the store");
+        assert!(blob(home_a, hex).is_file(), "{pool} is not in the store");
     }
     let root = home_a
         .join("v1/gcroots")
@@ -127,9 +92,9 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     // A mirror made today holds the .debs; the image's blobs are lost.
     let mirror = t.path().join("mirror");
     let o = run(who
-        .hermit_in(&home_a)
+        .hermit_in(home_a)
         .arg("mirror")
-        .arg(&record_path)
+        .arg(record_path)
         .arg("--to")
         .arg(&mirror));
     assert!(o.status.success(), "{}", both(&o));
@@ -151,7 +116,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     let o = run(&mut without_network(
         who.hermit_in(&home_b)
             .arg("rebuild")
-            .arg(&record_path)
+            .arg(record_path)
             .arg("--offline")
             .arg("--mirror")
             .arg(&mirror),
@@ -190,7 +155,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     for (hex, pool) in &debs {
         let dest = archive.join(pool);
         fs::create_dir_all(dest.parent().unwrap()).unwrap();
-        fs::copy(blob(&home_a, hex), dest).unwrap();
+        fs::copy(blob(home_a, hex), dest).unwrap();
     }
     let server = Server::start();
     server.serve_dir("/debian/", &archive);
@@ -198,7 +163,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     let o = run(who
         .hermit_in(&home_c)
         .arg("build")
-        .arg(&spec)
+        .arg(spec)
         .arg("--json")
         .arg("--debian-archive")
         .arg(server.url("/debian")));
@@ -241,7 +206,7 @@ fn debian_toolchain_is_made_again_from_its_lock(who: As) {
     fs::write(&bad_deb, bytes).unwrap();
     server.serve_dir("/bad/", &bad);
     let home_d = t.path().join("d");
-    let o = restore(who, &home_d, &spec, &server.url("/bad"));
+    let o = restore(who, &home_d, spec, &server.url("/bad"));
     assert_eq!(o.status.code(), Some(2), "{}", both(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let url = server.url(&format!("/bad/{gcc_pool}"));

@@ -36,6 +36,10 @@ pub struct ImportArgs {
     /// A bundle written by `hermit export`
     #[arg(value_name = "FILE")]
     pub bundle: PathBuf,
+    /// Write no gc root for the bundle: `hermit store gc` may then remove
+    /// what it brought in once no build uses it
+    #[arg(long)]
+    pub no_root: bool,
 }
 
 #[derive(Args, Debug)]
@@ -122,9 +126,14 @@ fn built_record(store: &Arc<Store>, net: &NetArgs, spec: &Path) -> anyhow::Resul
 
 pub fn run_import(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let (store, _shared) = open_store()?;
-    let i = crate::bundle::import(&store, &args.bundle)?;
+    let i = crate::bundle::import(&store, &args.bundle, !args.no_root)?;
     print!("{}", i.checked_summary);
     println!("stored   {} new blobs", i.new_blobs);
+    if let Some(root) = &i.root {
+        println!(
+            "root     {root} (`hermit store root rm {root}` lets `hermit store gc` remove them)"
+        );
+    }
     println!("top record file {}", i.record_path.display());
     Ok(ExitCode::SUCCESS)
 }
