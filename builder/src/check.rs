@@ -486,13 +486,16 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
                 s.group = "checkers".into();
                 s.uid = s.uid.wrapping_add(1000).max(1);
                 s.gid = s.gid.wrapping_add(1000).max(1);
-                for k in ["USER", "LOGNAME"] {
+                // Another home, which does not exist either (hidden like the
+                // profile's): a build that records $HOME shows it.
+                s.home = std::path::PathBuf::from("/home/checker");
+                for (k, v) in [("USER", "checker"), ("LOGNAME", "checker"), ("HOME", "/home/checker")] {
                     if s.env.iter().any(|(n, _)| n == k) {
-                        s.set_env(k, "checker");
+                        s.set_env(k, v);
                     }
                 }
             }),
-            what: what("the user and group (name, uid, gid): the profile's → checker/checkers, uid and gid + 1000".into()),
+            what: what("the user and group (name, uid, gid, home): the profile's → checker/checkers, uid and gid + 1000, /home/checker".into()),
             ..Variant::default()
         },
         "locale" => Variant {

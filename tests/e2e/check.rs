@@ -213,6 +213,14 @@ const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str, &str)] = &[
         "user information",
     ),
     (
+        "home",
+        "echo \"$HOME\" > $out/h",
+        "all",
+        "user",
+        "h",
+        "user information",
+    ),
+    (
         "host",
         "hostname > $out/h",
         "all",
