@@ -661,7 +661,7 @@ name = "hello"
 version = "2.10"
 
 [toolchain]
-debian = {{ suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }}
+debian = {{ suite = "bookworm", include = ["gcc", "libc6-dev", "libfaketime", "make"] }}
 
 [[source]]
 name = "hello"
@@ -695,7 +695,8 @@ make install DESTDIR="$out"
         let x = variation(&v, n);
         assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
         assert_eq!(files(x), serde_json::json!([]), "{n}: {x}");
-        if !matches!(n, "dirorder" | "clock") {
+        // libfaketime is in the toolchain, so the clock moves too.
+        if n != "dirorder" {
             assert_eq!(x["varied"], true, "{n}: {x}");
         }
     }
