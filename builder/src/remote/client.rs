@@ -63,7 +63,8 @@ pub fn ca_bundle() -> anyhow::Result<Option<hermit_remote::CaBundle>> {
 pub struct RemoteArgs {
     /// A REAPI remote used as a shared cache and content store (BuildGrid,
     /// Buildbarn, …): grpc://HOST:PORT[/INSTANCE] or grpcs://…; overrides
-    /// [remote] in config.toml. Token: $HERMIT_REMOTE_TOKEN
+    /// [remote] in config.toml. Token: $HERMIT_REMOTE_TOKEN; CA bundle for
+    /// grpcs://: $HERMIT_REMOTE_CA
     #[arg(long = "remote", value_name = "URL")]
     pub remote: Option<String>,
     /// Upload local builds to the remote (the default only for a remote from config.toml)
