@@ -17,6 +17,9 @@
 //! under `v1/checks/<build-key>/` with diffoscope's report of its first
 //! differing files (when diffoscope is installed).
 
+mod cause;
+mod vary;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,10 +33,10 @@ use serde::Serialize;
 use crate::exit::Exit;
 use crate::net::NetArgs;
 use crate::pipeline::plan::Plan;
-use crate::pipeline::rebuild::differing_files;
 use crate::pipeline::run::SandboxHook;
 use crate::pipeline::{self, BuildOptions, Echo};
 use crate::shell::{self, ShellOptions, Source};
+use cause::Marker;
 
 /// One variation of the build environment.
 #[derive(Debug)]
@@ -66,6 +69,11 @@ pub const VARIATIONS: &[Variation] = &[
         name: "uname",
         default: true,
         cause: "architecture information (uname)",
+    },
+    Variation {
+        name: "kernel",
+        default: true,
+        cause: cause::KERNEL,
     },
     Variation {
         name: "randomness",
@@ -116,6 +124,26 @@ pub const VARIATIONS: &[Variation] = &[
         name: "malloc",
         default: false,
         cause: "uninitialised memory",
+    },
+    Variation {
+        name: "buildpath",
+        default: false,
+        cause: cause::BUILD_PATH,
+    },
+    Variation {
+        name: "archive",
+        default: false,
+        cause: cause::ARCHIVE,
+    },
+    Variation {
+        name: "packages",
+        default: false,
+        cause: cause::PACKAGES,
+    },
+    Variation {
+        name: "environment",
+        default: false,
+        cause: cause::ENVIRONMENT,
     },
 ];
 
@@ -202,6 +230,11 @@ pub struct Difference {
     /// `changed`, `missing` (in the variant) or `added` (by the variant).
     pub how: String,
     pub path: String,
+    /// Its likely cause ([`cause::classify`]).
+    pub cause: Option<String>,
+    /// What shows it: the varied value found in the differing bytes, the
+    /// shape of the difference, or that the variation alone says it.
+    pub evidence: Option<String>,
 }
 
 /// What one variation found.
@@ -249,7 +282,7 @@ pub struct Report {
 
 /// How one variant is built: the plan's job count and a change to the
 /// sandbox, with what it varies.
-struct Variant {
+pub(crate) struct Variant {
     jobs: Option<u32>,
     hook: Option<SandboxHook>,
     /// What is varied; the hook may replace it (e.g. when the image turns
@@ -257,9 +290,31 @@ struct Variant {
     what: Arc<Mutex<(bool, String)>>,
     /// FUSE mounts the hook made, unmounted when the build has ended.
     fuse: Arc<Mutex<Vec<PathBuf>>>,
+    /// The build path of this build only (a check-only override of the
+    /// profile's, noted in the variant's record).
+    build_path: Option<String>,
+    /// The values varied, for [`cause::classify`]; the sandbox's changes
+    /// are added when the hook runs.
+    markers: Arc<Mutex<Vec<Marker>>>,
+    /// Scratch trees the hook made, removed when the build has ended.
+    scratch: Arc<Mutex<Vec<PathBuf>>>,
 }
 
-fn hook(f: impl Fn(&mut SandboxSpec) + Send + Sync + 'static) -> Option<SandboxHook> {
+impl Default for Variant {
+    fn default() -> Variant {
+        Variant {
+            jobs: None,
+            hook: None,
+            what: Arc::new(Mutex::new((true, String::new()))),
+            fuse: Arc::default(),
+            build_path: None,
+            markers: Arc::default(),
+            scratch: Arc::default(),
+        }
+    }
+}
+
+pub(crate) fn hook(f: impl Fn(&mut SandboxSpec) + Send + Sync + 'static) -> Option<SandboxHook> {
     Some(SandboxHook(Arc::new(f)))
 }
 
@@ -269,24 +324,30 @@ fn affinity_cpus() -> u32 {
 }
 
 /// How to build the variant of `v`, or why this machine cannot vary it.
-fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, String> {
+pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, String> {
     let what = |s: String| Arc::new(Mutex::new((true, s)));
     Ok(match v.name {
         "repeat" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: None,
             what: what("nothing: a second control build, to tell plain nondeterminism from one variation's effect".into()),
+            ..Variant::default()
         },
         "jobs" => {
             let other = if control_jobs == 1 { 2 } else { 1 };
             Variant {
-                fuse: Arc::default(),
                 jobs: Some(other),
                 hook: None,
                 what: what(format!(
                     "HERMIT_JOBS and the jobserver's slots: {control_jobs} → {other}"
                 )),
+                markers: Arc::new(Mutex::new(vec![Marker::new(
+                    cause::JOBS,
+                    "HERMIT_JOBS",
+                    &control_jobs.to_string(),
+                    &other.to_string(),
+                )])),
+                ..Variant::default()
             }
         }
         "cpus" => {
@@ -297,12 +358,12 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                 ));
             }
             Variant {
-                fuse: Arc::default(),
                 jobs: None,
                 hook: hook(|s| s.cpus = Some(1)),
                 what: what(format!(
                     "the CPUs the build may run on (sched_setaffinity; what nproc reports): {have} → 1"
                 )),
+                ..Variant::default()
             }
         }
         "uname" => {
@@ -312,17 +373,16 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                 other => (other, "its 32-bit name"),
             };
             Variant {
-                fuse: Arc::default(),
                 jobs: None,
                 hook: hook(|s| s.linux32 = true),
                 what: what(format!(
                     "the machine name uname reports (personality PER_LINUX32): {from} → {to}; \
                      the kernel release and version (uname -r, -v) are not varied yet"
                 )),
+                ..Variant::default()
             }
         }
         "randomness" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.set_env("PYTHONHASHSEED", "4242");
@@ -334,6 +394,7 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                  /dev/urandom and getrandom(2) cannot be made deterministic, so two builds draw different values anyway"
                     .into(),
             ),
+            ..Variant::default()
         },
         "aslr" => {
             let what = what(
@@ -342,7 +403,6 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
             );
             let note = what.clone();
             Variant {
-                fuse: Arc::default(),
                 jobs: None,
                 hook: hook(move |s| {
                     let word = |on: bool| if on { "on" } else { "off" };
@@ -357,13 +417,13 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                     s.aslr = !s.aslr;
                 }),
                 what,
+                ..Variant::default()
             }
         }
         "clock" => {
             let what = what(String::new());
             let note = what.clone();
             Variant {
-                fuse: Arc::default(),
                 jobs: None,
                 hook: hook(move |s| {
                     let lib = FAKETIME_LIBS
@@ -398,16 +458,16 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                     }
                 }),
                 what,
+                ..Variant::default()
             }
         }
         "umask" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.umask = if s.umask == 0o002 { 0o022 } else { 0o002 }),
             what: what("the umask: the profile's → 0002 (or 0022)".into()),
+            ..Variant::default()
         },
         "hostname" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.hostname = "hermit-check-variant".into();
@@ -417,25 +477,28 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                 "the host and domain name: the profile's → hermit-check-variant, check.invalid"
                     .into(),
             ),
+            ..Variant::default()
         },
         "user" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.user = "checker".into();
                 s.group = "checkers".into();
                 s.uid = s.uid.wrapping_add(1000).max(1);
                 s.gid = s.gid.wrapping_add(1000).max(1);
-                for k in ["USER", "LOGNAME"] {
+                // Another home, which does not exist either (hidden like the
+                // profile's): a build that records $HOME shows it.
+                s.home = std::path::PathBuf::from("/home/checker");
+                for (k, v) in [("USER", "checker"), ("LOGNAME", "checker"), ("HOME", "/home/checker")] {
                     if s.env.iter().any(|(n, _)| n == k) {
-                        s.set_env(k, "checker");
+                        s.set_env(k, v);
                     }
                 }
             }),
-            what: what("the user and group (name, uid, gid): the profile's → checker/checkers, uid and gid + 1000".into()),
+            what: what("the user and group (name, uid, gid, home): the profile's → checker/checkers, uid and gid + 1000, /home/checker".into()),
+            ..Variant::default()
         },
         "locale" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| {
                 s.set_env("LANG", "fr_FR.ISO-8859-1");
@@ -445,29 +508,42 @@ fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Variant, Strin
                 "LANG and LC_ALL: the profile's → fr_FR.ISO-8859-1 (another charset and collation where the image has that locale)"
                     .into(),
             ),
+            ..Variant::default()
         },
         "timezone" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.set_env("TZ", "CHK-13:45")),
             what: what(
                 "TZ: the profile's → CHK-13:45 (a POSIX zone 13 h 45 min ahead of UTC; needs no zoneinfo)"
                     .into(),
             ),
+            ..Variant::default()
         },
         "malloc" => Variant {
-            fuse: Arc::default(),
             jobs: None,
             hook: hook(|s| s.set_env("MALLOC_PERTURB_", "165")),
             what: what("glibc's MALLOC_PERTURB_: unset → 165 (freed and fresh memory filled)".into()),
+            ..Variant::default()
         },
         "dirorder" => dirorder(ctx, what(String::new()))?,
+        "kernel" => vary::kernel()?,
+        "buildpath" => vary::build_path(&ctx.build_path),
+        "archive" => vary::archive(ctx),
+        "packages" => vary::packages(ctx),
+        "environment" => Variant {
+            hook: hook(|s| s.set_env("HERMIT_CHECK_EXTRA", "hermit-check-extra-value")),
+            what: what(
+                "an extra environment variable: HERMIT_CHECK_EXTRA unset → hermit-check-extra-value"
+                    .into(),
+            ),
+            ..Variant::default()
+        },
         other => return Err(format!("not varied: hermit does not know variation {other:?}")),
     })
 }
 
 /// What the variations need to know of the build.
-struct Ctx {
+pub(crate) struct Ctx {
     /// Where FUSE mount points go (the store's session directory).
     scratch: PathBuf,
     sources_path: PathBuf,
@@ -566,10 +642,11 @@ fn dirorder(ctx: &Ctx, what: Arc<Mutex<(bool, String)>>) -> Result<Variant, Stri
         hook,
         what,
         fuse,
+        ..Variant::default()
     })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,
         Err(p) => p.into_inner(),
@@ -670,14 +747,30 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
         if let Some(j) = variant.jobs {
             set_jobs(&mut plan, j);
         }
+        // The build path likewise: a check-only override of the profile's,
+        // which the variant's record states (environment.build_path).
+        // The variant's record is the record of that environment: its key
+        // is that environment's key (never installed, never looked up).
+        let profile_build_path = plan.resolved.environment.build_path.clone();
+        let control_key = plan.key;
+        if let Some(p) = &variant.build_path {
+            plan.resolved.environment.build_path = p.clone();
+            plan.key = plan.key_inputs().build_key();
+        }
         let vopts = BuildOptions {
-            vary: variant.hook.clone(),
+            vary: with_markers(variant.hook.clone(), variant.markers.clone()),
             ..bopts.clone()
         };
         let built = pipeline::run_stages(store, &plan, &opts.net, &vopts);
         set_jobs(&mut plan, control_jobs);
+        plan.resolved.environment.build_path = profile_build_path;
+        plan.key = control_key;
         unmount_all(&mut lock(&variant.fuse));
+        for d in lock(&variant.scratch).drain(..) {
+            let _ = hermit_store::store::remove_tree(&d);
+        }
         let (varied, what) = lock(&variant.what).clone();
+        let what_now = what.clone();
         let mut rep = VariationReport {
             name: v.name.into(),
             varied,
@@ -696,7 +789,10 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
                 rep.causes = vec![v.cause.into()];
             }
             Ok(staged) => {
+                // Timed for benches/check.sh (HERMIT_TIMINGS=1).
+                let mut t = crate::timing::start();
                 let diffs = differences(&control.record, &staged.record);
+                t.lap(&plan.resolved.spec_path, "check.compare");
                 if diffs.is_empty() && staged.record.output.digest == control.record.output.digest {
                     rep.identical = Some(true);
                     pipeline::materialise::discard(&staged.dir);
@@ -720,12 +816,29 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
                     fs::rename(&staged.dir, &keep)
                         .with_context(|| format!("keeping the variant at {}", keep.display()))?;
                     rep.output = Some(keep.join("out"));
+                    note_variation(&keep.join("record.json"), staged.record, v.name, &what_now)?;
                     if let Some((text, html)) =
                         diffoscope(&control_dir.join("out"), &keep.join("out"), &diffs, &keep)?
                     {
                         rep.diffoscope = Some(text);
                         rep.diffoscope_html = html.is_file().then_some(html);
                     }
+                    let markers = lock(&variant.markers).clone();
+                    let offset = if v.name == "clock" && varied {
+                        CLOCK_OFFSET_SECS
+                    } else {
+                        0
+                    };
+                    let mut diffs = diffs;
+                    classify_files(
+                        &mut diffs,
+                        v,
+                        &markers,
+                        &control_dir.join("out"),
+                        &keep.join("out"),
+                        offset,
+                    );
+                    rep.causes = file_causes(&diffs, v.cause);
                     rep.differing_files = diffs;
                 }
             }
@@ -756,7 +869,7 @@ pub fn check(store: &Arc<Store>, target: &Path, opts: &CheckOptions) -> anyhow::
 
 /// A file that differs with nothing varied (`repeat`) points to plain
 /// nondeterminism under every variation too; only the other files point to
-/// the variation.
+/// their own causes.
 fn classify(reports: &mut [VariationReport]) {
     let noisy: Vec<String> = reports
         .iter()
@@ -770,20 +883,112 @@ fn classify(reports: &mut [VariationReport]) {
         if r.differing_files.is_empty() {
             continue;
         }
-        let own = r
-            .differing_files
-            .iter()
-            .filter(|d| !noisy.contains(&d.path))
-            .count();
-        let mut causes = Vec::new();
-        if own > 0 {
-            causes.append(&mut r.causes);
+        let fallback = r.causes.first().cloned().unwrap_or_else(|| PLAIN.into());
+        for d in r.differing_files.iter_mut() {
+            if noisy.contains(&d.path) {
+                d.cause = Some(PLAIN.into());
+                d.evidence = Some("it differs with nothing varied too (the repeat build)".into());
+            }
         }
-        if own < r.differing_files.len() {
-            causes.push(PLAIN.to_string());
-        }
-        r.causes = causes;
+        r.causes = file_causes(&r.differing_files, &fallback);
     }
+}
+
+/// The causes of a variation's files, each once: the files' own first,
+/// plain nondeterminism last (`fallback` for files without one).
+fn file_causes(files: &[Difference], fallback: &str) -> Vec<String> {
+    let mut causes: Vec<String> = Vec::new();
+    let mut plain = false;
+    for d in files {
+        let c = d.cause.clone().unwrap_or_else(|| fallback.to_string());
+        if c == PLAIN {
+            plain = true;
+        } else if !causes.contains(&c) {
+            causes.push(c);
+        }
+    }
+    if plain {
+        causes.push(PLAIN.to_string());
+    }
+    if causes.is_empty() {
+        causes.push(fallback.to_string());
+    }
+    causes
+}
+
+/// The variation's hook, also noting every value it changed in the
+/// sandbox as a [`Marker`] for the classifier.
+fn with_markers(h: Option<SandboxHook>, markers: Arc<Mutex<Vec<Marker>>>) -> Option<SandboxHook> {
+    let h = h?;
+    Some(SandboxHook(Arc::new(move |s: &mut SandboxSpec| {
+        let before = s.clone();
+        (h.0)(s);
+        lock(&markers).extend(cause::spec_markers(&before, s));
+    })))
+}
+
+/// How far `clock` moves the clock, in seconds.
+const CLOCK_OFFSET_SECS: i64 = 3653 * 86_400;
+
+/// Names the likely cause of every differing file of a kept variant from
+/// the two copies' bytes ([`cause::classify`]).
+fn classify_files(
+    diffs: &mut [Difference],
+    v: &Variation,
+    markers: &[Marker],
+    control: &Path,
+    variant: &Path,
+    clock_offset: i64,
+) {
+    let now = cause::now();
+    let read = |p: &Path| -> Option<Vec<u8>> {
+        use std::io::Read;
+        let m = fs::symlink_metadata(p).ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        let mut buf = Vec::new();
+        fs::File::open(p)
+            .ok()?
+            .take(cause::READ_CAP as u64)
+            .read_to_end(&mut buf)
+            .ok()?;
+        Some(buf)
+    };
+    for d in diffs.iter_mut() {
+        let pair = if d.how == "changed" {
+            read(&control.join(&d.path)).zip(read(&variant.join(&d.path)))
+        } else {
+            None
+        };
+        let found = match pair {
+            Some((c, x)) => cause::classify(v.name, v.cause, markers, &c, &x, now, clock_offset),
+            None => cause::Found {
+                cause: v.cause.to_string(),
+                evidence: match d.how.as_str() {
+                    "changed" => "its type, mode or link target differs".into(),
+                    "missing" => "only the control has it".into(),
+                    _ => "only the variant has it".into(),
+                },
+            },
+        };
+        d.cause = Some(found.cause);
+        d.evidence = Some(found.evidence);
+    }
+}
+
+/// Rewrites a kept variant's record with what the variant varied
+/// (`informational.check_variation`): its environment (a build path, a job
+/// count) may differ from what its build key says.
+fn note_variation(
+    path: &Path,
+    mut record: crate::record::Record,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<()> {
+    record.informational.check_variation = Some(format!("{name}: {what}"));
+    let _ = fs::remove_file(path);
+    fs::write(path, record.to_json()?).with_context(|| format!("writing {}", path.display()))
 }
 
 /// HERMIT_JOBS (and the slots of the build's own jobserver) of `plan`.
@@ -793,22 +998,49 @@ fn set_jobs(plan: &mut Plan, jobs: u32) {
     env.env.insert("HERMIT_JOBS".into(), jobs.to_string());
 }
 
-/// The paths whose entries differ between the control's and a variant's
-/// file lists ([`differing_files`]).
+/// The paths whose entries (type, mode, size, sha256, link target) differ
+/// between the control's and a variant's file lists: changed and missing
+/// ones by path, then added ones. The common case — the same paths in the
+/// same order — is one pass over both lists.
 fn differences(
     control: &crate::record::Record,
     variant: &crate::record::Record,
 ) -> Vec<Difference> {
-    differing_files(control, variant)
-        .into_iter()
-        .map(|d| {
-            let (how, path) = d.split_once(' ').unwrap_or(("changed", d.as_str()));
-            Difference {
-                how: how.to_string(),
-                path: path.trim_start().to_string(),
-            }
+    let (a, b) = (&control.output.files, &variant.output.files);
+    let diff = |how: &str, path: &str| Difference {
+        how: how.to_string(),
+        path: path.to_string(),
+        cause: None,
+        evidence: None,
+    };
+    if a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.path == y.path) {
+        return a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| x != y)
+            .map(|(x, _)| diff("changed", &x.path))
+            .collect();
+    }
+    let theirs: std::collections::HashMap<&str, &crate::output::FileEntry> =
+        b.iter().map(|f| (f.path.as_str(), f)).collect();
+    let ours: std::collections::HashSet<&str> = a.iter().map(|f| f.path.as_str()).collect();
+    let mut out: Vec<Difference> = a
+        .iter()
+        .filter_map(|f| match theirs.get(f.path.as_str()) {
+            Some(g) if *g == f => None,
+            Some(_) => Some(diff("changed", &f.path)),
+            None => Some(diff("missing", &f.path)),
         })
-        .collect()
+        .collect();
+    out.sort_by(|x, y| x.path.cmp(&y.path));
+    let mut added: Vec<Difference> = b
+        .iter()
+        .filter(|f| !ours.contains(f.path.as_str()))
+        .map(|f| diff("added", &f.path))
+        .collect();
+    added.sort_by(|x, y| x.path.cmp(&y.path));
+    out.extend(added);
+    out
 }
 
 /// How many differing files diffoscope is run on.
@@ -909,6 +1141,9 @@ pub fn render(r: &Report) -> String {
         }
         for d in &v.differing_files {
             s.push_str(&format!("    {:<8} {}\n", d.how, d.path));
+            if let (Some(c), Some(e)) = (&d.cause, &d.evidence) {
+                s.push_str(&format!("             cause: {c} ({e})\n"));
+            }
         }
         if !v.causes.is_empty() {
             s.push_str(&format!("    likely cause: {}\n", v.causes.join("; ")));
@@ -939,6 +1174,14 @@ pub fn render(r: &Report) -> String {
 }
 
 #[cfg(test)]
+pub(crate) mod tests_support {
+    /// A sandbox of profile v3, for the unit tests.
+    pub fn spec() -> hermit_sandbox::SandboxSpec {
+        super::tests::crate_spec()
+    }
+}
+
+#[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
@@ -956,6 +1199,7 @@ mod tests {
                 "jobs",
                 "cpus",
                 "uname",
+                "kernel",
                 "randomness",
                 "aslr",
                 "clock",
@@ -972,7 +1216,15 @@ mod tests {
         );
         assert_eq!(
             names(&select(&[], &["jobs,clock".into()]).unwrap()),
-            ["repeat", "cpus", "uname", "randomness", "aslr", "dirorder"]
+            [
+                "repeat",
+                "cpus",
+                "uname",
+                "kernel",
+                "randomness",
+                "aslr",
+                "dirorder"
+            ]
         );
     }
 
@@ -988,6 +1240,8 @@ mod tests {
                 .map(|p| Difference {
                     how: "changed".into(),
                     path: p.to_string(),
+                    cause: Some(cause.into()),
+                    evidence: None,
                 })
                 .collect(),
             causes: if files.is_empty() {
@@ -1043,7 +1297,10 @@ mod tests {
                 (h.0)(&mut s);
             }
             assert!(
-                s != base || x.jobs.is_some() || matches!(v.name, "clock" | "repeat"),
+                s != base
+                    || x.jobs.is_some()
+                    || x.build_path.is_some()
+                    || matches!(v.name, "clock" | "repeat" | "archive"),
                 "{} changed nothing",
                 v.name
             );
@@ -1051,7 +1308,7 @@ mod tests {
         }
     }
 
-    fn crate_spec() -> SandboxSpec {
+    pub(super) fn crate_spec() -> SandboxSpec {
         let p = hermit_profiles::Profile::get("v3").unwrap();
         let env = crate::record::Environment::from_profile(
             &p,

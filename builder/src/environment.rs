@@ -77,6 +77,7 @@ pub fn sandbox_spec(
         // has (`hermit check` varies both).
         cpus: None,
         linux32: false,
+        uname: None,
     }
 }
 

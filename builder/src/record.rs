@@ -429,6 +429,10 @@ pub struct Informational {
     pub cpus: u32,
     /// How the hermit binary was built: `debug`/`release` and its target.
     pub hermit_build: String,
+    /// Only in the record of a `hermit check` variant (never installed):
+    /// what the variant varied, e.g. its build path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_variation: Option<String>,
 }
 
 const INFORMATIONAL_NOTE: &str =
@@ -472,6 +476,7 @@ impl Informational {
                 std::env::consts::ARCH,
                 std::env::consts::OS
             ),
+            check_variation: None,
         }
     }
 }

@@ -13,7 +13,13 @@
 //! 4. forks the command (pid 2), then reaps every zombie, forwards SIGTERM,
 //!    SIGINT and SIGHUP to the command, and exits with the command's status
 //!    as soon as the command exits — the kernel then kills whatever is left
-//!    in the namespace, daemons included.
+//!    in the namespace, daemons included. With [`SandboxSpec::uname`] set,
+//!    init also answers the command's `uname(2)` calls: the command's
+//!    seccomp filter hands them to a listener whose descriptor the command
+//!    sends init over a socket before it executes, and init writes the
+//!    host's `utsname` with the spec's release and version into the
+//!    caller's buffer (`process_vm_writev`; init is every sandbox process's
+//!    ancestor and holds CAP_SYS_PTRACE in their user namespace).
 //!
 //! The command's process, before `execve`: new session (no controlling
 //! terminal, so no TIOCSTI into the caller's — or, for `hermit shell`, the
@@ -179,6 +185,16 @@ pub(crate) fn init_main(
         Ok(e) => e,
         Err(f) => die(status, f, 125),
     };
+    // The socket the command sends its seccomp listener over (above the
+    // numbers handed to the command, which must not clobber it).
+    let notify = match notify_pair(spec) {
+        Ok(n) => n,
+        Err(e) => die(
+            status,
+            SetupFailure::new("prepare the uname listener", "socketpair", None, Some(e)),
+            125,
+        ),
+    };
     let mut stack = match sys::ChildStack::new(COMMAND_STACK) {
         Ok(s) => s,
         Err(e) => die(
@@ -187,8 +203,9 @@ pub(crate) fn init_main(
             125,
         ),
     };
+    let send_end = notify.as_ref().map(|n| n.1.as_fd());
     let cmd = match sys::spawn_vfork(&mut stack, &mut || {
-        command_main(spec, &exec, status, &passed)
+        command_main(spec, &exec, status, &passed, send_end)
     }) {
         Ok(pid) => pid,
         Err(e) => die(
@@ -199,7 +216,122 @@ pub(crate) fn init_main(
     };
     drop(stack);
     drop(exec);
-    reap(cmd, status)
+    // The command has executed (or failed): its listener, if it sent one,
+    // waits in the socket.
+    let listener = notify.and_then(|(recv, send, answer)| {
+        drop(send);
+        receive_fd(&recv).map(|l| (l, answer))
+    });
+    reap(cmd, status, listener)
+}
+
+/// With `spec.uname`: a socket pair (init's end, the command's end), both
+/// above the numbers handed to the command, and the `utsname` to answer with.
+fn notify_pair(spec: &SandboxSpec) -> Result<Option<(OwnedFd, OwnedFd, Vec<u8>)>, Errno> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let Some(u) = &spec.uname else {
+        return Ok(None);
+    };
+    let answer = utsname_answer(u, spec.linux32)?;
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let above = crate::run::PASS_MAX + 1;
+    let a = sys::dup_above(a.as_raw_fd(), above)?;
+    let b = sys::dup_above(b.as_raw_fd(), above)?;
+    Ok(Some((a, b, answer)))
+}
+
+/// `struct utsname` (six fields of 65 bytes) as this sandbox's `uname(2)`
+/// fills it, with `u`'s release and version; `linux32` gives the machine
+/// name `PER_LINUX32` would.
+fn utsname_answer(u: &crate::spec::Uname, linux32: bool) -> Result<Vec<u8>, Errno> {
+    use std::os::unix::ffi::OsStrExt;
+    const FIELD: usize = 65;
+    let real = nix::sys::utsname::uname()?;
+    let machine: &[u8] = match (linux32, real.machine().as_bytes()) {
+        (true, b"x86_64") => b"i686",
+        (true, b"aarch64") => b"armv8l",
+        (_, m) => m,
+    };
+    let fields: [&[u8]; 6] = [
+        real.sysname().as_bytes(),
+        real.nodename().as_bytes(),
+        u.release.as_bytes(),
+        u.version.as_bytes(),
+        machine,
+        real.domainname().as_bytes(),
+    ];
+    let mut out = vec![0u8; FIELD * fields.len()];
+    for (i, f) in fields.iter().enumerate() {
+        let n = f.len().min(FIELD - 1);
+        out[i * FIELD..i * FIELD + n].copy_from_slice(&f[..n]);
+    }
+    Ok(out)
+}
+
+/// The listener the command sent, if it sent one (it has executed or
+/// ended by now, so nothing more is coming).
+fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!(libc::c_int);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .ok()?;
+    let mut got = None;
+    for c in msg.cmsgs().ok()? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            for fd in fds {
+                // The first is kept, any other closed.
+                let owned = sys::own_received(fd);
+                if got.is_none() {
+                    got = Some(owned);
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Answers one pending `uname` notification.
+fn answer_uname(listener: &OwnedFd, answer: &[u8]) {
+    use nix::sys::uio::{process_vm_writev, RemoteIoVec};
+    let Ok(n) = sys::notif_recv(listener.as_fd()) else {
+        return; // the caller died meanwhile
+    };
+    if n.nr != libc::SYS_uname as i32 {
+        let _ = sys::notif_send(listener.as_fd(), n.id, 0, libc::ENOSYS);
+        return;
+    }
+    // The pid still names the caller only while it waits in the call.
+    if !sys::notif_id_valid(listener.as_fd(), n.id) {
+        return;
+    }
+    let remote = [RemoteIoVec {
+        base: n.arg0 as usize,
+        len: answer.len(),
+    }];
+    let written = process_vm_writev(
+        Pid::from_raw(n.pid),
+        &[std::io::IoSlice::new(answer)],
+        &remote,
+    );
+    let errno = match written {
+        Ok(w) if w == answer.len() => 0,
+        _ => libc::EFAULT,
+    };
+    let _ = sys::notif_send(listener.as_fd(), n.id, 0, errno);
 }
 
 /// Init's descriptors moved to 10 and above: the status pipe, the lifeline,
@@ -270,12 +402,54 @@ fn own_descriptors(
 }
 
 /// init's loop: reap, forward, and leave with the command.
-fn reap(cmd: Pid, status: &OwnedFd) -> ! {
+fn reap(cmd: Pid, status: &OwnedFd, mut listener: Option<(OwnedFd, Vec<u8>)>) -> ! {
     let set = waited_signals();
+    // With a listener, the signals come through a signalfd polled beside it.
+    let sfd = listener.as_ref().and_then(|_| {
+        use nix::sys::signalfd::{SfdFlags, SignalFd};
+        SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
+    });
+    if sfd.is_none() {
+        listener = None;
+    }
     loop {
-        let sig = match set.wait() {
-            Ok(s) => s,
-            Err(_) => continue,
+        let sig = match (&sfd, &listener) {
+            (Some(sfd), Some((l, answer))) => {
+                let mut fds = [
+                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(l.as_fd(), PollFlags::POLLIN),
+                ];
+                if poll(&mut fds, PollTimeout::NONE).is_err() {
+                    continue;
+                }
+                let ready =
+                    |i: usize, f: PollFlags| fds[i].revents().is_some_and(|r| r.intersects(f));
+                let (sig_ready, notif, gone) = (
+                    ready(0, PollFlags::POLLIN),
+                    ready(1, PollFlags::POLLIN),
+                    ready(1, PollFlags::POLLHUP | PollFlags::POLLERR),
+                );
+                if notif {
+                    answer_uname(l, answer);
+                } else if gone {
+                    // No process uses the filter any more.
+                    listener = None;
+                }
+                if !sig_ready {
+                    continue;
+                }
+                match sfd.read_signal() {
+                    Ok(Some(info)) => match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(s) => s,
+                        Err(_) => continue,
+                    },
+                    _ => continue,
+                }
+            }
+            _ => match set.wait() {
+                Ok(s) => s,
+                Err(_) => continue,
+            },
         };
         if sig != Signal::SIGCHLD {
             let _ = kill(cmd, sig);
@@ -302,8 +476,14 @@ fn reap(cmd: Pid, status: &OwnedFd) -> ! {
 const COMMAND_STACK: usize = 256 << 10;
 
 /// The command's process from `clone` to `execve`. Never returns.
-fn command_main(spec: &SandboxSpec, exec: &Exec, status: &OwnedFd, passed: &[(i32, OwnedFd)]) -> ! {
-    match prepare_command(spec, exec, passed) {
+fn command_main(
+    spec: &SandboxSpec,
+    exec: &Exec,
+    status: &OwnedFd,
+    passed: &[(i32, OwnedFd)],
+    notify: Option<std::os::fd::BorrowedFd<'_>>,
+) -> ! {
+    match prepare_command(spec, exec, passed, notify) {
         Ok(()) => {
             send(status, &Message::Ready);
             let e = exec.run();
@@ -369,7 +549,7 @@ impl Exec {
             argv,
             envp,
             shown: prog.clone(),
-            filter: seccomp::filter(),
+            filter: seccomp::filter_with(spec.uname.is_some()),
             ctty,
         })
     }
@@ -402,6 +582,7 @@ fn prepare_command(
     spec: &SandboxSpec,
     exec: &Exec,
     passed: &[(i32, OwnedFd)],
+    notify: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<(), SetupFailure> {
     let f = |step: &str, call: &str, e: Errno| SetupFailure::new(step, call, None, Some(e));
 
@@ -479,7 +660,18 @@ fn prepare_command(
 
     drop_capabilities().map_err(|e| f("drop capabilities", "capset", e))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| f("set no_new_privs", "prctl", e))?;
-    sys::install_seccomp(&exec.filter).map_err(|e| f("install the seccomp filter", "prctl", e))?;
+    match notify {
+        None => sys::install_seccomp(&exec.filter)
+            .map_err(|e| f("install the seccomp filter", "prctl", e))?,
+        Some(sock) => {
+            // uname(2) goes to init: the listener travels to it now, and
+            // closes here on exec.
+            let listener = sys::install_seccomp_listener(&exec.filter)
+                .map_err(|e| f("install the seccomp filter", "seccomp", e))?;
+            sys::send_fd(sock, listener.as_fd())
+                .map_err(|e| f("hand the uname listener to init", "sendmsg", e))?;
+        }
+    }
     Ok(())
 }
 

@@ -56,7 +56,7 @@ pub use run::{
     run, run_full, run_watched, run_watched_passing, run_watched_to, run_with_helper,
     run_with_stdin, MemoryLimit, PassFd, RunError, RunReport, Stdin, Watch,
 };
-pub use spec::{Limits, Mount, SandboxSpec, SpecError};
+pub use spec::{Limits, Mount, SandboxSpec, SpecError, Uname};
 pub use zygote::prefer as prefer_zygote;
 
 /// The namespaces every sandbox gets, by name (for records).

@@ -235,6 +235,7 @@ fn end_to_end() -> Result<String, String> {
         umask: 0o022,
         cpus: None,
         linux32: false,
+        uname: None,
     };
     match crate::run(&spec) {
         Ok(Outcome::Exited(0)) => Ok("ran".into()),

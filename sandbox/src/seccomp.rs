@@ -24,6 +24,11 @@
 //! | `ioctl` TIOCSTI, TIOCLINUX | EPERM | typing into, or driving, a terminal |
 //! | `personality` other than query, `PER_LINUX`, `ADDR_NO_RANDOMIZE` | EPERM | execution domains change syscall behaviour; only ASLR may be switched |
 //! | any call of another ABI (i386 `int 0x80`, x32) | EPERM | the table is written for the native ABI only |
+//!
+//! With [`crate::SandboxSpec::uname`] set (a `hermit check` variation), one
+//! call is not refused but handed to the sandbox's init: `uname` returns
+//! `SECCOMP_RET_USER_NOTIF`, and init answers with the host's `utsname`
+//! whose release and version are the spec's (see `init.rs`).
 
 use libc::{
     sock_filter, BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W,
@@ -44,6 +49,7 @@ pub const AUDIT_ARCH: u32 = 0xc000_00b7;
 compile_error!("hermit-sandbox's seccomp filter knows x86-64 and aarch64 only");
 
 pub const RET_ALLOW: u32 = 0x7fff_0000;
+pub const RET_USER_NOTIF: u32 = 0x7fc0_0000;
 pub const RET_ERRNO: u32 = 0x0005_0000;
 const SUID_SGID: u32 = libc::S_ISUID | libc::S_ISGID;
 const CREATE_BITS: u32 = (libc::O_CREAT | 0o20000000) as u32; // O_CREAT | __O_TMPFILE
@@ -271,6 +277,13 @@ fn errno(e: i32) -> u32 {
 /// the syscall number in the accumulator and either returns or falls through
 /// to the next block with the accumulator unchanged.
 pub fn filter() -> Vec<sock_filter> {
+    filter_with(false)
+}
+
+/// [`filter`], and with `notify_uname` `uname` handed to the listener
+/// (`SECCOMP_RET_USER_NOTIF`; install it with
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`).
+pub fn filter_with(notify_uname: bool) -> Vec<sock_filter> {
     let eperm = errno(libc::EPERM);
     let mut f = vec![
         load(OFF_ARCH),
@@ -280,6 +293,12 @@ pub fn filter() -> Vec<sock_filter> {
     ];
     #[cfg(target_arch = "x86_64")]
     f.extend([jump(BPF_JGE, 0x4000_0000, 0, 1), ret(eperm)]); // x32 ABI
+    if notify_uname {
+        f.extend([
+            jump(BPF_JEQ, libc::SYS_uname as u32, 0, 1),
+            ret(RET_USER_NOTIF),
+        ]);
+    }
     for rule in rules() {
         match rule {
             Rule::Deny { nr, errno: e } => {
@@ -563,6 +582,20 @@ mod tests {
             eval(&prog, AUDIT_ARCH, 0x4000_0000 | libc::SYS_read, [0; 6]),
             EPERM
         );
+    }
+
+    #[test]
+    fn uname_goes_to_the_listener_only_when_asked() {
+        assert_eq!(run(libc::SYS_uname, [0; 6]), RET_ALLOW);
+        let notify = filter_with(true);
+        assert_eq!(
+            eval(&notify, AUDIT_ARCH, libc::SYS_uname, [0; 6]),
+            RET_USER_NOTIF
+        );
+        // Everything else as before.
+        assert_eq!(eval(&notify, AUDIT_ARCH, libc::SYS_read, [0; 6]), RET_ALLOW);
+        assert_eq!(eval(&notify, AUDIT_ARCH, libc::SYS_mount, [0; 6]), EPERM);
+        assert_eq!(eval(&notify, 0x4000_0003, libc::SYS_uname, [0; 6]), EPERM);
     }
 
     #[test]

@@ -54,6 +54,22 @@ pub struct SandboxSpec {
     /// The `PER_LINUX32` personality: `uname -m` reports the 32-bit machine
     /// (`i686` on x86-64). `hermit check` varies it; builds run without.
     pub linux32: bool,
+    /// What `uname(2)` reports as the kernel release and version instead of
+    /// the host's: a seccomp user notification on `uname`, answered by the
+    /// sandbox's init (statically linked programs too). `hermit check`
+    /// varies it; builds run without (`None`: the call is not intercepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uname: Option<Uname>,
+}
+
+/// The kernel release and version a sandbox's `uname(2)` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uname {
+    /// `uname -r`.
+    pub release: String,
+    /// `uname -v`.
+    pub version: String,
 }
 
 /// A mount over the root image.
@@ -156,6 +172,8 @@ pub enum SpecError {
     BadUmask(u32),
     #[error("the command must be allowed at least one CPU")]
     NoCpus,
+    #[error("uname {what} {value:?} is not 1–64 printable ASCII characters")]
+    BadUname { what: &'static str, value: String },
     #[error("uid/gid 0 inside the sandbox is not supported (the build runs unprivileged)")]
     RootUid,
     #[error("{what} {path:?} holds `,`, `:` or `\\`, which overlayfs's mount options cannot carry; use a store path without them (HERMIT_HOME)")]
@@ -258,6 +276,20 @@ impl SandboxSpec {
         if self.cpus == Some(0) {
             return Err(SpecError::NoCpus);
         }
+        if let Some(u) = &self.uname {
+            for (what, value) in [("release", &u.release), ("version", &u.version)] {
+                // utsname's fields are 65 bytes with the NUL.
+                if value.is_empty()
+                    || value.len() > 64
+                    || !value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
+                {
+                    return Err(SpecError::BadUname {
+                        what,
+                        value: value.clone(),
+                    });
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -325,6 +357,7 @@ pub(crate) fn test_spec(root: &str, command: &[&str]) -> SandboxSpec {
         umask: 0o022,
         cpus: None,
         linux32: false,
+        uname: None,
     }
 }
 
@@ -335,6 +368,26 @@ mod tests {
 
     fn spec() -> SandboxSpec {
         test_spec("/r", &["/bin/true"])
+    }
+
+    #[test]
+    fn a_uname_release_must_fit_utsname() {
+        let mut s = spec();
+        s.uname = Some(Uname {
+            release: "4.4.0-hermit-check".into(),
+            version: "#1 SMP x".into(),
+        });
+        assert_eq!(s.validate(), Ok(()));
+        for (release, version) in [("", "v"), ("r", &"v".repeat(65)[..]), ("a\nb", "v")] {
+            s.uname = Some(Uname {
+                release: release.into(),
+                version: version.into(),
+            });
+            assert!(
+                matches!(s.validate(), Err(SpecError::BadUname { .. })),
+                "{release:?} {version:?}"
+            );
+        }
     }
 
     #[test]

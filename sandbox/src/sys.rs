@@ -146,6 +146,145 @@ pub fn install_seccomp(filter: &[libc::sock_filter]) -> Result<(), Errno> {
     Errno::result(r).map(drop)
 }
 
+/// Installs a classic-BPF seccomp filter on the calling thread with
+/// `SECCOMP_FILTER_FLAG_NEW_LISTENER`: the calls it answers with
+/// `SECCOMP_RET_USER_NOTIF` wait for whoever holds the returned listener
+/// (close-on-exec). Requires `no_new_privs` (or CAP_SYS_ADMIN). Allocates
+/// nothing.
+pub fn install_seccomp_listener(filter: &[libc::sock_filter]) -> Result<OwnedFd, Errno> {
+    let len = u16::try_from(filter.len()).map_err(|_| Errno::E2BIG)?;
+    let prog = libc::sock_fprog {
+        len,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `filter`, which outlives the call; the kernel
+    // copies the program and does not keep the pointer.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as libc::c_ulong,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog as libc::c_ulong,
+        )
+    };
+    let fd = Errno::result(r)?;
+    // SAFETY: on success the call returns a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Sends descriptor `fd` over the Unix socket `sock` (SCM_RIGHTS, one byte
+/// of data). Allocates nothing: the command's process calls it while it
+/// still shares init's memory.
+pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    #[repr(C, align(8))]
+    struct Cmsg([u8; 64]);
+    let mut buf = Cmsg([0; 64]);
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr() as *mut libc::c_void,
+        iov_len: 1,
+    };
+    // SAFETY: `msghdr` is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = buf.0.as_mut_ptr() as *mut libc::c_void;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) } as usize;
+    if space > buf.0.len() {
+        return Err(Errno::EOVERFLOW);
+    }
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` points at `buf`, aligned and large enough for one
+    // header with one `c_int` (checked above); CMSG_FIRSTHDR and CMSG_DATA
+    // stay inside it. `msg`, `iov`, `byte` and `buf` outlive `sendmsg`.
+    let r = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut libc::c_int, fd.as_raw_fd());
+        libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+    };
+    Errno::result(r).map(drop)
+}
+
+/// Owns a descriptor the kernel has just installed in this process
+/// (received with SCM_RIGHTS).
+pub fn own_received(fd: i32) -> OwnedFd {
+    // SAFETY: the kernel created `fd` for this process alone when it
+    // delivered the message; nothing else owns or closes it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// One `SECCOMP_RET_USER_NOTIF` notification: its id, the calling
+/// process (in the listener's pid namespace), the call's number and first
+/// argument.
+pub struct Notification {
+    pub id: u64,
+    pub pid: i32,
+    pub nr: i32,
+    pub arg0: u64,
+}
+
+/// `SECCOMP_IOCTL_NOTIF_RECV`: waits for the next notification.
+pub fn notif_recv(listener: BorrowedFd<'_>) -> Result<Notification, Errno> {
+    // SAFETY: `seccomp_notif` is plain old data; the kernel requires it
+    // zeroed.
+    let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+    // SAFETY: the ioctl writes one `seccomp_notif` into `n`, which lives
+    // across the call.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_RECV,
+            &mut n as *mut libc::seccomp_notif,
+        )
+    };
+    Errno::result(r)?;
+    Ok(Notification {
+        id: n.id,
+        pid: n.pid as i32,
+        nr: n.data.nr,
+        arg0: n.data.args[0],
+    })
+}
+
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID`: the notification's caller is still
+/// waiting in that call (so its pid still names it).
+pub fn notif_id_valid(listener: BorrowedFd<'_>, id: u64) -> bool {
+    // SAFETY: the ioctl reads one `u64` from `id`, which lives across the call.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_ID_VALID,
+            &id as *const u64,
+        )
+    };
+    r == 0
+}
+
+/// `SECCOMP_IOCTL_NOTIF_SEND`: the call returns `val`, or fails with
+/// `errno` when it is not 0.
+pub fn notif_send(listener: BorrowedFd<'_>, id: u64, val: i64, errno: i32) -> Result<(), Errno> {
+    let mut resp = libc::seccomp_notif_resp {
+        id,
+        val,
+        error: -errno,
+        flags: 0,
+    };
+    // SAFETY: the ioctl reads one `seccomp_notif_resp` from `resp`, which
+    // lives across the call.
+    let r = unsafe {
+        libc::ioctl(
+            listener.as_raw_fd(),
+            libc::SECCOMP_IOCTL_NOTIF_SEND,
+            &mut resp as *mut libc::seccomp_notif_resp,
+        )
+    };
+    Errno::result(r).map(drop)
+}
+
 /// Brings the network interface `lo` up in the current network namespace.
 pub fn loopback_up() -> Result<(), Errno> {
     // SAFETY: plain system call; the returned descriptor is owned below.

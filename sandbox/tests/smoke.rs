@@ -23,7 +23,7 @@ fn busybox_root(dir: &Path, with_etc: bool) {
         .expect("/bin/busybox (Debian package busybox-static) is needed");
     for applet in [
         "sh", "cat", "id", "hostname", "touch", "ls", "sleep", "echo", "grep", "kill", "df", "awk",
-        "head",
+        "head", "uname",
     ] {
         symlink("busybox", dir.join("bin").join(applet)).unwrap();
     }
@@ -84,6 +84,7 @@ fn explicit_spec(root: &Path, command: Vec<String>) -> SandboxSpec {
         umask: 0o022,
         cpus: None,
         linux32: false,
+        uname: None,
     }
 }
 
@@ -415,11 +416,52 @@ fn image_symlinks_never_reach_the_host() {
     }
 }
 
+/// `uname(2)` answered by init through seccomp user notification: the
+/// spec's release and version, the rest as the kernel says (the host name
+/// the sandbox set, the machine), for the command and its children alike;
+/// without the field the real release comes back.
+fn uname_reports_the_spec_release() {
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let real = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let script = "uname -r > $R; uname -v >> $R; uname -n >> $R; (uname -r) >> $R; \
+                  sh -c 'uname -m' >> $R";
+    let r = sh(t.path(), script, |s| {
+        s.uname = Some(hermit_sandbox::Uname {
+            release: "2.6.32-varied".into(),
+            version: "#1 SMP hermit check".into(),
+        });
+    });
+    assert_eq!(r.outcome, Outcome::Exited(0), "{}", r.out);
+    let machine = std::env::consts::ARCH;
+    assert_eq!(
+        r.out,
+        format!("2.6.32-varied\n#1 SMP hermit check\nlocalhost\n2.6.32-varied\n{machine}\n")
+    );
+    let r = sh(t.path(), "uname -r > $R", |_| {});
+    assert_eq!(r.out, real);
+    // Both at once: the 32-bit machine name stays.
+    let r = sh(t.path(), "uname -m > $R; uname -r >> $R", |s| {
+        s.linux32 = true;
+        s.uname = Some(hermit_sandbox::Uname {
+            release: "9.9.9".into(),
+            version: "v".into(),
+        });
+    });
+    if machine == "x86_64" {
+        assert_eq!(r.out, "i686\n9.9.9\n");
+    }
+}
+
 fn main() -> ExitCode {
     if let Some(code) = hermit_sandbox::enter_if_requested() {
         return ExitCode::from(code);
     }
-    let tests: [(&str, fn()); 9] = [
+    let tests: [(&str, fn()); 10] = [
+        (
+            "uname_reports_the_spec_release",
+            uname_reports_the_spec_release,
+        ),
         (
             "explicit_values_reach_the_command",
             explicit_values_reach_the_command,

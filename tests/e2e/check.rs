@@ -12,11 +12,12 @@ use crate::common::{both, run};
 use crate::fixtures::{both_users, As};
 use crate::graph::graph_project;
 
-const DEFAULTS: [&str; 8] = [
+const DEFAULTS: [&str; 9] = [
     "repeat",
     "jobs",
     "cpus",
     "uname",
+    "kernel",
     "randomness",
     "aslr",
     "clock",
@@ -39,6 +40,17 @@ fn variation<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value 
         .iter()
         .find(|x| x["name"] == name)
         .unwrap_or_else(|| panic!("no variation {name} in {v}"))
+}
+
+/// `[{"how", "path"}]` of a variation's differing files (their causes
+/// are checked apart).
+fn files(x: &serde_json::Value) -> serde_json::Value {
+    let list = x["differing_files"].as_array().cloned().unwrap_or_default();
+    serde_json::Value::Array(
+        list.iter()
+            .map(|d| serde_json::json!({"how": d["how"], "path": d["path"]}))
+            .collect(),
+    )
 }
 
 /// Whether `who` may open /dev/fuse (disorderfs needs it; Debian makes it
@@ -84,7 +96,7 @@ fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
     assert_eq!(names, DEFAULTS);
     for n in DEFAULTS {
         let x = variation(&v, n);
-        assert_eq!(x["differing_files"], serde_json::json!([]), "{n}: {x}");
+        assert_eq!(files(x), serde_json::json!([]), "{n}: {x}");
         assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
         if n == "dirorder" && !fuse_open_to(who) {
             assert_eq!(x["varied"], false, "{x}");
@@ -133,17 +145,40 @@ fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
 }
 
 /// `(spec name, script, --vary, the one variation that must catch it, the
-/// file that must differ)`.
-const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
-    ("ncpu", "nproc > $out/n", "", "cpus", "n"),
-    ("jobs", "echo $HERMIT_JOBS > $out/j", "", "jobs", "j"),
-    ("arch", "uname -m > $out/m", "", "uname", "m"),
+/// file that must differ, the cause the differing bytes must name)`.
+const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str, &str)] = &[
+    ("ncpu", "nproc > $out/n", "", "cpus", "n", "CPU count"),
+    (
+        "jobs",
+        "echo $HERMIT_JOBS > $out/j",
+        "",
+        "jobs",
+        "j",
+        "parallelism (HERMIT_JOBS)",
+    ),
+    (
+        "arch",
+        "uname -m > $out/m",
+        "",
+        "uname",
+        "m",
+        "architecture information (uname)",
+    ),
+    (
+        "kernel",
+        "uname -r > $out/r",
+        "",
+        "kernel",
+        "r",
+        "kernel version (uname -r/-v)",
+    ),
     (
         "seed",
         "echo \"seed ${PYTHONHASHSEED:-none}\" > $out/s",
         "",
         "randomness",
         "s",
+        "randomness / snippet encoding (random seeds)",
     ),
     (
         "aslr",
@@ -151,6 +186,7 @@ const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
         "",
         "aslr",
         "maps",
+        "references to memory addresses (ASLR)",
     ),
     (
         "order",
@@ -158,21 +194,98 @@ const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str)] = &[
         "",
         "dirorder",
         "order",
+        "filesystem ordering",
     ),
-    ("mask", "umask > $out/u", "all", "umask", "u"),
-    ("who", "id -un > $out/u", "all", "user", "u"),
-    ("host", "hostname > $out/h", "all", "hostname", "h"),
-    ("zone", "date -d @0 +%H%M > $out/z", "all", "timezone", "z"),
+    (
+        "mask",
+        "umask > $out/u",
+        "all",
+        "umask",
+        "u",
+        "file permissions (umask)",
+    ),
+    (
+        "who",
+        "id -un > $out/u",
+        "all",
+        "user",
+        "u",
+        "user information",
+    ),
+    (
+        "home",
+        "echo \"$HOME\" > $out/h",
+        "all",
+        "user",
+        "h",
+        "user information",
+    ),
+    (
+        "host",
+        "hostname > $out/h",
+        "all",
+        "hostname",
+        "h",
+        "system DNS name (host and domain name)",
+    ),
+    (
+        "zone",
+        "date -d @0 +%H%M > $out/z",
+        "all",
+        "timezone",
+        "z",
+        "time zone",
+    ),
+    (
+        "path",
+        "pwd > $out/p",
+        "all",
+        "buildpath",
+        "p",
+        "build path",
+    ),
+    (
+        "extra",
+        "ls /usr/bin 2>/dev/null > $out/l || true",
+        "all",
+        "packages",
+        "l",
+        "package dependencies (an extra package present)",
+    ),
+    (
+        "unpacked",
+        "stat -c '%Y %a' /sources/src/f > $out/meta",
+        "all",
+        "archive",
+        "meta",
+        "archive metadata (mtimes, owners, modes of the sources)",
+    ),
 ];
+
+/// Adds `[[source]] src` (a local tree with one file, `f`) to a spec.
+fn with_source(spec: &Path) {
+    let dir = spec.parent().unwrap();
+    fs::create_dir_all(dir.join("src")).unwrap();
+    fs::write(dir.join("src/f"), "data\n").unwrap();
+    let mut text = fs::read_to_string(spec).unwrap();
+    text.push_str("\n[[source]]\nname = \"src\"\npath = \"src\"\n");
+    fs::write(spec, text).unwrap();
+}
 
 fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
     let t = who.scratch();
     let nodes: Vec<(&str, &str)> = UNREPRODUCIBLE.iter().map(|c| (c.0, c.1)).collect();
     let specs = project(t.path(), &nodes);
+    // The archive case reads a source.
+    let unpacked = specs
+        .iter()
+        .find(|s| s.parent().unwrap().ends_with("unpacked"))
+        .unwrap();
+    with_source(unpacked);
     who.give(t.path());
     let home = t.path().join("home");
     for (case, spec) in UNREPRODUCIBLE.iter().zip(&specs) {
-        let (name, _, vary, culprit, file) = *case;
+        let (name, _, vary, culprit, file, cause) = *case;
         let mut args = vec!["check", spec.to_str().unwrap(), "--json"];
         if !vary.is_empty() {
             args.extend(["--vary", vary]);
@@ -193,11 +306,19 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
             if n == culprit {
                 assert_eq!(x["identical"], false, "{name}: {x}");
                 assert_eq!(
-                    x["differing_files"],
+                    files(x),
                     serde_json::json!([{"how": "changed", "path": file}]),
                     "{name}: {x}"
                 );
-                assert_eq!(x["causes"].as_array().unwrap().len(), 1, "{name}: {x}");
+                // Named from the differing bytes, not from the variation
+                // alone.
+                assert_eq!(x["causes"], serde_json::json!([cause]), "{name}: {x}");
+                let d = &x["differing_files"][0];
+                assert_eq!(d["cause"], cause, "{name}: {x}");
+                assert!(
+                    !d["evidence"].as_str().unwrap().contains("alone"),
+                    "{name}: {x}"
+                );
                 // The variant is kept, and differs from the kept control.
                 let out = PathBuf::from(x["output"].as_str().unwrap());
                 let control = PathBuf::from(v["control_output"].as_str().unwrap());
@@ -225,9 +346,28 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
                 );
                 // Only the reports stay beside the kept output.
                 assert!(!d.parent().unwrap().join("diffoscope").exists(), "{name}");
+                // The variant's record says what it varied; a build path
+                // override shows in its environment.
+                let rec: serde_json::Value = serde_json::from_slice(
+                    &fs::read(out.parent().unwrap().join("record.json")).unwrap(),
+                )
+                .unwrap();
+                assert!(
+                    rec["informational"]["check_variation"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with(culprit),
+                    "{name}: {rec}"
+                );
+                if culprit == "buildpath" {
+                    assert_eq!(
+                        rec["environment"]["build_path"],
+                        "/build-hermitcheck/a-longer-build-path"
+                    );
+                }
             } else {
                 assert_ne!(x["identical"], false, "{name}: {n} differs too: {x}");
-                assert_eq!(x["differing_files"], serde_json::json!([]), "{name}: {x}");
+                assert_eq!(files(x), serde_json::json!([]), "{name}: {x}");
             }
         }
     }
@@ -266,7 +406,7 @@ fn check_tells_plain_nondeterminism_from_a_variation(who: As) {
     let plain = "plain nondeterminism (randomness, the clock, thread scheduling)";
     let repeat = variation(&v, "repeat");
     assert_eq!(
-        repeat["differing_files"],
+        files(repeat),
         serde_json::json!([{"how": "changed", "path": "r"}]),
         "{repeat}"
     );
@@ -274,7 +414,7 @@ fn check_tells_plain_nondeterminism_from_a_variation(who: As) {
     assert_eq!(variation(&v, "cpus")["causes"], serde_json::json!([plain]));
     let uname = variation(&v, "uname");
     assert_eq!(
-        uname["differing_files"],
+        files(uname),
         serde_json::json!([{"how": "changed", "path": "m"}, {"how": "changed", "path": "r"}]),
         "{uname}"
     );
@@ -359,8 +499,20 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
         "{clock}"
     );
     assert_eq!(
-        clock["differing_files"],
+        files(clock),
         serde_json::json!([{"how": "changed", "path": "year"}]),
+        "{clock}"
+    );
+    assert_eq!(
+        clock["causes"],
+        serde_json::json!(["build timestamp (the clock)"]),
+        "{clock}"
+    );
+    assert!(
+        clock["differing_files"][0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("moved clock"),
         "{clock}"
     );
     let year = |p: &serde_json::Value| -> i32 {
@@ -381,7 +533,230 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
     }
 }
 
+/// glibc's `sort` in an image that has a compiled fr_FR.ISO-8859-1 locale:
+/// the locale variation changes the collation, and the cause is named from
+/// the bytes (the same lines in another order) as the locale's.
+fn check_names_the_locale_sort_order(who: As) {
+    let t = who.scratch();
+    // The locale, compiled from the host's sources (Debian package locales).
+    let loc = t.path().join("fr_FR.ISO-8859-1");
+    let o = run(std::process::Command::new("localedef")
+        .args(["-i", "fr_FR", "-f", "ISO-8859-1"])
+        .arg(&loc));
+    assert!(
+        loc.join("LC_COLLATE").is_file(),
+        "localedef (Debian package locales) made no locale: {}",
+        both(&o)
+    );
+    let lib = "usr/lib/x86_64-linux-gnu";
+    let mut extra: Vec<(String, String)> = vec![
+        ("/usr/bin/sort".into(), "usr/bin/sort".into()),
+        (
+            "/lib64/ld-linux-x86-64.so.2".into(),
+            "lib64/ld-linux-x86-64.so.2".into(),
+        ),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6".into(),
+            format!("{lib}/libc.so.6"),
+        ),
+    ];
+    let mut stack = vec![loc.clone()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(t.path()).unwrap().display().to_string();
+                extra.push((p.display().to_string(), format!("usr/lib/locale/{rel}")));
+            }
+        }
+    }
+    extra.sort();
+    let pairs: Vec<(&str, &str)> = extra
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let manifest = crate::image::busybox_layout_with(&t.path().join("image"), &pairs);
+    let d = t.path().join("sorted");
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[package]\nname = \"sorted\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
+             [build]\nscript = \"\"\"\nprintf 'b\\nA\\na\\nB\\n' | /usr/bin/sort > $out/sorted\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(
+        who,
+        &home,
+        &[
+            "check",
+            spec.to_str().unwrap(),
+            "--vary",
+            "locale,umask",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "locale");
+    assert_eq!(
+        files(x),
+        serde_json::json!([{"how": "changed", "path": "sorted"}]),
+        "{x}"
+    );
+    assert_eq!(
+        x["causes"],
+        serde_json::json!(["locale / file encoding"]),
+        "{x}"
+    );
+    assert!(
+        x["differing_files"][0]["evidence"]
+            .as_str()
+            .unwrap()
+            .contains("another order"),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    let control = PathBuf::from(v["control_output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(control.join("sorted")).unwrap(),
+        "A\nB\na\nb\n"
+    );
+    assert_eq!(
+        fs::read_to_string(out.join("sorted")).unwrap(),
+        "a\nA\nb\nB\n"
+    );
+    assert_eq!(variation(&v, "umask")["identical"], true, "{v}");
+}
+
+/// A real upstream project, GNU hello from its release tarball (served on
+/// loopback) with the Debian toolchain, is reproducible under every default
+/// variation, and `hermit check` leaves the cache as it was.
+fn check_passes_gnu_hello_from_its_tarball(who: As) {
+    use crate::http_server::{Behaviour, Server};
+    crate::fixtures::ensure_subids();
+    let tarball = crate::upstream::orig_tarball("hello");
+    let bytes = fs::read(&tarball).unwrap();
+    let sha = {
+        let o = run(std::process::Command::new("sha256sum").arg(&tarball));
+        String::from_utf8_lossy(&o.stdout)[..64].to_string()
+    };
+    let server = Server::start();
+    server.route("/hello-2.10.tar.gz", Behaviour::File(bytes));
+    let t = who.scratch();
+    let d = t.path().join("hello");
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            r#"[package]
+name = "hello"
+version = "2.10"
+
+[toolchain]
+debian = {{ suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }}
+
+[[source]]
+name = "hello"
+urls = ["{}"]
+sha256 = "{sha}"
+unpack = true
+
+[build]
+workdir = "hello/hello-2.10"
+script = """
+./configure --prefix=/usr
+make
+make install DESTDIR="$out"
+"""
+"#,
+            server.url("/hello-2.10.tar.gz")
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(
+        who,
+        &home,
+        &["check", spec.to_str().unwrap(), "--json", "-j", "2"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", both(&o));
+    let v = json(&o);
+    assert_eq!(v["reproducible"], true, "{v}");
+    for n in DEFAULTS {
+        let x = variation(&v, n);
+        assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
+        assert_eq!(files(x), serde_json::json!([]), "{n}: {x}");
+        if !matches!(n, "dirorder" | "clock") {
+            assert_eq!(x["varied"], true, "{n}: {x}");
+        }
+    }
+    let o = hermit(
+        who,
+        &home,
+        &["build", spec.to_str().unwrap(), "--json", "-j", "2"],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    let b = json(&o);
+    assert_eq!(b["cached"], false, "hermit check installed an output");
+    assert_eq!(b["output_digest"], v["control_digest"]);
+}
+
+/// `archive` under a `[build] workdir` view: `/build` shows the varied copy
+/// too, and the build can still change a file of it (copy-up).
+fn check_varies_the_sources_under_a_workdir_view(who: As) {
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "view",
+            "stat -c '%Y %a' f > $out/meta\nchmod u+w f\necho more >> f\ncat f > $out/f",
+        )],
+    );
+    with_source(&specs[0]);
+    let text = fs::read_to_string(&specs[0]).unwrap();
+    fs::write(
+        &specs[0],
+        text.replace("[build]\n", "[build]\nworkdir = \"src\"\n"),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(who, &home, &["check", spec, "--vary", "archive", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "archive");
+    assert_eq!(
+        files(x),
+        serde_json::json!([{"how": "changed", "path": "meta"}]),
+        "{x}"
+    );
+    assert_eq!(
+        x["causes"],
+        serde_json::json!(["archive metadata (mtimes, owners, modes of the sources)"]),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.join("meta")).unwrap(),
+        "2000000000 664\n"
+    );
+    assert_eq!(fs::read_to_string(out.join("f")).unwrap(), "data\nmore\n");
+}
+
 both_users!(
+    check_varies_the_sources_under_a_workdir_view,
+    check_passes_gnu_hello_from_its_tarball,
+    check_names_the_locale_sort_order,
     check_tells_plain_nondeterminism_from_a_variation,
     check_moves_the_clock_where_the_image_has_libfaketime,
     check_passes_a_reproducible_build_under_every_default_variation,

@@ -18,7 +18,8 @@ pub struct CheckArgs {
     #[arg(value_name = "SPEC|RECORD")]
     pub target: PathBuf,
     /// The variations to apply, comma-separated or repeated; `all` adds the
-    /// ones hermit normalises [default: jobs,cpus,uname,randomness,aslr,clock]
+    /// ones hermit normalises and buildpath, archive, packages, environment
+    /// [default: repeat,jobs,cpus,uname,kernel,randomness,aslr,clock,dirorder]
     #[arg(long, value_name = "LIST")]
     pub vary: Vec<String>,
     /// Variations to leave out, comma-separated or repeated

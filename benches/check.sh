@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Benchmarks of `hermit check`.
+#
+#   benches/check.sh [HERMIT_BINARY]
+#
+# (a) `hermit check` of a real C project (GNU hello from its release
+#     tarball, Debian toolchain, make -j2) under its N default variations,
+#     against N+1 plain `hermit build`s of it (each a cache miss), in the
+#     same run: their total wall times and the ratio (target: <= 1.1x).
+# (b) finding the one differing file between two 1 GiB, 50 000-file
+#     outputs: hermit's comparison of the two records' file lists (timed
+#     inside `hermit check`, HERMIT_TIMINGS=1, stage check.compare) against
+#     `diff -r` on the same two kept trees; median of RUNS (target: <= 0.5x).
+#
+# Everything is made under /dev/shm and removed at the end. Needs the
+# network for the one-time Debian bootstrap (mmdebstrap), and GNU hello's
+# tarball from scripts/install-deps.sh (HERMIT_TEST_TARBALLS).
+set -euo pipefail
+
+HERMIT=$(realpath "${1:-target/release/hermit}")
+RUNS=${RUNS:-5}
+PARTS=${PARTS:-ab}   # which of (a) and (b) to run
+[ -x "$HERMIT" ] || { echo "error: build hermit first: cargo build --release" >&2; exit 1; }
+TARBALLS=${HERMIT_TEST_TARBALLS:-/var/cache/hermit-tests/orig}
+HELLO=$(ls "$TARBALLS"/hello_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -n1 || true)
+[ -n "$HELLO" ] || { echo "error: no GNU hello tarball in $TARBALLS: run scripts/install-deps.sh" >&2; exit 1; }
+
+W=$(mktemp -d /dev/shm/hermit-bench-check.XXXXXX)
+cleanup() { chmod -R u+w "$W" 2>/dev/null || true; rm -rf "$W"; }
+trap cleanup EXIT
+export HERMIT_HOME=$W/home
+ms() { echo $(( $(date +%s%N) / 1000000 )); }
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ---------------------------------------------------------------- (a)
+P=$W/hello
+mkdir -p "$P"
+spec() {
+  cat > "$P/spec.toml" <<SPEC
+[package]
+name = "hello"
+version = "2.10"
+[toolchain]
+debian = { suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }
+[[source]]
+name = "hello"
+urls = ["file://$HELLO"]
+sha256 = "$(sha256sum "$HELLO" | cut -d' ' -f1)"
+unpack = true
+[build]
+workdir = "hello/hello-2.10"
+script = """
+./configure --prefix=/usr
+make
+make install DESTDIR="\$out"
+"""
+[env]
+RUN = "$1"
+SPEC
+}
+echo "bootstrapping the toolchain and building once (not timed)..."
+spec 0
+"$HERMIT" build "$P/spec.toml" -j 2 --quiet > /dev/null
+if [[ $PARTS == *a* ]]; then
+spec check
+s=$(ms)
+"$HERMIT" check "$P/spec.toml" -j 2 --quiet --json > "$W/check.json" || {
+  echo "error: hello is not reproducible here:" >&2; cat "$W/check.json" >&2; exit 1; }
+e=$(ms)
+CHECK=$((e - s))
+N=$(python3 -c 'import json,sys; print(len(json.load(open(sys.argv[1]))["variations"]))' "$W/check.json")
+VARIED=$(python3 -c 'import json,sys; print(",".join(v["name"] for v in json.load(open(sys.argv[1]))["variations"] if v["varied"]))' "$W/check.json")
+PLAIN=0
+for i in $(seq $((N + 1))); do
+  spec "$i"   # another [env] each time: a cache miss
+  s=$(ms); "$HERMIT" build "$P/spec.toml" -j 2 --quiet > /dev/null; e=$(ms)
+  PLAIN=$((PLAIN + e - s))
+done
+echo "(a) GNU hello: hermit check under $N variations (varied: $VARIED) ${CHECK} ms; $((N + 1)) plain builds ${PLAIN} ms; ratio $(awk -v c="$CHECK" -v p="$PLAIN" 'BEGIN{printf "%.3f", c/p}') (target <= 1.1)"
+fi
+[[ $PARTS == *b* ]] || exit 0
+
+# ---------------------------------------------------------------- (b)
+# A busybox-free Debian build writing 50 000 files of 21 475 bytes (1 GiB,
+# deterministic) and one file holding HERMIT_JOBS: the `jobs` variation
+# changes that one file only.
+B=$W/big
+mkdir -p "$B"
+cp "$P/hermit.lock" "$B/hermit.lock"
+cat > "$B/spec.toml" <<'SPEC'
+[package]
+name = "big"
+version = "1"
+[toolchain]
+debian = { suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }
+[build]
+script = """
+mkdir -p $out/d
+seq 1 200000000 | head -c 1073750000 | split -b 21475 -a 5 -d - $out/d/f
+echo $HERMIT_JOBS > $out/jobs
+"""
+SPEC
+HERMIT_TIMINGS=1 "$HERMIT" check "$B/spec.toml" --vary jobs -j 2 --quiet --json \
+  > "$W/big.json" 2> "$W/big.timings" || true
+FILES=$(python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["variations"][0]; print(len(v["differing_files"]), v["differing_files"][0]["path"])' "$W/big.json")
+CONTROL=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["control_output"])' "$W/big.json")
+VARIANT=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["variations"][0]["output"])' "$W/big.json")
+COMPARE=$(awk '$3 == "check.compare" {printf "%.3f", $4 / 1000}' "$W/big.timings" | tail -n1)
+echo "    outputs: $(find "$CONTROL" -type f | wc -l) files, $(du -sm "$CONTROL" | cut -f1) MiB each; hermit found: $FILES"
+for _ in $(seq "$RUNS"); do
+  s=$(date +%s%N); diff -r "$CONTROL" "$VARIANT" > "$W/diff.out" || true; e=$(date +%s%N)
+  echo $(( (e - s) / 1000 )) >> "$W/diff.us"
+done
+grep -q jobs "$W/diff.out" || { echo "error: diff -r did not find the file" >&2; exit 1; }
+DIFF=$(median < "$W/diff.us" | awk '{printf "%.3f", $1 / 1000}')
+echo "(b) the one differing file of two 1 GiB, 50 000-file outputs: hermit ${COMPARE} ms (from the records), diff -r ${DIFF} ms (median of $RUNS); ratio $(awk -v h="$COMPARE" -v d="$DIFF" 'BEGIN{printf "%.5f", h/d}') (target <= 0.5)"
