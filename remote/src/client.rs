@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::digest::{Digest, Hasher};
 use crate::endpoint::Endpoint;
@@ -102,14 +102,30 @@ impl Remote {
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         if endpoint.tls {
-            let tls = ClientTlsConfig::new()
+            let mut tls = ClientTlsConfig::new()
                 .with_webpki_roots()
                 .domain_name(endpoint.host.clone());
+            if let Some(ca) = endpoint.ca() {
+                tls = tls.ca_certificate(Certificate::from_pem(ca.pem()));
+            }
             ep = ep.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
         }
         let channel = match tokio::time::timeout(options.connect_timeout, ep.connect()).await {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(connect_err(source_chain(&e))),
+            Ok(Err(e)) => {
+                let mut why = source_chain(&e);
+                if endpoint.tls && why.to_lowercase().contains("certificate") {
+                    let hint = match endpoint.ca() {
+                        Some(ca) => format!(
+                            " (the server's certificate was checked against the web PKI roots and {})",
+                            ca.path().display()
+                        ),
+                        None => " (a server certificate from your own CA needs that CA: set HERMIT_REMOTE_CA or ca_file in [remote] of config.toml to its PEM file)".to_string(),
+                    };
+                    why.push_str(&hint);
+                }
+                return Err(connect_err(why));
+            }
             Err(_) => {
                 return Err(Error::Timeout {
                     endpoint: endpoint.to_string(),

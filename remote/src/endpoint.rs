@@ -8,6 +8,7 @@
 use std::fmt;
 
 use crate::error::{Error, Result};
+use crate::tls::CaBundle;
 
 /// Where a remote is and how to talk to it.
 #[derive(Clone, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub struct Endpoint {
     pub instance: String,
     /// Sent as `authorization: Bearer TOKEN` on every call.
     token: Option<String>,
+    /// CA certificates trusted for `grpcs://` besides the web PKI roots.
+    ca: Option<CaBundle>,
 }
 
 impl Endpoint {
@@ -95,6 +98,7 @@ impl Endpoint {
             port,
             instance: instance.to_string(),
             token: None,
+            ca: None,
         })
     }
 
@@ -104,6 +108,17 @@ impl Endpoint {
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
         self
+    }
+
+    /// The same endpoint trusting `ca`'s certificates too (for `grpcs://`;
+    /// a plain `grpc://` endpoint ignores it).
+    pub fn with_ca(mut self, ca: Option<CaBundle>) -> Endpoint {
+        self.ca = ca;
+        self
+    }
+
+    pub fn ca(&self) -> Option<&CaBundle> {
+        self.ca.as_ref()
     }
 
     pub fn token(&self) -> Option<&str> {

@@ -30,6 +30,8 @@ pub enum Error {
     Corrupt { digest: String, got: String },
     #[error("remote answered with a malformed {what}: {why}")]
     Protocol { what: &'static str, why: String },
+    #[error("the CA bundle for grpcs:// remotes {}: {why}", path.display())]
+    Ca { path: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -21,11 +21,13 @@ pub mod endpoint;
 pub mod error;
 pub mod execution;
 pub mod proto;
+pub mod tls;
 
 pub use client::{Options, Remote};
 pub use digest::Digest;
 pub use endpoint::Endpoint;
 pub use error::Error;
+pub use tls::CaBundle;
 
 /// The REAPI v2 messages (`Action`, `Command`, `ActionResult`, …).
 pub use proto::build::bazel::remote::execution::v2 as reapi;

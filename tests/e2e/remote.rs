@@ -51,6 +51,8 @@ fn free_port() -> u16 {
 pub struct BuildGrid {
     pub port: u16,
     pub dir: PathBuf,
+    /// Serving TLS ([`BuildGrid::start_tls`]): its URL is `grpcs://`.
+    pub tls: bool,
     child: Child,
 }
 
@@ -84,13 +86,37 @@ impl BuildGrid {
         String::from_utf8(o.stdout).unwrap().trim().to_string()
     }
 
+    /// A server speaking TLS with `cert` (PEM, chain to the CA) and `key`.
+    pub fn start_tls(dir: &Path, cert: &Path, key: &Path) -> BuildGrid {
+        BuildGrid::start_config(dir, "", |port, cas| {
+            cache_config(port, cas).replace(
+                "    insecure-mode: true\n",
+                &format!(
+                    "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n",
+                    key.display(),
+                    cert.display()
+                ),
+            )
+        })
+    }
+
     fn start_with(dir: &Path, extra_config: &str) -> BuildGrid {
+        BuildGrid::start_config(dir, extra_config, cache_config)
+    }
+
+    fn start_config(
+        dir: &Path,
+        extra_config: &str,
+        config_for: impl Fn(u16, &Path) -> String,
+    ) -> BuildGrid {
         let bgd = bgd_path();
         fs::create_dir_all(dir).unwrap();
         for _ in 0..3 {
             let port = free_port();
             let config = dir.join("buildgrid.yml");
-            fs::write(&config, cache_config(port, &dir.join("cas")) + extra_config).unwrap();
+            let text = config_for(port, &dir.join("cas"));
+            assert!(text.contains(&format!("address: \"127.0.0.1:{port}\"")));
+            fs::write(&config, text + extra_config).unwrap();
             let log = fs::File::create(dir.join("buildgrid.log")).unwrap();
             let child = Command::new(&bgd)
                 .args(["server", "start"])
@@ -103,6 +129,7 @@ impl BuildGrid {
             let mut bg = BuildGrid {
                 port,
                 dir: dir.to_path_buf(),
+                tls: config_for(port, Path::new("/")).contains("insecure-mode: false"),
                 child,
             };
             let start = Instant::now();
@@ -124,7 +151,8 @@ impl BuildGrid {
     }
 
     pub fn url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "grpcs" } else { "grpc" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `bgd cas …` against this server.
@@ -779,7 +807,193 @@ fn a_token_opens_an_authenticated_remote(who: As) {
     assert!(stderr(&o).contains(&marker));
 }
 
+/// A CA and a server certificate it signed for 127.0.0.1 and localhost,
+/// made with `openssl` in `dir`: (ca.pem, server.pem, server.key).
+fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let o = run(Command::new("openssl").current_dir(dir).args(args));
+        assert!(o.status.success(), "openssl {args:?}: {}", both(&o));
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hermit test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    openssl(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    openssl(&csr);
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "2",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+fn a_grpcs_remote_behind_its_own_ca(who: As) {
+    let t = who.scratch();
+    let (ca, cert, key) = test_ca(&t.path().join("pki"));
+    let bg = BuildGrid::start_tls(&t.path().join("bg"), &cert, &key);
+    let url = bg.url();
+    assert!(url.starts_with("grpcs://127.0.0.1:"), "{url}");
+    let marker = nonce("remote-tls");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    who.give(t.path());
+    let b = other(who);
+
+    // Without the CA: the server's certificate is not trusted, one warning
+    // naming the certificate problem and the fix, a local build, no upload.
+    let home = home_of(who, t.path(), "h-untrusted");
+    let (v, o) = build(who, &home, &spec, &["--remote", &url, "--remote-upload"]);
+    let err = stderr(&o);
+    assert_eq!(v["cached"], false);
+    assert_eq!(err.matches("warning: the remote").count(), 1, "{err}");
+    assert!(err.contains("is unavailable"), "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(err.contains("HERMIT_REMOTE_CA"), "{err}");
+    assert!(err.contains(&marker), "{err}");
+    eprintln!(
+        "without the CA: {}",
+        err.lines().find(|l| l.contains("warning")).unwrap()
+    );
+
+    // With $HERMIT_REMOTE_CA: uploaded over TLS.
+    let home_a = home_of(who, t.path(), "h-a");
+    let o = run(who
+        .hermit_in(&home_a)
+        .env("HERMIT_REMOTE_CA", &ca)
+        .arg("build")
+        .arg(&spec)
+        .args(["--json", "--remote", &url, "--remote-upload"]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+    assert!(stderr(&o).contains(&marker), "{}", both(&o));
+    let va: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(va["remote"]["hit"], false, "{va}");
+    assert!(bg.dir.join("cas/cas/objects").exists());
+
+    // B, another user with a fresh store, its own checkout (with A's
+    // hermit.lock) and the CA: a remote cache hit.
+    let checkout = t.path().join("p-b");
+    let o = run(Command::new("cp")
+        .arg("-a")
+        .arg(t.path().join("p"))
+        .arg(&checkout));
+    assert!(o.status.success(), "{}", both(&o));
+    b.give(&checkout);
+    let home_b = home_of(b, t.path(), "h-b");
+    let o = run(b
+        .hermit_in(&home_b)
+        .env("HERMIT_REMOTE_CA", &ca)
+        .arg("build")
+        .arg(checkout.join("spec.toml"))
+        .args(["--json", "--remote", &url]));
+    assert!(o.status.success(), "{}", both(&o));
+    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vb["remote"]["hit"], true, "{vb} {}", both(&o));
+    assert_eq!(vb["cached"], true, "{vb}");
+    assert_eq!(vb["output_digest"], va["output_digest"]);
+    assert!(
+        !stderr(&o).contains(&marker),
+        "B ran the build: {}",
+        both(&o)
+    );
+    assert!(ran_builds(&home_b).is_empty(), "{:?}", ran_builds(&home_b));
+
+    // The same from config.toml: [remote] with ca_file (relative to it).
+    let cfg = t.path().join("xdg");
+    fs::create_dir_all(cfg.join("hermit")).unwrap();
+    fs::copy(&ca, cfg.join("hermit/team-ca.pem")).unwrap();
+    fs::write(
+        cfg.join("hermit/config.toml"),
+        format!("[remote]\nurl = \"{url}\"\nca_file = \"team-ca.pem\"\n"),
+    )
+    .unwrap();
+    who.give(&cfg);
+    let home = home_of(who, t.path(), "h-config");
+    let o = run(who
+        .hermit_in(&home)
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("build")
+        .arg(&spec)
+        .arg("--json"));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["remote"]["hit"], true, "{v} {}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+
+    // A file that is no CA bundle (the server's private key; a missing
+    // file): one clear error naming it, nothing built.
+    let home = home_of(who, t.path(), "h-bad");
+    let missing = t.path().join("no-such-ca.pem");
+    for (bad, needle) in [(&key, "never a private key"), (&missing, "cannot read it")] {
+        let o = run(who
+            .hermit_in(&home)
+            .env("HERMIT_REMOTE_CA", bad)
+            .arg("build")
+            .arg(&spec)
+            .args(["--remote", &url]));
+        assert!(!o.status.success(), "{}", both(&o));
+        let err = stderr(&o);
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(!err.contains(&marker), "{err}");
+    }
+}
+
 both_users!(
+    a_grpcs_remote_behind_its_own_ca,
     a_token_opens_an_authenticated_remote,
     remote_cache_hit_on_another_machine,
     tampered_blobs_and_forged_results_are_refused,

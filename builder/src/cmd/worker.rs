@@ -78,7 +78,9 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     if let Some(i) = args.instance {
         endpoint.instance = i;
     }
-    let endpoint = endpoint.with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok());
+    let endpoint = endpoint
+        .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
+        .with_ca(crate::remote::client::ca_bundle()?);
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let _shared = store.shared_lock().context("locking the store")?;
     let name = match args.name {

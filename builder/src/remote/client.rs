@@ -1,6 +1,7 @@
 //! The remote of one hermit command: where it is (`--remote URL`, else
 //! `[remote]` in config.toml), its token (`$HERMIT_REMOTE_TOKEN`, else the
-//! config's `token_file`), whether local builds are uploaded, and one
+//! config's `token_file`), the CA bundle it trusts for `grpcs://`
+//! (`$HERMIT_REMOTE_CA`, else the config's `ca_file`), whether local builds are uploaded, and one
 //! connection made on first use.
 //!
 //! A remote that cannot be reached or does not answer in time is reported
@@ -29,6 +30,32 @@ pub struct RemoteConfig {
     pub token_file: Option<String>,
     /// Seconds to wait for a connection and for each answer (default 10).
     pub timeout: Option<f64>,
+    /// A PEM file of CA certificates trusted for `grpcs://` remotes besides
+    /// the web PKI roots (relative to the config file); `$HERMIT_REMOTE_CA`
+    /// overrides it. Applies to every remote hermit talks to.
+    pub ca_file: Option<String>,
+}
+
+/// The CA bundle for `grpcs://` remotes: `$HERMIT_REMOTE_CA` (relative to
+/// the current directory), else `ca_file` in `[remote]` of config.toml
+/// (relative to the config file), else none. A file that cannot be read or
+/// holds no certificate is an error naming it.
+pub fn ca_bundle() -> anyhow::Result<Option<hermit_remote::CaBundle>> {
+    let path = match std::env::var_os("HERMIT_REMOTE_CA").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let (path, cfg) = crate::config::load()?;
+            match cfg.remote.and_then(|r| r.ca_file) {
+                Some(f) => path
+                    .as_deref()
+                    .and_then(|p| p.parent())
+                    .unwrap_or(std::path::Path::new("."))
+                    .join(f),
+                None => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(hermit_remote::CaBundle::read(&path)?))
 }
 
 /// The remote flags of `build`, `rebuild`, `fetch` and `mirror`.
@@ -36,7 +63,8 @@ pub struct RemoteConfig {
 pub struct RemoteArgs {
     /// A REAPI remote used as a shared cache and content store (BuildGrid,
     /// Buildbarn, …): grpc://HOST:PORT[/INSTANCE] or grpcs://…; overrides
-    /// [remote] in config.toml. Token: $HERMIT_REMOTE_TOKEN
+    /// [remote] in config.toml. Token: $HERMIT_REMOTE_TOKEN; CA bundle for
+    /// grpcs://: $HERMIT_REMOTE_CA
     #[arg(long = "remote", value_name = "URL")]
     pub remote: Option<String>,
     /// Upload local builds to the remote (the default only for a remote from config.toml)
@@ -104,7 +132,7 @@ impl RemoteArgs {
                 format!("the remote timeout must be a positive number of seconds, not {secs}")
             })?;
         Ok(Some(Arc::new(Session::new(
-            endpoint.with_token(token),
+            endpoint.with_token(token).with_ca(ca_bundle()?),
             upload,
             Options {
                 connect_timeout: t,

@@ -74,7 +74,8 @@ impl RemoteExec {
     pub fn connect(url: &str, quiet: bool) -> anyhow::Result<Arc<RemoteExec>> {
         let endpoint = Endpoint::parse(url)
             .map_err(|e| Exit::user(format!("--remote-exec: {e}")))?
-            .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok());
+            .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
+            .with_ca(crate::remote::client::ca_bundle()?);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
