@@ -771,24 +771,13 @@ fn a_token_opens_an_authenticated_remote(who: As) {
     assert!(!stderr(&o).contains("warning"), "{}", both(&o));
 
     // From config.toml: [remote] with a token file, a fresh store: a hit.
-    let cfg = t.path().join("xdg");
-    fs::create_dir_all(cfg.join("hermit")).unwrap();
-    fs::write(cfg.join("hermit/token"), format!("{token}\n")).unwrap();
-    fs::write(
-        cfg.join("hermit/config.toml"),
-        format!("[remote]\nurl = \"{}\"\ntoken_file = \"token\"\n", bg.url()),
-    )
-    .unwrap();
-    who.give(&cfg);
-    let home = home_of(who, t.path(), "h-config");
-    let o = run(who
-        .hermit_in(&home)
-        .env("XDG_CONFIG_HOME", &cfg)
-        .arg("build")
-        .arg(&spec)
-        .arg("--json"));
-    assert!(o.status.success(), "{}", both(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cfg = config_dir(
+        who,
+        t.path(),
+        &format!("[remote]\nurl = \"{}\"\ntoken_file = \"token\"\n", bg.url()),
+        &[("token", format!("{token}\n").as_bytes())],
+    );
+    let (v, o) = build_with_config(who, &home_of(who, t.path(), "h-config"), &cfg, &spec);
     assert_eq!(v["remote"]["hit"], true, "{v} {}", both(&o));
     assert!(!stderr(&o).contains(&marker), "{}", both(&o));
     // The token is never printed.
@@ -805,6 +794,33 @@ fn a_token_opens_an_authenticated_remote(who: As) {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["remote"].is_null(), "{v}");
     assert!(stderr(&o).contains(&marker));
+}
+
+/// `$XDG_CONFIG_HOME` for a test: `hermit/config.toml` holding `config`,
+/// and `files` beside it, given to `who`.
+fn config_dir(who: As, base: &Path, config: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let cfg = base.join("xdg");
+    fs::create_dir_all(cfg.join("hermit")).unwrap();
+    for (name, bytes) in files {
+        fs::write(cfg.join("hermit").join(name), bytes).unwrap();
+    }
+    fs::write(cfg.join("hermit/config.toml"), config).unwrap();
+    who.give(&cfg);
+    cfg
+}
+
+/// `hermit build SPEC --json` under the config directory `cfg`; it must
+/// succeed.
+fn build_with_config(who: As, home: &Path, cfg: &Path, spec: &Path) -> (serde_json::Value, Output) {
+    let o = run(who
+        .hermit_in(home)
+        .env("XDG_CONFIG_HOME", cfg)
+        .arg("build")
+        .arg(spec)
+        .arg("--json"));
+    assert!(o.status.success(), "{}", both(&o));
+    let v = serde_json::from_slice(&o.stdout).unwrap();
+    (v, o)
 }
 
 /// A CA and a server certificate it signed for 127.0.0.1 and localhost,
@@ -952,24 +968,13 @@ fn a_grpcs_remote_behind_its_own_ca(who: As) {
     assert!(ran_builds(&home_b).is_empty(), "{:?}", ran_builds(&home_b));
 
     // The same from config.toml: [remote] with ca_file (relative to it).
-    let cfg = t.path().join("xdg");
-    fs::create_dir_all(cfg.join("hermit")).unwrap();
-    fs::copy(&ca, cfg.join("hermit/team-ca.pem")).unwrap();
-    fs::write(
-        cfg.join("hermit/config.toml"),
-        format!("[remote]\nurl = \"{url}\"\nca_file = \"team-ca.pem\"\n"),
-    )
-    .unwrap();
-    who.give(&cfg);
-    let home = home_of(who, t.path(), "h-config");
-    let o = run(who
-        .hermit_in(&home)
-        .env("XDG_CONFIG_HOME", &cfg)
-        .arg("build")
-        .arg(&spec)
-        .arg("--json"));
-    assert!(o.status.success(), "{}", both(&o));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cfg = config_dir(
+        who,
+        t.path(),
+        &format!("[remote]\nurl = \"{url}\"\nca_file = \"team-ca.pem\"\n"),
+        &[("team-ca.pem", &fs::read(&ca).unwrap())],
+    );
+    let (v, o) = build_with_config(who, &home_of(who, t.path(), "h-config"), &cfg, &spec);
     assert_eq!(v["remote"]["hit"], true, "{v} {}", both(&o));
     assert!(!stderr(&o).contains("warning"), "{}", both(&o));
 
