@@ -85,6 +85,13 @@ impl Drop for Worker {
     }
 }
 
+/// `hermit build SPEC --json --remote-exec URL` as `who`, in `home`.
+fn remote_build(who: As, home: &Path, spec: &str, url: &str) -> std::process::Command {
+    let mut c = who.hermit_in(home);
+    c.args(["build", spec, "--json", "--remote-exec", url]);
+    c
+}
+
 fn json(o: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", both(o)))
 }
@@ -146,13 +153,7 @@ fn remote_exec_graph_runs_on_two_workers_identical_to_local(who: As) {
 
     let app = specs[4].to_str().unwrap();
     let o = output_within(
-        who.hermit_in(&t.path().join("home-client")).args([
-            "build",
-            app,
-            "--json",
-            "--remote-exec",
-            &url,
-        ]),
+        &mut remote_build(who, &t.path().join("home-client"), app, &url),
         Duration::from_secs(300),
     );
     assert!(
@@ -241,20 +242,17 @@ fn remote_exec_worker_killed_mid_action_is_retried_elsewhere(who: As) {
     let url = bg.url();
     let w1 = Worker::start(who, t.path(), &url, "w1", &[]);
     w1.wait_for("session", Duration::from_secs(30));
-    let client = who
-        .hermit_in(&t.path().join("home-client"))
-        .args([
-            "build",
-            specs[0].to_str().unwrap(),
-            "--json",
-            "--remote-exec",
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = remote_build(
+        who,
+        &t.path().join("home-client"),
+        specs[0].to_str().unwrap(),
+        &url,
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     w1.wait_for("running action", Duration::from_secs(60));
     w1.signal("-KILL");
     let w2 = Worker::start(who, t.path(), &url, "w2", &[]);
@@ -289,20 +287,17 @@ fn remote_exec_worker_stopped_mid_action_hands_it_back(who: As) {
     let url = bg.url();
     let mut w1 = Worker::start(who, t.path(), &url, "w1", &[]);
     w1.wait_for("session", Duration::from_secs(30));
-    let client = who
-        .hermit_in(&t.path().join("home-client"))
-        .args([
-            "build",
-            specs[0].to_str().unwrap(),
-            "--json",
-            "--remote-exec",
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let client = remote_build(
+        who,
+        &t.path().join("home-client"),
+        specs[0].to_str().unwrap(),
+        &url,
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     w1.wait_for("running action", Duration::from_secs(60));
     w1.signal("-TERM");
     let status = w1.child.wait().unwrap();
@@ -365,13 +360,12 @@ fn remote_exec_unreachable_service_builds_locally(who: As) {
     who.give(t.path());
     let port = crate::buildgrid_exec::free_port();
     let o = output_within(
-        who.hermit_in(&t.path().join("home")).args([
-            "build",
+        &mut remote_build(
+            who,
+            &t.path().join("home"),
             specs[0].to_str().unwrap(),
-            "--json",
-            "--remote-exec",
             &format!("grpc://127.0.0.1:{port}"),
-        ]),
+        ),
         Duration::from_secs(120),
     );
     assert!(o.status.success(), "{}", both(&o));
