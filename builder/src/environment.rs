@@ -78,6 +78,7 @@ pub fn sandbox_spec(
         cpus: None,
         linux32: false,
         uname: None,
+        clock_offset: None,
     }
 }
 

@@ -19,7 +19,11 @@
 //!    sends init over a socket before it executes, and init writes the
 //!    host's `utsname` with the spec's release and version into the
 //!    caller's buffer (`process_vm_writev`; init is every sandbox process's
-//!    ancestor and holds CAP_SYS_PTRACE in their user namespace).
+//!    ancestor and holds CAP_SYS_PTRACE in their user namespace). With
+//!    [`SandboxSpec::clock_offset`] set, init forks (not vforks) the
+//!    command, traces it and everything it starts, hides each executed
+//!    image's vDSO, and answers the wall clock's calls the same way (see
+//!    `trace.rs`).
 //!
 //! The command's process, before `execve`: new session (no controlling
 //! terminal, so no TIOCSTI into the caller's — or, for `hermit shell`, the
@@ -36,13 +40,13 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::{chdir, execve, sethostname, setsid, Pid};
 
 use crate::outcome::SetupFailure;
 use crate::protocol::{send, HelperInput, Message};
 use crate::spec::SandboxSpec;
-use crate::{seccomp, setup, sys};
+use crate::{seccomp, setup, sys, trace};
 
 /// Signals init waits for (blocked, then taken with `sigwait`).
 pub(crate) fn waited_signals() -> SigSet {
@@ -191,49 +195,167 @@ pub(crate) fn init_main(
         Ok(n) => n,
         Err(e) => die(
             status,
-            SetupFailure::new("prepare the uname listener", "socketpair", None, Some(e)),
-            125,
-        ),
-    };
-    let mut stack = match sys::ChildStack::new(COMMAND_STACK) {
-        Ok(s) => s,
-        Err(e) => die(
-            status,
-            SetupFailure::new("start the command", "mmap", None, Some(e)),
+            SetupFailure::new("prepare the seccomp listener", "socketpair", None, Some(e)),
             125,
         ),
     };
     let send_end = notify.as_ref().map(|n| n.1.as_fd());
-    let cmd = match sys::spawn_vfork(&mut stack, &mut || {
-        command_main(spec, &exec, status, &passed, send_end)
-    }) {
-        Ok(pid) => pid,
-        Err(e) => die(
-            status,
-            SetupFailure::new("start the command", "clone", None, Some(e)),
-            125,
-        ),
+    let traced = spec.clock_offset.is_some();
+    let cmd = if traced {
+        match spawn_traced(spec, &exec, status, &passed, send_end) {
+            Ok(pid) => pid,
+            Err(f) => die(status, f, 125),
+        }
+    } else {
+        let mut stack = match sys::ChildStack::new(COMMAND_STACK) {
+            Ok(s) => s,
+            Err(e) => die(
+                status,
+                SetupFailure::new("start the command", "mmap", None, Some(e)),
+                125,
+            ),
+        };
+        let cmd = match sys::spawn_vfork(&mut stack, &mut || {
+            command_main(spec, &exec, status, &passed, send_end, None)
+        }) {
+            Ok(pid) => pid,
+            Err(e) => die(
+                status,
+                SetupFailure::new("start the command", "clone", None, Some(e)),
+                125,
+            ),
+        };
+        drop(stack);
+        cmd
     };
-    drop(stack);
     drop(exec);
-    // The command has executed (or failed): its listener, if it sent one,
-    // waits in the socket.
-    let listener = notify.and_then(|(recv, send, answer)| {
-        drop(send);
-        receive_fd(&recv).map(|l| (l, answer))
-    });
-    reap(cmd, status, listener)
+    let answers = Answers {
+        uname: notify.as_ref().and_then(|n| n.2.clone()),
+        clock_offset: spec.clock_offset,
+    };
+    let listener = match notify {
+        None => Listener::None,
+        Some((recv, send, _)) => {
+            drop(send);
+            if traced {
+                // Sent before the command executes: picked up at its
+                // first exec stop.
+                Listener::Pending(recv)
+            } else {
+                // The command has executed (or failed): its listener, if
+                // it sent one, waits in the socket.
+                receive_fd(&recv).map_or(Listener::None, Listener::Ready)
+            }
+        }
+    };
+    reap(cmd, status, listener, &answers, traced)
 }
 
-/// With `spec.uname`: a socket pair (init's end, the command's end), both
-/// above the numbers handed to the command, and the `utsname` to answer with.
-fn notify_pair(spec: &SandboxSpec) -> Result<Option<(OwnedFd, OwnedFd, Vec<u8>)>, Errno> {
+/// Starts the command traced by init (the moved clock, see `trace.rs`): a
+/// plain `fork` (not `vfork`: init must seize the child before it
+/// executes), and a handshake over a socket pair — the child makes itself
+/// dumpable (init is not, and its child inherits that until it executes)
+/// and says so, init seizes it, then lets it go on.
+fn spawn_traced(
+    spec: &SandboxSpec,
+    exec: &Exec,
+    status: &OwnedFd,
+    passed: &[(i32, OwnedFd)],
+    send_end: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<Pid, SetupFailure> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use nix::unistd::{read, write, ForkResult};
+    use std::os::fd::AsRawFd;
+    let step = "start the command, traced (the moved clock)";
+    let fail = |call: &str, e: Errno| SetupFailure::new(step, call, None, Some(e));
+    let (a, b) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| fail("socketpair", e))?;
+    let above = crate::run::PASS_MAX + 1;
+    let mine = sys::dup_above(a.as_raw_fd(), above).map_err(|e| fail("fcntl", e))?;
+    let theirs = sys::dup_above(b.as_raw_fd(), above).map_err(|e| fail("fcntl", e))?;
+    drop((a, b));
+    match sys::fork_single_threaded().map_err(|e| fail("fork", e))? {
+        ForkResult::Child => {
+            drop(mine);
+            command_main(spec, exec, status, passed, send_end, Some(theirs.as_fd()))
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            let mut byte = [0u8; 1];
+            match read(&mine, &mut byte) {
+                Ok(1) => {}
+                // It ended before the handshake: its status tells why.
+                _ => return Ok(child),
+            }
+            if let Err(e) = sys::ptrace_seize(child.as_raw(), trace::OPTIONS) {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(SetupFailure::new(
+                    "trace the command (the moved clock hides each program's vDSO)",
+                    "ptrace(PTRACE_SEIZE)",
+                    None,
+                    Some(e),
+                ));
+            }
+            write(&mine, b"g").map_err(|e| fail("write", e))?;
+            Ok(child)
+        }
+    }
+}
+
+/// The traced command's side of [`spawn_traced`]'s handshake.
+fn await_tracer(sock: std::os::fd::BorrowedFd<'_>) -> Result<(), SetupFailure> {
+    use nix::unistd::{read, write};
+    let f = |call: &str, e: Errno| {
+        SetupFailure::new("wait for init to trace the command", call, None, Some(e))
+    };
+    nix::sys::prctl::set_dumpable(true).map_err(|e| f("prctl", e))?;
+    write(sock, b"r").map_err(|e| f("write", e))?;
+    let mut byte = [0u8; 1];
+    match read(sock, &mut byte) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err(f("read", Errno::EPIPE)),
+        Err(e) => Err(f("read", e)),
+    }
+}
+
+/// What init answers the command's notified calls with.
+struct Answers {
+    /// `uname(2)`'s `utsname`.
+    uname: Option<Vec<u8>>,
+    /// How far the wall clock is moved, in seconds.
+    clock_offset: Option<i64>,
+}
+
+/// The listener of the command's seccomp filter, as init holds it.
+enum Listener {
+    None,
+    /// Sent by the traced command before it executes; taken from the
+    /// socket at its first exec stop.
+    Pending(OwnedFd),
+    Ready(OwnedFd),
+}
+
+/// With `spec.uname` or `spec.clock_offset`: a socket pair (init's end, the
+/// command's end), both above the numbers handed to the command, and the
+/// `utsname` to answer `uname` with.
+type NotifyPair = (OwnedFd, OwnedFd, Option<Vec<u8>>);
+
+fn notify_pair(spec: &SandboxSpec) -> Result<Option<NotifyPair>, Errno> {
     use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
     use std::os::fd::AsRawFd;
-    let Some(u) = &spec.uname else {
+    if !notify_of(spec).any() {
         return Ok(None);
+    }
+    let answer = match &spec.uname {
+        Some(u) => Some(utsname_answer(u, spec.linux32)?),
+        None => None,
     };
-    let answer = utsname_answer(u, spec.linux32)?;
     let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::Datagram,
@@ -304,34 +426,59 @@ fn receive_fd(sock: &OwnedFd) -> Option<OwnedFd> {
     got
 }
 
-/// Answers one pending `uname` notification.
-fn answer_uname(listener: &OwnedFd, answer: &[u8]) {
+/// The calls the command's seccomp filter hands to init.
+fn notify_of(spec: &SandboxSpec) -> seccomp::Notify {
+    seccomp::Notify {
+        uname: spec.uname.is_some(),
+        clock: spec.clock_offset.is_some(),
+    }
+}
+
+/// Answers one pending notification: `uname`, or a read of the moved
+/// wall clock.
+fn answer(listener: &OwnedFd, answers: &Answers) {
     use nix::sys::uio::{process_vm_writev, RemoteIoVec};
     let Ok(n) = sys::notif_recv(listener.as_fd()) else {
         return; // the caller died meanwhile
     };
-    if n.nr != libc::SYS_uname as i32 {
-        let _ = sys::notif_send(listener.as_fd(), n.id, 0, libc::ENOSYS);
-        return;
-    }
+    let nr = i64::from(n.nr);
+    let (uname, clock): (Option<&[u8]>, Option<Result<_, Errno>>) = match answers {
+        Answers { uname: Some(a), .. } if nr == libc::SYS_uname => (Some(a.as_slice()), None),
+        Answers {
+            clock_offset: Some(off),
+            ..
+        } if nr != libc::SYS_uname => (None, Some(trace::clock_answer(nr, &n.args, *off))),
+        _ => (None, None),
+    };
     // The pid still names the caller only while it waits in the call.
     if !sys::notif_id_valid(listener.as_fd(), n.id) {
         return;
     }
-    let remote = [RemoteIoVec {
-        base: n.arg0 as usize,
-        len: answer.len(),
-    }];
-    let written = process_vm_writev(
-        Pid::from_raw(n.pid),
-        &[std::io::IoSlice::new(answer)],
-        &remote,
-    );
-    let errno = match written {
-        Ok(w) if w == answer.len() => 0,
-        _ => libc::EFAULT,
+    let write = |at: u64, bytes: &[u8]| {
+        let remote = [RemoteIoVec {
+            base: at as usize,
+            len: bytes.len(),
+        }];
+        let w = process_vm_writev(
+            Pid::from_raw(n.pid),
+            &[std::io::IoSlice::new(bytes)],
+            &remote,
+        );
+        matches!(w, Ok(w) if w == bytes.len())
     };
-    let _ = sys::notif_send(listener.as_fd(), n.id, 0, errno);
+    let (val, errno) = match (uname, clock) {
+        (Some(a), _) => (0, if write(n.arg0, a) { 0 } else { libc::EFAULT }),
+        (None, Some(Ok((writes, val)))) => {
+            if writes.iter().all(|(at, bytes)| write(*at, bytes)) {
+                (val, 0)
+            } else {
+                (0, libc::EFAULT)
+            }
+        }
+        (None, Some(Err(e))) => (0, e as i32),
+        (None, None) => (0, libc::ENOSYS),
+    };
+    let _ = sys::notif_send(listener.as_fd(), n.id, val, errno);
 }
 
 /// Init's descriptors moved to 10 and above: the status pipe, the lifeline,
@@ -401,39 +548,51 @@ fn own_descriptors(
         .map_err(|e| SetupFailure::new("close inherited descriptors", "close_range", None, Some(e)))
 }
 
-/// init's loop: reap, forward, and leave with the command.
-fn reap(cmd: Pid, status: &OwnedFd, mut listener: Option<(OwnedFd, Vec<u8>)>) -> ! {
+/// init's loop: reap, forward, answer the seccomp listener, resume
+/// tracees (the moved clock), and leave with the command.
+fn reap(cmd: Pid, status: &OwnedFd, mut listener: Listener, answers: &Answers, traced: bool) -> ! {
     let set = waited_signals();
-    // With a listener, the signals come through a signalfd polled beside it.
-    let sfd = listener.as_ref().and_then(|_| {
-        use nix::sys::signalfd::{SfdFlags, SignalFd};
-        SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
-    });
+    // With a listener or tracees, the signals come through a signalfd
+    // polled beside the listener.
+    let sfd = (traced || !matches!(listener, Listener::None))
+        .then(|| {
+            use nix::sys::signalfd::{SfdFlags, SignalFd};
+            SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).ok()
+        })
+        .flatten();
     if sfd.is_none() {
-        listener = None;
+        listener = Listener::None;
     }
+    // Tracees are reported as threads too.
+    let wait_flags = if traced { libc::__WALL } else { 0 };
     loop {
-        let sig = match (&sfd, &listener) {
-            (Some(sfd), Some((l, answer))) => {
-                let mut fds = [
-                    PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-                    PollFd::new(l.as_fd(), PollFlags::POLLIN),
-                ];
+        let sig = match &sfd {
+            Some(sfd) => {
+                let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+                if let Listener::Ready(l) = &listener {
+                    fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
+                }
                 if poll(&mut fds, PollTimeout::NONE).is_err() {
                     continue;
                 }
-                let ready =
-                    |i: usize, f: PollFlags| fds[i].revents().is_some_and(|r| r.intersects(f));
+                let ready = |i: usize, f: PollFlags| {
+                    fds.get(i)
+                        .and_then(|p| p.revents())
+                        .is_some_and(|r| r.intersects(f))
+                };
                 let (sig_ready, notif, gone) = (
                     ready(0, PollFlags::POLLIN),
                     ready(1, PollFlags::POLLIN),
                     ready(1, PollFlags::POLLHUP | PollFlags::POLLERR),
                 );
-                if notif {
-                    answer_uname(l, answer);
-                } else if gone {
-                    // No process uses the filter any more.
-                    listener = None;
+                drop(fds);
+                if let Listener::Ready(l) = &listener {
+                    if notif {
+                        answer(l, answers);
+                    } else if gone {
+                        // No process uses the filter any more.
+                        listener = Listener::None;
+                    }
                 }
                 if !sig_ready {
                     continue;
@@ -446,7 +605,7 @@ fn reap(cmd: Pid, status: &OwnedFd, mut listener: Option<(OwnedFd, Vec<u8>)>) ->
                     _ => continue,
                 }
             }
-            _ => match set.wait() {
+            None => match set.wait() {
                 Ok(s) => s,
                 Err(_) => continue,
             },
@@ -455,18 +614,21 @@ fn reap(cmd: Pid, status: &OwnedFd, mut listener: Option<(OwnedFd, Vec<u8>)>) ->
             let _ = kill(cmd, sig);
             continue;
         }
-        loop {
-            match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) if pid == cmd => {
-                    send(status, &Message::Exited(code));
-                    sys::exit_now(code);
+        while let Ok(Some((pid, st))) = sys::wait_any(wait_flags) {
+            if libc::WIFEXITED(st) && pid == cmd.as_raw() {
+                let code = libc::WEXITSTATUS(st);
+                send(status, &Message::Exited(code));
+                sys::exit_now(code);
+            }
+            if libc::WIFSIGNALED(st) && pid == cmd.as_raw() {
+                let s = libc::WTERMSIG(st);
+                send(status, &Message::Signaled(s));
+                sys::exit_now(128 + s);
+            }
+            if traced && libc::WIFSTOPPED(st) && trace::resume(pid, st) == trace::Stop::Exec {
+                if let Listener::Pending(sock) = &listener {
+                    listener = receive_fd(sock).map_or(Listener::None, Listener::Ready);
                 }
-                Ok(WaitStatus::Signaled(pid, s, _)) if pid == cmd => {
-                    send(status, &Message::Signaled(s as i32));
-                    sys::exit_now(128 + s as i32);
-                }
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(_) => continue,
             }
         }
     }
@@ -482,7 +644,13 @@ fn command_main(
     status: &OwnedFd,
     passed: &[(i32, OwnedFd)],
     notify: Option<std::os::fd::BorrowedFd<'_>>,
+    tracer: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> ! {
+    if let Some(sock) = tracer {
+        if let Err(f) = await_tracer(sock) {
+            die(status, f, 125)
+        }
+    }
     match prepare_command(spec, exec, passed, notify) {
         Ok(()) => {
             send(status, &Message::Ready);
@@ -549,7 +717,7 @@ impl Exec {
             argv,
             envp,
             shown: prog.clone(),
-            filter: seccomp::filter_with(spec.uname.is_some()),
+            filter: seccomp::filter_with(notify_of(spec)),
             ctty,
         })
     }
@@ -669,7 +837,7 @@ fn prepare_command(
             let listener = sys::install_seccomp_listener(&exec.filter)
                 .map_err(|e| f("install the seccomp filter", "seccomp", e))?;
             sys::send_fd(sock, listener.as_fd())
-                .map_err(|e| f("hand the uname listener to init", "sendmsg", e))?;
+                .map_err(|e| f("hand the seccomp listener to init", "sendmsg", e))?;
         }
     }
     Ok(())

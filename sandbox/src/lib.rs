@@ -13,6 +13,7 @@
 //! | `init.rs` | init (pid 1) | maps the uid, joins the pids cgroup, carries out the plan (`setup.rs`), hostname, loopback, forks the command, reaps, forwards signals |
 //! | `setup.rs` | init | the mount recipe: staging root, skeleton over the image, pivot_root |
 //! | [`seccomp`] | the command, before exec | the BPF filter (and why each call is refused) |
+//! | `trace.rs` | init | the moved clock of `hermit check`: traces every program to hide its vDSO, answers the wall clock's calls |
 //! | `zygote.rs` | hermit, the zygote | for graphs: one single-threaded zygote clones each helper (`CLONE_PARENT`) instead of one `execve` of hermit per sandbox |
 //! | `cgroup.rs` | hermit | the per-sandbox pids and memory cgroups, where allowed |
 //! | [`probe`] | `hermit doctor` | can this machine run the sandbox, and the fix if not |
@@ -48,6 +49,7 @@ mod setup;
 pub mod spec;
 mod sys;
 pub mod terminal;
+mod trace;
 mod zygote;
 
 pub use outcome::{Outcome, SetupFailure};

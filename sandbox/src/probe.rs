@@ -236,6 +236,7 @@ fn end_to_end() -> Result<String, String> {
         cpus: None,
         linux32: false,
         uname: None,
+        clock_offset: None,
     };
     match crate::run(&spec) {
         Ok(Outcome::Exited(0)) => Ok("ran".into()),

@@ -29,6 +29,13 @@
 //! call is not refused but handed to the sandbox's init: `uname` returns
 //! `SECCOMP_RET_USER_NOTIF`, and init answers with the host's `utsname`
 //! whose release and version are the spec's (see `init.rs`).
+//!
+//! With [`crate::SandboxSpec::clock_offset`] set (another `hermit check`
+//! variation), the calls that read the wall clock go to init the same way:
+//! `clock_gettime` of `CLOCK_REALTIME`, `CLOCK_REALTIME_COARSE`,
+//! `CLOCK_REALTIME_ALARM` and `CLOCK_TAI` (the clock id is checked here, so
+//! the monotonic clocks never leave the kernel), `gettimeofday` and `time`
+//! (see `trace.rs`).
 
 use libc::{
     sock_filter, BPF_ABS, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_JSET, BPF_K, BPF_LD, BPF_RET, BPF_W,
@@ -277,13 +284,33 @@ fn errno(e: i32) -> u32 {
 /// the syscall number in the accumulator and either returns or falls through
 /// to the next block with the accumulator unchanged.
 pub fn filter() -> Vec<sock_filter> {
-    filter_with(false)
+    filter_with(Notify::default())
 }
 
-/// [`filter`], and with `notify_uname` `uname` handed to the listener
+/// The calls a filter hands to the listener instead of the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Notify {
+    /// `uname`.
+    pub uname: bool,
+    /// The wall clock: `clock_gettime` of [`WALL_CLOCKS`], `gettimeofday`,
+    /// `time`.
+    pub clock: bool,
+}
+
+impl Notify {
+    pub fn any(self) -> bool {
+        self.uname || self.clock
+    }
+}
+
+/// The clocks `clock_gettime` reads the wall clock from: CLOCK_REALTIME,
+/// CLOCK_REALTIME_COARSE, CLOCK_REALTIME_ALARM, CLOCK_TAI.
+pub const WALL_CLOCKS: [u32; 4] = [0, 5, 8, 11];
+
+/// [`filter`], with the calls `notify` names handed to the listener
 /// (`SECCOMP_RET_USER_NOTIF`; install it with
 /// `SECCOMP_FILTER_FLAG_NEW_LISTENER`).
-pub fn filter_with(notify_uname: bool) -> Vec<sock_filter> {
+pub fn filter_with(notify: Notify) -> Vec<sock_filter> {
     let eperm = errno(libc::EPERM);
     let mut f = vec![
         load(OFF_ARCH),
@@ -293,9 +320,30 @@ pub fn filter_with(notify_uname: bool) -> Vec<sock_filter> {
     ];
     #[cfg(target_arch = "x86_64")]
     f.extend([jump(BPF_JGE, 0x4000_0000, 0, 1), ret(eperm)]); // x32 ABI
-    if notify_uname {
+    if notify.uname {
         f.extend([
             jump(BPF_JEQ, libc::SYS_uname as u32, 0, 1),
+            ret(RET_USER_NOTIF),
+        ]);
+    }
+    if notify.clock {
+        let n = WALL_CLOCKS.len() as u8;
+        // clock_gettime: the listener for a wall clock, the kernel for
+        // any other (nothing else restricts the call).
+        f.push(jump(BPF_JEQ, libc::SYS_clock_gettime as u32, 0, n + 3));
+        f.push(load(off_arg(0)));
+        for (i, c) in WALL_CLOCKS.iter().enumerate() {
+            let last = i as u8 + 1 == n;
+            f.push(jump(BPF_JEQ, *c, n - 1 - i as u8, u8::from(last)));
+        }
+        f.extend([ret(RET_USER_NOTIF), ret(RET_ALLOW)]);
+        f.extend([
+            jump(BPF_JEQ, libc::SYS_gettimeofday as u32, 0, 1),
+            ret(RET_USER_NOTIF),
+        ]);
+        #[cfg(target_arch = "x86_64")]
+        f.extend([
+            jump(BPF_JEQ, libc::SYS_time as u32, 0, 1),
             ret(RET_USER_NOTIF),
         ]);
     }
@@ -587,7 +635,10 @@ mod tests {
     #[test]
     fn uname_goes_to_the_listener_only_when_asked() {
         assert_eq!(run(libc::SYS_uname, [0; 6]), RET_ALLOW);
-        let notify = filter_with(true);
+        let notify = filter_with(Notify {
+            uname: true,
+            clock: false,
+        });
         assert_eq!(
             eval(&notify, AUDIT_ARCH, libc::SYS_uname, [0; 6]),
             RET_USER_NOTIF
@@ -599,7 +650,70 @@ mod tests {
     }
 
     #[test]
+    fn the_wall_clock_goes_to_the_listener_only_when_asked() {
+        let gettime = |prog: &[sock_filter], clock: u64| {
+            eval(
+                prog,
+                AUDIT_ARCH,
+                libc::SYS_clock_gettime,
+                [clock, 0x1000, 0, 0, 0, 0],
+            )
+        };
+        let plain = filter();
+        for c in 0..16 {
+            assert_eq!(gettime(&plain, c), RET_ALLOW, "clock {c}");
+        }
+        assert_eq!(run(libc::SYS_gettimeofday, [0; 6]), RET_ALLOW);
+        let prog = filter_with(Notify {
+            uname: false,
+            clock: true,
+        });
+        for c in 0..16u64 {
+            let want = if WALL_CLOCKS.contains(&(c as u32)) {
+                RET_USER_NOTIF
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(gettime(&prog, c), want, "clock {c}");
+        }
+        // The kernel reads a clockid_t (an int): the high half is not
+        // looked at, by it or by the filter.
+        assert_eq!(gettime(&prog, 1 << 32), RET_USER_NOTIF);
+        // CPU-time clocks (negative ids) stay in the kernel.
+        assert_eq!(gettime(&prog, (-6i64) as u64), RET_ALLOW);
+        let at = |nr| eval(&prog, AUDIT_ARCH, nr, [0; 6]);
+        assert_eq!(at(libc::SYS_gettimeofday), RET_USER_NOTIF);
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(at(libc::SYS_time), RET_USER_NOTIF);
+        assert_eq!(at(libc::SYS_uname), RET_ALLOW);
+        assert_eq!(at(libc::SYS_clock_getres), RET_ALLOW);
+        assert_eq!(at(libc::SYS_clock_nanosleep), RET_ALLOW);
+        assert_eq!(at(libc::SYS_read), RET_ALLOW);
+        assert_eq!(at(libc::SYS_mount), EPERM);
+        assert_eq!(at(libc::SYS_clock_settime), EPERM);
+        let both = filter_with(Notify {
+            uname: true,
+            clock: true,
+        });
+        assert_eq!(
+            eval(&both, AUDIT_ARCH, libc::SYS_uname, [0; 6]),
+            RET_USER_NOTIF
+        );
+        assert_eq!(gettime(&both, 0), RET_USER_NOTIF);
+        assert_eq!(gettime(&both, 1), RET_ALLOW);
+    }
+
+    #[test]
     fn every_jump_lands_inside_the_program() {
+        for (uname, clock) in [(false, false), (true, false), (false, true), (true, true)] {
+            let prog = filter_with(Notify { uname, clock });
+            assert!(prog.len() < 4096);
+            for (i, ins) in prog.iter().enumerate() {
+                if ins.code as u32 & 0x07 == BPF_JMP {
+                    assert!(i + 1 + (ins.jt.max(ins.jf) as usize) < prog.len(), "{i}");
+                }
+            }
+        }
         let prog = filter();
         assert!(prog.len() < 4096);
         for (i, ins) in prog.iter().enumerate() {

@@ -60,6 +60,14 @@ pub struct SandboxSpec {
     /// varies it; builds run without (`None`: the call is not intercepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uname: Option<Uname>,
+    /// Moves the wall clock (`CLOCK_REALTIME` and what reads it) this many
+    /// seconds, for every program in the sandbox, statically linked ones
+    /// included: the sandbox's init traces each program to hide its vDSO,
+    /// and answers the clock's system calls through seccomp user
+    /// notification (see `trace.rs`). `hermit check` varies it; builds run
+    /// without (`None`: nothing is traced or intercepted). x86-64 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_offset: Option<i64>,
 }
 
 /// The kernel release and version a sandbox's `uname(2)` reports.
@@ -174,6 +182,8 @@ pub enum SpecError {
     NoCpus,
     #[error("uname {what} {value:?} is not 1–64 printable ASCII characters")]
     BadUname { what: &'static str, value: String },
+    #[error("a moved clock (clock_offset {0}) needs x86-64 and an offset within ±1000 years")]
+    BadClockOffset(i64),
     #[error("uid/gid 0 inside the sandbox is not supported (the build runs unprivileged)")]
     RootUid,
     #[error("{what} {path:?} holds `,`, `:` or `\\`, which overlayfs's mount options cannot carry; use a store path without them (HERMIT_HOME)")]
@@ -290,9 +300,17 @@ impl SandboxSpec {
                 }
             }
         }
+        if let Some(o) = self.clock_offset {
+            if !cfg!(target_arch = "x86_64") || o.unsigned_abs() > MAX_CLOCK_OFFSET {
+                return Err(SpecError::BadClockOffset(o));
+            }
+        }
         Ok(())
     }
 }
+
+/// The largest clock offset, in seconds: about a thousand years.
+const MAX_CLOCK_OFFSET: u64 = 1000 * 366 * 86_400;
 
 /// Absolute, normalised (no `.`, `..`, empty components), no NUL.
 fn check_abs(what: &'static str, p: &Path) -> Result<(), SpecError> {
@@ -358,6 +376,7 @@ pub(crate) fn test_spec(root: &str, command: &[&str]) -> SandboxSpec {
         cpus: None,
         linux32: false,
         uname: None,
+        clock_offset: None,
     }
 }
 
@@ -388,6 +407,23 @@ mod tests {
                 "{release:?} {version:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_clock_offset_is_bounded_and_x86_64_only() {
+        let mut s = spec();
+        s.clock_offset = Some(3653 * 86_400);
+        let want = if cfg!(target_arch = "x86_64") {
+            Ok(())
+        } else {
+            Err(SpecError::BadClockOffset(3653 * 86_400))
+        };
+        assert_eq!(s.validate(), want);
+        s.clock_offset = Some(i64::MIN);
+        assert_eq!(s.validate(), Err(SpecError::BadClockOffset(i64::MIN)));
+        // Absent from the JSON when not set, so older specs read the same.
+        let json = serde_json::to_string(&spec()).unwrap();
+        assert!(!json.contains("clock_offset"), "{json}");
     }
 
     #[test]

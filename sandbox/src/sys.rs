@@ -218,13 +218,14 @@ pub fn own_received(fd: i32) -> OwnedFd {
 }
 
 /// One `SECCOMP_RET_USER_NOTIF` notification: its id, the calling
-/// process (in the listener's pid namespace), the call's number and first
-/// argument.
+/// process (in the listener's pid namespace), the call's number and
+/// arguments.
 pub struct Notification {
     pub id: u64,
     pub pid: i32,
     pub nr: i32,
     pub arg0: u64,
+    pub args: [u64; 6],
 }
 
 /// `SECCOMP_IOCTL_NOTIF_RECV`: waits for the next notification.
@@ -247,6 +248,7 @@ pub fn notif_recv(listener: BorrowedFd<'_>) -> Result<Notification, Errno> {
         pid: n.pid as i32,
         nr: n.data.nr,
         arg0: n.data.args[0],
+        args: n.data.args,
     })
 }
 
@@ -726,4 +728,127 @@ pub fn restore_signals(old: &[(i32, libc::sigaction)]) {
             libc::sigaction(*sig, prev, std::ptr::null_mut());
         }
     }
+}
+
+/// `waitpid(-1, &status, WNOHANG | flags)`: the next child (or tracee)
+/// with news, as its pid and raw status, or `None` when none has any.
+/// Unlike nix's `waitpid`, any signal number is taken (real-time ones
+/// included), so no status is ever lost.
+pub fn wait_any(flags: libc::c_int) -> Result<Option<(i32, libc::c_int)>, Errno> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: the call writes one `c_int` into `status`, which lives
+    // across it.
+    let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG | flags) };
+    match Errno::result(r)? {
+        0 => Ok(None),
+        pid => Ok(Some((pid, status))),
+    }
+}
+
+/// `ptrace(request, pid, addr, data)` for the requests that pass plain
+/// numbers (no pointer the kernel writes through).
+fn ptrace_plain(
+    request: libc::c_uint,
+    pid: i32,
+    addr: u64,
+    data: u64,
+) -> Result<libc::c_long, Errno> {
+    // SAFETY: the requests used here (SEIZE, CONT, LISTEN, POKEDATA) read
+    // only their integer arguments; PEEKDATA returns the word read. No
+    // memory of this process is touched.
+    let r = unsafe {
+        *libc::__errno_location() = 0;
+        libc::ptrace(
+            request,
+            pid,
+            addr as *mut libc::c_void,
+            data as *mut libc::c_void,
+        )
+    };
+    // PEEKDATA may return -1 as data: only errno tells.
+    if r == -1 {
+        let e = Errno::last();
+        if e != Errno::UnknownErrno {
+            return Err(e);
+        }
+    }
+    Ok(r)
+}
+
+/// `PTRACE_SEIZE`: this process becomes `pid`'s tracer, with `options`.
+pub fn ptrace_seize(pid: i32, options: libc::c_int) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_SEIZE, pid, 0, options as u64).map(drop)
+}
+
+/// `PTRACE_CONT`: resumes a stopped tracee, delivering signal `sig`
+/// (0: none) — any number, real-time signals included.
+pub fn ptrace_cont(pid: i32, sig: libc::c_int) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_CONT, pid, 0, sig as u64).map(drop)
+}
+
+/// `PTRACE_LISTEN`: leaves a seized tracee in its group-stop, and lets
+/// the tracer hear when SIGCONT ends it.
+pub fn ptrace_listen(pid: i32) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_LISTEN, pid, 0, 0).map(drop)
+}
+
+/// `PTRACE_PEEKDATA`: one word of a stopped tracee's memory.
+pub fn ptrace_peek(pid: i32, addr: u64) -> Result<u64, Errno> {
+    ptrace_plain(libc::PTRACE_PEEKDATA, pid, addr, 0).map(|w| w as u64)
+}
+
+/// `PTRACE_POKEDATA`: writes one word of a stopped tracee's memory.
+pub fn ptrace_poke(pid: i32, addr: u64, word: u64) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_POKEDATA, pid, addr, word).map(drop)
+}
+
+/// The stack pointer of a stopped tracee (`PTRACE_GETREGS`).
+#[cfg(target_arch = "x86_64")]
+pub fn ptrace_stack_pointer(pid: i32) -> Result<u64, Errno> {
+    // SAFETY: `user_regs_struct` is plain old data; all-zero is valid.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: PTRACE_GETREGS writes one `user_regs_struct` into `regs`,
+    // which lives across the call.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            pid,
+            std::ptr::null_mut::<libc::c_void>(),
+            &mut regs as *mut libc::user_regs_struct as *mut libc::c_void,
+        )
+    };
+    Errno::result(r)?;
+    Ok(regs.rsp)
+}
+
+/// `clock_gettime(2)` of this process (through its own vDSO).
+pub fn clock_now(clock: libc::clockid_t) -> Result<libc::timespec, Errno> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: the call writes one `timespec` into `ts`, which lives across
+    // it.
+    let r = unsafe { libc::clock_gettime(clock, &mut ts) };
+    Errno::result(r).map(|_| ts)
+}
+
+/// `gettimeofday(2)` as the kernel answers it, the time zone included
+/// (glibc's wrapper only zeroes the latter).
+pub fn time_of_day() -> Result<(libc::timeval, [i32; 2]), Errno> {
+    let mut tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 0,
+    };
+    let mut tz = [0i32; 2];
+    // SAFETY: the call writes one `timeval` into `tv` and one `struct
+    // timezone` (two `int`s) into `tz`; both live across it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_gettimeofday,
+            &mut tv as *mut libc::timeval,
+            tz.as_mut_ptr(),
+        )
+    };
+    Errno::result(r).map(|_| (tv, tz))
 }

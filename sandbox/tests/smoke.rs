@@ -85,6 +85,7 @@ fn explicit_spec(root: &Path, command: Vec<String>) -> SandboxSpec {
         cpus: None,
         linux32: false,
         uname: None,
+        clock_offset: None,
     }
 }
 
@@ -453,11 +454,72 @@ fn uname_reports_the_spec_release() {
     }
 }
 
+/// A moved clock reaches statically linked programs (busybox), in the
+/// command and in everything it starts; statuses, signals and job control
+/// are what they are without the tracer; `uname` is answered beside it.
+fn clock_moves_for_static_programs() {
+    if !cfg!(target_arch = "x86_64") {
+        return; // the spec refuses a moved clock elsewhere
+    }
+    let t = tempfile::tempdir().unwrap();
+    busybox_root(t.path(), true);
+    let offset: i64 = 3653 * 86_400;
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let script = "date +%s > $R; (date +%s) >> $R; sh -c 'date +%s' >> $R; \
+                  sh -c 'exit 3'; echo $? >> $R; \
+                  sleep 100 & p=$!; kill -TERM $p; wait $p; echo $? >> $R; \
+                  sh -c 'kill -STOP $$; echo resumed > /tmp/jc' & p=$!; sleep 0.5; \
+                  [ -e /tmp/jc ] && echo early >> $R; kill -CONT $p; wait $p; cat /tmp/jc >> $R; \
+                  uname -r >> $R; exit 7";
+    let before = now();
+    let r = sh(t.path(), script, |s| {
+        s.clock_offset = Some(offset);
+        s.uname = Some(hermit_sandbox::Uname {
+            release: "2.6.32-varied".into(),
+            version: "v".into(),
+        });
+    });
+    let after = now();
+    assert_eq!(r.outcome, Outcome::Exited(7), "{}", r.out);
+    let lines: Vec<&str> = r.out.lines().collect();
+    assert_eq!(lines.len(), 7, "{}", r.out);
+    for l in &lines[..3] {
+        let t: i64 = l.parse().unwrap();
+        assert!(
+            (before + offset..=after + offset).contains(&t),
+            "{t} is not {before}..{after} + {offset}: {}",
+            r.out
+        );
+    }
+    assert_eq!(
+        lines[3..],
+        ["3", "143", "resumed", "2.6.32-varied"],
+        "{}",
+        r.out
+    );
+    // Killed by a signal, the command's status says so.
+    let r = sh(t.path(), "kill -9 $$", |s| s.clock_offset = Some(offset));
+    assert_eq!(r.outcome, Outcome::Signaled(9));
+    // Without the offset the clock is the real one.
+    let r = sh(t.path(), "date +%s > $R", |_| {});
+    let t: i64 = r.out.trim().parse().unwrap();
+    assert!((before..=now()).contains(&t), "{t}");
+}
+
 fn main() -> ExitCode {
     if let Some(code) = hermit_sandbox::enter_if_requested() {
         return ExitCode::from(code);
     }
-    let tests: [(&str, fn()); 10] = [
+    let tests: [(&str, fn()); 11] = [
+        (
+            "clock_moves_for_static_programs",
+            clock_moves_for_static_programs,
+        ),
         (
             "uname_reports_the_spec_release",
             uname_reports_the_spec_release,
