@@ -150,17 +150,6 @@ pub const VARIATIONS: &[Variation] = &[
 /// The cause of a difference a build with nothing varied shows too.
 const PLAIN: &str = "plain nondeterminism (randomness, the clock, thread scheduling)";
 
-/// Where a libfaketime may be in an image, as a path inside it.
-const FAKETIME_LIBS: &[&str] = &[
-    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
-    "/usr/lib/faketime/libfaketime.so.1",
-    "/usr/lib64/faketime/libfaketime.so.1",
-];
-
-/// How far `clock` moves the clock: about ten years ahead.
-const CLOCK_OFFSET: &str = "+3653d";
-
 /// The variations to run: `vary` (names, or `all`; the defaults when
 /// empty) less `no_vary`.
 pub fn select(vary: &[String], no_vary: &[String]) -> anyhow::Result<Vec<&'static Variation>> {
@@ -420,47 +409,7 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
                 ..Variant::default()
             }
         }
-        "clock" => {
-            let what = what(String::new());
-            let note = what.clone();
-            Variant {
-                jobs: None,
-                hook: hook(move |s| {
-                    let lib = FAKETIME_LIBS
-                        .iter()
-                        .find(|l| s.root.join(l.trim_start_matches('/')).is_file());
-                    let mut note = lock(&note);
-                    match lib {
-                        Some(lib) => {
-                            let preload = match s.env.iter().find(|(k, _)| k == "LD_PRELOAD") {
-                                Some((_, v)) if !v.is_empty() => format!("{lib}:{v}"),
-                                _ => lib.to_string(),
-                            };
-                            s.set_env("LD_PRELOAD", &preload);
-                            s.set_env("FAKETIME", CLOCK_OFFSET);
-                            s.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-                            *note = (
-                                true,
-                                format!(
-                                    "the wall clock (libfaketime of the image, {lib}): now → now {CLOCK_OFFSET}; \
-                                     statically linked programs still see the real clock"
-                                ),
-                            );
-                        }
-                        None => {
-                            *note = (
-                                false,
-                                "not varied: the image has no libfaketime, and a time namespace cannot move CLOCK_REALTIME; \
-                                 the variant only ran at a later real time"
-                                    .into(),
-                            );
-                        }
-                    }
-                }),
-                what,
-                ..Variant::default()
-            }
-        }
+        "clock" => vary::clock()?,
         "umask" => Variant {
             jobs: None,
             hook: hook(|s| s.umask = if s.umask == 0o002 { 0o022 } else { 0o002 }),
@@ -927,8 +876,9 @@ fn with_markers(h: Option<SandboxHook>, markers: Arc<Mutex<Vec<Marker>>>) -> Opt
     })))
 }
 
-/// How far `clock` moves the clock, in seconds.
-const CLOCK_OFFSET_SECS: i64 = 3653 * 86_400;
+/// How far `clock` moves the clock, in seconds: 3653 days, about ten
+/// years.
+pub(crate) const CLOCK_OFFSET_SECS: i64 = 3653 * 86_400;
 
 /// Names the likely cause of every differing file of a kept variant from
 /// the two copies' bytes ([`cause::classify`]).

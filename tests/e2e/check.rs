@@ -101,10 +101,6 @@ fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
         if n == "dirorder" && !fuse_open_to(who) {
             assert_eq!(x["varied"], false, "{x}");
             assert!(x["what"].as_str().unwrap().contains("/dev/fuse"), "{x}");
-        } else if n == "clock" {
-            // The busybox image has no libfaketime: said, not hidden.
-            assert_eq!(x["varied"], false, "{x}");
-            assert!(x["what"].as_str().unwrap().contains("libfaketime"), "{x}");
         } else {
             assert_eq!(x["varied"], true, "{n}: {x}");
             assert_eq!(x["identical"], true, "{n}: {x}");
@@ -452,10 +448,91 @@ fn check_refuses_bad_input_and_fails_with_its_build(who: As) {
     );
 }
 
-/// A busybox image with a dynamically linked `date` and libfaketime: the
-/// clock variation preloads it, and `date` sees the clock ten years ahead.
-fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
+/// Seconds since the epoch, now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// How far `hermit check`'s clock variation moves the clock: 3653 days.
+const CLOCK_OFFSET: i64 = 3653 * 86_400;
+
+/// A statically linked C program (glibc, `gcc -static`) that reads the wall
+/// clock every way (clock_gettime of CLOCK_REALTIME, _COARSE and _TAI,
+/// gettimeofday, time) into `$out/clocks`, says into `$out/vdso` whether it
+/// was told of a vDSO, and from a second thread forks and executes the
+/// static busybox's `date +%s` (into `$out/thread`).
+const CLOCKS_C: &str = r#"
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/auxv.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void *from_a_thread(void *path) {
+    pid_t p = fork();
+    if (p == 0) {
+        FILE *f = freopen((const char *)path, "w", stdout);
+        if (!f) _exit(126);
+        execl("/bin/busybox", "date", "+%s", (char *)0);
+        _exit(127);
+    }
+    int st = 0;
+    waitpid(p, &st, 0);
+    return (void *)(long)st;
+}
+
+int main(int argc, char **argv) {
+    (void)argc;
+    struct timespec r, c, t, m;
+    struct timeval tv;
+    clock_gettime(CLOCK_REALTIME, &r);
+    clock_gettime(CLOCK_REALTIME_COARSE, &c);
+    clock_gettime(CLOCK_TAI, &t);
+    gettimeofday(&tv, 0);
+    time_t now = time(0);
+    clock_gettime(CLOCK_MONOTONIC, &m);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/clocks", argv[1]);
+    FILE *o = fopen(path, "w");
+    fprintf(o, "%ld\n%ld\n%ld\n%ld\n%ld\nmonotonic %ld\n", (long)r.tv_sec, (long)c.tv_sec,
+            (long)t.tv_sec, (long)tv.tv_sec, (long)now, (long)m.tv_sec);
+    fclose(o);
+    snprintf(path, sizeof path, "%s/vdso", argv[1]);
+    o = fopen(path, "w");
+    fprintf(o, "%d\n", getauxval(AT_SYSINFO_EHDR) != 0);
+    fclose(o);
+    static char tpath[4096];
+    snprintf(tpath, sizeof tpath, "%s/thread", argv[1]);
+    pthread_t th;
+    void *st;
+    pthread_create(&th, 0, from_a_thread, tpath);
+    pthread_join(th, &st);
+    return (long)st == 0 ? 0 : 1;
+}
+"#;
+
+/// The clock variation moves the wall clock ten years ahead for every
+/// program: the static busybox's `date`, a dynamically linked `date`, a
+/// static C program reading it five ways and a program it executes from a
+/// second thread — rootless, and with no libfaketime in the image. The
+/// monotonic clock stays real.
+fn check_moves_the_clock_for_every_program(who: As) {
     let t = who.scratch();
+    let clocks = t.path().join("clocks");
+    let src = t.path().join("clocks.c");
+    fs::write(&src, CLOCKS_C).unwrap();
+    let o = run(std::process::Command::new("gcc")
+        .args(["-static", "-O1", "-pthread", "-o"])
+        .arg(&clocks)
+        .arg(&src));
+    assert!(o.status.success(), "gcc -static: {}", both(&o));
     let lib = "usr/lib/x86_64-linux-gnu";
     let manifest = crate::image::busybox_layout_with(
         &t.path().join("image"),
@@ -470,10 +547,7 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
                 "/lib/x86_64-linux-gnu/libm.so.6",
                 &format!("{lib}/libm.so.6"),
             ),
-            (
-                "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
-                &format!("{lib}/faketime/libfaketime.so.1"),
-            ),
+            (clocks.to_str().unwrap(), "usr/bin/clocks"),
         ],
     );
     let d = t.path().join("year");
@@ -483,24 +557,39 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
         &spec,
         format!(
             "[package]\nname = \"year\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
-             [build]\nscript = \"\"\"\n/usr/bin/date -u +%Y > $out/year\n\"\"\"\n"
+             [build]\nscript = \"\"\"\n/usr/bin/date -u +%Y > $out/year\nbusybox date +%s > $out/stamp\n/usr/bin/clocks $out\n\"\"\"\n"
         ),
     )
     .unwrap();
     who.give(t.path());
     let home = t.path().join("home");
-    let o = hermit(who, &home, &["check", spec.to_str().unwrap(), "--json"]);
+    let before = now();
+    let o = hermit(
+        who,
+        &home,
+        &["check", spec.to_str().unwrap(), "--vary", "clock", "--json"],
+    );
+    let after = now();
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let v = json(&o);
     let clock = variation(&v, "clock");
     assert_eq!(clock["varied"], true, "{clock}");
     assert!(
-        clock["what"].as_str().unwrap().contains("libfaketime"),
+        clock["what"]
+            .as_str()
+            .unwrap()
+            .contains("statically linked"),
         "{clock}"
     );
     assert_eq!(
         files(clock),
-        serde_json::json!([{"how": "changed", "path": "year"}]),
+        serde_json::json!([
+            {"how": "changed", "path": "clocks"},
+            {"how": "changed", "path": "stamp"},
+            {"how": "changed", "path": "thread"},
+            {"how": "changed", "path": "vdso"},
+            {"how": "changed", "path": "year"},
+        ]),
         "{clock}"
     );
     assert_eq!(
@@ -508,29 +597,138 @@ fn check_moves_the_clock_where_the_image_has_libfaketime(who: As) {
         serde_json::json!(["build timestamp (the clock)"]),
         "{clock}"
     );
+    let stamp = clock["differing_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "stamp")
+        .unwrap();
     assert!(
-        clock["differing_files"][0]["evidence"]
-            .as_str()
-            .unwrap()
-            .contains("moved clock"),
+        stamp["evidence"].as_str().unwrap().contains("moved clock"),
         "{clock}"
     );
-    let year = |p: &serde_json::Value| -> i32 {
+    let read = |p: &serde_json::Value, f: &str| -> String {
         let out = PathBuf::from(p.as_str().unwrap());
-        fs::read_to_string(out.join("year"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap()
+        fs::read_to_string(out.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"))
     };
-    // About ten years ahead (the build may straddle a new year).
-    let ahead = year(&clock["output"]) - year(&v["control_output"]);
-    assert!((9..=11).contains(&ahead), "{ahead} years ahead");
-    for x in v["variations"].as_array().unwrap() {
-        if x["name"] != "clock" {
-            assert_ne!(x["identical"], false, "{x}");
+    let secs = |s: String| -> Vec<i64> {
+        s.lines()
+            .map(|l| l.trim_start_matches("monotonic ").parse().unwrap())
+            .collect()
+    };
+    let (control, variant) = (&v["control_output"], &clock["output"]);
+    // Every reading is about ten years ahead in the variant, and the real
+    // time in the control.
+    for (out, off) in [(control, 0), (variant, CLOCK_OFFSET)] {
+        let mut times = secs(read(out, "stamp"));
+        times.extend(secs(read(out, "thread")));
+        let c = secs(read(out, "clocks"));
+        // CLOCK_TAI runs ahead of UTC by the leap seconds the host knows
+        // (0 unless an NTP daemon set them).
+        assert!((0..=60).contains(&(c[2] - c[0])), "TAI: {c:?}");
+        times.extend([c[0], c[1], c[3], c[4]]);
+        for t in &times {
+            assert!(
+                (before + off - 1..=after + off + 1).contains(t),
+                "{t} is not {before}..{after} + {off}: {times:?}"
+            );
         }
+        let year: i64 = read(out, "year").trim().parse().unwrap();
+        let want = 1970 + (before + off) / 31_556_952;
+        assert!((want - 1..=want + 1).contains(&year), "{year}, {want}");
     }
+    // The vDSO was hidden from the static program in the variant only.
+    assert_eq!(read(control, "vdso"), "1\n");
+    assert_eq!(read(variant, "vdso"), "0\n");
+    // The monotonic clock is not moved.
+    let mono = |out| secs(read(out, "clocks"))[5];
+    assert!(
+        (mono(variant) - mono(control)).abs() < 600,
+        "{} {}",
+        mono(control),
+        mono(variant)
+    );
+}
+
+/// Under the clock variation (every program traced by the sandbox's init)
+/// signals, job control and exit statuses are what they are untraced, and
+/// a build that fails only under the moved clock reports its own status.
+fn check_keeps_signals_and_statuses_under_the_moved_clock(who: As) {
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[
+            (
+                "signals",
+                "sleep 100 & p=$!; kill -TERM $p; r=0; wait $p || r=$?; echo \"term $r\" > $out/signals\n\
+                 sh -c 'kill -STOP $$; echo resumed > jc' & p=$!; sleep 0.5\n\
+                 [ -e jc ] && echo early >> $out/signals\n\
+                 kill -CONT $p; r=0; wait $p || r=$?; echo \"cont $r\" >> $out/signals; cat jc >> $out/signals\n\
+                 r=0; sh -c 'trap \"echo usr1; exit 5\" USR1; kill -USR1 $$; sleep 5' >> $out/signals || r=$?; echo \"trap $r\" >> $out/signals\n\
+                 r=0; sh -c 'kill -9 $$' || r=$?; echo \"kill $r\" >> $out/signals\n\
+                 r=0; sh -c 'exit 3' || r=$?; echo \"exit $r\" >> $out/signals\n\
+                 date +%s > $out/stamp",
+            ),
+            (
+                "late",
+                &format!(
+                    "if [ $(date +%s) -gt {} ]; then echo moved >&2; exit 3; fi\necho ok > $out/ok",
+                    now() + 5 * 365 * 86_400
+                ),
+            ),
+        ],
+    );
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(
+        who,
+        &home,
+        &[
+            "check",
+            specs[0].to_str().unwrap(),
+            "--vary",
+            "clock",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "clock");
+    // Only the time stamp differs: the signals file is the same.
+    assert_eq!(
+        files(x),
+        serde_json::json!([{"how": "changed", "path": "stamp"}]),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    assert_eq!(
+        fs::read_to_string(out.join("signals")).unwrap(),
+        "term 143\ncont 0\nresumed\nusr1\ntrap 5\nkill 137\nexit 3\n"
+    );
+    // Fails only with the moved clock: the variant's failure is its own
+    // status, as untraced.
+    let o = hermit(
+        who,
+        &home,
+        &[
+            "check",
+            specs[1].to_str().unwrap(),
+            "--vary",
+            "clock",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "clock");
+    assert_eq!(x["identical"], serde_json::Value::Null, "{x}");
+    assert!(
+        x["error"]
+            .as_str()
+            .unwrap()
+            .contains("the script exited with status 3"),
+        "{x}"
+    );
 }
 
 /// glibc's `sort` in an image that has a compiled fr_FR.ISO-8859-1 locale:
@@ -661,7 +859,7 @@ name = "hello"
 version = "2.10"
 
 [toolchain]
-debian = {{ suite = "bookworm", include = ["gcc", "libc6-dev", "libfaketime", "make"] }}
+debian = {{ suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }}
 
 [[source]]
 name = "hello"
@@ -695,7 +893,7 @@ make install DESTDIR="$out"
         let x = variation(&v, n);
         assert_eq!(x["error"], serde_json::Value::Null, "{n}: {x}");
         assert_eq!(files(x), serde_json::json!([]), "{n}: {x}");
-        // libfaketime is in the toolchain, so the clock moves too.
+        // The clock moves too (no libfaketime needed).
         if n != "dirorder" {
             assert_eq!(x["varied"], true, "{n}: {x}");
         }
@@ -759,7 +957,8 @@ both_users!(
     check_passes_gnu_hello_from_its_tarball,
     check_names_the_locale_sort_order,
     check_tells_plain_nondeterminism_from_a_variation,
-    check_moves_the_clock_where_the_image_has_libfaketime,
+    check_moves_the_clock_for_every_program,
+    check_keeps_signals_and_statuses_under_the_moved_clock,
     check_passes_a_reproducible_build_under_every_default_variation,
     check_catches_each_unreproducible_build_by_its_variation,
     check_refuses_bad_input_and_fails_with_its_build,

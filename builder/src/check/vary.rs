@@ -39,13 +39,12 @@ fn markers(m: Vec<Marker>) -> Arc<Mutex<Vec<Marker>>> {
     Arc::new(Mutex::new(m))
 }
 
-/// `kernel`: `uname -r`/`-v` report another release and version, through
-/// seccomp user notification answered by the sandbox's init.
-pub fn kernel() -> Result<Variant, String> {
+/// The host's kernel release, or why it cannot answer a seccomp user
+/// notification (`SECCOMP_FILTER_FLAG_NEW_LISTENER` is Linux 5.0).
+fn user_notification() -> Result<String, String> {
     let real = fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
         .unwrap_or_default();
-    // SECCOMP_FILTER_FLAG_NEW_LISTENER is Linux 5.0.
     let mut nums = real.split(|c: char| !c.is_ascii_digit());
     let major: u32 = nums.next().and_then(|n| n.parse().ok()).unwrap_or(0);
     if major < 5 {
@@ -53,6 +52,13 @@ pub fn kernel() -> Result<Variant, String> {
             "not varied: kernel {real} has no seccomp user notification (Linux 5.0 on)"
         ));
     }
+    Ok(real)
+}
+
+/// `kernel`: `uname -r`/`-v` report another release and version, through
+/// seccomp user notification answered by the sandbox's init.
+pub fn kernel() -> Result<Variant, String> {
+    let real = user_notification()?;
     Ok(Variant {
         hook: hook(|s| {
             s.uname = Some(Uname {
@@ -64,6 +70,55 @@ pub fn kernel() -> Result<Variant, String> {
             "the kernel release and version uname(2) reports (seccomp user notification, \
              answered by the sandbox's init; static programs too): {real} → {KERNEL_RELEASE}, \
              \"{KERNEL_VERSION}\"; /proc/sys/kernel/osrelease and /proc/version still show the host's"
+        )),
+        ..Variant::default()
+    })
+}
+
+/// `clock`: the wall clock about ten years ahead for every program of the
+/// build, statically linked ones too: the sandbox's init traces each
+/// program to hide its vDSO and answers the wall clock's system calls
+/// (`SandboxSpec::clock_offset`).
+pub fn clock() -> Result<Variant, String> {
+    clock_on(
+        std::env::consts::ARCH,
+        user_notification().map(drop),
+        fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").ok(),
+    )
+}
+
+/// [`clock`] on a machine of architecture `arch`, whose kernel can (or
+/// cannot) answer a seccomp user notification and whose Yama
+/// `ptrace_scope` is this (`None`: no Yama).
+fn clock_on(
+    arch: &str,
+    notification: Result<(), String>,
+    yama: Option<String>,
+) -> Result<Variant, String> {
+    if arch != "x86_64" {
+        return Err(format!(
+            "not varied: hermit moves the clock on x86-64 only (it hides each program's vDSO \
+             by rewriting its initial stack, which it knows for x86-64), not on {arch}"
+        ));
+    }
+    notification?;
+    // 3 forbids every ptrace attach; 0–2 let init (the parent, holding
+    // CAP_SYS_PTRACE in the sandbox's user namespace) trace the build.
+    if yama.as_deref().map(str::trim) == Some("3") {
+        return Err(
+            "not varied: Yama's ptrace_scope is 3 (/proc/sys/kernel/yama/ptrace_scope): no process \
+             may trace another, and the moved clock traces each program to hide its vDSO"
+                .into(),
+        );
+    }
+    let days = super::CLOCK_OFFSET_SECS / 86_400;
+    Ok(Variant {
+        hook: hook(|s| s.clock_offset = Some(super::CLOCK_OFFSET_SECS)),
+        what: what(format!(
+            "the wall clock (CLOCK_REALTIME, gettimeofday, time): now → now + {days} days (about ten years), \
+             for every program, statically linked ones too (the sandbox's init hides each program's vDSO \
+             and answers the clock's system calls: ptrace and seccomp user notification); \
+             the monotonic clocks and the times the kernel gives files stay real"
         )),
         ..Variant::default()
     })
@@ -338,5 +393,28 @@ pub fn packages(ctx: &Ctx) -> Variant {
         )]),
         scratch,
         ..Variant::default()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_is_varied_where_init_may_trace_and_answer() {
+        for yama in [None, Some("0\n"), Some("1\n"), Some("2\n")] {
+            let v = clock_on("x86_64", Ok(()), yama.map(String::from))
+                .unwrap_or_else(|e| panic!("{yama:?}: {e}"));
+            let mut s = crate::check::tests_support::spec();
+            (v.hook.unwrap().0)(&mut s);
+            assert_eq!(s.clock_offset, Some(crate::check::CLOCK_OFFSET_SECS));
+            assert!(lock(&v.what).1.contains("3653 days"), "{}", lock(&v.what).1);
+        }
+        let why = |r: Result<Variant, String>| r.err().unwrap();
+        assert!(why(clock_on("x86_64", Ok(()), Some("3\n".into()))).contains("ptrace_scope is 3"));
+        assert!(why(clock_on("aarch64", Ok(()), None)).contains("x86-64 only"));
+        let old = Err("not varied: kernel 4.19 has no seccomp user notification".to_string());
+        assert!(why(clock_on("x86_64", old, None)).contains("4.19"));
     }
 }
