@@ -130,6 +130,11 @@ fn statuses_and_signals() {
         sh(t.path(), "kill -9 $$", |_| {}).outcome,
         Outcome::Signaled(9)
     );
+    // A real-time signal (which nix's `Signal` cannot name) ends it too.
+    let r = sh(t.path(), "kill -40 $$", |s| {
+        s.timeout = Some(Duration::from_secs(10));
+    });
+    assert_eq!(r.outcome, Outcome::Signaled(40));
 }
 
 fn timeout_kills_everything() {
@@ -471,7 +476,7 @@ fn clock_moves_for_static_programs() {
             .as_secs() as i64
     };
     let script = "date +%s > $R; (date +%s) >> $R; sh -c 'date +%s' >> $R; \
-                  sh -c 'exit 3'; echo $? >> $R; \
+                  sh -c 'exit 3'; echo $? >> $R; sh -c 'kill -40 $$'; echo $? >> $R; \
                   sleep 100 & p=$!; kill -TERM $p; wait $p; echo $? >> $R; \
                   sh -c 'kill -STOP $$; echo resumed > /tmp/jc' & p=$!; sleep 0.5; \
                   [ -e /tmp/jc ] && echo early >> $R; kill -CONT $p; wait $p; cat /tmp/jc >> $R; \
@@ -487,7 +492,7 @@ fn clock_moves_for_static_programs() {
     let after = now();
     assert_eq!(r.outcome, Outcome::Exited(7), "{}", r.out);
     let lines: Vec<&str> = r.out.lines().collect();
-    assert_eq!(lines.len(), 7, "{}", r.out);
+    assert_eq!(lines.len(), 8, "{}", r.out);
     for l in &lines[..3] {
         let t: i64 = l.parse().unwrap();
         assert!(
@@ -498,7 +503,7 @@ fn clock_moves_for_static_programs() {
     }
     assert_eq!(
         lines[3..],
-        ["3", "143", "resumed", "2.6.32-varied"],
+        ["3", "168", "143", "resumed", "2.6.32-varied"],
         "{}",
         r.out
     );
