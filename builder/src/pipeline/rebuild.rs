@@ -228,7 +228,7 @@ pub fn restore_input(
     )
     .map_err(|e| {
         Exit::user(format!(
-            "{origin}: input {:?} (output {}, build key {}) is neither in the store nor in a mirror: {e:#}; \
+            "{origin}: input {:?} (output {}, build key {}) is neither in the store nor in a mirror or the remote: {e:#}; \
              build its spec ({}) first, or add a mirror made with `hermit mirror` that holds it",
             input.name, input.output, input.build_key, input.spec
         ))

@@ -333,8 +333,11 @@ fn publish_for_cache(
     for (bd, bytes) in cache_action.blobs() {
         rx.rt.block_on(remote.upload_blob(&bd, bytes))?;
     }
+    let tar = act::rdigest(&built.record.output.digest, built.record.output.tar_size);
     rx.rt
         .block_on(remote.update_action_result(&cache_action.digest, result))?;
+    rx.rt
+        .block_on(crate::remote::cache::publish_index(remote, &[tar]))?;
     Ok(())
 }
 
