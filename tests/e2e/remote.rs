@@ -1064,6 +1064,26 @@ fn rebuild_restores_inputs_from_the_remote(who: As) {
     let o = run(b.hermit_in(&home_b).args(["store", "verify"]));
     assert!(o.status.success(), "{}", both(&o));
 
+    // --deep on a fresh store: lib's record comes from the remote's record
+    // index, lib is rebuilt from it (its marker shows), both identical.
+    let home_b1 = home_of(b, t.path(), "home-b1");
+    let o = run(b
+        .hermit_in(&home_b1)
+        .args(["rebuild", "--deep"])
+        .arg(&record)
+        .args(["--remote", &bg.url(), "--json"]));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ns = v["nodes"].as_array().unwrap();
+    assert_eq!(ns.len(), 2, "{v}");
+    assert!(ns.iter().all(|n| n["identical"] == true), "{v}");
+    assert!(
+        stderr(&o).contains(&marker),
+        "lib was rebuilt: {}",
+        both(&o)
+    );
+    assert!(stderr(&o).contains("in the remote"), "{}", both(&o));
+
     // A forged index entry (naming another blob) is no answer: a fresh
     // store's rebuild fails as without the remote, naming the input.
     let (rt, remote) = client(&bg.url());

@@ -170,7 +170,7 @@ pub fn rebuild_deep(
                 crate::mirror::find_record(store, net, &i.build_key)?
             else {
                 return Err(Exit::user(format!(
-                    "{origin}: the record of input {:?} (build key {}) is neither in the store, nor in an imported bundle, nor in a mirror; --deep rebuilds every input from its own record: add a mirror made with `hermit mirror RECORD`",
+                    "{origin}: the record of input {:?} (build key {}) is neither in the store, nor in an imported bundle, nor in a mirror or the remote; --deep rebuilds every input from its own record: add a mirror made with `hermit mirror RECORD`",
                     i.name, i.build_key
                 ))
                 .into());

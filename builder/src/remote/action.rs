@@ -208,6 +208,12 @@ impl Action {
 pub const INDEX_VERSION: &str = "hermit-blob-index/1";
 /// The one output file of an index entry.
 pub const INDEX_FILE: &str = "blob";
+/// The record index: the record of a build key, for `hermit rebuild
+/// --deep` (a record names its inputs by build key; the cache's own Action
+/// digest needs their key inputs, which only their records hold). Written
+/// with every ActionResult hermit writes; its output file names the
+/// record's blob, and a record read through it is checked like a mirror's.
+pub const RECORD_INDEX_VERSION: &str = "hermit-record-index/1";
 
 /// An index entry's action for `sha256`: the messages and its digest.
 #[derive(Debug, Clone)]
@@ -218,10 +224,20 @@ pub struct IndexAction {
 }
 
 impl IndexAction {
+    /// The blob index entry of a sha256.
     pub fn of(sha256: &Digest) -> IndexAction {
+        IndexAction::new(INDEX_VERSION, sha256)
+    }
+
+    /// The record index entry of a build key.
+    pub fn of_record(build_key: &Digest) -> IndexAction {
+        IndexAction::new(RECORD_INDEX_VERSION, build_key)
+    }
+
+    fn new(version: &str, name: &Digest) -> IndexAction {
         #[allow(deprecated)]
         let command = reapi::Command {
-            arguments: vec![INDEX_VERSION.to_string(), sha256.to_string()],
+            arguments: vec![version.to_string(), name.to_string()],
             output_files: vec![INDEX_FILE.to_string()],
             output_paths: vec![INDEX_FILE.to_string()],
             ..Default::default()
@@ -265,13 +281,19 @@ impl IndexAction {
     /// The size an index answer gives for `sha256`, if it names exactly
     /// one blob of that sha256.
     pub fn size_in(result: &reapi::ActionResult, sha256: &Digest) -> Option<u64> {
+        let d = IndexAction::named_in(result)?;
+        (d.hash == sha256.hex()).then_some(d.size)
+    }
+
+    /// The one blob an index answer names (a record index's answer: the
+    /// record's blob, which the reader checks).
+    pub fn named_in(result: &reapi::ActionResult) -> Option<RDigest> {
         let mut files = result.output_files.iter().filter(|f| f.path == INDEX_FILE);
         let f = files.next()?;
         if files.next().is_some() || result.exit_code != 0 {
             return None;
         }
-        let d = RDigest::from_proto(f.digest.as_ref()?).ok()?;
-        (d.hash == sha256.hex()).then_some(d.size)
+        RDigest::from_proto(f.digest.as_ref()?).ok()
     }
 }
 
@@ -329,7 +351,12 @@ mod tests {
     fn blob_index_is_fixed_and_checked() {
         let d = Digest::of(b"hello");
         let a = IndexAction::of(&d);
-        let line = format!("{} {}\n", d, a.digest);
+        let line = format!(
+            "{} {}\nrecord {}\n",
+            d,
+            a.digest,
+            IndexAction::of_record(&d).digest
+        );
         if std::env::var_os("HERMIT_BLESS").is_some() {
             std::fs::write(golden("blob-index-v1.digests"), &line).unwrap();
         }
@@ -339,6 +366,7 @@ mod tests {
             "the blob index's action changed; rerun with HERMIT_BLESS=1 if intended"
         );
         assert_ne!(a.digest, IndexAction::of(&Digest::of(b"other")).digest);
+        assert_ne!(a.digest, IndexAction::of_record(&d).digest);
         let good = IndexAction::result(&rdigest(&d, 5));
         assert_eq!(IndexAction::size_in(&good, &d), Some(5));
         // An answer naming another blob, two blobs, or a failure is no answer.

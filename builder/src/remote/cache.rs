@@ -449,7 +449,74 @@ pub fn upload_built(
     };
     conn.run(remote.update_action_result(&action.digest, result))?;
     conn.run(publish_index(remote, std::slice::from_ref(&tar)))?;
+    conn.run(publish_record_index(
+        remote,
+        &record.build_key,
+        &record_digest,
+    ))?;
     Ok(())
+}
+
+/// Writes the record index entry of `build_key` ([`action::IndexAction::of_record`]);
+/// the record's blob must be in the CAS already.
+pub async fn publish_record_index(
+    remote: &hermit_remote::Remote,
+    build_key: &Digest,
+    record: &RDigest,
+) -> Result<(), hermit_remote::Error> {
+    let ia = action::IndexAction::of_record(build_key);
+    let digests: Vec<RDigest> = ia.blobs.iter().map(|(d, _)| d.clone()).collect();
+    let missing: BTreeSet<RDigest> = remote.find_missing(&digests).await?.into_iter().collect();
+    let batch: Vec<(RDigest, &[u8])> = ia
+        .blobs
+        .iter()
+        .filter(|(d, _)| missing.contains(d))
+        .map(|(d, b)| (d.clone(), b.as_slice()))
+        .collect();
+    remote.batch_update(&batch).await?;
+    remote
+        .update_action_result(&ia.digest, action::IndexAction::result(record))
+        .await?;
+    Ok(())
+}
+
+/// The text of the record of `build_key` from the remote's record index,
+/// with where it came from; `None` without a remote or on a miss. The
+/// caller checks it as any untrusted record.
+pub fn find_record(net: &NetArgs, build_key: &Digest) -> Option<(String, String)> {
+    let session = net.remote.as_ref().filter(|_| !net.offline)?;
+    let conn = session.get()?;
+    let ia = action::IndexAction::of_record(build_key);
+    let found = conn
+        .run(conn.remote.get_action_result(&ia.digest))
+        .and_then(|r| {
+            let Some(d) = r.as_ref().and_then(action::IndexAction::named_in) else {
+                return Ok(None);
+            };
+            if d.size > crate::limits::MAX_RECORD {
+                return Ok(None);
+            }
+            Ok(Some((conn.run(conn.remote.read_blob(&d))?, d)))
+        });
+    match found {
+        Ok(Some((bytes, d))) => match String::from_utf8(bytes) {
+            Ok(text) => Some((
+                text,
+                format!(
+                    "the record {d} of build key {build_key} in the remote {}",
+                    session.endpoint
+                ),
+            )),
+            Err(_) => None,
+        },
+        Ok(None) => None,
+        Err(e) => {
+            if e.is_unavailable() {
+                session.fail(&e);
+            }
+            None
+        }
+    }
 }
 
 /// Writes the blob index entries ([`action::IndexAction`]) of `blobs`, so

@@ -404,6 +404,11 @@ fn publish_for_cache(
         .block_on(remote.update_action_result(&cache_action.digest, result))?;
     rx.rt
         .block_on(crate::remote::cache::publish_index(remote, &[tar]))?;
+    rx.rt.block_on(crate::remote::cache::publish_record_index(
+        remote,
+        &built.record.build_key,
+        &d,
+    ))?;
     Ok(())
 }
 
