@@ -11,6 +11,15 @@
 #     outputs: hermit's comparison of the two records' file lists (timed
 #     inside `hermit check`, HERMIT_TIMINGS=1, stage check.compare) against
 #     `diff -r` on the same two kept trees; median of RUNS (target: <= 0.5x).
+# (c) what the moved clock costs: `hermit check --vary clock` of GNU hello
+#     (the control untraced, the variant traced by the sandbox's init: every
+#     fork, thread, exec and wall-clock read stops there) against `hermit
+#     check --vary repeat` (the same two builds, neither traced),
+#     interleaved, median of RUNS each; the difference is the traced
+#     build's overhead, given as a share of one plain build. Then the
+#     cost per operation, measured inside one such check's two builds (a C
+#     program timing 100 000 CLOCK_REALTIME reads, 100 000 CLOCK_MONOTONIC
+#     reads and 1 000 fork+exec+wait of /bin/true), untraced vs traced.
 #
 # Everything is made under /dev/shm and removed at the end. Needs the
 # network for the one-time Debian bootstrap (mmdebstrap), and GNU hello's
@@ -19,7 +28,7 @@ set -euo pipefail
 
 HERMIT=$(realpath "${1:-target/release/hermit}")
 RUNS=${RUNS:-5}
-PARTS=${PARTS:-ab}   # which of (a) and (b) to run
+PARTS=${PARTS:-abc}  # which of (a), (b) and (c) to run
 [ -x "$HERMIT" ] || { echo "error: build hermit first: cargo build --release" >&2; exit 1; }
 TARBALLS=${HERMIT_TEST_TARBALLS:-/var/cache/hermit-tests/orig}
 HELLO=$(ls "$TARBALLS"/hello_*.orig.tar.* 2>/dev/null | grep -v '\.asc$' | head -n1 || true)
@@ -77,6 +86,62 @@ for i in $(seq $((N + 1))); do
   PLAIN=$((PLAIN + e - s))
 done
 echo "(a) GNU hello: hermit check under $N variations (varied: $VARIED) ${CHECK} ms; $((N + 1)) plain builds ${PLAIN} ms; ratio $(awk -v c="$CHECK" -v p="$PLAIN" 'BEGIN{printf "%.3f", c/p}') (target <= 1.1)"
+fi
+if [[ $PARTS == *c* ]]; then
+spec clock
+for _ in $(seq "$RUNS"); do
+  for v in clock repeat; do
+    s=$(ms)
+    "$HERMIT" check "$P/spec.toml" --vary "$v" -j 2 --quiet --json > "$W/$v.json" || {
+      echo "error: hello under $v:" >&2; cat "$W/$v.json" >&2; exit 1; }
+    e=$(ms)
+    python3 -c 'import json,sys; v=json.load(open(sys.argv[1]))["variations"][0]; sys.exit(0 if v["varied"] else 1)' "$W/$v.json" || {
+      echo "error: $v was not varied:" >&2; cat "$W/$v.json" >&2; exit 1; }
+    echo $((e - s)) >> "$W/$v.ms"
+  done
+done
+CL=$(median < "$W/clock.ms"); RP=$(median < "$W/repeat.ms")
+M=$W/micro
+mkdir -p "$M"
+cp "$P/hermit.lock" "$M/hermit.lock"
+cat > "$M/spec.toml" <<'SPEC'
+[package]
+name = "clock-cost"
+version = "1"
+[toolchain]
+debian = { suite = "bookworm", include = ["gcc", "libc6-dev", "make"] }
+[build]
+script = """
+cat > cost.c <<'C'
+#include <stdio.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+int main(int argc, char **argv) {
+  (void)argc;
+  struct timespec t;
+  double a = now();
+  for (int i = 0; i < 100000; i++) clock_gettime(CLOCK_REALTIME, &t);
+  double b = now();
+  for (int i = 0; i < 100000; i++) clock_gettime(CLOCK_MONOTONIC, &t);
+  double c = now();
+  for (int i = 0; i < 1000; i++) { pid_t p = fork(); if (!p) { execl("/bin/true", "true", (char *)0); _exit(127); } waitpid(p, 0, 0); }
+  double d = now();
+  FILE *o = fopen(argv[1], "w");
+  fprintf(o, "%.3f %.3f %.1f\\n", (b - a) * 10, (c - b) * 10, (d - c) * 1000);
+  return 0;
+}
+C
+gcc -O2 -o cost cost.c
+./cost $out/cost
+"""
+SPEC
+"$HERMIT" check "$M/spec.toml" --vary clock -j 2 --quiet --json > "$W/micro.json" || true
+read -r UR UM UF < "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["control_output"])' "$W/micro.json")/cost"
+read -r TR TM TF < "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["variations"][0]["output"])' "$W/micro.json")/cost"
+echo "    per operation, untraced → traced: CLOCK_REALTIME read ${UR} → ${TR} µs, CLOCK_MONOTONIC read ${UM} → ${TM} µs, fork+exec+wait ${UF} → ${TF} µs"
+echo "(c) GNU hello: hermit check --vary clock ${CL} ms, --vary repeat ${RP} ms (median of $RUNS, interleaved); ratio $(awk -v c="$CL" -v r="$RP" 'BEGIN{printf "%.3f", c/r}'); the traced build's overhead $(awk -v c="$CL" -v r="$RP" 'BEGIN{printf "%+.1f%%", 100*(c-r)/(r/2)}') of one build"
 fi
 [[ $PARTS == *b* ]] || exit 0
 
