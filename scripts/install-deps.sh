@@ -10,7 +10,7 @@ apt-get install -y -q --no-install-recommends \
   uidmap iproute2 procps util-linux passwd \
   bubblewrap busybox-static hyperfine python3 \
   skopeo docker-registry mmdebstrap debian-archive-keyring diffoscope-minimal \
-  disorderfs fuse3 libfaketime locales \
+  disorderfs fuse3 locales \
   nix-bin man-db zsh fish postgresql
 # `hermit check`'s directory-order variation mounts disorderfs as the caller:
 # /dev/fuse open to every user, as Debian's udev rule makes it (a container
