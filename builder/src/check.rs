@@ -361,7 +361,8 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
                 jobs: None,
                 hook: hook(|s| s.cpus = Some(1)),
                 what: what(format!(
-                    "the CPUs the build may run on (sched_setaffinity; what nproc reports): {have} → 1"
+                    "the CPUs the build may run on (sched_setaffinity; what nproc reports): {have} → 1; \
+                     /proc/cpuinfo and /proc/stat list that one CPU, numbered 0"
                 )),
                 ..Variant::default()
             }

@@ -48,6 +48,7 @@ mod setup;
 pub mod spec;
 mod sys;
 pub mod terminal;
+pub mod views;
 mod zygote;
 
 pub use outcome::{Outcome, SetupFailure};

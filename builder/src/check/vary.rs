@@ -63,7 +63,8 @@ pub fn kernel() -> Result<Variant, String> {
         what: what(format!(
             "the kernel release and version uname(2) reports (seccomp user notification, \
              answered by the sandbox's init; static programs too): {real} → {KERNEL_RELEASE}, \
-             \"{KERNEL_VERSION}\"; /proc/sys/kernel/osrelease and /proc/version still show the host's"
+             \"{KERNEL_VERSION}\"; /proc/sys/kernel/osrelease, /proc/sys/kernel/version and \
+             /proc/version show them too"
         )),
         ..Variant::default()
     })
