@@ -46,6 +46,7 @@ mod run;
 pub mod seccomp;
 mod setup;
 pub mod spec;
+pub mod subids;
 mod sys;
 pub mod terminal;
 pub mod views;

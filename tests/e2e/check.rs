@@ -836,6 +836,84 @@ fn check_shows_the_varied_kernel_and_cpus_in_proc(who: As) {
     }
 }
 
+/// `archive` varies the sources' owner for an ordinary user too, through
+/// its subordinate ids (the build sees `nobody`, as it does when root
+/// varies it), and the check leaves nothing behind that the caller cannot
+/// remove: every file under HERMIT_HOME is the caller's afterwards.
+fn check_varies_the_sources_owner_and_leaves_no_scratch(who: As) {
+    crate::fixtures::ensure_subids();
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "owner",
+            "stat -c '%u %U' /sources/src/f > $out/f\nstat -c '%u %U' /sources/src > $out/d",
+        )],
+    );
+    with_source(&specs[0]);
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(who, &home, &["check", spec, "--vary", "archive", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "archive");
+    let what = x["what"].as_str().unwrap();
+    assert!(
+        what.contains("owners → uid/gid 12345") && !what.contains("not varied"),
+        "{x}"
+    );
+    if who == As::User {
+        assert!(what.contains("subordinate uid/gid 1300000/1300000"), "{x}");
+    }
+    assert_eq!(
+        files(x),
+        serde_json::json!([
+            {"how": "changed", "path": "d"},
+            {"how": "changed", "path": "f"},
+        ]),
+        "{x}"
+    );
+    assert_eq!(
+        x["causes"],
+        serde_json::json!(["archive metadata (mtimes, owners, modes of the sources)"]),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    let control = PathBuf::from(v["control_output"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(out.join("f")).unwrap(), "65534 nobody\n");
+    assert_eq!(fs::read_to_string(out.join("d")).unwrap(), "65534 nobody\n");
+    assert_ne!(
+        fs::read_to_string(control.join("f")).unwrap(),
+        "65534 nobody\n"
+    );
+    // The varied copy is gone, and nothing under HERMIT_HOME belongs to
+    // anyone but the caller (a subordinate id's file would be one the
+    // caller cannot remove without a namespace).
+    fn walk(p: &Path, uid: u32, seen: &mut usize) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(p).unwrap();
+        assert_eq!(m.uid(), uid, "{} is not the caller's", p.display());
+        *seen += 1;
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), uid, seen);
+            }
+        }
+    }
+    let mut seen = 0;
+    walk(&home, who.uid(), &mut seen);
+    assert!(seen > 10, "{seen}");
+    // …and the caller removes it all (the store's entries are read-only,
+    // as always).
+    let o = run(who
+        .program(Path::new("/bin/sh"))
+        .args(["-c", "chmod -R u+w \"$1\" && rm -rf \"$1\"", "sh"])
+        .arg(&home));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(!home.exists());
+}
+
 /// `archive` under a `[build] workdir` view: `/build` shows the varied copy
 /// too, and the build can still change a file of it (copy-up).
 fn check_varies_the_sources_under_a_workdir_view(who: As) {
@@ -880,6 +958,7 @@ fn check_varies_the_sources_under_a_workdir_view(who: As) {
 }
 
 both_users!(
+    check_varies_the_sources_owner_and_leaves_no_scratch,
     check_shows_the_varied_kernel_and_cpus_in_proc,
     check_varies_the_sources_under_a_workdir_view,
     check_passes_gnu_hello_from_its_tarball,
