@@ -378,7 +378,7 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
                 hook: hook(|s| s.linux32 = true),
                 what: what(format!(
                     "the machine name uname reports (personality PER_LINUX32): {from} → {to}; \
-                     the kernel release and version (uname -r, -v) are not varied yet"
+                     the kernel release and version (uname -r, -v) are the kernel variation's"
                 )),
                 ..Variant::default()
             }
