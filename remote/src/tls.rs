@@ -1,14 +1,16 @@
-//! Extra certificate authorities for `grpcs://` remotes: a PEM bundle (the
-//! team's own CA, say) trusted in addition to the web PKI roots. Read and
-//! checked once, up front, so that a wrong path or a file that holds no
-//! certificate is one clear error naming the file instead of a handshake
-//! failure later.
+//! TLS settings of `grpcs://` remotes besides the web PKI roots: extra
+//! certificate authorities (a PEM bundle, the team's own CA, say), and a
+//! client certificate with its private key for servers that require mutual
+//! TLS. Both are read and checked once, up front, so that a wrong path, a
+//! file of the wrong kind or a key that does not belong to its certificate
+//! is one clear error naming the file instead of a handshake failure later.
+//! No error ever quotes a key file's content.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rustls_pki_types::pem::{PemObject, SectionKind};
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 
@@ -95,6 +97,202 @@ impl fmt::Debug for CaBundle {
             self.count
         )
     }
+}
+
+/// A client certificate (chain, end-entity certificate first) and its
+/// private key, both PEM, presented to `grpcs://` servers that ask for one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientIdentity {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl ClientIdentity {
+    /// Reads the certificate file `cert` and the key file `key` and checks
+    /// them like [`ClientIdentity::from_pem`].
+    pub fn read(cert: &Path, key: &Path) -> Result<ClientIdentity> {
+        let cert_pem = std::fs::read(cert).map_err(|e| Error::ClientCert {
+            path: cert.to_path_buf(),
+            why: format!("cannot read it: {e}"),
+        })?;
+        let key_pem = std::fs::read(key).map_err(|e| Error::ClientKey {
+            path: key.to_path_buf(),
+            why: format!("cannot read it: {e}"),
+        })?;
+        ClientIdentity::from_pem(cert, cert_pem, key, key_pem)
+    }
+
+    /// Checks that `cert_pem` (the content of `cert_path`) holds one or
+    /// more well-formed X.509 certificates, that `key_pem` (of `key_path`)
+    /// holds exactly one unencrypted private key of a kind rustls signs
+    /// with, and that this key is the one the first certificate was made
+    /// for.
+    pub fn from_pem(
+        cert_path: &Path,
+        cert_pem: Vec<u8>,
+        key_path: &Path,
+        key_pem: Vec<u8>,
+    ) -> Result<ClientIdentity> {
+        let cert_err = |why: String| Error::ClientCert {
+            path: cert_path.to_path_buf(),
+            why,
+        };
+        let key_err = |why: String| Error::ClientKey {
+            path: key_path.to_path_buf(),
+            why,
+        };
+
+        let mut chain = Vec::new();
+        let mut keys_in_cert = false;
+        for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(&cert_pem) {
+            let (kind, der) =
+                item.map_err(|e| cert_err(format!("not valid PEM: {}", pem_problem(&e))))?;
+            match kind {
+                SectionKind::Certificate => chain.push(CertificateDer::from(der)),
+                SectionKind::PrivateKey
+                | SectionKind::RsaPrivateKey
+                | SectionKind::EcPrivateKey => keys_in_cert = true,
+                _ => {}
+            }
+        }
+        if chain.is_empty() {
+            return Err(cert_err(
+                if keys_in_cert || holds_encrypted_key(&cert_pem) {
+                    "holds a private key, not a certificate: the certificate file is the client certificate (chain) in PEM, the key file its private key".into()
+                } else {
+                    "holds no PEM certificate (a \"-----BEGIN CERTIFICATE-----\" section): give the client certificate in PEM (`openssl x509 -inform der -in cert.der -out cert.pem` converts DER)".into()
+                },
+            ));
+        }
+        webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| {
+            cert_err(format!(
+                "certificate 1 is not a valid X.509 certificate: {e}"
+            ))
+        })?;
+        for (i, c) in chain.iter().enumerate().skip(1) {
+            webpki::anchor_from_trusted_cert(c).map_err(|e| {
+                cert_err(format!(
+                    "certificate {} is not a valid X.509 certificate: {e}",
+                    i + 1
+                ))
+            })?;
+        }
+
+        let mut keys = Vec::new();
+        let mut certs_in_key = false;
+        for item in <(SectionKind, Vec<u8>)>::pem_slice_iter(&key_pem) {
+            let (kind, der) =
+                item.map_err(|e| key_err(format!("not valid PEM: {}", pem_problem(&e))))?;
+            if kind == SectionKind::Certificate {
+                certs_in_key = true;
+            } else if let Some(k) = PrivateKeyDer::from_pem(kind, der) {
+                keys.push(k);
+            }
+        }
+        let key = match keys.len() {
+            1 => keys.remove(0),
+            0 if holds_encrypted_key(&key_pem) => {
+                return Err(key_err(
+                    "is encrypted; hermit needs the private key unencrypted (`openssl pkey -in KEY -out client.key` writes it so; keep that file readable only by you)".into(),
+                ))
+            }
+            0 if certs_in_key => {
+                return Err(key_err(
+                    "holds a certificate, not a private key: the key file is the client certificate's private key in PEM, the certificate file the certificate".into(),
+                ))
+            }
+            0 => {
+                return Err(key_err(
+                    "holds no PEM private key (a \"-----BEGIN PRIVATE KEY-----\" section)".into(),
+                ))
+            }
+            n => {
+                return Err(key_err(format!(
+                    "holds {n} private keys; it must hold exactly one, the client certificate's"
+                )))
+            }
+        };
+        let provider = rustls::crypto::ring::default_provider();
+        let signer = provider.key_provider.load_private_key(key).map_err(|_| {
+            key_err(
+                "is not a private key hermit can sign with (RSA, ECDSA P-256 or P-384, or Ed25519)"
+                    .into(),
+            )
+        })?;
+        match rustls::sign::CertifiedKey::new(chain, signer).keys_match() {
+            Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+                return Err(key_err(format!(
+                    "does not belong to the certificate {} (their public keys differ): give the private key that certificate was made for",
+                    cert_path.display()
+                )))
+            }
+            Err(e) => return Err(cert_err(format!("cannot be used: {e}"))),
+        }
+        Ok(ClientIdentity {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            cert_pem,
+            key_pem,
+        })
+    }
+
+    /// The certificate file.
+    pub fn cert_path(&self) -> &Path {
+        &self.cert_path
+    }
+
+    /// The private key file.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// The certificate chain, PEM.
+    pub fn cert_pem(&self) -> &[u8] {
+        &self.cert_pem
+    }
+
+    /// The private key, PEM.
+    pub fn key_pem(&self) -> &[u8] {
+        &self.key_pem
+    }
+}
+
+impl fmt::Debug for ClientIdentity {
+    /// The two files; never the key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "ClientIdentity({}, key {})",
+            self.cert_path.display(),
+            self.key_path.display()
+        )
+    }
+}
+
+/// What is wrong with a PEM file, in words that never quote its content
+/// (the file may be a private key).
+fn pem_problem(e: &rustls_pki_types::pem::Error) -> &'static str {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => "a section has no END line",
+        E::IllegalSectionStart { .. } => "a BEGIN line is malformed",
+        E::Base64Decode(_) => "a section's base64 text is damaged",
+        E::SectionTooLarge => "a section is too large",
+        _ => "it cannot be parsed",
+    }
+}
+
+/// Whether PEM text holds an encrypted private key (a section the PEM
+/// reader skips).
+fn holds_encrypted_key(pem: &[u8]) -> bool {
+    pem.windows(b"ENCRYPTED PRIVATE KEY-----".len())
+        .any(|w| w == b"ENCRYPTED PRIVATE KEY-----")
+        || pem
+            .windows(b"Proc-Type: 4,ENCRYPTED".len())
+            .any(|w| w == b"Proc-Type: 4,ENCRYPTED")
 }
 
 #[cfg(test)]

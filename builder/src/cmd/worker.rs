@@ -80,7 +80,8 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     }
     let endpoint = endpoint
         .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
-        .with_ca(crate::remote::client::ca_bundle()?);
+        .with_ca(crate::remote::client::ca_bundle()?)
+        .with_identity(crate::remote::client::client_identity()?);
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let _shared = store.shared_lock().context("locking the store")?;
     let name = match args.name {
