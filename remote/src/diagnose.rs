@@ -194,3 +194,32 @@ impl ServerCertVerifier for AnyServer {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_fix() {
+        let tls = Endpoint::parse("grpcs://127.0.0.1:1").unwrap();
+        let h = hint(
+            &tls,
+            "transport error: received fatal alert: CertificateRequired",
+        );
+        assert!(
+            h.contains("requires a client certificate") && h.contains("HERMIT_REMOTE_CERT"),
+            "{h}"
+        );
+        let h = hint(
+            &tls,
+            "transport error: invalid peer certificate: UnknownIssuer",
+        );
+        assert!(h.contains("HERMIT_REMOTE_CA"), "{h}");
+        assert_eq!(hint(&tls, "connection refused"), "");
+        let plain = Endpoint::parse("grpc://127.0.0.1:1").unwrap();
+        assert_eq!(
+            hint(&plain, "received fatal alert: CertificateRequired"),
+            ""
+        );
+    }
+}

@@ -167,9 +167,10 @@ impl ClientIdentity {
             ));
         }
         webpki::EndEntityCert::try_from(&chain[0]).map_err(|e| {
-            cert_err(format!(
-                "certificate 1 is not a valid X.509 certificate: {e}"
-            ))
+            cert_err(match e {
+                webpki::Error::UnsupportedCertVersion => "certificate 1 is an X.509 v1 certificate; TLS clients need v3 (sign it with extensions, e.g. `openssl x509 -req … -extfile client.ext` with `extendedKeyUsage=clientAuth` in client.ext)".into(),
+                e => format!("certificate 1 is not a valid X.509 certificate: {e}"),
+            })
         })?;
         for (i, c) in chain.iter().enumerate().skip(1) {
             webpki::anchor_from_trusted_cert(c).map_err(|e| {
@@ -329,5 +330,187 @@ mod tests {
             e.contains("/nonexistent/ca.pem") && e.contains("cannot read"),
             "{e}"
         );
+    }
+
+    /// `openssl ARGS` in `dir`; it must succeed.
+    fn openssl(dir: &Path, args: &[&str]) {
+        let o = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "openssl {args:?}: {o:?}");
+    }
+
+    /// A CA and, signed by it, a client certificate with an ECDSA, an RSA
+    /// and an Ed25519 key: ec.pem and ec.key, rsa.*, ed.*.
+    fn pki(dir: &Path) {
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]);
+        ca.extend(["-subj", "/CN=test CA"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+        openssl(dir, &ca);
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        for (name, key) in [
+            ("ec", &ec[..]),
+            ("rsa", &["-newkey", "rsa:2048", "-nodes"][..]),
+            ("ed", &["-newkey", "ed25519", "-nodes"][..]),
+        ] {
+            let (k, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            let mut req = vec!["req"];
+            req.extend(key);
+            req.extend(["-keyout", &k, "-out", &csr, "-subj", "/CN=client"]);
+            openssl(dir, &req);
+            openssl(
+                dir,
+                &[
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    "7",
+                    "-days",
+                    "2",
+                    "-extfile",
+                    "client.ext",
+                    "-out",
+                    &pem,
+                ],
+            );
+        }
+    }
+
+    #[test]
+    fn client_identities_are_checked_up_front() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        pki(d);
+        let p = |n: &str| d.join(n);
+        let err = |c: &str, k: &str| ClientIdentity::read(&p(c), &p(k)).unwrap_err().to_string();
+
+        // Every key kind rustls signs with, and a chain (client + CA).
+        for name in ["ec", "rsa", "ed"] {
+            let id = ClientIdentity::read(&p(&format!("{name}.pem")), &p(&format!("{name}.key")))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(id.cert_path(), p(&format!("{name}.pem")));
+        }
+        let mut chain = std::fs::read(p("ec.pem")).unwrap();
+        chain.extend(std::fs::read(p("ca.pem")).unwrap());
+        std::fs::write(p("chain.pem"), chain).unwrap();
+        ClientIdentity::read(&p("chain.pem"), &p("ec.key")).unwrap();
+
+        // An X.509 v1 certificate (no extensions) rustls cannot use.
+        openssl(
+            d,
+            &[
+                "x509", "-req", "-in", "ec.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-out",
+                "v1.pem",
+            ],
+        );
+        let e = err("v1.pem", "ec.key");
+        assert!(
+            e.contains("v1 certificate") && e.contains("clientAuth"),
+            "{e}"
+        );
+
+        // A key that is another certificate's.
+        let e = err("ec.pem", "rsa.key");
+        assert!(e.contains(&p("rsa.key").display().to_string()), "{e}");
+        assert!(
+            e.contains("does not belong to the certificate") && e.contains("ec.pem"),
+            "{e}"
+        );
+        // The two files swapped, or the key given as both.
+        let e = err("ec.key", "ec.pem");
+        assert!(
+            e.contains("client certificate")
+                && e.contains("holds a private key, not a certificate"),
+            "{e}"
+        );
+        let e = err("ec.pem", "ec.pem");
+        assert!(
+            e.contains("client private key")
+                && e.contains("holds a certificate, not a private key"),
+            "{e}"
+        );
+        // Missing files, each named.
+        let e = err("none.pem", "ec.key");
+        assert!(
+            e.contains("none.pem") && e.contains("cannot read it"),
+            "{e}"
+        );
+        let e = err("ec.pem", "none.key");
+        assert!(
+            e.contains("none.key") && e.contains("cannot read it"),
+            "{e}"
+        );
+        // Not PEM at all (DER), and damaged PEM.
+        openssl(
+            d,
+            &["x509", "-in", "ec.pem", "-outform", "der", "-out", "ec.der"],
+        );
+        let e = err("ec.der", "ec.key");
+        assert!(
+            e.contains("holds no PEM certificate") && e.contains("converts DER"),
+            "{e}"
+        );
+        let key = std::fs::read_to_string(p("ec.key")).unwrap();
+        let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        std::fs::write(p("cut.key"), key.replace("-----END", "junk\n-----EN")).unwrap();
+        let e = err("ec.pem", "cut.key");
+        assert!(e.contains("not valid PEM"), "{e}");
+        // An encrypted key; two keys in one file.
+        openssl(
+            d,
+            &[
+                "pkey", "-in", "ec.key", "-aes256", "-passout", "pass:pw", "-out", "enc.key",
+            ],
+        );
+        let e = err("ec.pem", "enc.key");
+        assert!(
+            e.contains("is encrypted") && e.contains("openssl pkey"),
+            "{e}"
+        );
+        std::fs::write(
+            p("two.key"),
+            format!("{key}{}", std::fs::read_to_string(p("rsa.key")).unwrap()),
+        )
+        .unwrap();
+        let e = err("ec.pem", "two.key");
+        assert!(e.contains("holds 2 private keys"), "{e}");
+
+        // No error, and no Debug output, quotes the key.
+        let id = ClientIdentity::read(&p("ec.pem"), &p("ec.key")).unwrap();
+        for text in [
+            e,
+            err("ec.pem", "cut.key"),
+            err("ec.key", "ec.pem"),
+            format!("{id:?}"),
+        ] {
+            for line in body.as_bytes().chunks(16) {
+                assert!(!text.contains(std::str::from_utf8(line).unwrap()), "{text}");
+            }
+        }
     }
 }
