@@ -56,7 +56,9 @@ pub fn run_remote_action(args: RemoteActionArgs) -> anyhow::Result<ExitCode> {
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The execution service: grpc://HOST:PORT[/INSTANCE] or grpcs://…
-    /// (its bearer token from HERMIT_REMOTE_TOKEN)
+    /// (its bearer token from HERMIT_REMOTE_TOKEN; for grpcs://, a CA from
+    /// HERMIT_REMOTE_CA and a client certificate from HERMIT_REMOTE_CERT and
+    /// HERMIT_REMOTE_KEY, else config.toml's [remote])
     #[arg(long, value_name = "URL")]
     pub remote: String,
     /// The instance name (overrides the one in the URL)
