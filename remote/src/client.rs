@@ -717,7 +717,13 @@ fn bytes_chunks(data: &[u8]) -> Vec<Vec<u8>> {
 /// this client's (or its lack of one).
 async fn tls_hint(endpoint: &Endpoint, why: &str, limit: Duration) -> String {
     let hint = crate::diagnose::hint(endpoint, why);
-    if !hint.is_empty() || !endpoint.tls {
+    let w = why.to_lowercase();
+    // Nothing to learn from a server that could not be reached at all.
+    if !hint.is_empty()
+        || !endpoint.tls
+        || w.contains("tcp connect error")
+        || w.contains("dns error")
+    {
         return hint;
     }
     if crate::diagnose::asks_for_client_cert(endpoint, limit).await {

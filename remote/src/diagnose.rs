@@ -90,9 +90,12 @@ pub(crate) fn hint(endpoint: &Endpoint, why: &str) -> String {
 /// tell.
 pub(crate) async fn asks_for_client_cert(endpoint: &Endpoint, limit: Duration) -> bool {
     let (host, port) = (endpoint.host.clone(), endpoint.port);
-    tokio::task::spawn_blocking(move || probe(&host, port, limit).unwrap_or(false))
-        .await
-        .unwrap_or(false)
+    let probe = tokio::task::spawn_blocking(move || probe(&host, port, limit).unwrap_or(false));
+    // Name resolution has no deadline of its own.
+    matches!(
+        tokio::time::timeout(limit + Duration::from_secs(1), probe).await,
+        Ok(Ok(true))
+    )
 }
 
 fn probe(host: &str, port: u16, limit: Duration) -> Option<bool> {
