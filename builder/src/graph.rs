@@ -337,8 +337,15 @@ fn work(
         bopts.resolve_gate = Some(gate.clone());
         // The build's share of `-j N`, from its start: taken later, the
         // makes of builds already running would have taken every token, and
-        // independent builds would run one after the other.
-        let slot = match bopts.jobserver.as_ref().map(|js| js.acquire()).transpose() {
+        // independent builds would run one after the other. With remote
+        // execution, none: a node takes its slot only if it falls back to
+        // a local sandbox (the service failed), so at most N of those run
+        // here at once while every ready node is sent away.
+        let local_js = bopts
+            .jobserver
+            .as_ref()
+            .filter(|_| bopts.remote_exec.is_none());
+        let slot = match local_js.map(|js| js.acquire()).transpose() {
             Ok(slot) => slot,
             Err(e) => {
                 states = match sched.states.lock() {

@@ -130,7 +130,7 @@ pub fn record_name(key: &Digest) -> String {
 
 /// The record of build key `key`: the store's (beside its output), else
 /// one an imported bundle holds ([`crate::bundle::imported_record`]), else
-/// the first mirror's that has one. A record from a mirror is untrusted:
+/// the first mirror's that has one, else the remote's (its record index). A record from a mirror is untrusted:
 /// it must parse, be consistent (its build key is the hash of its inputs)
 /// and state `key`; then it is checked against its own spec and lock like
 /// any record. Returns the record, its spec, its exact text and where it
@@ -178,6 +178,9 @@ pub fn find_record(
                 }
             }
         }
+    }
+    if found.is_none() {
+        found = crate::remote::cache::find_record(net, key);
     }
     let Some((text, origin)) = found else {
         return Ok(None);

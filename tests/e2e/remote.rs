@@ -1324,6 +1324,148 @@ fn a_grpcs_remote_requiring_client_certificates(who: As) {
     );
 }
 
+/// `hermit rebuild RECORD --remote` on a fresh store: the record names its
+/// input's output by sha256 alone, and REAPI needs a size; the blob index
+/// A's upload wrote gives it, so B restores the input from the remote CAS
+/// (hashed as it arrives) and rebuilds identically. Without the remote,
+/// B's rebuild names the missing input.
+fn rebuild_restores_inputs_from_the_remote(who: As) {
+    let t = who.scratch();
+    let bg = BuildGrid::start(&t.path().join("bg"));
+    let marker = nonce("remote-lib-ran");
+    let lib_script = format!("echo {marker}\necho one > $out/one");
+    let specs = crate::graph::graph_project(
+        &t.path().join("p"),
+        &[
+            ("lib", lib_script.as_str(), &[]),
+            ("app", "cat /inputs/l/one > $out/app", &[("l", "lib")]),
+        ],
+    );
+    who.give(t.path());
+    let b = other(who);
+    let home_a = home_of(who, t.path(), "home-a");
+    let (va, _) = build(
+        who,
+        &home_a,
+        &specs[1],
+        &["--remote", &bg.url(), "--remote-upload"],
+    );
+    // The toolchain image into the remote too (B's store has none).
+    let o = run(who
+        .hermit_in(&home_a)
+        .arg("mirror")
+        .arg(&specs[0])
+        .args(["--to", &bg.url()]));
+    assert!(o.status.success(), "{}", both(&o));
+    let record = t.path().join("app-record.json");
+    fs::copy(va["record"].as_str().unwrap(), &record).unwrap();
+    b.give(&record);
+    b.give(&t.path().join("p"));
+
+    // Without the remote: the input is named, with the fix.
+    let home_b0 = home_of(b, t.path(), "home-b0");
+    let o = run(b.hermit_in(&home_b0).arg("rebuild").arg(&record));
+    assert!(!o.status.success(), "{}", both(&o));
+    assert!(stderr(&o).contains("input \"l\""), "{}", both(&o));
+
+    // With it: the input's output comes from the remote's CAS.
+    let home_b = home_of(b, t.path(), "home-b");
+    let o = run(b.hermit_in(&home_b).arg("rebuild").arg(&record).args([
+        "--remote",
+        &bg.url(),
+        "--json",
+    ]));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["identical"], true, "{v}");
+    assert!(
+        stderr(&o).contains("the output of input \"l\"") && stderr(&o).contains("from the remote"),
+        "{}",
+        both(&o)
+    );
+    assert!(
+        !stderr(&o).contains(&marker),
+        "lib was not rebuilt: {}",
+        both(&o)
+    );
+    let o = run(b.hermit_in(&home_b).args(["store", "verify"]));
+    assert!(o.status.success(), "{}", both(&o));
+
+    // --deep on a fresh store: lib's record comes from the remote's record
+    // index, lib is rebuilt from it (its marker shows), both identical.
+    let home_b1 = home_of(b, t.path(), "home-b1");
+    let o = run(b
+        .hermit_in(&home_b1)
+        .args(["rebuild", "--deep"])
+        .arg(&record)
+        .args(["--remote", &bg.url(), "--json"]));
+    assert!(o.status.success(), "{}", both(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ns = v["nodes"].as_array().unwrap();
+    assert_eq!(ns.len(), 2, "{v}");
+    assert!(ns.iter().all(|n| n["identical"] == true), "{v}");
+    assert!(
+        stderr(&o).contains(&marker),
+        "lib was rebuilt: {}",
+        both(&o)
+    );
+    assert!(stderr(&o).contains("in the remote"), "{}", both(&o));
+
+    // A forged index entry (naming another blob) is no answer: a fresh
+    // store's rebuild fails as without the remote, naming the input.
+    let (rt, remote) = client(&bg.url());
+    let rec: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&record).unwrap()).unwrap();
+    let lib_out = rec["inputs"][0]["output"].as_str().unwrap().to_string();
+    let lib_out: hermit_store::Digest = lib_out.parse().unwrap();
+    let index = index_action(&lib_out);
+    let log = rec["log"]["digest"].as_str().unwrap();
+    let forged = reapi::ActionResult {
+        output_files: vec![reapi::OutputFile {
+            path: "blob".into(),
+            digest: Some(
+                Digest::new(&log[7..], rec["log"]["size"].as_u64().unwrap())
+                    .unwrap()
+                    .to_proto(),
+            ),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    rt.block_on(remote.update_action_result(&index, forged))
+        .unwrap();
+    let home_b2 = home_of(b, t.path(), "home-b2");
+    let o = run(b
+        .hermit_in(&home_b2)
+        .arg("rebuild")
+        .arg(&record)
+        .args(["--remote", &bg.url()]));
+    assert!(!o.status.success(), "{}", both(&o));
+    assert!(stderr(&o).contains("input \"l\""), "{}", both(&o));
+}
+
+/// The blob index's action for `sha256` (docs/design.md, "Remote actions"),
+/// computed here independently of hermit's code.
+fn index_action(sha256: &hermit_store::Digest) -> Digest {
+    use prost::Message as _;
+    #[allow(deprecated)]
+    let command = reapi::Command {
+        arguments: vec!["hermit-blob-index/1".into(), sha256.to_string()],
+        output_files: vec!["blob".into()],
+        output_paths: vec!["blob".into()],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let root = reapi::Directory::default().encode_to_vec();
+    let action = reapi::Action {
+        command_digest: Some(Digest::of(&command).to_proto()),
+        input_root_digest: Some(Digest::of(&root).to_proto()),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    Digest::of(&action)
+}
+
 both_users!(
     a_grpcs_remote_requiring_client_certificates,
     a_grpcs_remote_behind_its_own_ca,
@@ -1333,4 +1475,5 @@ both_users!(
     dead_or_silent_remote_warns_once_and_builds_locally,
     buildgrid_and_hermit_read_each_others_blobs,
     mirror_to_grpc_fills_the_remote_cas,
+    rebuild_restores_inputs_from_the_remote,
 );

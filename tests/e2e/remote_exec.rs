@@ -204,6 +204,22 @@ fn remote_exec_graph_runs_on_two_workers_identical_to_local(who: As) {
     let mut want: Vec<String> = remote_keys.iter().map(|(_, k, _)| k.clone()).collect();
     want.sort();
     assert_eq!(ran, want, "each node ran exactly once, on one worker");
+    // `--json` names the worker of each node, as the workers saw it.
+    for n in remote["graph"].as_array().unwrap() {
+        let key = n["build_key"].as_str().unwrap().to_string();
+        let by = n["remote_exec"]["worker"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{n}"));
+        let expect = if k1.contains(&key) { "w1" } else { "w2" };
+        assert_eq!(by, expect, "{n}");
+        assert!(
+            n["remote_exec"]["operation"]
+                .as_str()
+                .is_some_and(|o| !o.is_empty())
+                && n["remote_exec"]["endpoint"] == url.as_str(),
+            "{n}"
+        );
+    }
 
     // Bit-identical to a local build of the same specs, with a fresh store.
     let o = output_within(
@@ -495,6 +511,65 @@ fn remote_exec_over_mutual_tls(who: As) {
     );
 }
 
+/// A service that connects but cannot execute (a cache-only BuildGrid: no
+/// Execution service) fails every node: each falls back to a local build,
+/// but no more than `-j` of them run here at once. Four independent
+/// one-second builds at `-j 1` take four seconds, not one.
+fn remote_exec_failing_service_falls_back_within_jobs(who: As) {
+    let t = who.scratch();
+    let bg = crate::remote::BuildGrid::start(&t.path().join("bg"));
+    let leaves: Vec<String> = (0..4)
+        .map(|i| format!("sleep 1\necho {i} > $out/n"))
+        .collect();
+    let specs = graph_project(
+        &t.path().join("p"),
+        &[
+            ("l0", leaves[0].as_str(), &[]),
+            ("l1", leaves[1].as_str(), &[]),
+            ("l2", leaves[2].as_str(), &[]),
+            ("l3", leaves[3].as_str(), &[]),
+            (
+                "all",
+                "cat /inputs/a/n /inputs/b/n /inputs/c/n /inputs/d/n > $out/all",
+                &[("a", "l0"), ("b", "l1"), ("c", "l2"), ("d", "l3")],
+            ),
+        ],
+    );
+    who.give(t.path());
+    let start = Instant::now();
+    let o = output_within(
+        remote_build(
+            who,
+            &t.path().join("home"),
+            specs[4].to_str().unwrap(),
+            &bg.url(),
+        )
+        .args(["-j", "1"]),
+        Duration::from_secs(300),
+    );
+    let took = start.elapsed();
+    assert!(o.status.success(), "{}", both(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.matches("building here").count(), 5, "{err}");
+    let v = json(&o);
+    assert_eq!(
+        fs::read_to_string(PathBuf::from(v["output"].as_str().unwrap()).join("all")).unwrap(),
+        "0\n1\n2\n3\n"
+    );
+    assert!(
+        v["graph"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["remote_exec"].is_null()),
+        "{v}"
+    );
+    assert!(
+        took >= Duration::from_secs(4),
+        "the four local fallbacks ran at once at -j 1 ({took:?}):\n{err}"
+    );
+}
+
 both_users!(
     remote_exec_over_mutual_tls,
     remote_exec_graph_runs_on_two_workers_identical_to_local,
@@ -502,4 +577,5 @@ both_users!(
     remote_exec_worker_stopped_mid_action_hands_it_back,
     remote_exec_failed_build_fails_with_the_workers_log,
     remote_exec_unreachable_service_builds_locally,
+    remote_exec_failing_service_falls_back_within_jobs,
 );

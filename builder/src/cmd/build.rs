@@ -127,11 +127,14 @@ pub fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
             Some(crate::jobserver::Jobserver::new(jobs).context("creating the jobserver")?);
     }
     let mut parallel = jobs as usize;
-    if let Some(rx) = crate::remote::exec::from_args(args.remote_exec.as_deref(), opts.quiet)? {
+    if let Some(rx) =
+        crate::remote::exec::from_args(args.remote_exec.as_deref(), opts.quiet, parallel)?
+    {
         if rx.connected() {
-            // Builds run elsewhere: every ready node at once, no local job slots.
+            // Builds run elsewhere: every ready node at once. The jobserver
+            // stays: a node that falls back to a local build (the service
+            // failed) takes a slot then, so at most `-j` of them run here.
             parallel = parallel.max(g.nodes.len());
-            opts.jobserver = None;
             opts.remote_exec = Some(rx);
         }
     }
@@ -230,6 +233,7 @@ fn built_json(b: &pipeline::Built) -> serde_json::Value {
         "build_key": b.record.build_key,
         "cached": b.cached,
         "remote": crate::remote::cache::json(&b.record.build_key),
+        "remote_exec": crate::remote::exec::json(&b.record.build_key),
         "output": b.output,
         "output_digest": b.record.output.digest,
         "record": b.record_path,
@@ -256,6 +260,7 @@ fn graph_json(g: &Graph, states: &[State]) -> serde_json::Value {
                     v["output_digest"] = serde_json::json!(b.record.output.digest);
                     v["cached"] = serde_json::json!(b.cached);
                     v["remote"] = crate::remote::cache::json(&b.record.build_key);
+                    v["remote_exec"] = crate::remote::exec::json(&b.record.build_key);
                     v["output"] = serde_json::json!(b.output);
                     v["status"] = serde_json::json!(if b.cached { "cached" } else { "built" });
                 }

@@ -131,11 +131,14 @@ pub fn build(
     if let Some(hit) = crate::remote::cache::lookup(store, &plan, net, opts.quiet) {
         return Ok(hit);
     }
-    // Remote execution, if asked for (see crate::remote::exec).
+    // Remote execution, if asked for (see crate::remote::exec); a build
+    // the service failed runs here, in one of `-j` local slots.
+    let mut _local_slot = None;
     if let Some(rx) = &opts.remote_exec {
         if let Some(built) = crate::remote::exec::build(store, &plan, net, opts, rx)? {
             return Ok(built);
         }
+        _local_slot = Some(rx.local_slot());
     }
     let staged = run_stages(store, &plan, net, opts)?;
     t.lap(spec_path, "run_stages");

@@ -170,7 +170,7 @@ pub fn rebuild_deep(
                 crate::mirror::find_record(store, net, &i.build_key)?
             else {
                 return Err(Exit::user(format!(
-                    "{origin}: the record of input {:?} (build key {}) is neither in the store, nor in an imported bundle, nor in a mirror; --deep rebuilds every input from its own record: add a mirror made with `hermit mirror RECORD`",
+                    "{origin}: the record of input {:?} (build key {}) is neither in the store, nor in an imported bundle, nor in a mirror or the remote; --deep rebuilds every input from its own record: add a mirror made with `hermit mirror RECORD`",
                     i.name, i.build_key
                 ))
                 .into());
@@ -228,7 +228,7 @@ pub fn restore_input(
     )
     .map_err(|e| {
         Exit::user(format!(
-            "{origin}: input {:?} (output {}, build key {}) is neither in the store nor in a mirror: {e:#}; \
+            "{origin}: input {:?} (output {}, build key {}) is neither in the store nor in a mirror or the remote: {e:#}; \
              build its spec ({}) first, or add a mirror made with `hermit mirror` that holds it",
             input.name, input.output, input.build_key, input.spec
         ))

@@ -397,8 +397,8 @@ pub fn from_record(
                 ))?
             } else {
                 return Err(Exit::user(format!(
-                    "the toolchain image {manifest} (config {}, layers {}) is not in the store or any mirror; \
-                     add a mirror that holds it with --mirror",
+                    "the toolchain image {manifest} (config {}, layers {}) is not in the store or any mirror, nor in a remote; \
+                     add a mirror that holds it with --mirror (or fill the remote with `hermit mirror --to grpc://…`)",
                     rec.image.config,
                     rec.image.layers.iter().map(|l| l.digest.to_string()).collect::<Vec<_>>().join(", ")
                 ))

@@ -197,6 +197,106 @@ impl Action {
     }
 }
 
+/// The blob index: a REAPI digest needs the blob's size, but some things
+/// hermit wants are named by sha256 alone (a record's inputs name their
+/// outputs without the tar's size). So whenever hermit puts an output tar
+/// (or, with `mirror --to`, any blob) in a remote CAS, it also writes an
+/// ActionResult under this pseudo-action of the sha256, whose one output
+/// file `blob` carries the full digest. It is never executed: the Command
+/// names no program hermit runs. The answer is only a hint: the blob it
+/// names must have the wanted sha256 and is hashed again as it arrives.
+pub const INDEX_VERSION: &str = "hermit-blob-index/1";
+/// The one output file of an index entry.
+pub const INDEX_FILE: &str = "blob";
+/// The record index: the record of a build key, for `hermit rebuild
+/// --deep` (a record names its inputs by build key; the cache's own Action
+/// digest needs their key inputs, which only their records hold). Written
+/// with every ActionResult hermit writes; its output file names the
+/// record's blob, and a record read through it is checked like a mirror's.
+pub const RECORD_INDEX_VERSION: &str = "hermit-record-index/1";
+
+/// An index entry's action for `sha256`: the messages and its digest.
+#[derive(Debug, Clone)]
+pub struct IndexAction {
+    pub digest: RDigest,
+    /// Every message the action names (command, empty input root, action).
+    pub blobs: Vec<(RDigest, Vec<u8>)>,
+}
+
+impl IndexAction {
+    /// The blob index entry of a sha256.
+    pub fn of(sha256: &Digest) -> IndexAction {
+        IndexAction::new(INDEX_VERSION, sha256)
+    }
+
+    /// The record index entry of a build key.
+    pub fn of_record(build_key: &Digest) -> IndexAction {
+        IndexAction::new(RECORD_INDEX_VERSION, build_key)
+    }
+
+    fn new(version: &str, name: &Digest) -> IndexAction {
+        #[allow(deprecated)]
+        let command = reapi::Command {
+            arguments: vec![version.to_string(), name.to_string()],
+            output_files: vec![INDEX_FILE.to_string()],
+            output_paths: vec![INDEX_FILE.to_string()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let input_root = reapi::Directory::default().encode_to_vec();
+        let action = reapi::Action {
+            command_digest: Some(RDigest::of(&command).to_proto()),
+            input_root_digest: Some(RDigest::of(&input_root).to_proto()),
+            do_not_cache: false,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        IndexAction {
+            digest: RDigest::of(&action),
+            blobs: [command, input_root, action]
+                .into_iter()
+                .map(|b| (RDigest::of(&b), b))
+                .collect(),
+        }
+    }
+
+    /// The ActionResult that says `blob` is the blob of this sha256.
+    pub fn result(blob: &RDigest) -> reapi::ActionResult {
+        reapi::ActionResult {
+            output_files: vec![reapi::OutputFile {
+                path: INDEX_FILE.to_string(),
+                digest: Some(blob.to_proto()),
+                is_executable: false,
+                ..Default::default()
+            }],
+            exit_code: 0,
+            execution_metadata: Some(reapi::ExecutedActionMetadata {
+                worker: format!("hermit {} (blob index)", crate::version::VERSION),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The size an index answer gives for `sha256`, if it names exactly
+    /// one blob of that sha256.
+    pub fn size_in(result: &reapi::ActionResult, sha256: &Digest) -> Option<u64> {
+        let d = IndexAction::named_in(result)?;
+        (d.hash == sha256.hex()).then_some(d.size)
+    }
+
+    /// The one blob an index answer names (a record index's answer: the
+    /// record's blob, which the reader checks).
+    pub fn named_in(result: &reapi::ActionResult) -> Option<RDigest> {
+        let mut files = result.output_files.iter().filter(|f| f.path == INDEX_FILE);
+        let f = files.next()?;
+        if files.next().is_some() || result.exit_code != 0 {
+            return None;
+        }
+        RDigest::from_proto(f.digest.as_ref()?).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +342,45 @@ mod tests {
             digests,
             std::fs::read_to_string(golden("action-v1.digests")).unwrap(),
             "the Action digest changed; rerun with HERMIT_BLESS=1 if intended"
+        );
+    }
+
+    /// The index entry of a sha256 is fixed (servers keep entries across
+    /// hermit versions) and names only blobs of that sha256.
+    #[test]
+    fn blob_index_is_fixed_and_checked() {
+        let d = Digest::of(b"hello");
+        let a = IndexAction::of(&d);
+        let line = format!(
+            "{} {}\nrecord {}\n",
+            d,
+            a.digest,
+            IndexAction::of_record(&d).digest
+        );
+        if std::env::var_os("HERMIT_BLESS").is_some() {
+            std::fs::write(golden("blob-index-v1.digests"), &line).unwrap();
+        }
+        assert_eq!(
+            line,
+            std::fs::read_to_string(golden("blob-index-v1.digests")).unwrap(),
+            "the blob index's action changed; rerun with HERMIT_BLESS=1 if intended"
+        );
+        assert_ne!(a.digest, IndexAction::of(&Digest::of(b"other")).digest);
+        assert_ne!(a.digest, IndexAction::of_record(&d).digest);
+        let good = IndexAction::result(&rdigest(&d, 5));
+        assert_eq!(IndexAction::size_in(&good, &d), Some(5));
+        // An answer naming another blob, two blobs, or a failure is no answer.
+        let other = IndexAction::result(&rdigest(&Digest::of(b"x"), 1));
+        assert_eq!(IndexAction::size_in(&other, &d), None);
+        let mut two = good.clone();
+        two.output_files.push(two.output_files[0].clone());
+        assert_eq!(IndexAction::size_in(&two, &d), None);
+        let mut failed = good.clone();
+        failed.exit_code = 1;
+        assert_eq!(IndexAction::size_in(&failed, &d), None);
+        assert_eq!(
+            IndexAction::size_in(&reapi::ActionResult::default(), &d),
+            None
         );
     }
 

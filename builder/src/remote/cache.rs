@@ -448,7 +448,122 @@ pub fn upload_built(
         ..Default::default()
     };
     conn.run(remote.update_action_result(&action.digest, result))?;
+    conn.run(publish_index(remote, std::slice::from_ref(&tar)))?;
+    conn.run(publish_record_index(
+        remote,
+        &record.build_key,
+        &record_digest,
+    ))?;
     Ok(())
+}
+
+/// Writes the record index entry of `build_key` ([`action::IndexAction::of_record`]);
+/// the record's blob must be in the CAS already.
+pub async fn publish_record_index(
+    remote: &hermit_remote::Remote,
+    build_key: &Digest,
+    record: &RDigest,
+) -> Result<(), hermit_remote::Error> {
+    let ia = action::IndexAction::of_record(build_key);
+    let digests: Vec<RDigest> = ia.blobs.iter().map(|(d, _)| d.clone()).collect();
+    let missing: BTreeSet<RDigest> = remote.find_missing(&digests).await?.into_iter().collect();
+    let batch: Vec<(RDigest, &[u8])> = ia
+        .blobs
+        .iter()
+        .filter(|(d, _)| missing.contains(d))
+        .map(|(d, b)| (d.clone(), b.as_slice()))
+        .collect();
+    remote.batch_update(&batch).await?;
+    remote
+        .update_action_result(&ia.digest, action::IndexAction::result(record))
+        .await?;
+    Ok(())
+}
+
+/// The text of the record of `build_key` from the remote's record index,
+/// with where it came from; `None` without a remote or on a miss. The
+/// caller checks it as any untrusted record.
+pub fn find_record(net: &NetArgs, build_key: &Digest) -> Option<(String, String)> {
+    let session = net.remote.as_ref().filter(|_| !net.offline)?;
+    let conn = session.get()?;
+    let ia = action::IndexAction::of_record(build_key);
+    let found = conn
+        .run(conn.remote.get_action_result(&ia.digest))
+        .and_then(|r| {
+            let Some(d) = r.as_ref().and_then(action::IndexAction::named_in) else {
+                return Ok(None);
+            };
+            if d.size > crate::limits::MAX_RECORD {
+                return Ok(None);
+            }
+            Ok(Some((conn.run(conn.remote.read_blob(&d))?, d)))
+        });
+    match found {
+        Ok(Some((bytes, d))) => match String::from_utf8(bytes) {
+            Ok(text) => Some((
+                text,
+                format!(
+                    "the record {d} of build key {build_key} in the remote {}",
+                    session.endpoint
+                ),
+            )),
+            Err(_) => None,
+        },
+        Ok(None) => None,
+        Err(e) => {
+            if e.is_unavailable() {
+                session.fail(&e);
+            }
+            None
+        }
+    }
+}
+
+/// Writes the blob index entries ([`action::IndexAction`]) of `blobs`, so
+/// that a client knowing only their sha256 finds their size.
+pub async fn publish_index(
+    remote: &hermit_remote::Remote,
+    blobs: &[RDigest],
+) -> Result<(), hermit_remote::Error> {
+    let mut messages: BTreeMap<RDigest, Vec<u8>> = BTreeMap::new();
+    let mut entries = Vec::new();
+    for b in blobs {
+        let Ok(sha) = action::hdigest(b) else {
+            continue;
+        };
+        let ia = action::IndexAction::of(&sha);
+        messages.extend(ia.blobs);
+        entries.push((ia.digest, b));
+    }
+    let digests: Vec<RDigest> = messages.keys().cloned().collect();
+    let missing: BTreeSet<RDigest> = remote.find_missing(&digests).await?.into_iter().collect();
+    let batch: Vec<(RDigest, &[u8])> = messages
+        .iter()
+        .filter(|(d, _)| missing.contains(d))
+        .map(|(d, b)| (d.clone(), b.as_slice()))
+        .collect();
+    remote.batch_update(&batch).await?;
+    for (a, b) in entries {
+        remote
+            .update_action_result(&a, action::IndexAction::result(b))
+            .await?;
+    }
+    Ok(())
+}
+
+/// The size of the blob of `sha256`, from the remote's blob index.
+fn index_size(session: &Session, conn: &Connected, sha256: &Digest) -> Option<u64> {
+    let ia = action::IndexAction::of(sha256);
+    match conn.run(conn.remote.get_action_result(&ia.digest)) {
+        Ok(Some(r)) => action::IndexAction::size_in(&r, sha256),
+        Ok(None) => None,
+        Err(e) => {
+            if e.is_unavailable() {
+                session.fail(&e);
+            }
+            None
+        }
+    }
 }
 
 /// The wants the remote CAS could supply, brought into the store; returns
@@ -497,9 +612,10 @@ pub fn fetch_from_remote(
     Ok(fetch_blobs(store, session, &conn, wants, net.quiet))
 }
 
-/// Fetches what it can of `wants` from the remote CAS (sizes come from
-/// FindMissingBlobs' answers being absent: a want without a size is asked
-/// for by the size the CAS needs, so only sized wants can be fetched).
+/// Fetches what it can of `wants` from the remote CAS. A REAPI digest
+/// needs the size: a want without one (an input's output, which a record
+/// names by sha256 alone) takes it from the remote's blob index, and the
+/// blob is still hashed as it arrives.
 fn fetch_blobs(
     store: &Store,
     session: &Session,
@@ -507,10 +623,18 @@ fn fetch_blobs(
     wants: Vec<Want>,
     quiet: bool,
 ) -> Vec<Want> {
+    let sizes: Vec<Option<u64>> = wants
+        .iter()
+        .map(|w| w.size.or_else(|| index_size(session, conn, &w.digest)))
+        .collect();
     let sized: Vec<RDigest> = wants
         .iter()
-        .filter_map(|w| w.size.map(|s| action::rdigest(&w.digest, s)))
+        .zip(&sizes)
+        .filter_map(|(w, s)| s.map(|s| action::rdigest(&w.digest, s)))
         .collect();
+    if sized.is_empty() {
+        return wants;
+    }
     let missing: BTreeSet<RDigest> = match conn.run(conn.remote.find_missing(&sized)) {
         Ok(m) => m.into_iter().collect(),
         Err(e) => {
@@ -521,8 +645,8 @@ fn fetch_blobs(
         }
     };
     let mut rest = Vec::new();
-    for w in wants {
-        let Some(size) = w.size else {
+    for (w, size) in wants.into_iter().zip(sizes) {
+        let Some(size) = size else {
             rest.push(w);
             continue;
         };
@@ -642,6 +766,9 @@ pub fn fill_remote(
         .collect();
     rt.block_on(remote.batch_update(&small))
         .context("uploading the records")?;
+    let indexed: Vec<RDigest> = blobs.iter().map(|(d, _, _)| d.clone()).collect();
+    rt.block_on(publish_index(&remote, &indexed))
+        .context("writing the blob index")?;
     added += small.len() as u64;
     if !quiet {
         println!(

@@ -57,6 +57,23 @@ pub struct RemoteExec {
     /// `None` when the service could not be reached (then every build is
     /// local, after one warning).
     remote: Option<Remote>,
+    /// Free slots for builds that fall back to a local sandbox: every
+    /// ready node is sent away at once, but if the service fails partway,
+    /// no more than `-j` of them build here at once.
+    local_free: std::sync::Mutex<usize>,
+    local_freed: std::sync::Condvar,
+}
+
+/// A slot for one local fallback build ([`RemoteExec::local_slot`]).
+pub struct LocalSlot<'a>(&'a RemoteExec);
+
+impl Drop for LocalSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.0.local_free.lock() {
+            *free += 1;
+        }
+        self.0.local_freed.notify_one();
+    }
 }
 
 impl std::fmt::Debug for RemoteExec {
@@ -71,7 +88,8 @@ const EXECUTE_LIMIT: Duration = Duration::from_secs(24 * 3600);
 impl RemoteExec {
     /// Connects to `url` (`grpc://HOST:PORT[/INSTANCE]`, `grpcs://…`); a
     /// service that cannot be reached is warned about, and builds run here.
-    pub fn connect(url: &str, quiet: bool) -> anyhow::Result<Arc<RemoteExec>> {
+    /// `local` is how many fallback builds may run here at once.
+    pub fn connect(url: &str, quiet: bool, local: usize) -> anyhow::Result<Arc<RemoteExec>> {
         let endpoint = Endpoint::parse(url)
             .map_err(|e| Exit::user(format!("--remote-exec: {e}")))?
             .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
@@ -98,13 +116,19 @@ impl RemoteExec {
             endpoint,
             rt,
             remote,
+            local_free: std::sync::Mutex::new(local.max(1)),
+            local_freed: std::sync::Condvar::new(),
         }))
     }
 }
 
 /// The execution service of `--remote-exec URL`, else of `remote_exec` in
 /// the config file; `None` when neither is set.
-pub fn from_args(flag: Option<&str>, quiet: bool) -> anyhow::Result<Option<Arc<RemoteExec>>> {
+pub fn from_args(
+    flag: Option<&str>,
+    quiet: bool,
+    local: usize,
+) -> anyhow::Result<Option<Arc<RemoteExec>>> {
     let url = match flag {
         Some(u) => u.to_string(),
         None => match crate::config::load()?.1.remote_exec {
@@ -112,13 +136,29 @@ pub fn from_args(flag: Option<&str>, quiet: bool) -> anyhow::Result<Option<Arc<R
             None => return Ok(None),
         },
     };
-    Ok(Some(RemoteExec::connect(&url, quiet)?))
+    Ok(Some(RemoteExec::connect(&url, quiet, local)?))
 }
 
 impl RemoteExec {
     /// Whether the service answered when connecting (else builds are local).
     pub fn connected(&self) -> bool {
         self.remote.is_some()
+    }
+
+    /// Waits for a slot to build here, after the service failed a build.
+    pub fn local_slot(&self) -> LocalSlot<'_> {
+        let mut free = match self.local_free.lock() {
+            Ok(f) => f,
+            Err(e) => e.into_inner(),
+        };
+        while *free == 0 {
+            free = match self.local_freed.wait(free) {
+                Ok(f) => f,
+                Err(e) => e.into_inner(),
+            };
+        }
+        *free -= 1;
+        LocalSlot(self)
     }
 }
 
@@ -158,6 +198,21 @@ pub fn build(
             Ok(None)
         }
     }
+}
+
+/// The builds this process had executed remotely, by build key: what
+/// `--json`'s `"remote_exec"` says of each.
+static EXECUTED: std::sync::Mutex<std::collections::BTreeMap<Digest, serde_json::Value>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// `--json`'s `"remote_exec"` of a build: `null` unless it was executed
+/// remotely, else `{"endpoint", "action", "operation", "worker"}`.
+pub fn json(key: &Digest) -> serde_json::Value {
+    EXECUTED
+        .lock()
+        .ok()
+        .and_then(|m| m.get(key).cloned())
+        .unwrap_or(serde_json::Value::Null)
 }
 
 fn service(e: impl Into<anyhow::Error>) -> Failed {
@@ -291,6 +346,17 @@ fn build_on(
 
     // 5. Check and install.
     let built = install_result(store, plan, rx, remote, &result).map_err(service)?;
+    if let Ok(mut m) = EXECUTED.lock() {
+        m.insert(
+            plan.key,
+            serde_json::json!({
+                "endpoint": rx.endpoint.to_string(),
+                "action": action_digest.to_string(),
+                "operation": operation,
+                "worker": worker,
+            }),
+        );
+    }
     if !opts.quiet {
         eprintln!(
             "hermit: {shown}: built remotely by worker {worker} (build key {})",
@@ -334,8 +400,16 @@ fn publish_for_cache(
     for (bd, bytes) in cache_action.blobs() {
         rx.rt.block_on(remote.upload_blob(&bd, bytes))?;
     }
+    let tar = act::rdigest(&built.record.output.digest, built.record.output.tar_size);
     rx.rt
         .block_on(remote.update_action_result(&cache_action.digest, result))?;
+    rx.rt
+        .block_on(crate::remote::cache::publish_index(remote, &[tar]))?;
+    rx.rt.block_on(crate::remote::cache::publish_record_index(
+        remote,
+        &built.record.build_key,
+        &d,
+    ))?;
     Ok(())
 }
 
