@@ -708,8 +708,6 @@ fn bytes_chunks(data: &[u8]) -> Vec<Vec<u8>> {
     data.chunks(CHUNK).map(<[u8]>::to_vec).collect()
 }
 
-/// An error and its causes on one line (tonic's transport errors hide the
-/// useful part, e.g. "Connection refused", in their sources).
 /// What to add to the message `why` of a failed `grpcs://` connection or
 /// first call so that it names a certificate problem and its fix. When the
 /// message itself does not tell, a server that hung up right after the
@@ -750,6 +748,8 @@ fn status_message(s: &tonic::Status) -> String {
     message
 }
 
+/// An error and its causes on one line (tonic's transport errors hide the
+/// useful part, e.g. "Connection refused", in their sources).
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
