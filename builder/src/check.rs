@@ -350,7 +350,8 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
                 jobs: None,
                 hook: hook(|s| s.cpus = Some(1)),
                 what: what(format!(
-                    "the CPUs the build may run on (sched_setaffinity; what nproc reports): {have} → 1"
+                    "the CPUs the build may run on (sched_setaffinity; what nproc reports): {have} → 1; \
+                     /proc/cpuinfo and /proc/stat list that one CPU, numbered 0"
                 )),
                 ..Variant::default()
             }
@@ -366,7 +367,7 @@ pub(crate) fn variant(v: &Variation, control_jobs: u32, ctx: &Ctx) -> Result<Var
                 hook: hook(|s| s.linux32 = true),
                 what: what(format!(
                     "the machine name uname reports (personality PER_LINUX32): {from} → {to}; \
-                     the kernel release and version (uname -r, -v) are not varied yet"
+                     the kernel release and version (uname -r, -v) are the kernel variation's"
                 )),
                 ..Variant::default()
             }

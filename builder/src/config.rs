@@ -63,7 +63,7 @@ pub fn load() -> anyhow::Result<(Option<PathBuf>, Config)> {
     };
     let cfg: Config = toml::from_str(&text).map_err(|e| {
         anyhow::anyhow!(
-            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]`, `debian_archives = [\"URL\", ...]`, `remote_exec = \"grpc://HOST:PORT\"` and `[remote]` (url, upload, token_file, ca_file, timeout)",
+            "{}: {}\n  help: the config file knows only `mirrors = [\"DIR or URL\", ...]`, `debian_archives = [\"URL\", ...]`, `remote_exec = \"grpc://HOST:PORT\"` and `[remote]` (url, upload, token_file, ca_file, cert_file, key_file, timeout)",
             path.display(),
             e.to_string().trim_end()
         )

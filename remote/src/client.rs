@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::digest::{Digest, Hasher};
 use crate::endpoint::Endpoint;
@@ -108,22 +108,16 @@ impl Remote {
             if let Some(ca) = endpoint.ca() {
                 tls = tls.ca_certificate(Certificate::from_pem(ca.pem()));
             }
+            if let Some(id) = endpoint.identity() {
+                tls = tls.identity(Identity::from_pem(id.cert_pem(), id.key_pem()));
+            }
             ep = ep.tls_config(tls).map_err(|e| connect_err(e.to_string()))?;
         }
         let channel = match tokio::time::timeout(options.connect_timeout, ep.connect()).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 let mut why = source_chain(&e);
-                if endpoint.tls && why.to_lowercase().contains("certificate") {
-                    let hint = match endpoint.ca() {
-                        Some(ca) => format!(
-                            " (the server's certificate was checked against the web PKI roots and {})",
-                            ca.path().display()
-                        ),
-                        None => " (a server certificate from your own CA needs that CA: set HERMIT_REMOTE_CA or ca_file in [remote] of config.toml to its PEM file)".to_string(),
-                    };
-                    why.push_str(&hint);
-                }
+                why.push_str(&tls_hint(&endpoint, &why, options.connect_timeout).await);
                 return Err(connect_err(why));
             }
             Err(_) => {
@@ -142,7 +136,28 @@ impl Remote {
             max_batch: DEFAULT_BATCH,
             capabilities: reapi::ServerCapabilities::default(),
         };
-        let caps = remote.get_capabilities().await?;
+        let caps = match remote.get_capabilities().await {
+            Ok(c) => c,
+            // The first call is where a server that wants a client
+            // certificate (or refuses ours) says so.
+            Err(Error::Rpc {
+                endpoint: e,
+                op,
+                code,
+                mut message,
+            }) => {
+                message.push_str(
+                    &tls_hint(&remote.endpoint, &message, remote.options.connect_timeout).await,
+                );
+                return Err(Error::Rpc {
+                    endpoint: e,
+                    op,
+                    code,
+                    message,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(cc) = &caps.cache_capabilities {
             let sha256 = reapi::digest_function::Value::Sha256 as i32;
             if !cc.digest_functions.is_empty() && !cc.digest_functions.contains(&sha256) {
@@ -210,7 +225,7 @@ impl Remote {
             endpoint: self.endpoint.to_string(),
             op,
             code: s.code(),
-            message: s.message().to_string(),
+            message: status_message(&s),
         }
     }
 
@@ -691,6 +706,46 @@ impl BlobReader {
 
 fn bytes_chunks(data: &[u8]) -> Vec<Vec<u8>> {
     data.chunks(CHUNK).map(<[u8]>::to_vec).collect()
+}
+
+/// What to add to the message `why` of a failed `grpcs://` connection or
+/// first call so that it names a certificate problem and its fix. When the
+/// message itself does not tell, a server that hung up right after the
+/// handshake and asks for client certificates is taken to have refused
+/// this client's (or its lack of one).
+async fn tls_hint(endpoint: &Endpoint, why: &str, limit: Duration) -> String {
+    let hint = crate::diagnose::hint(endpoint, why);
+    let w = why.to_lowercase();
+    // Nothing to learn from a server that could not be reached at all.
+    if !hint.is_empty()
+        || !endpoint.tls
+        || w.contains("tcp connect error")
+        || w.contains("dns error")
+    {
+        return hint;
+    }
+    if crate::diagnose::asks_for_client_cert(endpoint, limit).await {
+        crate::diagnose::cert_refused(endpoint)
+    } else {
+        String::new()
+    }
+}
+
+/// A status's message and, for one made from a transport error (a TLS
+/// alert, a connection reset), that error's chain of causes: "transport
+/// error" alone says too little.
+fn status_message(s: &tonic::Status) -> String {
+    let mut message = s.message().to_string();
+    if let Some(src) = std::error::Error::source(s) {
+        let chain = source_chain(src);
+        if chain.starts_with(&message) {
+            message = chain;
+        } else if !message.contains(&chain) {
+            message.push_str(": ");
+            message.push_str(&chain);
+        }
+    }
+    message
 }
 
 /// An error and its causes on one line (tonic's transport errors hide the

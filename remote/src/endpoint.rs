@@ -3,12 +3,13 @@
 //! name is everything after the first `/` following the authority and may
 //! itself contain `/` (`grpc://cache:8980/team/linux`). A bearer token is not
 //! part of the URL (it would end up in logs and shell history); it comes from
-//! the environment or the config file and is attached with [`Endpoint::with_token`].
+//! the environment or the config file and is attached with [`Endpoint::with_token`],
+//! like the TLS settings ([`Endpoint::with_ca`], [`Endpoint::with_identity`]).
 
 use std::fmt;
 
 use crate::error::{Error, Result};
-use crate::tls::CaBundle;
+use crate::tls::{CaBundle, ClientIdentity};
 
 /// Where a remote is and how to talk to it.
 #[derive(Clone, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct Endpoint {
     token: Option<String>,
     /// CA certificates trusted for `grpcs://` besides the web PKI roots.
     ca: Option<CaBundle>,
+    /// The client certificate and key presented to `grpcs://` servers.
+    identity: Option<ClientIdentity>,
 }
 
 impl Endpoint {
@@ -99,6 +102,7 @@ impl Endpoint {
             instance: instance.to_string(),
             token: None,
             ca: None,
+            identity: None,
         })
     }
 
@@ -119,6 +123,18 @@ impl Endpoint {
 
     pub fn ca(&self) -> Option<&CaBundle> {
         self.ca.as_ref()
+    }
+
+    /// The same endpoint presenting `identity` when a `grpcs://` server
+    /// asks for a client certificate (mutual TLS; a plain `grpc://`
+    /// endpoint ignores it).
+    pub fn with_identity(mut self, identity: Option<ClientIdentity>) -> Endpoint {
+        self.identity = identity;
+        self
+    }
+
+    pub fn identity(&self) -> Option<&ClientIdentity> {
+        self.identity.as_ref()
     }
 
     pub fn token(&self) -> Option<&str> {

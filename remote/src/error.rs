@@ -32,6 +32,10 @@ pub enum Error {
     Protocol { what: &'static str, why: String },
     #[error("the CA bundle for grpcs:// remotes {}: {why}", path.display())]
     Ca { path: PathBuf, why: String },
+    #[error("the client certificate {} (HERMIT_REMOTE_CERT or cert_file in [remote]): {why}", path.display())]
+    ClientCert { path: PathBuf, why: String },
+    #[error("the client private key {} (HERMIT_REMOTE_KEY or key_file in [remote]): {why}", path.display())]
+    ClientKey { path: PathBuf, why: String },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

@@ -2,7 +2,8 @@
 //! BuildGrid, Buildbarn, BuildBuddy and NativeLink.
 //!
 //! - [`Endpoint`]: `grpc://HOST:PORT[/INSTANCE]` and `grpcs://…` (TLS with
-//!   rustls and the web PKI roots), plus an optional bearer token.
+//!   rustls and the web PKI roots, a team CA, a client certificate for
+//!   mutual TLS), plus an optional bearer token.
 //! - [`Remote`]: Capabilities, the CAS (FindMissingBlobs, BatchUpdateBlobs,
 //!   BatchReadBlobs), ByteStream Read/Write for big blobs (streamed, so a blob
 //!   is never held in memory whole) and the ActionCache.
@@ -16,6 +17,7 @@
 
 pub mod bots;
 pub mod client;
+mod diagnose;
 pub mod digest;
 pub mod endpoint;
 pub mod error;
@@ -27,7 +29,7 @@ pub use client::{Options, Remote};
 pub use digest::Digest;
 pub use endpoint::Endpoint;
 pub use error::Error;
-pub use tls::CaBundle;
+pub use tls::{CaBundle, ClientIdentity};
 
 /// The REAPI v2 messages (`Action`, `Command`, `ActionResult`, …).
 pub use proto::build::bazel::remote::execution::v2 as reapi;

@@ -47,9 +47,11 @@ mod run;
 pub mod seccomp;
 mod setup;
 pub mod spec;
+pub mod subids;
 mod sys;
 pub mod terminal;
 mod trace;
+pub mod views;
 mod zygote;
 
 pub use outcome::{Outcome, SetupFailure};

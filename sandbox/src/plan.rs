@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{Mount, SandboxSpec, SpecError};
+use crate::views::View;
 
 /// Host device nodes bound into the sandbox's `/dev`.
 pub const DEV_NODES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
@@ -128,6 +129,13 @@ pub enum Op {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         contents: Option<String>,
     },
+    /// Show `dst` (a file of /proc, or of a bound `/sys`), if it exists,
+    /// as a read-only file made at setup from its current text and `view`
+    /// (see [`crate::views`]).
+    View {
+        dst: PathBuf,
+        view: View,
+    },
     /// Make the mount at `dst` read-only (it was writable while being filled).
     RemountReadOnly {
         dst: PathBuf,
@@ -175,6 +183,7 @@ impl fmt::Display for Op {
                 None => write!(f, "mask {}", dst.display()),
                 Some(_) => write!(f, "mask {} with a fixed file", dst.display()),
             },
+            Op::View { dst, view } => write!(f, "show {} {}", dst.display(), view.what()),
             Op::SealRoot => f.write_str("make the root read-only"),
         }
     }
@@ -263,6 +272,7 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
             },
         });
     }
+    ops.extend(views(spec));
     let covered = |f: &str| {
         spec.mounts
             .iter()
@@ -291,6 +301,47 @@ pub fn plan(spec: &SandboxSpec) -> Result<Vec<Op>, SpecError> {
     }
     ops.push(Op::SealRoot);
     Ok(ops)
+}
+
+/// The kernel's own files of what `uname` and `cpus` vary, shown with the
+/// varied values (only when a spec varies them: a build's plan has none).
+/// After the spec's mounts, so that a bound `/sys` is covered too.
+fn views(spec: &SandboxSpec) -> Vec<Op> {
+    let p = PathBuf::from;
+    let mut ops = Vec::new();
+    if let Some(u) = &spec.uname {
+        for (f, value) in [("osrelease", &u.release), ("version", &u.version)] {
+            ops.push(Op::Mask {
+                dst: Path::new("/proc/sys/kernel").join(f),
+                kind: MaskKind::File,
+                contents: Some(format!("{value}\n")),
+            });
+        }
+        ops.push(Op::View {
+            dst: p("/proc/version"),
+            view: View::Version {
+                release: u.release.clone(),
+                version: u.version.clone(),
+            },
+        });
+    }
+    if let Some(cpus) = spec.cpus {
+        ops.push(Op::View {
+            dst: p("/proc/cpuinfo"),
+            view: View::CpuInfo { cpus },
+        });
+        ops.push(Op::View {
+            dst: p("/proc/stat"),
+            view: View::Stat { cpus },
+        });
+        for f in ["online", "present", "possible"] {
+            ops.push(Op::View {
+                dst: Path::new("/sys/devices/system/cpu").join(f),
+                view: View::CpuList { cpus },
+            });
+        }
+    }
+    ops
 }
 
 /// `/etc/hosts`: loopback only.
@@ -477,6 +528,48 @@ mod tests {
             writable: true,
         });
         assert!(matches!(plan(&s), Err(SpecError::ReservedDestination(_))));
+    }
+
+    #[test]
+    fn varied_kernel_and_cpus_are_shown_by_their_files_too() {
+        let mut s = spec();
+        s.uname = Some(crate::spec::Uname {
+            release: "4.4.0-x".into(),
+            version: "#1 x".into(),
+        });
+        s.cpus = Some(1);
+        let ops = plan(&s).unwrap();
+        let listed = render(&ops);
+        let at = |line: &str| {
+            listed
+                .iter()
+                .position(|l| l == line)
+                .unwrap_or_else(|| panic!("no {line:?} in {listed:#?}"))
+        };
+        let last_mount = at("bind /host/in on /inputs/zlib (read-only)");
+        for line in [
+            "mask /proc/sys/kernel/osrelease with a fixed file",
+            "mask /proc/sys/kernel/version with a fixed file",
+            "show /proc/version with kernel release 4.4.0-x",
+            "show /proc/cpuinfo with 1 CPU(s) at most",
+            "show /proc/stat with 1 CPU(s) at most",
+            "show /sys/devices/system/cpu/online with 1 CPU(s) at most",
+            "show /sys/devices/system/cpu/present with 1 CPU(s) at most",
+            "show /sys/devices/system/cpu/possible with 1 CPU(s) at most",
+        ] {
+            assert!(at(line) > last_mount, "{line}");
+        }
+        assert!(ops.contains(&Op::Mask {
+            dst: "/proc/sys/kernel/osrelease".into(),
+            kind: MaskKind::File,
+            contents: Some("4.4.0-x\n".into()),
+        }));
+        let json = serde_json::to_string(&ops).unwrap();
+        assert_eq!(serde_json::from_str::<Vec<Op>>(&json).unwrap(), ops);
+        // A build's plan (neither varied) has none of them.
+        assert!(!render(&plan(&spec()).unwrap())
+            .iter()
+            .any(|l| l.starts_with("show ") || l.contains("osrelease")));
     }
 
     #[test]

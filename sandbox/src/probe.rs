@@ -146,8 +146,14 @@ pub fn checks() -> Vec<Check> {
     out.push(ok(
         "newuidmap",
         &match newuidmap {
-            Some(p) => format!("{p} present (not needed: hermit maps a single uid itself)"),
-            None => "absent (not needed: hermit maps a single uid itself)".into(),
+            Some(p) => format!(
+                "{p} present (builds do not need it: hermit maps a single uid itself; \
+                 `hermit check --vary archive` uses it to vary the sources' owner)"
+            ),
+            None => "absent (builds do not need it: hermit maps a single uid itself; \
+                     `hermit check --vary archive` needs it, from the uidmap package, to vary \
+                     the sources' owner as an ordinary user)"
+                .into(),
         },
     ));
 

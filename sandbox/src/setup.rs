@@ -34,6 +34,7 @@ use nix::unistd::{chdir, mkdir, pivot_root};
 use crate::outcome::SetupFailure;
 use crate::plan::{MaskKind, Op};
 use crate::sys;
+use crate::views::{self, View};
 
 const STAGING: &str = "/tmp";
 const OLDROOT: &str = "/oldroot";
@@ -533,6 +534,7 @@ impl Builder {
                 kind,
                 contents,
             } => self.mask(dst, *kind, contents.as_deref())?,
+            Op::View { dst, view } => self.view(dst, view)?,
             Op::SealRoot => {
                 for s in &self.skeletons {
                     restrict(&inside(s), true, false)?;
@@ -551,11 +553,7 @@ impl Builder {
             if fs::symlink_metadata(&t).is_err() {
                 return Ok(());
             }
-            self.files += 1;
-            let f = Path::new(FILES).join(self.files.to_string());
-            fs::write(&f, text).map_err(io_fail("create", &f))?;
-            bind(&f, &t, false)?;
-            return restrict(&t, true, false);
+            return self.fixed_file(&t, text);
         }
         let mount_as = |kind: MaskKind| match kind {
             MaskKind::Dir => {
@@ -589,6 +587,34 @@ impl Builder {
                 Ok(_) => Err(e),
             },
         }
+    }
+
+    /// Binds a read-only file of `text`, made in the staging tmpfs, over
+    /// the existing entry `t`.
+    fn fixed_file(&mut self, t: &Path, text: &str) -> R<()> {
+        self.files += 1;
+        let f = Path::new(FILES).join(self.files.to_string());
+        fs::write(&f, text).map_err(io_fail("create", &f))?;
+        bind(&f, t, false)?;
+        restrict(t, true, false)
+    }
+
+    /// [`Op::View`]: `dst`, when it is a regular file reached without a
+    /// symlink (a /proc file; a sysfs file where a spec binds `/sys`),
+    /// shown as [`views::render`] makes it from its current text.
+    fn view(&mut self, dst: &Path, view: &View) -> R<()> {
+        let t = inside(dst);
+        let regular = fs::symlink_metadata(&t).is_ok_and(|m| m.is_file());
+        if !regular || checked(&t).is_err() {
+            return Ok(());
+        }
+        let current = fs::read_to_string(&t).map_err(io_fail("read", &t))?;
+        let u = nix::sys::utsname::uname().map_err(fail("uname", &t))?;
+        let text = |s: &std::ffi::OsStr| s.to_string_lossy().into_owned();
+        let (sysname, release, version) = (text(u.sysname()), text(u.release()), text(u.version()));
+        let allowed = views::allowed_cpus().map_err(fail("sched_getaffinity", &t))?;
+        let new = views::render(view, &current, (&sysname, &release, &version), &allowed);
+        self.fixed_file(&t, &new)
     }
 
     fn backing(&self, dir: &Path) -> Backing {

@@ -164,11 +164,17 @@ pub struct ExecConfig {
     /// Seconds a bot may go without UpdateBotSession before its session is
     /// closed and its leases are queued again.
     pub keepalive_secs: u32,
+    /// The channel's TLS settings in place of `insecure-mode: true` (e.g.
+    /// [`crate::remote::mtls_channel`]); the URL is then `grpcs://`.
+    pub tls: Option<String>,
 }
 
 impl Default for ExecConfig {
     fn default() -> Self {
-        ExecConfig { keepalive_secs: 8 }
+        ExecConfig {
+            keepalive_secs: 8,
+            tls: None,
+        }
     }
 }
 
@@ -178,7 +184,7 @@ impl Default for ExecConfig {
 /// `OSFamily` and `ISA`; a bot that stops calling in is given up after
 /// `keepalive_secs`, checked every second.
 pub fn exec_config(port: u16, db: &str, cas: &Path, c: &ExecConfig) -> String {
-    format!(
+    let text = format!(
         r#"server:
   - !channel
     address: "127.0.0.1:{port}"
@@ -225,7 +231,11 @@ thread-pool-size: 40
 "#,
         cas = cas.display(),
         keepalive = c.keepalive_secs,
-    )
+    );
+    match &c.tls {
+        Some(tls) => text.replace("    insecure-mode: true\n", tls),
+        None => text,
+    }
 }
 
 /// A BuildGrid server with execution, and its database; both stopped when
@@ -233,6 +243,7 @@ thread-pool-size: 40
 pub struct BuildGridExec {
     pub dir: PathBuf,
     pub port: u16,
+    tls: bool,
     child: Child,
     // Dropped after the server (fields drop in order).
     _pg: Postgres,
@@ -264,6 +275,7 @@ impl BuildGridExec {
         let mut bg = BuildGridExec {
             dir: dir.to_path_buf(),
             port,
+            tls: c.tls.is_some(),
             child,
             _pg: pg,
         };
@@ -285,9 +297,10 @@ impl BuildGridExec {
         bg
     }
 
-    /// `grpc://127.0.0.1:PORT`.
+    /// `grpc://127.0.0.1:PORT` (`grpcs://` with TLS).
     pub fn url(&self) -> String {
-        format!("grpc://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "grpcs" } else { "grpc" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The server's log so far.

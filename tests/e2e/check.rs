@@ -145,6 +145,14 @@ fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
 const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     ("ncpu", "nproc > $out/n", "", "cpus", "n", "CPU count"),
     (
+        "cpuinfo",
+        "grep -c ^processor /proc/cpuinfo > $out/c",
+        "",
+        "cpus",
+        "c",
+        "CPU count",
+    ),
+    (
         "jobs",
         "echo $HERMIT_JOBS > $out/j",
         "",
@@ -163,6 +171,14 @@ const UNREPRODUCIBLE: &[(&str, &str, &str, &str, &str, &str)] = &[
     (
         "kernel",
         "uname -r > $out/r",
+        "",
+        "kernel",
+        "r",
+        "kernel version (uname -r/-v)",
+    ),
+    (
+        "osrel",
+        "cat /proc/sys/kernel/osrelease > $out/r",
         "",
         "kernel",
         "r",
@@ -368,7 +384,11 @@ fn check_catches_each_unreproducible_build_by_its_variation(who: As) {
         }
     }
     // The text report names the variation, the file and the cause.
-    let o = hermit(who, &home, &["check", specs[2].to_str().unwrap()]);
+    let arch = specs
+        .iter()
+        .find(|s| s.parent().unwrap().ends_with("arch"))
+        .unwrap();
+    let o = hermit(who, &home, &["check", arch.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("uname       DIFFERS"), "{text}");
@@ -909,6 +929,189 @@ make install DESTDIR="$out"
     assert_eq!(b["output_digest"], v["control_digest"]);
 }
 
+/// `kernel` and `cpus` show their values in /proc too: the release and
+/// version in `/proc/sys/kernel/osrelease` and `/proc/version`; one CPU in
+/// `/proc/cpuinfo` and `/proc/stat`, where glibc counts CPUs when there is
+/// no sysfs (`getconf`, coreutils' `nproc --all`, dynamically linked from
+/// the host into the image).
+fn check_shows_the_varied_kernel_and_cpus_in_proc(who: As) {
+    let t = who.scratch();
+    let lib = "usr/lib/x86_64-linux-gnu";
+    let manifest = crate::image::busybox_layout_with(
+        &t.path().join("image"),
+        &[
+            ("/usr/bin/getconf", "usr/bin/getconf"),
+            ("/usr/bin/nproc", "usr/bin/nproc"),
+            ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+            (
+                "/lib/x86_64-linux-gnu/libc.so.6",
+                &format!("{lib}/libc.so.6"),
+            ),
+        ],
+    );
+    let d = t.path().join("proc");
+    fs::create_dir_all(&d).unwrap();
+    let script = "cat /proc/sys/kernel/osrelease > $out/osrelease\n\
+                  cat /proc/version > $out/version\n\
+                  grep -c ^processor /proc/cpuinfo > $out/cpuinfo\n\
+                  grep -c '^cpu[0-9]' /proc/stat > $out/stat\n\
+                  /usr/bin/getconf _NPROCESSORS_ONLN > $out/onln\n\
+                  /usr/bin/nproc --all > $out/all";
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[package]\nname = \"proc\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\n\
+             digest = \"{manifest}\"\n\n[build]\nscript = \"\"\"\n{script}\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    who.give(t.path());
+    let home = t.path().join("home");
+    let o = hermit(
+        who,
+        &home,
+        &[
+            "check",
+            spec.to_str().unwrap(),
+            "--vary",
+            "kernel,cpus",
+            "--json",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let control = PathBuf::from(v["control_output"].as_str().unwrap());
+    let read = |dir: &Path, f: &str| fs::read_to_string(dir.join(f)).unwrap();
+    let host_release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(read(&control, "osrelease"), host_release);
+    let k = variation(&v, "kernel");
+    assert_eq!(
+        files(k),
+        serde_json::json!([
+            {"how": "changed", "path": "osrelease"},
+            {"how": "changed", "path": "version"},
+        ]),
+        "{k}"
+    );
+    assert_eq!(
+        k["causes"],
+        serde_json::json!(["kernel version (uname -r/-v)"]),
+        "{k}"
+    );
+    let out = PathBuf::from(k["output"].as_str().unwrap());
+    assert_eq!(read(&out, "osrelease"), "4.4.0-hermit-check\n");
+    let version = read(&out, "version");
+    assert!(
+        version.starts_with("Linux version 4.4.0-hermit-check ")
+            && version.ends_with(" #1 SMP hermit-check-variant\n")
+            && !version.contains(host_release.trim()),
+        "{version}"
+    );
+    let host_cpus = std::thread::available_parallelism().unwrap().get();
+    let c = variation(&v, "cpus");
+    if host_cpus < 2 {
+        assert_eq!(c["varied"], false, "{c}");
+        return;
+    }
+    for f in ["cpuinfo", "stat", "onln", "all"] {
+        assert_eq!(read(&control, f), format!("{host_cpus}\n"), "{f}");
+    }
+    assert_eq!(
+        files(c),
+        serde_json::json!([
+            {"how": "changed", "path": "all"},
+            {"how": "changed", "path": "cpuinfo"},
+            {"how": "changed", "path": "onln"},
+            {"how": "changed", "path": "stat"},
+        ]),
+        "{c}"
+    );
+    assert_eq!(c["causes"], serde_json::json!(["CPU count"]), "{c}");
+    let out = PathBuf::from(c["output"].as_str().unwrap());
+    for f in ["cpuinfo", "stat", "onln", "all"] {
+        assert_eq!(read(&out, f), "1\n", "{f}");
+    }
+}
+
+/// `archive` varies the sources' owner for an ordinary user too, through
+/// its subordinate ids (the build sees `nobody`, as it does when root
+/// varies it), and the check leaves nothing behind that the caller cannot
+/// remove: every file under HERMIT_HOME is the caller's afterwards.
+fn check_varies_the_sources_owner_and_leaves_no_scratch(who: As) {
+    crate::fixtures::ensure_subids();
+    let t = who.scratch();
+    let specs = project(
+        t.path(),
+        &[(
+            "owner",
+            "stat -c '%u %U' /sources/src/f > $out/f\nstat -c '%u %U' /sources/src > $out/d",
+        )],
+    );
+    with_source(&specs[0]);
+    who.give(t.path());
+    let home = t.path().join("home");
+    let spec = specs[0].to_str().unwrap();
+    let o = hermit(who, &home, &["check", spec, "--vary", "archive", "--json"]);
+    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
+    let v = json(&o);
+    let x = variation(&v, "archive");
+    let what = x["what"].as_str().unwrap();
+    assert!(
+        what.contains("owners → uid/gid 12345") && !what.contains("not varied"),
+        "{x}"
+    );
+    if who == As::User {
+        assert!(what.contains("subordinate uid/gid 1300000/1300000"), "{x}");
+    }
+    assert_eq!(
+        files(x),
+        serde_json::json!([
+            {"how": "changed", "path": "d"},
+            {"how": "changed", "path": "f"},
+        ]),
+        "{x}"
+    );
+    assert_eq!(
+        x["causes"],
+        serde_json::json!(["archive metadata (mtimes, owners, modes of the sources)"]),
+        "{x}"
+    );
+    let out = PathBuf::from(x["output"].as_str().unwrap());
+    let control = PathBuf::from(v["control_output"].as_str().unwrap());
+    assert_eq!(fs::read_to_string(out.join("f")).unwrap(), "65534 nobody\n");
+    assert_eq!(fs::read_to_string(out.join("d")).unwrap(), "65534 nobody\n");
+    assert_ne!(
+        fs::read_to_string(control.join("f")).unwrap(),
+        "65534 nobody\n"
+    );
+    // The varied copy is gone, and nothing under HERMIT_HOME belongs to
+    // anyone but the caller (a subordinate id's file would be one the
+    // caller cannot remove without a namespace).
+    fn walk(p: &Path, uid: u32, seen: &mut usize) {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(p).unwrap();
+        assert_eq!(m.uid(), uid, "{} is not the caller's", p.display());
+        *seen += 1;
+        if m.is_dir() {
+            for e in fs::read_dir(p).unwrap() {
+                walk(&e.unwrap().path(), uid, seen);
+            }
+        }
+    }
+    let mut seen = 0;
+    walk(&home, who.uid(), &mut seen);
+    assert!(seen > 10, "{seen}");
+    // …and the caller removes it all (the store's entries are read-only,
+    // as always).
+    let o = run(who
+        .program(Path::new("/bin/sh"))
+        .args(["-c", "chmod -R u+w \"$1\" && rm -rf \"$1\"", "sh"])
+        .arg(&home));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(!home.exists());
+}
+
 /// `archive` under a `[build] workdir` view: `/build` shows the varied copy
 /// too, and the build can still change a file of it (copy-up).
 fn check_varies_the_sources_under_a_workdir_view(who: As) {
@@ -953,6 +1156,8 @@ fn check_varies_the_sources_under_a_workdir_view(who: As) {
 }
 
 both_users!(
+    check_varies_the_sources_owner_and_leaves_no_scratch,
+    check_shows_the_varied_kernel_and_cpus_in_proc,
     check_varies_the_sources_under_a_workdir_view,
     check_passes_gnu_hello_from_its_tarball,
     check_names_the_locale_sort_order,

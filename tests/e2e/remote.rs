@@ -100,6 +100,18 @@ impl BuildGrid {
         })
     }
 
+    /// A server speaking TLS like [`BuildGrid::start_tls`] that requires
+    /// every client to present a certificate signed by `client_ca`
+    /// (BuildGrid's `tls-client-certs`).
+    pub fn start_mtls(dir: &Path, cert: &Path, key: &Path, client_ca: &Path) -> BuildGrid {
+        BuildGrid::start_config(dir, "", |port, cas| {
+            cache_config(port, cas).replace(
+                "    insecure-mode: true\n",
+                &mtls_channel(cert, key, client_ca),
+            )
+        })
+    }
+
     fn start_with(dir: &Path, extra_config: &str) -> BuildGrid {
         BuildGrid::start_config(dir, extra_config, cache_config)
     }
@@ -209,6 +221,17 @@ instances:
         storage: *cas
 "#,
         cas = cas.display()
+    )
+}
+
+/// The TLS part of a BuildGrid `!channel` that requires client
+/// certificates signed by `client_ca` (docs/remote.md shows it).
+pub fn mtls_channel(cert: &Path, key: &Path, client_ca: &Path) -> String {
+    format!(
+        "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      tls-server-cert: {}\n      tls-client-certs: {}\n",
+        key.display(),
+        cert.display(),
+        client_ca.display()
     )
 }
 
@@ -825,7 +848,7 @@ fn build_with_config(who: As, home: &Path, cfg: &Path, spec: &Path) -> (serde_js
 
 /// A CA and a server certificate it signed for 127.0.0.1 and localhost,
 /// made with `openssl` in `dir`: (ca.pem, server.pem, server.key).
-fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     fs::create_dir_all(dir).unwrap();
     let openssl = |args: &[&str]| {
         let o = run(Command::new("openssl").current_dir(dir).args(args));
@@ -895,6 +918,59 @@ fn test_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         dir.join("server.pem"),
         dir.join("server.key"),
     )
+}
+
+/// A client certificate `name.pem` (for TLS client authentication) and
+/// its key `name.key`, signed by the CA [`test_ca`] made in `dir`.
+pub fn client_cert(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let o = run(Command::new("openssl").current_dir(dir).args(args));
+        assert!(o.status.success(), "openssl {args:?}: {}", both(&o));
+    };
+    let (pem, key, csr, ext) = (
+        format!("{name}.pem"),
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.ext"),
+    );
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &csr,
+        "-subj",
+        &format!("/CN={name}"),
+    ]);
+    fs::write(
+        dir.join(&ext),
+        "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-set_serial",
+        "3",
+        "-days",
+        "2",
+        "-extfile",
+        &ext,
+        "-out",
+        &pem,
+    ]);
+    (dir.join(pem), dir.join(key))
 }
 
 fn a_grpcs_remote_behind_its_own_ca(who: As) {
@@ -995,6 +1071,257 @@ fn a_grpcs_remote_behind_its_own_ca(who: As) {
         assert!(err.contains(needle), "{err}");
         assert!(!err.contains(&marker), "{err}");
     }
+}
+
+fn a_grpcs_remote_requiring_client_certificates(who: As) {
+    let t = who.scratch();
+    let pki = t.path().join("pki");
+    let (ca, cert, key) = test_ca(&pki);
+    let (client, client_key) = client_cert(&pki, "client");
+    // A certificate of the same name from a CA the server does not trust.
+    let elsewhere = t.path().join("pki-other");
+    test_ca(&elsewhere);
+    let (stranger, stranger_key) = client_cert(&elsewhere, "client");
+    let bg = BuildGrid::start_mtls(&t.path().join("bg"), &cert, &key, &ca);
+    let url = bg.url();
+    let marker = nonce("remote-mtls");
+    let spec = remote_project(&t.path().join("p"), &marker);
+    who.give(t.path());
+    let b = other(who);
+    let key_text = fs::read_to_string(&client_key).unwrap();
+    let key_line = key_text.lines().nth(1).unwrap().to_string();
+
+    // `hermit build … --remote URL` as `who` in a fresh store, with `env`.
+    let build_env = |home: &str, env: &[(&str, &Path)]| {
+        let mut c = who.hermit_in(&home_of(who, t.path(), home));
+        c.env("HERMIT_REMOTE_CA", &ca);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run(c
+            .arg("build")
+            .arg(&spec)
+            .args(["--json", "--remote", &url, "--remote-upload"]))
+    };
+
+    // No client certificate, or one from a CA the server does not trust:
+    // refused by the server, one warning naming the problem and the fix,
+    // a local build.
+    for (home, env, needles) in [
+        (
+            "h-none",
+            vec![],
+            vec![
+                "requires a client certificate",
+                "HERMIT_REMOTE_CERT",
+                "cert_file",
+            ],
+        ),
+        (
+            "h-stranger",
+            vec![
+                ("HERMIT_REMOTE_CERT", stranger.as_path()),
+                ("HERMIT_REMOTE_KEY", stranger_key.as_path()),
+            ],
+            vec![
+                "refused the client certificate",
+                stranger.to_str().unwrap(),
+                "tls-client-certs",
+            ],
+        ),
+    ] {
+        let o = build_env(home, &env);
+        assert!(o.status.success(), "{}", both(&o));
+        let err = stderr(&o);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["cached"], false, "{v}");
+        assert_eq!(err.matches("warning").count(), 1, "{err}");
+        assert!(err.contains("warning: the remote"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "{n:?} in {err}");
+        }
+        assert!(err.contains(&marker), "{err}");
+        eprintln!(
+            "{home}: {}",
+            err.lines().find(|l| l.contains("warning")).unwrap()
+        );
+    }
+    let blobs = |dir: &Path| {
+        let mut n = 0;
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    todo.push(p);
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    assert_eq!(blobs(&bg.dir.join("cas")), 0, "a refused client uploaded");
+
+    // The right certificate from the environment: uploaded.
+    let o = build_env(
+        "h-a",
+        &[
+            ("HERMIT_REMOTE_CERT", &client),
+            ("HERMIT_REMOTE_KEY", &client_key),
+        ],
+    );
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+    assert!(stderr(&o).contains(&marker), "{}", both(&o));
+    let va: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(va["remote"]["hit"], false, "{va}");
+    assert!(blobs(&bg.dir.join("cas")) > 0);
+
+    // B, another user with a fresh store, its own checkout and its own
+    // copy of the certificate and key: a remote cache hit.
+    let mine = t.path().join("b");
+    fs::create_dir_all(&mine).unwrap();
+    for f in [&ca, &client, &client_key] {
+        fs::copy(f, mine.join(f.file_name().unwrap())).unwrap();
+    }
+    let o = run(Command::new("cp")
+        .arg("-a")
+        .arg(t.path().join("p"))
+        .arg(mine.join("p")));
+    assert!(o.status.success(), "{}", both(&o));
+    b.give(&mine);
+    let o = run(b
+        .hermit_in(&home_of(b, t.path(), "h-b"))
+        .env("HERMIT_REMOTE_CA", mine.join("ca.pem"))
+        .env("HERMIT_REMOTE_CERT", mine.join("client.pem"))
+        .env("HERMIT_REMOTE_KEY", mine.join("client.key"))
+        .arg("build")
+        .arg(mine.join("p/spec.toml"))
+        .args(["--json", "--remote", &url]));
+    assert!(o.status.success(), "{}", both(&o));
+    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vb["remote"]["hit"], true, "{vb} {}", both(&o));
+    assert_eq!(vb["cached"], true, "{vb}");
+    assert_eq!(vb["output_digest"], va["output_digest"]);
+    assert!(
+        !stderr(&o).contains(&marker),
+        "B ran the build: {}",
+        both(&o)
+    );
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+
+    // From config.toml: cert_file and key_file (relative to it) beside
+    // ca_file; a fresh store gets a hit.
+    let config = format!(
+        "[remote]\nurl = \"{url}\"\nca_file = \"team-ca.pem\"\ncert_file = \"me.pem\"\nkey_file = \"me.key\"\n"
+    );
+    let cfg = config_dir(
+        who,
+        t.path(),
+        &config,
+        &[
+            ("team-ca.pem", &fs::read(&ca).unwrap()),
+            ("me.pem", &fs::read(&client).unwrap()),
+            ("me.key", key_text.as_bytes()),
+        ],
+    );
+    let (v, o) = build_with_config(who, &home_of(who, t.path(), "h-config"), &cfg, &spec);
+    assert_eq!(v["remote"]["hit"], true, "{v} {}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+    // `hermit mirror --to` presents it too (from A's store, which holds
+    // the sources and the toolchain).
+    let o = run(who
+        .hermit_in(&home_of(who, t.path(), "h-a"))
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("mirror")
+        .arg(&spec)
+        .args(["--to", &url]));
+    assert!(o.status.success(), "{}", both(&o));
+    assert!(stdout_of(&o).contains("added"), "{}", both(&o));
+    assert!(!stderr(&o).contains("warning"), "{}", both(&o));
+
+    // Bad certificate or key files: one error naming the file and the
+    // fix, nothing built, the key never printed.
+    let missing = t.path().join("no-such-cert.pem");
+    let not_pem = pki.join("client.ext");
+    type Env<'a> = Vec<(&'a str, &'a Path)>;
+    let cases: [(Env, &Path, &str); 6] = [
+        (
+            vec![
+                ("HERMIT_REMOTE_CERT", &missing),
+                ("HERMIT_REMOTE_KEY", &client_key),
+            ],
+            &missing,
+            "cannot read it",
+        ),
+        (
+            vec![
+                ("HERMIT_REMOTE_CERT", &not_pem),
+                ("HERMIT_REMOTE_KEY", &client_key),
+            ],
+            &not_pem,
+            "holds no PEM certificate",
+        ),
+        (
+            vec![
+                ("HERMIT_REMOTE_CERT", &client_key),
+                ("HERMIT_REMOTE_KEY", &client_key),
+            ],
+            &client_key,
+            "holds a private key, not a certificate",
+        ),
+        (
+            vec![
+                ("HERMIT_REMOTE_CERT", &client),
+                ("HERMIT_REMOTE_KEY", &stranger_key),
+            ],
+            &stranger_key,
+            "does not belong to the certificate",
+        ),
+        (
+            vec![("HERMIT_REMOTE_CERT", &client)],
+            &client,
+            "HERMIT_REMOTE_KEY is not",
+        ),
+        (
+            vec![("HERMIT_REMOTE_KEY", &client_key)],
+            &client_key,
+            "HERMIT_REMOTE_CERT is not",
+        ),
+    ];
+    for (env, named, needle) in cases {
+        let o = build_env("h-bad", &env);
+        assert!(!o.status.success(), "{}", both(&o));
+        let err = stderr(&o);
+        assert_eq!(
+            err.lines().filter(|l| l.contains("error")).count(),
+            1,
+            "{err}"
+        );
+        assert!(err.contains(&named.display().to_string()), "{err}");
+        assert!(err.contains(needle), "{needle:?} in {err}");
+        assert!(!err.contains(&marker), "{err}");
+        assert!(!both(&o).contains(&key_line), "{err}");
+    }
+    // In config.toml, a certificate without its key.
+    let cfg = config_dir(
+        who,
+        t.path(),
+        &format!("[remote]\nurl = \"{url}\"\ncert_file = \"me.pem\"\n"),
+        &[("me.pem", &fs::read(&client).unwrap())],
+    );
+    let o = run(who
+        .hermit_in(&home_of(who, t.path(), "h-bad-config"))
+        .env("XDG_CONFIG_HOME", &cfg)
+        .arg("build")
+        .arg(&spec));
+    assert!(!o.status.success(), "{}", both(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("config.toml") && err.contains("cert_file but no key_file"),
+        "{err}"
+    );
 }
 
 /// `hermit rebuild RECORD --remote` on a fresh store: the record names its
@@ -1140,6 +1467,7 @@ fn index_action(sha256: &hermit_store::Digest) -> Digest {
 }
 
 both_users!(
+    a_grpcs_remote_requiring_client_certificates,
     a_grpcs_remote_behind_its_own_ca,
     a_token_opens_an_authenticated_remote,
     remote_cache_hit_on_another_machine,

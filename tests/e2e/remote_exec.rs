@@ -22,11 +22,24 @@ struct Worker {
 
 impl Worker {
     fn start(who: As, dir: &Path, url: &str, name: &str, extra: &[&str]) -> Worker {
+        Worker::start_env(who, dir, url, name, extra, &[])
+    }
+
+    /// [`Worker::start`] with environment variables `env` set.
+    fn start_env(
+        who: As,
+        dir: &Path,
+        url: &str,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Worker {
         let home = dir.join(format!("home-{name}"));
         let log = dir.join(format!("{name}.log"));
         let f = fs::File::create(&log).unwrap();
         let child = who
             .hermit_in(&home)
+            .envs(env.iter().copied())
             .args(["worker", "--remote", url, "--name", name])
             .args(extra)
             .stdin(Stdio::null())
@@ -249,7 +262,13 @@ fn remote_exec_graph_runs_on_two_workers_identical_to_local(who: As) {
 fn remote_exec_worker_killed_mid_action_is_retried_elsewhere(who: As) {
     let t = who.scratch();
     let bgdir = As::Root.scratch();
-    let bg = BuildGridExec::start(bgdir.path(), &ExecConfig { keepalive_secs: 5 });
+    let bg = BuildGridExec::start(
+        bgdir.path(),
+        &ExecConfig {
+            keepalive_secs: 5,
+            ..ExecConfig::default()
+        },
+    );
     let specs = graph_project(
         &t.path().join("p"),
         &[("slow", "sleep 4\necho done > $out/done", &[])],
@@ -397,6 +416,101 @@ fn remote_exec_unreachable_service_builds_locally(who: As) {
     );
 }
 
+/// BuildGrid with execution behind TLS that requires client
+/// certificates: a worker without one is refused with the fix named; a
+/// worker and a client presenting theirs build remotely.
+fn remote_exec_over_mutual_tls(who: As) {
+    let t = who.scratch();
+    let pki = t.path().join("pki");
+    let (ca, cert, key) = crate::remote::test_ca(&pki);
+    let (client, client_key) = crate::remote::client_cert(&pki, "client");
+    let bgdir = As::Root.scratch();
+    let bg = BuildGridExec::start(
+        bgdir.path(),
+        &ExecConfig {
+            tls: Some(crate::remote::mtls_channel(&cert, &key, &ca)),
+            ..ExecConfig::default()
+        },
+    );
+    let url = bg.url();
+    assert!(url.starts_with("grpcs://"), "{url}");
+    let specs = graph_project(
+        &t.path().join("p"),
+        &[
+            ("x", "echo over-mtls > $out/x", &[]),
+            ("y", "echo y > $out/y", &[]),
+        ],
+    );
+    who.give(t.path());
+
+    // Without a certificate the worker cannot open a session.
+    let mut bare = Worker::start_env(
+        who,
+        t.path(),
+        &url,
+        "bare",
+        &[],
+        &[("HERMIT_REMOTE_CA", &ca)],
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = bare.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "a worker without a certificate kept going:\n{}",
+            bare.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "{}", bare.log());
+    assert!(
+        bare.log().contains("requires a client certificate"),
+        "{}",
+        bare.log()
+    );
+
+    let tls: [(&str, &Path); 3] = [
+        ("HERMIT_REMOTE_CA", &ca),
+        ("HERMIT_REMOTE_CERT", &client),
+        ("HERMIT_REMOTE_KEY", &client_key),
+    ];
+    let w = Worker::start_env(who, t.path(), &url, "w1", &[], &tls);
+    w.wait_for("session", Duration::from_secs(30));
+    let o = output_within(
+        remote_build(
+            who,
+            &t.path().join("home-client"),
+            specs[0].to_str().unwrap(),
+            &url,
+        )
+        .envs(tls.iter().copied()),
+        Duration::from_secs(300),
+    );
+    assert!(
+        o.status.success(),
+        "{}\n--- worker\n{}\n--- buildgrid\n{}",
+        both(&o),
+        w.log(),
+        bg.log()
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(err.matches("built remotely by worker").count(), 1, "{err}");
+    let v = json(&o);
+    assert_eq!(
+        fs::read_to_string(PathBuf::from(v["output"].as_str().unwrap()).join("x")).unwrap(),
+        "over-mtls\n"
+    );
+    assert_eq!(
+        w.finished_keys(),
+        vec![v["build_key"].as_str().unwrap().to_string()],
+        "{}",
+        w.log()
+    );
+}
+
 /// A service that connects but cannot execute (a cache-only BuildGrid: no
 /// Execution service) fails every node: each falls back to a local build,
 /// but no more than `-j` of them run here at once. Four independent
@@ -457,6 +571,7 @@ fn remote_exec_failing_service_falls_back_within_jobs(who: As) {
 }
 
 both_users!(
+    remote_exec_over_mutual_tls,
     remote_exec_graph_runs_on_two_workers_identical_to_local,
     remote_exec_worker_killed_mid_action_is_retried_elsewhere,
     remote_exec_worker_stopped_mid_action_hands_it_back,

@@ -9,6 +9,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use hermit_sandbox::subids::SubIds;
 use hermit_sandbox::{Mount, Uname};
 
 use super::cause::{self, Marker};
@@ -24,9 +25,21 @@ pub const BUILD_PATH: &str = "/build-hermitcheck/a-longer-build-path";
 /// The mtime every source file gets in the `archive` variant
 /// (2033-05-18T03:33:20Z).
 pub const ARCHIVE_MTIME: i64 = 2_000_000_000;
-/// The owner the `archive` variant gives the sources where it may (root):
-/// an id the sandbox does not map, so the build sees `nobody`.
+/// The owner the `archive` variant gives the sources: an id the sandbox
+/// does not map, so the build sees `nobody`. As root a plain `chown`; as an
+/// ordinary user the caller's first subordinate uid and gid, mapped at this
+/// id in a user namespace for the `chown` (see [`hermit_sandbox::subids`]).
 const ARCHIVE_OWNER: u32 = 12345;
+
+/// How the `archive` variant can vary the sources' owner here.
+enum Owners {
+    /// As root: `lchown`.
+    Root,
+    /// As an ordinary user with subordinate ids.
+    Sub(SubIds),
+    /// Not at all, and why.
+    No(String),
+}
 
 /// The extra package of the `packages` variant.
 pub const EXTRA_PACKAGE: &str = "hermit-check-extra";
@@ -69,7 +82,8 @@ pub fn kernel() -> Result<Variant, String> {
         what: what(format!(
             "the kernel release and version uname(2) reports (seccomp user notification, \
              answered by the sandbox's init; static programs too): {real} → {KERNEL_RELEASE}, \
-             \"{KERNEL_VERSION}\"; /proc/sys/kernel/osrelease and /proc/version still show the host's"
+             \"{KERNEL_VERSION}\"; /proc/sys/kernel/osrelease, /proc/sys/kernel/version and \
+             /proc/version show them too"
         )),
         ..Variant::default()
     })
@@ -151,7 +165,16 @@ pub fn archive(ctx: &Ctx) -> Variant {
     let scratch = Arc::new(Mutex::new(Vec::new()));
     let (n, made) = (note.clone(), scratch.clone());
     let (tmp, sources) = (ctx.scratch.clone(), ctx.sources_path.clone());
-    let root = nix::unistd::geteuid().is_root();
+    let owners = if nix::unistd::geteuid().is_root() {
+        Owners::Root
+    } else {
+        match SubIds::of_caller() {
+            Ok(ids) => Owners::Sub(ids),
+            Err(why) => Owners::No(why),
+        }
+    };
+    let varies_owner = !matches!(owners, Owners::No(_));
+    let root = matches!(owners, Owners::Root);
     let h = hook(move |s| {
         let mut copied = Vec::new();
         let mut failed = None;
@@ -176,7 +199,7 @@ pub fn archive(ctx: &Ctx) -> Variant {
                 continue;
             }
             let viewed = lowers.iter().any(|l| l.starts_with(&*src));
-            kept_owner |= viewed && root;
+            kept_owner |= viewed && varies_owner;
             let dir = match hermit_store::store::temp_dir(&tmp) {
                 Ok(d) => d,
                 Err(e) => {
@@ -186,7 +209,11 @@ pub fn archive(ctx: &Ctx) -> Variant {
             };
             lock(&made).push(dir.clone());
             let to = dir.join("src");
-            match varied_copy(src, &to, root && !viewed) {
+            let copied_ok = varied_copy(src, &to, root && !viewed).and_then(|()| match &owners {
+                Owners::Sub(ids) if !viewed => ids.chown_tree(&to, ARCHIVE_OWNER),
+                _ => Ok(()),
+            });
+            match copied_ok {
                 Ok(()) => {
                     copied.push(dst.display().to_string());
                     moved.push((src.clone(), to.clone()));
@@ -211,15 +238,23 @@ pub fn archive(ctx: &Ctx) -> Variant {
                 }
             }
         }
-        let owners = if root && kept_owner {
-            format!(
-                "owners → uid/gid {ARCHIVE_OWNER} (nobody in the sandbox), except in the source \
-                 /build is a view of (overlayfs cannot copy up a file of an unmapped owner)"
-            )
-        } else if root {
-            format!("owners → uid/gid {ARCHIVE_OWNER} (nobody in the sandbox)")
-        } else {
-            "owners not varied (that needs root: the sandbox maps one uid)".into()
+        let how = match &owners {
+            Owners::Root => String::new(),
+            Owners::Sub(ids) => format!(
+                " through the subordinate uid/gid {}/{} (directories keep the caller's group)",
+                ids.uid, ids.gid
+            ),
+            Owners::No(_) => String::new(),
+        };
+        let owners = match &owners {
+            Owners::No(why) => {
+                format!("owners not varied (as an ordinary user that needs subordinate ids: {why})")
+            }
+            _ if kept_owner => format!(
+                "owners → uid/gid {ARCHIVE_OWNER}{how} (nobody in the sandbox), except in the \
+                 source /build is a view of (overlayfs cannot copy up a file of an unmapped owner)"
+            ),
+            _ => format!("owners → uid/gid {ARCHIVE_OWNER}{how} (nobody in the sandbox)"),
         };
         *lock(&n) = match failed {
             Some(why) => (false, format!("not varied: {why}")),
@@ -268,7 +303,7 @@ pub fn archive(ctx: &Ctx) -> Variant {
         Marker::new(cause::ARCHIVE, "the sources' modes", "444", "664"),
         Marker::new(cause::ARCHIVE, "the sources' modes", "555", "775"),
     ];
-    if root {
+    if varies_owner {
         m.push(Marker::new(
             cause::ARCHIVE,
             "the sources' owner",

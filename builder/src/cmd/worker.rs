@@ -56,7 +56,9 @@ pub fn run_remote_action(args: RemoteActionArgs) -> anyhow::Result<ExitCode> {
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
     /// The execution service: grpc://HOST:PORT[/INSTANCE] or grpcs://…
-    /// (its bearer token from HERMIT_REMOTE_TOKEN)
+    /// (its bearer token from HERMIT_REMOTE_TOKEN; for grpcs://, a CA from
+    /// HERMIT_REMOTE_CA and a client certificate from HERMIT_REMOTE_CERT and
+    /// HERMIT_REMOTE_KEY, else config.toml's [remote])
     #[arg(long, value_name = "URL")]
     pub remote: String,
     /// The instance name (overrides the one in the URL)
@@ -80,7 +82,8 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     }
     let endpoint = endpoint
         .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
-        .with_ca(crate::remote::client::ca_bundle()?);
+        .with_ca(crate::remote::client::ca_bundle()?)
+        .with_identity(crate::remote::client::client_identity()?);
     let store = Arc::new(Store::open_default().context("opening the store")?);
     let _shared = store.shared_lock().context("locking the store")?;
     let name = match args.name {

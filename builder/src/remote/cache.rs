@@ -711,7 +711,8 @@ pub fn fill_remote(
 ) -> anyhow::Result<std::process::ExitCode> {
     let endpoint = hermit_remote::Endpoint::parse(url)?
         .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
-        .with_ca(crate::remote::client::ca_bundle()?);
+        .with_ca(crate::remote::client::ca_bundle()?)
+        .with_identity(crate::remote::client::client_identity()?);
     let session = Session::new(endpoint, true, hermit_remote::Options::default());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

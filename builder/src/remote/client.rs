@@ -1,8 +1,10 @@
 //! The remote of one hermit command: where it is (`--remote URL`, else
 //! `[remote]` in config.toml), its token (`$HERMIT_REMOTE_TOKEN`, else the
 //! config's `token_file`), the CA bundle it trusts for `grpcs://`
-//! (`$HERMIT_REMOTE_CA`, else the config's `ca_file`), whether local builds are uploaded, and one
-//! connection made on first use.
+//! (`$HERMIT_REMOTE_CA`, else the config's `ca_file`), the client certificate
+//! it presents (`$HERMIT_REMOTE_CERT` and `$HERMIT_REMOTE_KEY`, else the
+//! config's `cert_file` and `key_file`), whether local builds are uploaded,
+//! and one connection made on first use.
 //!
 //! A remote that cannot be reached or does not answer in time is reported
 //! once ("warning: … building locally") and not asked again by this
@@ -34,6 +36,20 @@ pub struct RemoteConfig {
     /// the web PKI roots (relative to the config file); `$HERMIT_REMOTE_CA`
     /// overrides it. Applies to every remote hermit talks to.
     pub ca_file: Option<String>,
+    /// A PEM client certificate (chain) presented to `grpcs://` servers that
+    /// require mutual TLS, with `key_file` its private key (both or
+    /// neither; relative to the config file); `$HERMIT_REMOTE_CERT` and
+    /// `$HERMIT_REMOTE_KEY` override them.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+}
+
+/// `file` of the config file at `config` (relative to its directory).
+fn beside(config: Option<&std::path::Path>, file: &str) -> PathBuf {
+    config
+        .and_then(|p| p.parent())
+        .unwrap_or(std::path::Path::new("."))
+        .join(file)
 }
 
 /// The CA bundle for `grpcs://` remotes: `$HERMIT_REMOTE_CA` (relative to
@@ -46,16 +62,59 @@ pub fn ca_bundle() -> anyhow::Result<Option<hermit_remote::CaBundle>> {
         None => {
             let (path, cfg) = crate::config::load()?;
             match cfg.remote.and_then(|r| r.ca_file) {
-                Some(f) => path
-                    .as_deref()
-                    .and_then(|p| p.parent())
-                    .unwrap_or(std::path::Path::new("."))
-                    .join(f),
+                Some(f) => beside(path.as_deref(), &f),
                 None => return Ok(None),
             }
         }
     };
     Ok(Some(hermit_remote::CaBundle::read(&path)?))
+}
+
+/// The client certificate for `grpcs://` remotes that require one:
+/// `$HERMIT_REMOTE_CERT` and `$HERMIT_REMOTE_KEY` (relative to the current
+/// directory), else `cert_file` and `key_file` in `[remote]` of config.toml
+/// (relative to the config file), else none. Each pair goes together; a
+/// certificate without its key (or the reverse), a file that cannot be read
+/// or is of the wrong kind, or a key that does not belong to the
+/// certificate is an error naming the file.
+pub fn client_identity() -> anyhow::Result<Option<hermit_remote::ClientIdentity>> {
+    let env = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let (cert, key) = match (env("HERMIT_REMOTE_CERT"), env("HERMIT_REMOTE_KEY")) {
+        (Some(c), Some(k)) => (c, k),
+        (Some(c), None) => anyhow::bail!(
+            "HERMIT_REMOTE_CERT is set ({}) but HERMIT_REMOTE_KEY is not: a client certificate needs its private key; set both, or neither",
+            c.display()
+        ),
+        (None, Some(k)) => anyhow::bail!(
+            "HERMIT_REMOTE_KEY is set ({}) but HERMIT_REMOTE_CERT is not: a client key needs its certificate; set both, or neither",
+            k.display()
+        ),
+        (None, None) => {
+            let (path, cfg) = crate::config::load()?;
+            let Some(r) = cfg.remote else {
+                return Ok(None);
+            };
+            let where_ = path
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "config.toml".into());
+            match (r.cert_file, r.key_file) {
+                (Some(c), Some(k)) => (beside(path.as_deref(), &c), beside(path.as_deref(), &k)),
+                (Some(_), None) => anyhow::bail!(
+                    "{where_}: [remote] has cert_file but no key_file: a client certificate needs its private key; set both, or neither"
+                ),
+                (None, Some(_)) => anyhow::bail!(
+                    "{where_}: [remote] has key_file but no cert_file: a client key needs its certificate; set both, or neither"
+                ),
+                (None, None) => return Ok(None),
+            }
+        }
+    };
+    Ok(Some(hermit_remote::ClientIdentity::read(&cert, &key)?))
 }
 
 /// The remote flags of `build`, `rebuild`, `fetch` and `mirror`.
@@ -64,7 +123,8 @@ pub struct RemoteArgs {
     /// A REAPI remote used as a shared cache and content store (BuildGrid,
     /// Buildbarn, …): grpc://HOST:PORT[/INSTANCE] or grpcs://…; overrides
     /// [remote] in config.toml. Token: $HERMIT_REMOTE_TOKEN; CA bundle for
-    /// grpcs://: $HERMIT_REMOTE_CA
+    /// grpcs://: $HERMIT_REMOTE_CA; client certificate: $HERMIT_REMOTE_CERT
+    /// and $HERMIT_REMOTE_KEY
     #[arg(long = "remote", value_name = "URL")]
     pub remote: Option<String>,
     /// Upload local builds to the remote (the default only for a remote from config.toml)
@@ -132,7 +192,10 @@ impl RemoteArgs {
                 format!("the remote timeout must be a positive number of seconds, not {secs}")
             })?;
         Ok(Some(Arc::new(Session::new(
-            endpoint.with_token(token).with_ca(ca_bundle()?),
+            endpoint
+                .with_token(token)
+                .with_ca(ca_bundle()?)
+                .with_identity(client_identity()?),
             upload,
             Options {
                 connect_timeout: t,

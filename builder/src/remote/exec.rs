@@ -93,7 +93,8 @@ impl RemoteExec {
         let endpoint = Endpoint::parse(url)
             .map_err(|e| Exit::user(format!("--remote-exec: {e}")))?
             .with_token(std::env::var("HERMIT_REMOTE_TOKEN").ok())
-            .with_ca(crate::remote::client::ca_bundle()?);
+            .with_ca(crate::remote::client::ca_bundle()?)
+            .with_identity(crate::remote::client::client_identity()?);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
