@@ -69,6 +69,46 @@ fn project(dir: &Path, nodes: &[(&str, &str)]) -> Vec<PathBuf> {
     graph_project(dir, &defs)
 }
 
+/// A variation whose differing files are exactly `paths` (all changed)
+/// and whose causes are `causes`.
+fn assert_changed(x: &serde_json::Value, paths: &[&str], causes: &[&str]) {
+    let want: Vec<serde_json::Value> = paths
+        .iter()
+        .map(|p| serde_json::json!({"how": "changed", "path": p}))
+        .collect();
+    assert_eq!(files(x), serde_json::json!(want), "{x}");
+    assert_eq!(x["causes"], serde_json::json!(causes), "{x}");
+}
+
+/// `dir/<name>/spec.toml`: a build running `script` over the image at
+/// `dir/image` (pinned by `manifest`).
+fn spec_over_image(dir: &Path, name: &str, manifest: &str, script: &str) -> PathBuf {
+    let d = dir.join(name);
+    fs::create_dir_all(&d).unwrap();
+    let spec = d.join("spec.toml");
+    fs::write(
+        &spec,
+        format!(
+            "[package]\nname = \"{name}\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\n\
+             digest = \"{manifest}\"\n\n[build]\nscript = \"\"\"\n{script}\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    spec
+}
+
+/// `hermit check SPEC --vary VARY --json` as `who`, which must exit with
+/// `code`; its report.
+fn check_json(who: As, home: &Path, spec: &Path, vary: &str, code: i32) -> serde_json::Value {
+    let o = hermit(
+        who,
+        home,
+        &["check", spec.to_str().unwrap(), "--vary", vary, "--json"],
+    );
+    assert_eq!(o.status.code(), Some(code), "{}", both(&o));
+    json(&o)
+}
+
 fn check_passes_a_reproducible_build_under_every_default_variation(who: As) {
     let t = who.scratch();
     let specs = project(
@@ -570,28 +610,16 @@ fn check_moves_the_clock_for_every_program(who: As) {
             (clocks.to_str().unwrap(), "usr/bin/clocks"),
         ],
     );
-    let d = t.path().join("year");
-    fs::create_dir_all(&d).unwrap();
-    let spec = d.join("spec.toml");
-    fs::write(
-        &spec,
-        format!(
-            "[package]\nname = \"year\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
-             [build]\nscript = \"\"\"\n/usr/bin/date -u +%Y > $out/year\nbusybox date +%s > $out/stamp\n/usr/bin/clocks $out\n\"\"\"\n"
-        ),
-    )
-    .unwrap();
-    who.give(t.path());
-    let home = t.path().join("home");
-    let before = now();
-    let o = hermit(
-        who,
-        &home,
-        &["check", spec.to_str().unwrap(), "--vary", "clock", "--json"],
+    let spec = spec_over_image(
+        t.path(),
+        "year",
+        &manifest,
+        "/usr/bin/date -u +%Y > $out/year\nbusybox date +%s > $out/stamp\n/usr/bin/clocks $out",
     );
+    who.give(t.path());
+    let before = now();
+    let v = check_json(who, &t.path().join("home"), &spec, "clock", 1);
     let after = now();
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    let v = json(&o);
     let clock = variation(&v, "clock");
     assert_eq!(clock["varied"], true, "{clock}");
     assert!(
@@ -601,21 +629,10 @@ fn check_moves_the_clock_for_every_program(who: As) {
             .contains("statically linked"),
         "{clock}"
     );
-    assert_eq!(
-        files(clock),
-        serde_json::json!([
-            {"how": "changed", "path": "clocks"},
-            {"how": "changed", "path": "stamp"},
-            {"how": "changed", "path": "thread"},
-            {"how": "changed", "path": "vdso"},
-            {"how": "changed", "path": "year"},
-        ]),
-        "{clock}"
-    );
-    assert_eq!(
-        clock["causes"],
-        serde_json::json!(["build timestamp (the clock)"]),
-        "{clock}"
+    assert_changed(
+        clock,
+        &["clocks", "stamp", "thread", "vdso", "year"],
+        &["build timestamp (the clock)"],
     );
     let stamp = clock["differing_files"]
         .as_array()
@@ -700,19 +717,7 @@ fn check_keeps_signals_and_statuses_under_the_moved_clock(who: As) {
     );
     who.give(t.path());
     let home = t.path().join("home");
-    let o = hermit(
-        who,
-        &home,
-        &[
-            "check",
-            specs[0].to_str().unwrap(),
-            "--vary",
-            "clock",
-            "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    let v = json(&o);
+    let v = check_json(who, &home, &specs[0], "clock", 1);
     let x = variation(&v, "clock");
     // Only the time stamp differs: the signals file is the same.
     assert_eq!(
@@ -727,19 +732,7 @@ fn check_keeps_signals_and_statuses_under_the_moved_clock(who: As) {
     );
     // Fails only with the moved clock: the variant's failure is its own
     // status, as untraced.
-    let o = hermit(
-        who,
-        &home,
-        &[
-            "check",
-            specs[1].to_str().unwrap(),
-            "--vary",
-            "clock",
-            "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    let v = json(&o);
+    let v = check_json(who, &home, &specs[1], "clock", 1);
     let x = variation(&v, "clock");
     assert_eq!(x["identical"], serde_json::Value::Null, "{x}");
     assert!(
@@ -796,43 +789,16 @@ fn check_names_the_locale_sort_order(who: As) {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect();
     let manifest = crate::image::busybox_layout_with(&t.path().join("image"), &pairs);
-    let d = t.path().join("sorted");
-    fs::create_dir_all(&d).unwrap();
-    let spec = d.join("spec.toml");
-    fs::write(
-        &spec,
-        format!(
-            "[package]\nname = \"sorted\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\ndigest = \"{manifest}\"\n\n\
-             [build]\nscript = \"\"\"\nprintf 'b\\nA\\na\\nB\\n' | /usr/bin/sort > $out/sorted\n\"\"\"\n"
-        ),
-    )
-    .unwrap();
+    let spec = spec_over_image(
+        t.path(),
+        "sorted",
+        &manifest,
+        "printf 'b\\nA\\na\\nB\\n' | /usr/bin/sort > $out/sorted",
+    );
     who.give(t.path());
-    let home = t.path().join("home");
-    let o = hermit(
-        who,
-        &home,
-        &[
-            "check",
-            spec.to_str().unwrap(),
-            "--vary",
-            "locale,umask",
-            "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    let v = json(&o);
+    let v = check_json(who, &t.path().join("home"), &spec, "locale,umask", 1);
     let x = variation(&v, "locale");
-    assert_eq!(
-        files(x),
-        serde_json::json!([{"how": "changed", "path": "sorted"}]),
-        "{x}"
-    );
-    assert_eq!(
-        x["causes"],
-        serde_json::json!(["locale / file encoding"]),
-        "{x}"
-    );
+    assert_changed(x, &["sorted"], &["locale / file encoding"]);
     assert!(
         x["differing_files"][0]["evidence"]
             .as_str()
@@ -949,55 +915,24 @@ fn check_shows_the_varied_kernel_and_cpus_in_proc(who: As) {
             ),
         ],
     );
-    let d = t.path().join("proc");
-    fs::create_dir_all(&d).unwrap();
     let script = "cat /proc/sys/kernel/osrelease > $out/osrelease\n\
                   cat /proc/version > $out/version\n\
                   grep -c ^processor /proc/cpuinfo > $out/cpuinfo\n\
                   grep -c '^cpu[0-9]' /proc/stat > $out/stat\n\
                   /usr/bin/getconf _NPROCESSORS_ONLN > $out/onln\n\
                   /usr/bin/nproc --all > $out/all";
-    let spec = d.join("spec.toml");
-    fs::write(
-        &spec,
-        format!(
-            "[package]\nname = \"proc\"\nversion = \"1\"\n\n[toolchain]\noci = \"../image\"\n\
-             digest = \"{manifest}\"\n\n[build]\nscript = \"\"\"\n{script}\n\"\"\"\n"
-        ),
-    )
-    .unwrap();
+    let spec = spec_over_image(t.path(), "proc", &manifest, script);
     who.give(t.path());
-    let home = t.path().join("home");
-    let o = hermit(
-        who,
-        &home,
-        &[
-            "check",
-            spec.to_str().unwrap(),
-            "--vary",
-            "kernel,cpus",
-            "--json",
-        ],
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", both(&o));
-    let v = json(&o);
+    let v = check_json(who, &t.path().join("home"), &spec, "kernel,cpus", 1);
     let control = PathBuf::from(v["control_output"].as_str().unwrap());
     let read = |dir: &Path, f: &str| fs::read_to_string(dir.join(f)).unwrap();
     let host_release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     assert_eq!(read(&control, "osrelease"), host_release);
     let k = variation(&v, "kernel");
-    assert_eq!(
-        files(k),
-        serde_json::json!([
-            {"how": "changed", "path": "osrelease"},
-            {"how": "changed", "path": "version"},
-        ]),
-        "{k}"
-    );
-    assert_eq!(
-        k["causes"],
-        serde_json::json!(["kernel version (uname -r/-v)"]),
-        "{k}"
+    assert_changed(
+        k,
+        &["osrelease", "version"],
+        &["kernel version (uname -r/-v)"],
     );
     let out = PathBuf::from(k["output"].as_str().unwrap());
     assert_eq!(read(&out, "osrelease"), "4.4.0-hermit-check\n");
@@ -1064,18 +999,10 @@ fn check_varies_the_sources_owner_and_leaves_no_scratch(who: As) {
     if who == As::User {
         assert!(what.contains("subordinate uid/gid 1300000/1300000"), "{x}");
     }
-    assert_eq!(
-        files(x),
-        serde_json::json!([
-            {"how": "changed", "path": "d"},
-            {"how": "changed", "path": "f"},
-        ]),
-        "{x}"
-    );
-    assert_eq!(
-        x["causes"],
-        serde_json::json!(["archive metadata (mtimes, owners, modes of the sources)"]),
-        "{x}"
+    assert_changed(
+        x,
+        &["d", "f"],
+        &["archive metadata (mtimes, owners, modes of the sources)"],
     );
     let out = PathBuf::from(x["output"].as_str().unwrap());
     let control = PathBuf::from(v["control_output"].as_str().unwrap());
@@ -1137,15 +1064,10 @@ fn check_varies_the_sources_under_a_workdir_view(who: As) {
     assert_eq!(o.status.code(), Some(1), "{}", both(&o));
     let v = json(&o);
     let x = variation(&v, "archive");
-    assert_eq!(
-        files(x),
-        serde_json::json!([{"how": "changed", "path": "meta"}]),
-        "{x}"
-    );
-    assert_eq!(
-        x["causes"],
-        serde_json::json!(["archive metadata (mtimes, owners, modes of the sources)"]),
-        "{x}"
+    assert_changed(
+        x,
+        &["meta"],
+        &["archive metadata (mtimes, owners, modes of the sources)"],
     );
     let out = PathBuf::from(x["output"].as_str().unwrap());
     assert_eq!(

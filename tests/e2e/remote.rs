@@ -318,6 +318,18 @@ fn action_of(v: &serde_json::Value) -> Digest {
     Digest::new(hash, size.parse().unwrap()).unwrap()
 }
 
+/// B's build `o` was a remote cache hit of A's output `va` and did not
+/// run (its `marker` is absent); B's report.
+fn assert_remote_hit(o: &Output, va: &serde_json::Value, marker: &str) -> serde_json::Value {
+    assert!(o.status.success(), "{}", both(o));
+    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(vb["remote"]["hit"], true, "{vb} {}", both(o));
+    assert_eq!(vb["cached"], true, "{vb}");
+    assert_eq!(vb["output_digest"], va["output_digest"]);
+    assert!(!stderr(o).contains(marker), "B ran the build: {}", both(o));
+    vb
+}
+
 fn remote_cache_hit_on_another_machine(who: As) {
     let t = who.scratch();
     let bg = BuildGrid::start(&t.path().join("bg"));
@@ -1031,16 +1043,7 @@ fn a_grpcs_remote_behind_its_own_ca(who: As) {
         .arg("build")
         .arg(checkout.join("spec.toml"))
         .args(["--json", "--remote", &url]));
-    assert!(o.status.success(), "{}", both(&o));
-    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(vb["remote"]["hit"], true, "{vb} {}", both(&o));
-    assert_eq!(vb["cached"], true, "{vb}");
-    assert_eq!(vb["output_digest"], va["output_digest"]);
-    assert!(
-        !stderr(&o).contains(&marker),
-        "B ran the build: {}",
-        both(&o)
-    );
+    assert_remote_hit(&o, &va, &marker);
     assert!(ran_builds(&home_b).is_empty(), "{:?}", ran_builds(&home_b));
 
     // The same from config.toml: [remote] with ca_file (relative to it).
@@ -1199,16 +1202,7 @@ fn a_grpcs_remote_requiring_client_certificates(who: As) {
         .arg("build")
         .arg(mine.join("p/spec.toml"))
         .args(["--json", "--remote", &url]));
-    assert!(o.status.success(), "{}", both(&o));
-    let vb: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(vb["remote"]["hit"], true, "{vb} {}", both(&o));
-    assert_eq!(vb["cached"], true, "{vb}");
-    assert_eq!(vb["output_digest"], va["output_digest"]);
-    assert!(
-        !stderr(&o).contains(&marker),
-        "B ran the build: {}",
-        both(&o)
-    );
+    assert_remote_hit(&o, &va, &marker);
     assert!(!stderr(&o).contains("warning"), "{}", both(&o));
 
     // From config.toml: cert_file and key_file (relative to it) beside
